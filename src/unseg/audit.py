@@ -1,0 +1,181 @@
+"""Audit pages: HTML galleries of overlays, so every intermediate mask can be looked at.
+
+Each page is a folder with ``index.html`` and its PNG panels; it opens in a browser straight from disk.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from .io import IGNORE_LABEL, atomic_output, decode_rle, read_image, read_json, read_label_png, voc_palette
+
+Panel = tuple[str, np.ndarray]  # (caption, (H, W, 3) uint8 picture)
+
+
+def distinct_colors(count: int) -> np.ndarray:
+    """(count, 3) uint8 well-separated colours (golden-ratio hues)."""
+    import colorsys
+
+    hues = (np.arange(count) * 0.618033988749895) % 1.0
+    return np.array([[int(255 * c) for c in colorsys.hsv_to_rgb(h, 0.85, 0.95)] for h in hues], dtype=np.uint8).reshape(-1, 3)
+
+
+def overlay_labels(image: np.ndarray, label_map: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Blend a label map's VOC colours over an (H, W, 3) uint8 image; label 0 left clear, 255 drawn white."""
+    colors = voc_palette()[label_map].astype(np.float32)
+    colors[label_map == IGNORE_LABEL] = 255
+    blended = image.astype(np.float32)
+    painted = label_map > 0
+    blended[painted] = (1 - alpha) * blended[painted] + alpha * colors[painted]
+    return blended.clip(0, 255).astype(np.uint8)
+
+
+def overlay_masks(image: np.ndarray, masks: Sequence[np.ndarray], alpha: float = 0.55) -> np.ndarray:
+    """Blend each (H, W) bool mask in its own colour over an image, later masks on top, with white outlines."""
+    from scipy import ndimage
+
+    blended = image.astype(np.float32)
+    for mask, color in zip(masks, distinct_colors(len(masks))):
+        blended[mask] = (1 - alpha) * blended[mask] + alpha * color
+        outline = mask & ~ndimage.binary_erosion(mask)
+        blended[outline] = 255
+    return blended.clip(0, 255).astype(np.uint8)
+
+
+def overlay_heatmap(image: np.ndarray, soft: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """Blend an (H, W) map in [0, 1] as a red-to-yellow heat map over an image."""
+    heat = np.stack([np.ones_like(soft), soft, np.zeros_like(soft)], axis=-1) * 255 * soft[..., None]
+    blended = (1 - alpha * soft[..., None]) * image.astype(np.float32) + alpha * heat
+    return blended.clip(0, 255).astype(np.uint8)
+
+
+def _thumbnail(picture: np.ndarray, max_side: int) -> Image.Image:
+    image = Image.fromarray(picture)
+    image.thumbnail((max_side, max_side), Image.BILINEAR)
+    return image
+
+
+def write_gallery(out_dir: str | Path, title: str, rows: Sequence[tuple[str, Sequence[Panel]]], notes: str = "", max_side: int = 256) -> Path:
+    """Write ``out_dir/index.html`` with one row of captioned panels per image (atomically, as a folder).
+
+    Args:
+        rows: (image name, panels) per image; each panel is (caption, (H, W, 3) uint8).
+    """
+    with atomic_output(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        body = []
+        for row_index, (name, panels) in enumerate(rows):
+            cells = []
+            for panel_index, (caption, picture) in enumerate(panels):
+                file_name = f"{row_index:04d}_{panel_index:02d}.png"
+                _thumbnail(picture, max_side).save(tmp / file_name)
+                cells.append(f'<figure><img src="{file_name}" loading="lazy"><figcaption>{html.escape(caption)}</figcaption></figure>')
+            body.append(f'<section><h2>{html.escape(name)}</h2><div class="row">{"".join(cells)}</div></section>')
+        (tmp / "index.html").write_text(
+            "<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>"
+            "body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}"
+            ".row{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;background:#fff;padding:4px;border:1px solid #ddd}"
+            "figcaption{font-size:12px;text-align:center;max-width:256px}h2{font-size:15px;margin:1em 0 .3em}"
+            f"</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(notes)}</p>{''.join(body)}</body></html>"
+        )
+    return Path(out_dir) / "index.html"
+
+
+def _detections_by_image(path: str | Path) -> dict[int, list[dict]]:
+    by_image: dict[int, list[dict]] = {}
+    for det in read_json(path):
+        by_image.setdefault(int(det["image_id"]), []).append(det)
+    return by_image
+
+
+def audit_masks(images: Sequence[tuple[int, str, str]], masks_json: str | Path, out_dir: str | Path) -> Path:
+    """Masks per k: for each image (image_id, name, path), one panel per k with that clustering's masks."""
+    by_image = _detections_by_image(masks_json)
+    rows = []
+    for image_id, name, path in images:
+        image = read_image(path)
+        detections = by_image.get(image_id, [])
+        panels: list[Panel] = [("image", image)]
+        for k in sorted({det["k"] for det in detections}):
+            masks = [decode_rle(det["segmentation"]) for det in detections if det["k"] == k]
+            panels.append((f"k={k}: {len(masks)} masks", overlay_masks(image, masks)))
+        rows.append((name, panels))
+    return write_gallery(out_dir, "Spectral masks per k", rows, "Each colour is one mask (a connected component of one cluster).")
+
+
+def audit_proposals(
+    images: Sequence[tuple[int, str, str]], proposals_json: str | Path, saliency_dir: str | Path, out_dir: str | Path
+) -> Path:
+    """Saliency heat map and the surviving proposals (with scores) per image."""
+    from .proposals import read_saliency
+
+    by_image = _detections_by_image(proposals_json)
+    rows = []
+    for image_id, name, path in images:
+        image = read_image(path)
+        detections = sorted(by_image.get(image_id, []), key=lambda det: -det["score"])
+        soft = read_saliency(saliency_dir, name)
+        panels: list[Panel] = [("image", image), ("saliency", overlay_heatmap(image, soft))]
+        panels.append((f"{len(detections)} proposals", overlay_masks(image, [decode_rle(d["segmentation"]) for d in detections[::-1]])))
+        for det in detections[:4]:
+            panels.append((f"score {det['score']:.2f} (k={det.get('k')}, salient {det.get('salient_fraction', 0):.2f})",
+                           overlay_masks(image, [decode_rle(det["segmentation"])])))
+        rows.append((name, panels))
+    return write_gallery(out_dir, "Proposals after the saliency filter and NMS", rows)
+
+
+def audit_label_maps(
+    images: Sequence[tuple[int, str, str]],
+    label_dirs: Sequence[tuple[str, str | Path]],
+    out_dir: str | Path,
+    title: str,
+    ground_truth: dict[str, str] | None = None,
+) -> Path:
+    """Label maps (pseudo-labels, predictions) beside the ground truth when known.
+
+    Args:
+        label_dirs: (caption, folder holding ``{name}.png``) per panel.
+        ground_truth: image name → ground-truth label PNG.
+    """
+    rows = []
+    for _, name, path in images:
+        image = read_image(path)
+        panels: list[Panel] = [("image", image)]
+        for caption, folder in label_dirs:
+            panels.append((caption, overlay_labels(image, read_label_png(Path(folder) / f"{name}.png"))))
+        if ground_truth and ground_truth.get(name):
+            panels.append(("ground truth", overlay_labels(image, read_label_png(ground_truth[name]))))
+        rows.append((name, panels))
+    return write_gallery(out_dir, title, rows, "Colours are cluster ids; they match ground-truth classes only after Hungarian matching.")
+
+
+def audit_stage(stage: str, inputs: dict[str, str], out_html: str | Path, max_images: int = 12) -> Path:
+    """Write the audit page of one stage ("masks", "proposals", "pseudolabels" or "predict").
+
+    Args:
+        inputs: role → path: always ``index``; ``masks``; ``proposals`` and ``saliency``; ``labels`` (and
+            ``pseudolabels`` for predict, shown beside the predictions).
+        out_html: the page's ``index.html``; its folder holds the panels.
+    """
+    from .index import read_index
+
+    index = read_index(inputs["index"]).head(max_images)
+    images = list(zip(index.image_id.tolist(), index.name.tolist(), index.path.tolist()))
+    ground_truth = {name: path for name, path in zip(index.name, index.gt_semantic) if isinstance(path, str) and path}
+    out_dir = Path(out_html).parent
+    if stage == "masks":
+        return audit_masks(images, inputs["masks"], out_dir)
+    if stage == "proposals":
+        return audit_proposals(images, inputs["proposals"], inputs["saliency"], out_dir)
+    if stage == "pseudolabels":
+        return audit_label_maps(images, [("pseudo-labels", inputs["labels"])], out_dir, "Pseudo-labels", ground_truth)
+    if stage == "predict":
+        panels = [("pseudo-labels", inputs["pseudolabels"]), ("prediction", inputs["labels"])]
+        return audit_label_maps(images, panels, out_dir, "Predictions of the trained head", ground_truth)
+    raise ValueError(f"no audit page for stage {stage!r}")

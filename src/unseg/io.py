@@ -1,0 +1,127 @@
+"""Small, shared readers and writers: images, palette label PNGs, COCO RLE, atomic files.
+
+Every artifact writer in the package goes through :func:`atomic_output`, so an interrupted job never leaves a
+file (or folder) under its final name that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
+
+IGNORE_LABEL = 255
+
+
+class ImageReadError(RuntimeError):
+    """An input image (or label map) could not be decoded; the message names the file."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as RGB.
+
+    Returns:
+        (H, W, 3) uint8 array.
+
+    Raises:
+        ImageReadError: naming ``path`` when the file is missing or not a decodable image.
+    """
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"cannot read image {str(path)!r}: {error}") from None
+
+
+def voc_palette(num_colors: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map: (num_colors, 3) uint8, index 0 black, 255 the ignore colour."""
+    palette = np.zeros((num_colors, 3), dtype=np.uint8)
+    for index in range(num_colors):
+        value, red, green, blue = index, 0, 0, 0
+        for bit in range(8):
+            red |= ((value >> 0) & 1) << (7 - bit)
+            green |= ((value >> 1) & 1) << (7 - bit)
+            blue |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        palette[index] = (red, green, blue)
+    return palette
+
+
+def write_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
+    """Write an (H, W) uint8 label map as a palette PNG (VOC colours; 255 = ignore), atomically."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"label map for {str(path)!r} must be 2-D, got shape {labels.shape}")
+    if labels.dtype != np.uint8:
+        if labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
+            raise ValueError(f"labels for {str(path)!r} must lie in 0..255")
+        labels = labels.astype(np.uint8)
+    image = Image.fromarray(labels, mode="P")
+    image.putpalette(voc_palette().reshape(-1).tolist())
+    with atomic_output(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a label PNG (palette indices, or grey values) as an (H, W) uint8 array."""
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L", "I", "I;16"):
+                image = image.convert("L")
+            return np.asarray(image).astype(np.uint8)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"cannot read label map {str(path)!r}: {error}") from None
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO run-length encoding of an (H, W) boolean mask, JSON-ready (``counts`` is a str)."""
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_rle(rle: dict[str, Any]) -> np.ndarray:
+    """Inverse of :func:`encode_rle`: an (H, W) bool mask."""
+    counts = rle["counts"]
+    compressed = {"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return mask_utils.decode(compressed).astype(bool)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success move it onto ``path`` (file or folder), else remove it.
+
+    The final name appears only after the whole artifact is written, so no half-written artifact is ever
+    mistaken for a complete one.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}{final.suffix}")
+    try:
+        yield tmp
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
+    """Write JSON atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path) as handle:
+        return json.load(handle)

@@ -1,0 +1,82 @@
+"""Provenance sidecars: what made an artifact (resolved config chain, code version, input digests)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from . import __version__
+from .io import write_json
+
+
+def file_digest(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """sha256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_digest(path: str | Path) -> str:
+    """A file's sha256, or for a folder the sha256 of its sorted (relative path, size, mtime-free) listing."""
+    path = Path(path)
+    if path.is_file():
+        return file_digest(path)
+    listing = "\n".join(f"{p.relative_to(path)}\t{p.stat().st_size}" for p in sorted(path.rglob("*")) if p.is_file())
+    return "listing:" + hashlib.sha256(listing.encode()).hexdigest()
+
+
+def code_version() -> str:
+    """The package version, plus the git commit of the checkout when there is one."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__
+
+
+def write_provenance(artifact: str | Path, stage: str, variant: str, config_chain: dict, inputs: dict[str, str]) -> Path:
+    """Write ``{artifact}.provenance.json`` beside an artifact.
+
+    Args:
+        config_chain: the resolved config of this variant and of its upstream variants, keyed by stage.
+        inputs: input role → path; each is digested.
+    """
+    sidecar = Path(f"{artifact}.provenance.json")
+    write_json(
+        sidecar,
+        {
+            "stage": stage,
+            "variant": variant,
+            "config": config_chain,
+            "code_version": code_version(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "inputs": {role: {"path": str(path), "digest": input_digest(path)} for role, path in inputs.items()},
+        },
+    )
+    return sidecar
+
+
+@contextlib.contextmanager
+def log_to(path: str | Path | None) -> Iterator[None]:
+    """Send stderr (progress bars, warnings, tracebacks) of a workflow job to its log file."""
+    if not path:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle, contextlib.redirect_stderr(handle):
+        try:
+            yield
+        except BaseException:
+            import traceback
+
+            traceback.print_exc(file=handle)
+            raise

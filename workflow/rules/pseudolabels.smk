@@ -1,0 +1,14 @@
+rule pseudolabels:
+    input:
+        index=index_csv(),
+        proposals=upstream("pseudolabels", "proposals", f"{RESULTS}/proposals/{{variant}}/proposals.json"),
+        features=upstream("pseudolabels", "features", f"{RESULTS}/features/{{variant}}.zarr"),
+    output:
+        directory(f"{RESULTS}/pseudolabels/{{variant}}"),
+    params:
+        settings=settings("pseudolabels"),
+        chain=chain("pseudolabels"),
+    log:
+        f"{LOGS}/pseudolabels/{{variant}}.log",
+    script:
+        "../scripts/pseudolabels.py"

@@ -1,0 +1,16 @@
+rule train:
+    input:
+        index=index_csv(),
+        pseudolabels=upstream("train", "pseudolabels", f"{RESULTS}/pseudolabels/{{variant}}"),
+        features=upstream("train", "features", f"{RESULTS}/features/{{variant}}.zarr"),
+    output:
+        model=f"{RESULTS}/train/{{variant}}/model.pt",
+        log_csv=f"{RESULTS}/train/{{variant}}/log.csv",
+    params:
+        settings=settings("train"),
+        chain=chain("train"),
+        num_classes=lambda wildcards: config["pseudolabels"][config["train"][wildcards.variant]["pseudolabels"]]["clusters"] + 1,
+    log:
+        f"{LOGS}/train/{{variant}}.log",
+    script:
+        "../scripts/train.py"
