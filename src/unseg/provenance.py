@@ -43,14 +43,26 @@ def code_version() -> str:
     return f"{__version__}+{commit}" if commit else __version__
 
 
-def write_provenance(artifact: str | Path, stage: str, variant: str, config_chain: dict, inputs: dict[str, str]) -> Path:
-    """Write ``{artifact}.provenance.json`` beside an artifact.
+def _flatten_inputs(inputs: dict) -> dict[str, str]:
+    """role → path, where a role holding a list of paths becomes role[0], role[1], ... (empty lists vanish)."""
+    flat = {}
+    for role, value in inputs.items():
+        if isinstance(value, (str, Path)):
+            flat[role] = str(value)
+        else:
+            flat.update({f"{role}[{i}]": str(item) for i, item in enumerate(value)})
+    return flat
+
+
+def write_provenance(artifact: str | Path, stage: str, variant: str, config_chain: dict, inputs: dict) -> Path:
+    """Write the provenance sidecar: ``{artifact}/provenance.json`` inside a folder artifact (a zarr store, a
+    folder of PNGs), else ``{artifact}.provenance.json`` beside a file artifact.
 
     Args:
         config_chain: the resolved config of this variant and of its upstream variants, keyed by stage.
-        inputs: input role → path; each is digested.
+        inputs: input role → path (or list of paths); each is digested.
     """
-    sidecar = Path(f"{artifact}.provenance.json")
+    sidecar = Path(artifact) / "provenance.json" if Path(artifact).is_dir() else Path(f"{artifact}.provenance.json")
     write_json(
         sidecar,
         {
@@ -59,7 +71,7 @@ def write_provenance(artifact: str | Path, stage: str, variant: str, config_chai
             "config": config_chain,
             "code_version": code_version(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "inputs": {role: {"path": str(path), "digest": input_digest(path)} for role, path in inputs.items()},
+            "inputs": {role: {"path": str(path), "digest": input_digest(path)} for role, path in _flatten_inputs(inputs).items()},
         },
     )
     return sidecar

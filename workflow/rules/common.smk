@@ -20,12 +20,12 @@ wildcard_constraints:
     stage="masks|proposals|pseudolabels|predict",
 
 
-def settings(stage):
+def variant_settings(stage):
     """Params function: the variant's own settings, so editing them re-runs that stage (params rerun trigger)."""
     return lambda wildcards: config[stage][wildcards.variant]
 
 
-def chain(stage):
+def config_chain(stage):
     """Params function: the resolved config of the variant and its upstream chain, for the provenance sidecar."""
     return lambda wildcards: resolve_chain(config, stage, wildcards.variant)
 

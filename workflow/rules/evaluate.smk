@@ -11,8 +11,8 @@ rule evaluate:
             category="Evaluation",
         ),
     params:
-        settings=settings("evaluate"),
-        chain=chain("evaluate"),
+        settings=variant_settings("evaluate"),
+        chain=config_chain("evaluate"),
         root=config["dataset"]["root"],
         num_classes=config["dataset"].get("num_classes"),
         class_names=config["dataset"].get("class_names"),

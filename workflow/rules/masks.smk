@@ -4,8 +4,8 @@ rule masks:
     output:
         f"{RESULTS}/masks/{{variant}}/masks.json",
     params:
-        settings=settings("masks"),
-        chain=chain("masks"),
+        settings=variant_settings("masks"),
+        chain=config_chain("masks"),
     log:
         f"{LOGS}/masks/{{variant}}.log",
     script:

@@ -7,7 +7,7 @@ rule predict:
     output:
         directory(f"{RESULTS}/predict/{{variant}}"),
     params:
-        chain=chain("train"),
+        chain=config_chain("train"),
     log:
         f"{LOGS}/predict/{{variant}}.log",
     script:

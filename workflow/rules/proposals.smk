@@ -6,8 +6,8 @@ rule proposals:
     output:
         f"{RESULTS}/proposals/{{variant}}/proposals.json",
     params:
-        settings=settings("proposals"),
-        chain=chain("proposals"),
+        settings=variant_settings("proposals"),
+        chain=config_chain("proposals"),
     log:
         f"{LOGS}/proposals/{{variant}}.log",
     script:

@@ -6,8 +6,8 @@ rule pseudolabels:
     output:
         directory(f"{RESULTS}/pseudolabels/{{variant}}"),
     params:
-        settings=settings("pseudolabels"),
-        chain=chain("pseudolabels"),
+        settings=variant_settings("pseudolabels"),
+        chain=config_chain("pseudolabels"),
     log:
         f"{LOGS}/pseudolabels/{{variant}}.log",
     script:

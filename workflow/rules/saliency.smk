@@ -4,8 +4,8 @@ rule saliency:
     output:
         directory(f"{RESULTS}/saliency/{{variant}}"),
     params:
-        settings=settings("saliency"),
-        chain=chain("saliency"),
+        settings=variant_settings("saliency"),
+        chain=config_chain("saliency"),
     log:
         f"{LOGS}/saliency/{{variant}}.log",
     script:

@@ -7,8 +7,8 @@ rule train:
         model=f"{RESULTS}/train/{{variant}}/model.pt",
         log_csv=f"{RESULTS}/train/{{variant}}/log.csv",
     params:
-        settings=settings("train"),
-        chain=chain("train"),
+        settings=variant_settings("train"),
+        chain=config_chain("train"),
         num_classes=lambda wildcards: config["pseudolabels"][config["train"][wildcards.variant]["pseudolabels"]]["clusters"] + 1,
     log:
         f"{LOGS}/train/{{variant}}.log",

@@ -1,0 +1,326 @@
+"""The image index: one verified row per input image, and the COCO ground truth that goes with it.
+
+Layouts understood by :func:`build_index`:
+
+* PASCAL VOC: ``root/JPEGImages/*.jpg``, optional ``root/SegmentationClass/{name}.png`` and
+  ``root/SegmentationObject/{name}.png``, splits in ``root/ImageSets/Segmentation/{train,val}.txt``;
+* a VOC-like folder with bare split files, e.g. ``root/val.txt`` next to ``root/JPEGImages``;
+* a plain folder of images (``root`` itself, or ``image_dir``), no splits: every image gets split ``"all"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
+
+from unseg.io import IGNORE_LABEL, ImageReadError, atomic_output, encode_rle, read_image, read_json, read_label_png
+
+INDEX_COLUMNS: tuple[str, ...] = (
+    "image_id", "name", "path", "width", "height", "split", "sha256", "gt_semantic", "gt_instance",
+)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+SPLIT_NAMES: tuple[str, ...] = ("train", "val")
+ALL_SPLIT = "all"
+UNASSIGNED_SPLIT = "unassigned"
+
+_COLUMN_DTYPES: dict[str, Any] = {
+    "image_id": "int64", "name": str, "path": str, "width": "int64", "height": "int64", "split": str,
+    "sha256": str, "gt_semantic": str, "gt_instance": str,
+}
+
+
+def build_index(
+    root: str | os.PathLike,
+    image_dir: str | os.PathLike | None = None,
+    splits: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Index and verify every image of a dataset.
+
+    Images: ``image_dir`` when given (a relative ``image_dir`` is looked up under ``root`` first), else
+    ``root/JPEGImages`` when it exists, else ``root`` itself; files ending in .jpg .jpeg .png .bmp .webp (any case),
+    hidden files skipped, not recursive. Every image is fully decoded once to prove it is readable.
+
+    Splits: ``root/ImageSets/Segmentation/{train,val}.txt`` when any exists, else ``root/{train,val}.txt``; an
+    image in none of them is ``"unassigned"``; without any split file every image is ``"all"``. ``splits`` keeps
+    only the images of those splits (image ids are then numbered over the kept images).
+
+    Returns:
+        DataFrame with columns :data:`INDEX_COLUMNS`: image_id (int, 1..N in name order), name (file stem),
+        path (absolute), width, height (ints), split, sha256 (hex of the file bytes), gt_semantic and gt_instance
+        (absolute path of ``root/SegmentationClass/{name}.png`` / ``root/SegmentationObject/{name}.png``, or "").
+
+    Raises:
+        FileNotFoundError: ``root`` (or ``image_dir``) does not exist.
+        ValueError: no images in the folder, two images with the same stem, an image in two splits, or no image
+            left after the ``splits`` filter.
+        ImageReadError: an image cannot be decoded; the message names the file.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root not found (or not a folder): {str(root)!r}")
+    image_folder = _image_folder(root, image_dir)
+    image_paths = _list_images(image_folder)
+
+    split_of = _read_split_files(root)
+    rows_split = {
+        name: (split_of.get(name, UNASSIGNED_SPLIT) if split_of else ALL_SPLIT) for name in image_paths
+    }
+    names = sorted(image_paths)
+    if splits is not None:
+        wanted = [str(split) for split in ([splits] if isinstance(splits, str) else splits)]
+        names = [name for name in names if rows_split[name] in wanted]
+        if not names:
+            available = sorted(set(rows_split.values()))
+            raise ValueError(
+                f"no image of {str(image_folder)!r} is in splits {wanted}; the splits present are {available}"
+            )
+
+    rows = []
+    for image_id, name in enumerate(names, start=1):
+        path = image_paths[name]
+        width, height = _verified_size(path)
+        semantic_path = root / "SegmentationClass" / f"{name}.png"
+        instance_path = root / "SegmentationObject" / f"{name}.png"
+        rows.append(
+            {
+                "image_id": image_id,
+                "name": name,
+                "path": os.path.abspath(path),
+                "width": width,
+                "height": height,
+                "split": rows_split[name],
+                "sha256": _file_sha256(path),
+                "gt_semantic": os.path.abspath(semantic_path) if semantic_path.is_file() else "",
+                "gt_instance": os.path.abspath(instance_path) if instance_path.is_file() else "",
+            }
+        )
+    return pd.DataFrame(rows, columns=list(INDEX_COLUMNS)).astype(_COLUMN_DTYPES)
+
+
+def write_index(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write the index as CSV (columns :data:`INDEX_COLUMNS`, in order), atomically."""
+    missing = [column for column in INDEX_COLUMNS if column not in df.columns]
+    if missing:
+        raise ValueError(f"index for {str(path)!r} lacks columns {missing}")
+    with atomic_output(path) as tmp:
+        df.loc[:, list(INDEX_COLUMNS)].to_csv(tmp, index=False)
+
+
+def read_index(path: str | os.PathLike) -> pd.DataFrame:
+    """Read an index CSV written by :func:`write_index`: names stay strings, empty gt paths stay ""."""
+    df = pd.read_csv(path, dtype=_COLUMN_DTYPES, keep_default_na=False)
+    missing = [column for column in INDEX_COLUMNS if column not in df.columns]
+    if missing:
+        raise ValueError(f"index {str(path)!r} lacks columns {missing}")
+    return df.loc[:, list(INDEX_COLUMNS)]
+
+
+def index_split(df: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Rows of ``split`` (``"all"``: every row), index reset.
+
+    Raises:
+        ValueError: no row has that split; the message lists the splits present.
+    """
+    rows = df if split == ALL_SPLIT else df[df["split"] == split]
+    if rows.empty:
+        raise ValueError(f"no image in split {split!r}; the splits present are {sorted(set(df['split']))}")
+    return rows.reset_index(drop=True)
+
+
+def names_by_id(df: pd.DataFrame) -> dict[int, str]:
+    """image_id -> name for the rows of an index."""
+    return {int(image_id): str(name) for image_id, name in zip(df["image_id"], df["name"])}
+
+
+def coco_ground_truth(df: pd.DataFrame, root: str | os.PathLike) -> dict[str, Any] | None:
+    """COCO instance ground truth for the images of ``df``, keyed by the index's image_id.
+
+    * ``root/annotations/instances.json`` exists: its images are matched to the index by file stem, only images of
+      ``df`` kept, image ids (and the annotations' image_id) replaced by the index's; categories as in the json.
+    * else, rows having both a gt_instance and a gt_semantic PNG: each instance id of the SegmentationObject PNG
+      (0 and 255 excluded) is one annotation (RLE of ``instance_map == id``), its category the majority
+      SegmentationClass label inside it (0 and 255 ignored; ties go to the smaller label; an instance with no such
+      label is skipped); categories 1..max label named ``"class_{i}"``; annotation ids count up from 1 in
+      (image_id, instance id) order. Rows without both PNGs are left out.
+    * else ``None``.
+
+    Returns:
+        ``{"images": [...], "annotations": [...], "categories": [...]}`` (plus ``info`` from the json), or None.
+    """
+    json_path = Path(root) / "annotations" / "instances.json"
+    if json_path.is_file():
+        return _coco_from_json(df, json_path)
+    has_pngs = (df["gt_instance"] != "") & (df["gt_semantic"] != "")
+    if not has_pngs.any():
+        return None
+    return _coco_from_pngs(df[has_pngs], Path(root))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _image_folder(root: Path, image_dir: str | os.PathLike | None) -> Path:
+    if image_dir is not None:
+        candidate = Path(image_dir)
+        if not candidate.is_absolute() and (root / candidate).is_dir():
+            candidate = root / candidate
+        if not candidate.is_dir():
+            raise FileNotFoundError(f"image folder not found: {str(candidate)!r}")
+        return candidate
+    voc_folder = root / "JPEGImages"
+    return voc_folder if voc_folder.is_dir() else root
+
+
+def _list_images(folder: Path) -> dict[str, Path]:
+    """Image file stem -> path, for the image files directly in ``folder``."""
+    images: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if path.stem in images:
+            raise ValueError(
+                f"two images named {path.stem!r} in {str(folder)!r}: {images[path.stem].name}, {path.name}"
+            )
+        images[path.stem] = path
+    if not images:
+        extensions = " ".join(sorted(IMAGE_EXTENSIONS))
+        raise ValueError(f"no images ({extensions}) in folder {str(folder)!r}")
+    return images
+
+
+def _read_split_files(root: Path) -> dict[str, str]:
+    """Image name -> split from the split files (empty when there are none)."""
+    folder = root / "ImageSets" / "Segmentation"
+    if not any((folder / f"{split}.txt").is_file() for split in SPLIT_NAMES):
+        folder = root
+    split_of: dict[str, str] = {}
+    for split in SPLIT_NAMES:
+        split_file = folder / f"{split}.txt"
+        if not split_file.is_file():
+            continue
+        for line in split_file.read_text().splitlines():
+            name = line.strip()
+            if not name:
+                continue
+            if split_of.get(name, split) != split:
+                raise ValueError(
+                    f"image {name!r} is listed in both {split_of[name]}.txt and {split}.txt in {str(folder)!r}"
+                )
+            split_of[name] = split
+    return split_of
+
+
+def _verified_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image header, after decoding the whole image once (ImageReadError if it fails)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"cannot read image {str(path)!r}: {error}") from None
+    pixels = read_image(path)
+    if pixels.shape[:2] != (height, width):
+        raise ImageReadError(
+            f"image {str(path)!r} decodes to {pixels.shape[1]}x{pixels.shape[0]}, its header says {width}x{height}"
+        )
+    return int(width), int(height)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _coco_from_json(df: pd.DataFrame, json_path: Path) -> dict[str, Any]:
+    coco = read_json(json_path)
+    rows_by_name = {row.name: row for row in df.itertuples(index=False)}
+    new_image_id: dict[int, int] = {}
+    images = []
+    for image in coco.get("images", []):
+        stem = Path(image["file_name"]).stem
+        row = rows_by_name.get(stem)
+        if row is None:
+            continue
+        if (int(image["width"]), int(image["height"])) != (row.width, row.height):
+            raise ValueError(
+                f"{str(json_path)!r} gives {image['width']}x{image['height']} for {stem!r}, "
+                f"the image {row.path!r} is {row.width}x{row.height}"
+            )
+        new_image_id[image["id"]] = int(row.image_id)
+        images.append({**image, "id": int(row.image_id)})
+    annotations = [
+        {**annotation, "image_id": new_image_id[annotation["image_id"]]}
+        for annotation in coco.get("annotations", [])
+        if annotation["image_id"] in new_image_id
+    ]
+    result: dict[str, Any] = {
+        "images": sorted(images, key=lambda image: image["id"]),
+        "annotations": annotations,
+        "categories": coco.get("categories", []),
+    }
+    if "info" in coco:
+        result["info"] = coco["info"]
+    return result
+
+
+def _coco_from_pngs(df: pd.DataFrame, root: Path) -> dict[str, Any]:
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    max_label = 0
+    for row in df.sort_values("image_id").itertuples(index=False):
+        instance_map = read_label_png(row.gt_instance)  # (H, W) uint8
+        semantic_map = read_label_png(row.gt_semantic)  # (H, W) uint8
+        if instance_map.shape != semantic_map.shape or instance_map.shape != (row.height, row.width):
+            raise ValueError(
+                f"label maps of {row.name!r} disagree in size: image {row.width}x{row.height}, "
+                f"{row.gt_instance!r} {instance_map.shape[1]}x{instance_map.shape[0]}, "
+                f"{row.gt_semantic!r} {semantic_map.shape[1]}x{semantic_map.shape[0]}"
+            )
+        semantic_labels = np.unique(semantic_map)
+        semantic_labels = semantic_labels[semantic_labels != IGNORE_LABEL]
+        if semantic_labels.size:
+            max_label = max(max_label, int(semantic_labels.max()))
+        images.append(
+            {"id": int(row.image_id), "file_name": _relative_or_absolute(row.path, root),
+             "width": int(row.width), "height": int(row.height)}
+        )
+        for instance_id in np.unique(instance_map):
+            if instance_id in (0, IGNORE_LABEL):
+                continue
+            instance_mask = instance_map == instance_id
+            inside = semantic_map[instance_mask]
+            inside = inside[(inside != 0) & (inside != IGNORE_LABEL)]
+            if inside.size == 0:
+                continue
+            category_id = int(np.argmax(np.bincount(inside)))
+            rle = encode_rle(instance_mask)
+            bbox = mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": int(row.image_id),
+                    "category_id": category_id,
+                    "segmentation": rle,
+                    "area": int(instance_mask.sum()),
+                    "bbox": [float(value) for value in bbox],
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": label, "name": f"class_{label}"} for label in range(1, max_label + 1)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _relative_or_absolute(path: str, root: Path) -> str:
+    absolute_root = os.path.abspath(root)
+    if os.path.commonpath([absolute_root, path]) == absolute_root:
+        return os.path.relpath(path, absolute_root)
+    return path

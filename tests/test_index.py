@@ -1,0 +1,180 @@
+"""The image index: layouts, splits, verification errors, CSV round trip, COCO ground truth."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from unseg.index import (
+    INDEX_COLUMNS,
+    build_index,
+    coco_ground_truth,
+    index_split,
+    names_by_id,
+    read_index,
+    write_index,
+)
+from unseg.io import ImageReadError, decode_rle, read_label_png
+from unseg.synthetic import generate_synthetic_dataset
+
+VOC_CROPS = Path(__file__).resolve().parents[2] / "shared/data/voc2012-val-crops"
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic_dataset(root, num_images=6, image_size=80, num_classes=3, seed=3)
+    return root
+
+
+def _write_image(path: Path, size: tuple[int, int], fmt: str, colour: tuple[int, int, int] = (90, 120, 30)) -> None:
+    Image.new("RGB", size, colour).save(path, format=fmt)
+
+
+def test_voc_layout_columns_ids_hashes_and_splits(synthetic_root: Path) -> None:
+    df = build_index(synthetic_root)
+    assert list(df.columns) == list(INDEX_COLUMNS)
+    names = sorted(path.stem for path in (synthetic_root / "JPEGImages").glob("*.jpg"))
+    assert df["name"].tolist() == names
+    assert df["image_id"].tolist() == list(range(1, len(names) + 1))
+    assert (df["width"] == 80).all() and (df["height"] == 80).all()
+
+    first = df.iloc[0]
+    assert Path(first["path"]).is_absolute()
+    assert Path(first["path"]) == (synthetic_root / "JPEGImages" / f"{first['name']}.jpg").absolute()
+    assert first["sha256"] == hashlib.sha256(Path(first["path"]).read_bytes()).hexdigest()
+    assert Path(first["gt_semantic"]) == (synthetic_root / "SegmentationClass" / f"{first['name']}.png").absolute()
+    assert Path(first["gt_instance"]) == (synthetic_root / "SegmentationObject" / f"{first['name']}.png").absolute()
+
+    split_folder = synthetic_root / "ImageSets" / "Segmentation"
+    for split in ("train", "val"):
+        listed = (split_folder / f"{split}.txt").read_text().split()
+        assert df.loc[df["split"] == split, "name"].tolist() == listed
+        assert index_split(df, split)["name"].tolist() == listed
+    assert len(index_split(df, "all")) == len(df)
+    assert names_by_id(df) == {image_id: name for image_id, name in zip(range(1, len(names) + 1), names)}
+    with pytest.raises(ValueError, match="no image in split 'test'"):
+        index_split(df, "test")
+
+    val_only = build_index(synthetic_root, splits=["val"])
+    assert val_only["name"].tolist() == (split_folder / "val.txt").read_text().split()
+    assert val_only["image_id"].tolist() == list(range(1, len(val_only) + 1))
+
+
+def test_loose_images_get_split_all_and_survive_csv_round_trip(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _write_image(folder / "0001.png", (40, 30), "PNG")
+    _write_image(folder / "b.JPG", (33, 20), "JPEG")
+    _write_image(folder / "c.webp", (16, 16), "WEBP")
+    (folder / "notes.txt").write_text("not an image")
+    _write_image(folder / ".hidden.jpg", (8, 8), "JPEG")
+
+    df = build_index(folder)
+    assert df["name"].tolist() == ["0001", "b", "c"]
+    assert df["split"].tolist() == ["all", "all", "all"]
+    assert df[["width", "height"]].values.tolist() == [[40, 30], [33, 20], [16, 16]]
+    assert (df["gt_semantic"] == "").all() and (df["gt_instance"] == "").all()
+    assert coco_ground_truth(df, folder) is None
+
+    csv_path = tmp_path / "index" / "images.csv"
+    write_index(df, csv_path)
+    restored = read_index(csv_path)
+    pd.testing.assert_frame_equal(restored, df)
+    assert restored.loc[0, "name"] == "0001"
+
+
+def test_image_dir_and_bare_split_file(tmp_path: Path) -> None:
+    images = tmp_path / "pictures"
+    images.mkdir()
+    for name in ("a", "b", "c"):
+        _write_image(images / f"{name}.jpg", (24, 24), "JPEG")
+    (tmp_path / "val.txt").write_text("a\nc\n")
+    df = build_index(tmp_path, image_dir="pictures")
+    assert df["split"].tolist() == ["val", "unassigned", "val"]
+    only_val = build_index(tmp_path, image_dir=images, splits=["val"])
+    assert only_val["name"].tolist() == ["a", "c"]
+    with pytest.raises(ValueError, match="train"):
+        build_index(tmp_path, image_dir=images, splits=["train"])
+
+
+def test_corrupt_and_truncated_images_raise_image_read_error(tmp_path: Path) -> None:
+    _write_image(tmp_path / "good.jpg", (32, 32), "JPEG")
+    (tmp_path / "x.jpg").write_bytes(b"this is not a jpeg at all" * 10)
+    with pytest.raises(ImageReadError, match="x.jpg"):
+        build_index(tmp_path)
+
+    truncated_folder = tmp_path / "truncated"
+    truncated_folder.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(truncated_folder / "half.jpg", format="JPEG", quality=95)
+    data = (truncated_folder / "half.jpg").read_bytes()
+    (truncated_folder / "half.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="half.jpg"):
+        build_index(truncated_folder)
+
+
+def test_missing_root_and_empty_folder(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        build_index(missing)
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    (empty / "readme.md").write_text("no images here")
+    with pytest.raises(ValueError, match="empty_folder"):
+        build_index(empty)
+
+
+def test_coco_ground_truth_from_json_is_rekeyed_to_the_index(synthetic_root: Path) -> None:
+    df = build_index(synthetic_root, splits=["val"])
+    coco = coco_ground_truth(df, synthetic_root)
+    assert coco is not None
+    assert [image["id"] for image in coco["images"]] == df["image_id"].tolist()
+    assert [Path(image["file_name"]).stem for image in coco["images"]] == df["name"].tolist()
+    assert [category["name"] for category in coco["categories"]] == ["disc", "square", "triangle"]
+    name_of = dict(zip(df["image_id"], df["name"]))
+    assert coco["annotations"]
+    for annotation in coco["annotations"]:
+        instance_map = read_label_png(synthetic_root / "SegmentationObject" / f"{name_of[annotation['image_id']]}.png")
+        mask = decode_rle(annotation["segmentation"])
+        assert len(np.unique(instance_map[mask])) == 1 and instance_map[mask][0] not in (0, 255)
+        assert np.array_equal(mask, instance_map == instance_map[mask][0])
+
+
+def test_coco_ground_truth_from_pngs_matches_json(synthetic_root: Path, tmp_path: Path) -> None:
+    png_only = tmp_path / "png_only"
+    shutil.copytree(synthetic_root, png_only, ignore=shutil.ignore_patterns("annotations"))
+    from_json = coco_ground_truth(build_index(synthetic_root), synthetic_root)
+    from_pngs = coco_ground_truth(build_index(png_only), png_only)
+    assert from_json is not None and from_pngs is not None
+    assert [image["id"] for image in from_pngs["images"]] == [image["id"] for image in from_json["images"]]
+    assert [image["file_name"] for image in from_pngs["images"]] == [
+        image["file_name"] for image in from_json["images"]
+    ]
+    assert len(from_pngs["annotations"]) == len(from_json["annotations"])
+    for derived, stored in zip(from_pngs["annotations"], from_json["annotations"]):
+        assert derived["image_id"] == stored["image_id"]
+        assert derived["category_id"] == stored["category_id"]
+        assert derived["area"] == stored["area"] and derived["bbox"] == stored["bbox"]
+        assert np.array_equal(decode_rle(derived["segmentation"]), decode_rle(stored["segmentation"]))
+    max_category = max(annotation["category_id"] for annotation in from_json["annotations"])
+    assert [category["id"] for category in from_pngs["categories"]] == list(range(1, max_category + 1))
+    assert from_pngs["categories"][0]["name"] == "class_1"
+
+
+def test_voc2012_val_crops() -> None:
+    if not (VOC_CROPS / "JPEGImages").is_dir():
+        pytest.skip(f"shared data not present: {VOC_CROPS}")
+    df = build_index(VOC_CROPS)
+    assert len(df) == 14
+    assert (df["split"] == "val").all()
+    assert (df["gt_semantic"] != "").all() and all(Path(path).is_file() for path in df["gt_semantic"])
+    assert (df["gt_instance"] == "").all()
+    assert df["name"].tolist() == sorted((VOC_CROPS / "val.txt").read_text().split())
+    assert coco_ground_truth(df, VOC_CROPS) is None
