@@ -29,3 +29,8 @@ rule all:
     input:
         all_targets(),
     default_target: True
+
+
+onsuccess:
+    for line in where_to_look():
+        print(line)

@@ -67,3 +67,15 @@ def all_targets():
 def along(stage, keys, pattern):
     """Input function: ``pattern`` formatted with the variant reached by following ``keys`` upstream."""
     return lambda wildcards: pattern.format(variant=follow(config, stage, wildcards.variant, *keys))
+
+
+def where_to_look():
+    """Lines printed when a run succeeds: where the reports and audit pages are."""
+    lines = ["", "Results:"]
+    for variant in config["evaluate"]:
+        lines.append(f"  report      {RESULTS}/evaluate/{variant}/report.md  (numbers: metrics.json)")
+    for stage, variants in [("masks", config["masks"]), ("proposals", config["proposals"]),
+                            ("pseudolabels", config["pseudolabels"]), ("predict", config["train"])]:
+        for variant in variants:
+            lines.append(f"  audit page  {RESULTS}/audit/{stage}/{variant}/index.html")
+    return lines

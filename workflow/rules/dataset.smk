@@ -15,7 +15,7 @@ rule index:
     output:
         index_csv(),
     params:
-        root=config["dataset"]["root"],
+        root=lambda wildcards: config["dataset"]["root"],
     log:
         f"{LOGS}/index.log",
     script:
