@@ -39,20 +39,26 @@ def laplacian_eigenvectors(affinity: np.ndarray, num_vectors: int) -> tuple[np.n
     normalized = inv_sqrt_degree[:, None] * weights * inv_sqrt_degree[None, :]
     laplacian = torch.eye(len(weights)) - normalized
     # A dense symmetric solve: N is a few hundred tokens per image here; issue #4 brings the batched fast path.
-    eigenvalues, eigenvectors = torch.linalg.eigh(laplacian.double())
-    return eigenvalues[:num_vectors].float().numpy(), eigenvectors[:, :num_vectors].float().numpy()
+    eigenvalues, eigenvectors = torch.linalg.eigh(laplacian)
+    return eigenvalues[:num_vectors].numpy(), eigenvectors[:, :num_vectors].numpy()
 
 
-def spectral_clustering(affinity: np.ndarray, num_clusters: int, seed: int = 0) -> np.ndarray:
+def spectral_clustering(
+    affinity: np.ndarray, num_clusters: int, seed: int = 0, eigenvectors: np.ndarray | None = None
+) -> np.ndarray:
     """Ng–Jordan–Weiss spectral clustering: k-means on the row-normalised K smallest Laplacian eigenvectors.
 
     Args:
         affinity: (N, N) float array.
+        eigenvectors: optional (N, >= K) smallest eigenvectors already computed for this affinity (multi-k
+            clustering solves once for the largest k).
 
     Returns:
         (N,) int64 cluster labels in [0, num_clusters).
     """
-    _, embedding = laplacian_eigenvectors(affinity, num_clusters)
+    if eigenvectors is None:
+        _, eigenvectors = laplacian_eigenvectors(affinity, num_clusters)
+    embedding = eigenvectors[:, :num_clusters]
     embedding = embedding / np.linalg.norm(embedding, axis=1, keepdims=True).clip(min=1e-12)
     labels, _, _ = kmeans(embedding, num_clusters, seed=seed, num_restarts=5)
     return labels
@@ -103,11 +109,13 @@ def multik_masks(
     """
     grid_h, grid_w, _ = features.shape
     affinity = cosine_affinity(features.reshape(grid_h * grid_w, -1))
+    ks = tuple(k for k in ks if k <= grid_h * grid_w)
+    if not ks:
+        return []
+    _, eigenvectors = laplacian_eigenvectors(affinity, max(ks))  # one solve serves every k
     results: list[GridMask] = []
     for k in ks:
-        if k > grid_h * grid_w:
-            continue
-        labels = spectral_clustering(affinity, k, seed=seed).reshape(grid_h, grid_w)
+        labels = spectral_clustering(affinity, k, seed=seed, eigenvectors=eigenvectors).reshape(grid_h, grid_w)
         for cluster in range(k):
             cluster_mask = labels == cluster
             parts = connected_components(cluster_mask, min_area) if split_components else (
