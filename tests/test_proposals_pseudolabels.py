@@ -77,3 +77,13 @@ def test_linear_head_standardises_then_classifies():
         head.classifier.bias.zero_()
     tokens = torch.tensor([3.0, 6.0]).view(1, 2, 1, 1)
     np.testing.assert_allclose(head(tokens).detach().flatten().numpy(), [1.0, 1.0])
+
+
+def test_assign_background_clusters_maps_nearest_to_zero():
+    from unseg.pseudolabels import assign_background_clusters
+
+    centroids = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.7, 0.7, 0.0], [0.0, 0.0, 1.0]])
+    background = np.array([0.0, 2.0, 0.1])  # nearest: cluster 1, then cluster 2
+    assert assign_background_clusters(centroids, background, 1).tolist() == [1, 0, 2, 3]
+    assert assign_background_clusters(centroids, background, 2).tolist() == [1, 0, 0, 2]
+    assert assign_background_clusters(centroids, background, 0).tolist() == [1, 2, 3, 4]

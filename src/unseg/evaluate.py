@@ -636,16 +636,16 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, bool, int, float, np.integer, np.floating))
 
 
-def _render_section(title: str, value: Any) -> list[str]:
+def _render_section(title: str, value: Any, level: int = 2) -> list[str]:
     """A generic section: a key/value table for a flat dict, nested headings for nested dicts."""
-    lines = [f"## {title}", ""]
+    lines = [f"{'#' * level} {title}", ""]
     if isinstance(value, Mapping):
         scalars = [(key, item) for key, item in value.items() if _is_scalar(item)]
         if scalars:
             lines += _table(["Key", "Value"], scalars)
         for key, item in value.items():
             if isinstance(item, Mapping) and all(_is_scalar(v) for v in item.values()):
-                lines += [f"### {key}", ""] + _table(["Key", "Value"], list(item.items()))
+                lines += [f"{'#' * (level + 1)} {key}", ""] + _table(["Key", "Value"], list(item.items()))
     elif _is_scalar(value):
         lines += [_format_value(value), ""]
     else:
@@ -653,22 +653,10 @@ def _render_section(title: str, value: Any) -> list[str]:
     return lines
 
 
-def write_report(metrics: Mapping[str, Any], path_md: str | os.PathLike, title: str | None = None) -> None:
-    """Write ``metrics`` (as returned by the functions above, possibly merged into one dict) as Markdown.
-
-    Sections, each present only when its keys are: a headline table (mIoU, pixel accuracy, foreground IoU,
-    max F-beta, AP/AR), single/multi AP table, per-class IoU table, class mapping (cluster -> class name; class
-    names are taken from ``per_class_iou`` in order), recall by instance count (key
-    ``recall_by_instance_count``), then any other dict entries as generic key/value sections. Numbers are given
-    to 1 decimal. The file is written atomically.
-
-    Args:
-        metrics: the metrics dict.
-        path_md: output Markdown path.
-        title: report title (default ``metrics["title"]`` or "Evaluation report").
-    """
-    title = title or metrics.get("title") or "Evaluation report"
-    lines = [f"# {title}", ""]
+def _render_metrics(metrics: Mapping[str, Any], level: int = 2) -> list[str]:
+    """Markdown lines for one metrics dict; section headings at ``level``."""
+    h = "#" * level
+    lines: list[str] = []
     details = [
         f"{label}: {_format_value(metrics[key])}"
         for key, label in (("num_images", "images"), ("matching", "matching"), ("num_detections", "detections"))
@@ -684,17 +672,17 @@ def write_report(metrics: Mapping[str, Any], path_md: str | os.PathLike, title: 
         if key.startswith("AR") and key[2:].isdigit() and key not in _HEADLINE_LABELS
     ]
     if headline:
-        lines += ["## Headline", ""] + _table(["Metric", "Value (%)"], headline)
+        lines += [f"{h} Headline", ""] + _table(["Metric", "Value (%)"], headline)
 
     ap_sets = [name for name in ("single", "multi") if isinstance(metrics.get(name), Mapping)]
     if ap_sets:
         keys = [key for key in metrics[ap_sets[0]] if key.startswith(("AP", "AR"))]
-        lines += ["## Class-agnostic mask AP (single / multi detections per image)", ""]
+        lines += [f"{h} Class-agnostic mask AP (single / multi detections per image)", ""]
         lines += _table(["Protocol", *keys], [[name, *(metrics[name].get(key) for key in keys)] for name in ap_sets])
 
     per_class = metrics.get("per_class_iou")
     if isinstance(per_class, Mapping) and per_class:
-        lines += ["## Per-class IoU", ""] + _table(["Class", "IoU (%)"], list(per_class.items()))
+        lines += [f"{h} Per-class IoU", ""] + _table(["Class", "IoU (%)"], list(per_class.items()))
 
     if "mapping" in metrics:
         names = list(per_class) if isinstance(per_class, Mapping) else []
@@ -704,14 +692,14 @@ def write_report(metrics: Mapping[str, Any], path_md: str | os.PathLike, title: 
                 return "unmatched"
             return names[index] if index < len(names) else f"class_{index}"
 
-        lines += ["## Class mapping", ""]
+        lines += [f"{h} Class mapping", ""]
         rows = [[cluster, class_name(int(index))] for cluster, index in enumerate(metrics["mapping"])]
         lines += _table(["Cluster", "Class"], rows)
 
     recall = metrics.get("recall_by_instance_count")
     if isinstance(recall, Mapping) and "recall" in recall:
         threshold = recall.get("iou_threshold")
-        heading = "## Recall by number of instances of the category in the image"
+        heading = f"{h} Recall by number of instances of the category in the image"
         lines += [heading + (f" (mask IoU >= {threshold:g})" if threshold is not None else ""), ""]
         counts = recall.get("num_instances", {})
         lines += _table(
@@ -721,8 +709,36 @@ def write_report(metrics: Mapping[str, Any], path_md: str | os.PathLike, title: 
 
     for key, value in metrics.items():
         if key not in _KNOWN_KEYS and not (key.startswith("AR") and key[2:].isdigit()):
-            lines += _render_section(str(key), value)
+            lines += _render_section(str(key), value, level)
 
+    return lines
+
+
+def write_report(
+    metrics: Mapping[str, Any],
+    path_md: str | os.PathLike,
+    title: str | None = None,
+    sections: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Write ``metrics`` (as returned by the functions above, possibly merged into one dict) as Markdown.
+
+    Sections, each present only when its keys are: a headline table (mIoU, pixel accuracy, foreground IoU,
+    max F-beta, AP/AR), single/multi AP table, per-class IoU table, class mapping (cluster -> class name; class
+    names are taken from ``per_class_iou`` in order), recall by instance count (key
+    ``recall_by_instance_count``), then any other dict entries as generic key/value sections. Numbers are given
+    to 1 decimal. The file is written atomically.
+
+    Args:
+        metrics: the metrics dict.
+        path_md: output Markdown path.
+        title: report title (default ``metrics["title"]`` or "Evaluation report").
+        sections: further titled metric dicts (e.g. "Proposals"), each rendered like ``metrics`` one heading level
+            deeper.
+    """
+    title = title or metrics.get("title") or "Evaluation report"
+    lines = [f"# {title}", ""] + _render_metrics(metrics)
+    for section_title, section in (sections or {}).items():
+        lines += [f"## {section_title}", ""] + _render_metrics(section, level=3)
     with atomic_output(path_md) as tmp:
         Path(tmp).write_text("\n".join(lines).rstrip("\n") + "\n")
 
@@ -788,8 +804,9 @@ def run_evaluation(
     metrics["provenance"] = dict(provenance or {})
     metrics["config_digest"] = hashlib.sha256(json.dumps(provenance or {}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     write_json(out_metrics, metrics)
-    report = {key: value for key, value in metrics.items() if key not in ("provenance", "confusion")}
-    write_report(report, out_report)
+    instance_keys = {"proposals": "Proposals (class-agnostic)", "predicted_instances": "Predicted instances (class-agnostic)"}
+    report = {key: value for key, value in metrics.items() if key not in ("provenance", "confusion", "split", "config_digest", *instance_keys)}
+    write_report(report, out_report, sections={title: metrics[key] for key, title in instance_keys.items() if key in metrics})
     return metrics
 
 

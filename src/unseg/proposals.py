@@ -12,6 +12,7 @@ Artifacts:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -36,16 +37,23 @@ def run_masks(
     ks: Sequence[int] = (2, 3, 4, 5),
     facet: str = "keys",
     split_components: bool = True,
-    min_area_cells: int = 2,
+    min_area_fraction: float = 0.015,
     seed: int = 0,
     progress: bool = True,
 ) -> int:
-    """Multi-k spectral masks for every image in a feature store → COCO results JSON. Returns the mask count."""
+    """Multi-k spectral masks for every image in a feature store → COCO results JSON. Returns the mask count.
+
+    Args:
+        min_area_fraction: masks (after the component split) covering fewer than this fraction of the token grid
+            are dropped; at least one cell.
+    """
     store = FeatureStore(store_path)
     results = []
     for name in tqdm(store.names, desc="spectral masks", unit="img", disable=not progress):
         image_id = store.image_id(name)
-        for grid_mask in multik_masks(store.facet(name, facet), tuple(ks), split_components, min_area_cells, seed):
+        features = store.facet(name, facet)
+        min_area_cells = max(1, math.ceil(min_area_fraction * features.shape[0] * features.shape[1]))
+        for grid_mask in multik_masks(features, tuple(ks), split_components, min_area_cells, seed):
             pixels = grid_mask_to_image(grid_mask.mask, store, name)
             if not pixels.any():
                 continue

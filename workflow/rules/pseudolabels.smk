@@ -3,6 +3,7 @@ rule pseudolabels:
         index=index_csv(),
         proposals=upstream("pseudolabels", "proposals", f"{RESULTS}/proposals/{{variant}}/proposals.json"),
         features=upstream("pseudolabels", "features", f"{RESULTS}/features/{{variant}}.zarr"),
+        saliency=along("pseudolabels", ["proposals", "saliency"], f"{RESULTS}/saliency/{{variant}}"),
     output:
         directory(f"{RESULTS}/pseudolabels/{{variant}}"),
     params:
