@@ -10,7 +10,6 @@ Layouts understood by :func:`build_index`:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from unseg.io import IGNORE_LABEL, ImageReadError, atomic_output, encode_rle, read_image, read_json, read_label_png
+from unseg.provenance import file_digest
 
 INDEX_COLUMNS: tuple[str, ...] = (
     "image_id", "name", "path", "width", "height", "split", "sha256", "gt_semantic", "gt_instance",
@@ -96,7 +96,7 @@ def build_index(
                 "width": width,
                 "height": height,
                 "split": rows_split[name],
-                "sha256": _file_sha256(path),
+                "sha256": file_digest(path),
                 "gt_semantic": os.path.abspath(semantic_path) if semantic_path.is_file() else "",
                 "gt_instance": os.path.abspath(instance_path) if instance_path.is_file() else "",
             }
@@ -230,14 +230,6 @@ def _verified_size(path: Path) -> tuple[int, int]:
             f"image {str(path)!r} decodes to {pixels.shape[1]}x{pixels.shape[0]}, its header says {width}x{height}"
         )
     return int(width), int(height)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _coco_from_json(df: pd.DataFrame, json_path: Path) -> dict[str, Any]:
