@@ -1,9 +1,13 @@
+import json
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from unseg.backbones import create_backbone
+from unseg.backbones import BACKBONES, create_backbone
 from unseg.features import (
     FeatureStore,
     extract_features,
@@ -109,3 +113,205 @@ def test_grid_image_round_trip():
     mask = np.zeros((8, 12), dtype=bool)
     mask[:4, :4] = True
     np.testing.assert_allclose(image_to_grid(mask, (2, 3)), [[1, 0, 0], [0, 0, 0]])
+
+
+# ---------------------------------------------------------------------------------------------- crop layout
+
+
+def test_crop_geometry_keeps_the_exact_aspect_and_crops_the_remainder():
+    # 300x450 → short side 100: 100x150 resized; 16-px patches → 6x9 cells = 96x144 kept from the top-left.
+    geometry = resize_geometry((300, 450), short_side=100, patch_size=16, layout="crop")
+    assert geometry.resized_size == (100, 150) and geometry.grid_size == (6, 9)
+    assert geometry.box == (0, 0, 96, 144) and geometry.input_size == (96, 144)
+    assert resize_geometry((300, 450), 100, 16).box == (0, 0, 96, 144)  # resize layout: the whole (rounded) image
+    with pytest.raises(ValueError, match="layout"):
+        resize_geometry((10, 10), 16, 16, layout="pad")
+
+
+def test_grid_to_image_honours_the_crop_by_hand():
+    from unseg.features import ResizeGeometry
+
+    # Original 10x10 shown at 20x20; the ViT saw the top-left 16x16 (2x2 cells of 8 px). Cell centres sit at
+    # resized 4 and 12, i.e. original 2 and 6; pixel y has centre y + 0.5, so its grid coordinate is (y - 1.5) / 4.
+    geometry = ResizeGeometry((10, 10), (20, 20), (2, 2), (0, 0, 16, 16))
+    grid = np.array([[0.0, 1.0], [2.0, 3.0]])
+    pixels = grid_to_image(grid, geometry)
+    assert pixels.shape == (10, 10)
+    coordinate = np.clip((np.arange(10) - 1.5) / 4, 0, 1)  # edge replication beyond the outer cell centres
+    expected = 2 * coordinate[:, None] + coordinate[None, :]
+    np.testing.assert_allclose(pixels, expected, atol=1e-6)
+    assert pixels[9, 9] == 3  # the cropped-off bottom-right strip repeats the edge cell
+    # Without a crop the mapping is torch's bilinear resize (align_corners=False).
+    plain = ResizeGeometry((13, 7), (28, 14), (2, 1))
+    values = np.random.default_rng(0).random((3, 2, 1)).astype(np.float32)
+    reference = torch.nn.functional.interpolate(torch.from_numpy(values)[None], size=(13, 7), mode="bilinear",
+                                                align_corners=False)[0].numpy()
+    np.testing.assert_allclose(grid_to_image(values, plain), reference, atol=1e-6)
+
+
+def test_image_to_grid_with_a_crop_by_hand():
+    from unseg.features import ResizeGeometry
+
+    # Same geometry as above: cell rows cover original rows [0, 4) and [4, 8); rows 8-9 were cropped off.
+    geometry = ResizeGeometry((10, 10), (20, 20), (2, 2), (0, 0, 16, 16))
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[8:, :] = True  # only in the cropped-off strip
+    mask[0:2, 0:4] = True  # half of cell (0, 0)
+    np.testing.assert_allclose(image_to_grid(mask, geometry), [[0.5, 0], [0, 0]])
+    # Without a crop and with divisible sizes the footprints are adaptive pooling's.
+    plain = ResizeGeometry((8, 12), (32, 48), (2, 3))
+    soft = np.random.default_rng(1).random((8, 12))
+    np.testing.assert_allclose(image_to_grid(soft, plain), image_to_grid(soft, (2, 3)), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- facets
+
+
+def test_intermediate_block_facets_match_a_manual_forward():
+    model, spec = create_backbone("dino_vits16", "random")
+    batch = torch.randn(2, 3, 32, 48)
+    out = forward_facets(model, batch, (2, 3), ["keys", "keys@1", "tokens@-11", "attn@1", "cls@1", "keys@-1"])
+    with torch.no_grad():
+        x = model.norm_pre(model._pos_embed(model.patch_embed(batch)))
+        x0 = model.blocks[0](x)
+        block = model.blocks[1]
+        qkv = block.attn.qkv(block.norm1(x0)).reshape(2, 7, 3, spec.num_heads, -1)
+        q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)
+        attention = ((q @ k.transpose(-2, -1)) * block.attn.scale).softmax(-1)[:, :, 0, 1:]
+        x1 = block(x0)
+    torch.testing.assert_close(out["keys@1"].reshape(2, 6, -1), qkv[:, 1:, 1].reshape(2, 6, -1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out["attn@1"].reshape(2, spec.num_heads, 6), attention, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out["tokens@-11"].reshape(2, 6, -1), x1[:, 1:], atol=1e-5, rtol=1e-4)  # 12 blocks
+    torch.testing.assert_close(out["cls@1"], x1[:, 0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out["keys@-1"], out["keys"])  # "@-1" is the last block
+    assert not torch.allclose(out["keys@1"], out["keys"])
+    with pytest.raises(ValueError, match="out of range"):
+        forward_facets(model, batch, (2, 3), ["keys@12"])
+    with pytest.raises(ValueError, match="unknown facet"):
+        forward_facets(model, batch, (2, 3), ["logits"])
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_registry_entry_extracts_into_a_store(tmp_path, name):
+    patch = BACKBONES[name].patch_size
+    paths = write_images(tmp_path, [(2 * patch, 3 * patch)])
+    facets = ["keys", "queries", "values", "tokens", "cls", "attn", "keys@0"]
+    extract_features(paths, ["only"], [7], tmp_path / "f.zarr", backbone=name, weights="random",
+                     resolution=2 * patch, facets=facets, workers=0, progress=False)
+    store = FeatureStore(tmp_path / "f.zarr")
+    spec = BACKBONES[name]
+    assert store.facet("only", "keys@0").shape == (2, 3, spec.embed_dim)
+    assert store.facet("only", "attn").shape == (spec.num_heads, 2, 3)
+    assert store.root["only"]["tokens"].dtype == np.float16
+    assert all(np.isfinite(store.facet("only", facet)).all() for facet in facets)
+
+
+# ---------------------------------------------------------------------------------------------- shards, laziness
+
+
+def _array_bytes(path):
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    return {(name, facet): (array.dtype, array[...].tobytes(), dict(group.attrs))
+            for name, group in root.groups() for facet, array in group.arrays()}
+
+
+def test_two_shards_equal_one_extraction_bit_for_bit(tmp_path):
+    from unseg.features import assemble_shards, shard_plan
+
+    paths = write_images(tmp_path, [(40, 40), (40, 60), (40, 40), (40, 60), (40, 40)])
+    names, ids = ["a", "b", "c", "d", "e"], [1, 2, 3, 4, 5]
+    settings = dict(backbone="dino_vits16", weights="random", resolution=32, facets=["keys", "cls", "attn@3"],
+                    batch_size=2, layout="crop", progress=False)
+    extract_features(paths, names, ids, tmp_path / "one.zarr", workers=0, **settings)
+    shards = [extract_features(paths, names, ids, tmp_path / f"{i}.zarr", shard=(i, 2), workers=1, **settings)
+              for i in range(2)]
+    # Batches of the whole list: [a, c], [e] (40x40) and [b, d] (40x60); shards own whole batches.
+    plan = shard_plan(paths, names, ids, [(40, 40), (40, 60)] * 2 + [(40, 40)], "dino_vits16", 32, "crop", 2, 2)
+    assert [[image["name"] for image in shard] for shard in plan] == [["a", "c", "e"], ["b", "d"]]
+    with pytest.raises(RuntimeError, match="incomplete"):
+        FeatureStore(shards[0])  # a shard alone is never a store downstream may read
+    with pytest.raises(ValueError, match="not all 2 shards"):
+        assemble_shards(shards[:1], tmp_path / "half.zarr")
+    joined = assemble_shards(shards, tmp_path / "joined.zarr")
+    assert _array_bytes(joined) == _array_bytes(tmp_path / "one.zarr")
+    store = FeatureStore(joined)
+    assert store.names == names and store.attrs["num_images"] == 5 and store.attrs["layout"] == "crop"
+    # Hard links: the joined store shares the shard's chunk files instead of copying them.
+    chunk = Path(shards[0]) / "a" / "keys" / "c" / "0" / "0" / "0"
+    assert (joined / "a" / "keys" / "c" / "0" / "0" / "0").stat().st_ino == chunk.stat().st_ino
+
+
+def test_reading_one_image_reads_only_its_files(tmp_path, monkeypatch):
+    from zarr.storage import LocalStore
+
+    paths = write_images(tmp_path, [(32, 32), (32, 32), (32, 48)])
+    extract_features(paths, ["a", "b", "c"], [1, 2, 3], tmp_path / "f.zarr", backbone="dino_vits16",
+                     weights="random", resolution=32, facets=["keys", "tokens"], workers=0, progress=False)
+    store = FeatureStore(tmp_path / "f.zarr")
+    read_keys = []
+    original_get = LocalStore.get
+
+    async def counting_get(self, key, *args, **kwargs):
+        read_keys.append(key)
+        return await original_get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "get", counting_get)
+    assert store.facet("b", "keys").shape == (2, 2, 384)
+    assert store.geometry("b").grid_size == (2, 2)
+    assert read_keys and all(key.startswith("b/") for key in read_keys), read_keys
+
+
+def test_sharded_workflow_replans_only_the_edited_shard(tmp_path):
+    """Two shard jobs and a join; editing one image replans only its shard and the join."""
+    import io
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((root / "tests/configs/tiny.yaml").read_text())
+    config["dataset"]["generate"]["num_images"] = 4
+    config["features"]["vits16"].update(shards=2, batch_size=2, layout="crop", facets=["keys", "cls", "keys@-4"])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    target = "results/tiny/features/vits16.zarr"
+
+    def snakemake(*args):
+        result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "--directory",
+                                 str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "--cores", "2", *args],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+        return result.stdout
+
+    snakemake(target)
+    store = FeatureStore(tmp_path / target)
+    assert len(store.names) == 4 and store.attrs["shards"] == 2 and store.facet(store.names[0], "keys@-4").ndim == 3
+    assert "Job stats" not in snakemake("-n", target)  # up to date
+    plan = json.loads((tmp_path / "results/tiny/features/vits16.shards/plan.json").read_text())
+    edited = Path(plan[1][0]["path"])
+    pixels = np.asarray(Image.open(edited)).copy()
+    pixels[:8] = 255 - pixels[:8]
+    encoded = io.BytesIO()
+    Image.fromarray(pixels).save(encoded, format="JPEG")
+    with open(edited, "r+b") as handle:  # in place: the folder's listing (and so the index) stays as it was
+        handle.write(encoded.getvalue())
+        handle.truncate()
+    dry = snakemake("-n", target)
+    jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", dry.split("Job stats:")[-1], re.M)}
+    assert jobs == {"features_shard": 1, "features": 1, "total": 2}, dry
+    assert "wildcards: variant=vits16, shard=1" in dry
+
+
+def test_direct_writer_metadata_is_what_zarr_writes(tmp_path):
+    import zarr
+
+    from unseg.features import zarr_array_metadata
+
+    for shape in [(3, 4, 5), (7,)]:
+        data = np.arange(np.prod(shape), dtype=np.float16).reshape(shape)
+        zarr.open_group(str(tmp_path / "z.zarr"), mode="w").create_array("x", data=data, chunks=shape, compressors=None)
+        assert json.loads((tmp_path / "z.zarr/x/zarr.json").read_text()) == zarr_array_metadata(shape)
+        chunk = tmp_path / "z.zarr/x/c" / Path(*["0"] * len(shape))
+        assert chunk.read_bytes() == data.astype("<f2").tobytes()

@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from .provenance import file_digest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -150,11 +151,7 @@ def weights_digest(path_or_tag: str | os.PathLike) -> str:
     path = Path(path_or_tag)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {str(path)!r}")
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return file_digest(path)[:16]
 
 
 def _strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:

