@@ -94,19 +94,34 @@ def _detections_by_image(path: str | Path) -> dict[int, list[dict]]:
     return by_image
 
 
+def _mask_origin(det: dict) -> tuple[int, int]:
+    """Sort key and panel of a mask: (0, k) for a clustering with k clusters, (1, i) for eigenvector i's split."""
+    eigen_index = det.get("eigen_index")
+    return (1, int(eigen_index)) if eigen_index is not None and eigen_index >= 1 else (0, int(det["k"]))
+
+
+def _origin_caption(det: dict) -> str:
+    kind, value = _mask_origin(det)
+    return f"eigenvector {value}" if kind else f"k={value}"
+
+
 def audit_masks(images: Sequence[tuple[int, str, str]], masks_json: str | Path, out_dir: str | Path) -> Path:
-    """Masks per k: for each image (image_id, name, path), one panel per k with that clustering's masks."""
+    """Masks per k (and, for deep_spectral, per eigenvector): for each image (image_id, name, path), one panel per
+    clustering k with that clustering's masks, then one per eigenvector index with its sign-split masks."""
     by_image = _detections_by_image(masks_json)
     rows = []
     for image_id, name, path in images:
         image = read_image(path)
         detections = by_image.get(image_id, [])
         panels: list[Panel] = [("image", image)]
-        for k in sorted({det["k"] for det in detections}):
-            masks = [decode_rle(det["segmentation"]) for det in detections if det["k"] == k]
-            panels.append((f"k={k}: {len(masks)} masks", overlay_masks(image, masks)))
+        for origin in sorted({_mask_origin(det) for det in detections}):
+            chosen = [det for det in detections if _mask_origin(det) == origin]
+            masks = [decode_rle(det["segmentation"]) for det in chosen]
+            panels.append((f"{_origin_caption(chosen[0])}: {len(masks)} masks", overlay_masks(image, masks)))
         rows.append((name, panels))
-    return write_gallery(out_dir, "Spectral masks per k", rows, "Each colour is one mask (a connected component of one cluster).")
+    notes = ("Each colour is one mask (a connected component of one cluster, or of the border-rule side of one "
+             "eigenvector's sign split).")
+    return write_gallery(out_dir, "Spectral masks per k and per eigenvector", rows, notes)
 
 
 def audit_proposals(
@@ -124,7 +139,7 @@ def audit_proposals(
         panels: list[Panel] = [("image", image), ("saliency", overlay_heatmap(image, soft))]
         panels.append((f"{len(detections)} proposals", overlay_masks(image, [decode_rle(d["segmentation"]) for d in detections[::-1]])))
         for det in detections[:4]:
-            panels.append((f"score {det['score']:.2f} (k={det.get('k')}, salient {det.get('salient_fraction', 0):.2f})",
+            panels.append((f"score {det['score']:.2f} ({_origin_caption(det)}, salient {det.get('salient_fraction', 0):.2f})",
                            overlay_masks(image, [decode_rle(det["segmentation"])])))
         rows.append((name, panels))
     return write_gallery(out_dir, "Proposals after the saliency filter and NMS", rows)

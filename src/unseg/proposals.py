@@ -2,33 +2,112 @@
 
 Artifacts:
 - masks: a COCO results list (``masks.json``): image_id, segmentation (RLE at original resolution), score,
-  and the ``k``, ``cluster`` and ``component`` that made each mask. The mask score is its coherence, the mean
-  cosine affinity between its tokens.
+  and the ``k``, ``cluster`` and ``component`` that made each mask (deep_spectral adds ``eigen_index``: i >= 1
+  for the sign split of eigenvector i, -1 for a k-means segment of eigenvectors 1..K-1). The mask score is its
+  coherence, the mean cosine similarity between its tokens. Grid masks are upsampled bilinearly on their 0/1
+  values to the original size and thresholded at 0.5.
 - saliency: one PNG per image (``{name}.png``, uint8 = round(255 × soft foreground), original resolution);
   foreground is ``value > 127``.
 - proposals: a COCO results list like masks, after the saliency filter and NMS, each with
-  ``salient_fraction``; score = salient_fraction × coherence, so masks that are salient and coherent rank first.
+  ``salient_fraction`` (fraction of the mask's pixels where the soft saliency > 0.5); score = salient_fraction ×
+  max(coherence, 0), so masks that are salient and coherent rank first; ``k``, ``cluster``, ``component`` and
+  ``eigen_index`` are carried over from the mask.
+- proposals report: :func:`evaluate_proposals` (class-agnostic AP/AR, recall by instance count, object IoU).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .features import FeatureStore, grid_to_image
-from .io import atomic_output, decode_rle, encode_rle, read_json, write_json
-from .spectral import bipartition_saliency, multik_masks
+from .io import IGNORE_LABEL, atomic_output, decode_rle, encode_rle, read_json, read_label_png, write_json
+from .spectral import (
+    GridMask,
+    bipartition_saliency,
+    color_knn_affinity,
+    deep_spectral_masks,
+    grid_spectra,
+    multik_masks,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def grid_mask_to_image(grid_mask: np.ndarray, store: FeatureStore, name: str) -> np.ndarray:
     """(h, w) bool token mask → (H0, W0) bool, bilinear on the 0/1 values then threshold at 0.5."""
     return grid_to_image(grid_mask.astype(np.float32), store.geometry(name)) > 0.5
+
+
+MASK_METHODS = ("spectral_multik", "deep_spectral")
+
+
+def _image_at_grid(path: str | Path, grid_size: tuple[int, int]) -> np.ndarray:
+    """(h, w, 3) uint8 image down-sampled (area average) to the token grid, for the colour affinity."""
+    from .io import read_image
+
+    picture = Image.fromarray(read_image(path))
+    return np.asarray(picture.resize((grid_size[1], grid_size[0]), Image.BOX))
+
+
+def _batches(items: Sequence[str], size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def image_grid_masks(
+    grids: list[np.ndarray],
+    method: str = "spectral_multik",
+    ks: Sequence[int] = (2, 3, 4, 5),
+    split_components: bool = True,
+    min_area_fraction: float = 0.015,
+    seed: int = 0,
+    num_eigenvectors: int = 10,
+    eigen_masks: int = 3,
+    drop_background: bool = True,
+    color_weight: float = 0.0,
+    images: list[np.ndarray] | None = None,
+    device: str | None = None,
+) -> list[list[GridMask]]:
+    """Masks of a batch of token grids by one method, with one batched eigensolve for all of them.
+
+    Args:
+        grids: per image an (h, w, D) float token grid.
+        method: "spectral_multik" (:func:`~unseg.spectral.multik_masks`) or "deep_spectral"
+            (:func:`~unseg.spectral.deep_spectral_masks`).
+        min_area_fraction: masks (after the component split) covering fewer than this fraction of the token grid
+            are dropped; at least one cell.
+        images: per image the (h, w, 3) picture at grid size (deep_spectral with ``color_weight`` > 0).
+
+    Returns:
+        per image its masks.
+    """
+    if method not in MASK_METHODS:
+        raise ValueError(f"masks method must be one of {MASK_METHODS}, got {method!r}")
+    ks = tuple(int(k) for k in ks)
+    colored = method == "deep_spectral" and color_weight > 0
+    if colored and (images is None or len(images) != len(grids)):
+        raise ValueError("deep_spectral with color_weight > 0 needs one grid-sized image per token grid")
+    extra = [color_weight * color_knn_affinity(image) for image in images] if colored else None
+    num_vectors = num_eigenvectors if method == "deep_spectral" else max(ks)
+    spectra = grid_spectra(grids, num_vectors, extra, device=device)
+    results = []
+    for grid, (vectors, degree) in zip(grids, spectra):
+        min_area = max(1, math.ceil(min_area_fraction * grid.shape[0] * grid.shape[1]))
+        if method == "spectral_multik":
+            results.append(multik_masks(grid, ks, split_components, min_area, seed, eigenvectors=vectors))
+        else:
+            results.append(deep_spectral_masks(grid, ks, num_eigenvectors, eigen_masks, split_components, min_area,
+                                               drop_background, seed, eigenvectors=vectors, degree=degree))
+    return results
 
 
 def run_masks(
@@ -40,25 +119,46 @@ def run_masks(
     min_area_fraction: float = 0.015,
     seed: int = 0,
     progress: bool = True,
+    method: str = "spectral_multik",
+    num_eigenvectors: int = 10,
+    eigen_masks: int = 3,
+    drop_background: bool = True,
+    color_weight: float = 0.0,
+    image_paths: Mapping[str, str] | None = None,
+    batch_size: int = 64,
+    device: str | None = None,
 ) -> int:
-    """Multi-k spectral masks for every image in a feature store → COCO results JSON. Returns the mask count.
+    """Spectral masks for every image in a feature store → COCO results JSON. Returns the mask count.
+
+    Images are processed ``batch_size`` at a time (one batched eigensolve per batch and token count); see
+    :func:`image_grid_masks` for the methods and their settings. Each result carries ``k``, ``cluster``,
+    ``component`` and, for deep_spectral, ``eigen_index``; its score is the mask's coherence (mean cosine
+    similarity between its tokens).
 
     Args:
-        min_area_fraction: masks (after the component split) covering fewer than this fraction of the token grid
-            are dropped; at least one cell.
+        image_paths: image name → path, needed for deep_spectral's colour affinity (``color_weight`` > 0).
     """
     store = FeatureStore(store_path)
+    if method == "deep_spectral" and color_weight > 0:
+        missing = [name for name in store.names if not image_paths or name not in image_paths]
+        if missing:
+            raise ValueError(f"masks: color_weight > 0 needs image paths; none for {missing[:3]} of {store_path}")
     results = []
-    for name in tqdm(store.names, desc="spectral masks", unit="img", disable=not progress):
-        image_id = store.image_id(name)
-        features = store.facet(name, facet)
-        min_area_cells = max(1, math.ceil(min_area_fraction * features.shape[0] * features.shape[1]))
-        for grid_mask in multik_masks(features, tuple(ks), split_components, min_area_cells, seed):
-            pixels = grid_mask_to_image(grid_mask.mask, store, name)
-            if not pixels.any():
-                continue
-            results.append(
-                {
+    bar = tqdm(total=len(store.names), desc=f"masks {method}", unit="img", disable=not progress)
+    for names in _batches(store.names, batch_size):
+        grids = [store.facet(name, facet) for name in names]
+        images = None
+        if method == "deep_spectral" and color_weight > 0:
+            images = [_image_at_grid(image_paths[name], grid.shape[:2]) for name, grid in zip(names, grids)]
+        masks_per_image = image_grid_masks(grids, method, ks, split_components, min_area_fraction, seed,
+                                           num_eigenvectors, eigen_masks, drop_background, color_weight, images, device)
+        for name, grid_masks in zip(names, masks_per_image):
+            image_id = store.image_id(name)
+            for grid_mask in grid_masks:
+                pixels = grid_mask_to_image(grid_mask.mask, store, name)
+                if not pixels.any():
+                    continue
+                result = {
                     "image_id": image_id,
                     "category_id": 1,
                     "segmentation": encode_rle(pixels),
@@ -68,22 +168,40 @@ def run_masks(
                     "cluster": grid_mask.cluster,
                     "component": grid_mask.component,
                 }
-            )
+                if grid_mask.eigen_index is not None:
+                    result["eigen_index"] = grid_mask.eigen_index
+                results.append(result)
+        bar.update(len(names))
+    bar.close()
     write_json(out_json, results, indent=None)
     return len(results)
 
 
 def run_saliency(
-    store_path: str | Path, out_dir: str | Path, facet: str = "keys", progress: bool = True
+    store_path: str | Path,
+    out_dir: str | Path,
+    facet: str = "keys",
+    progress: bool = True,
+    batch_size: int = 64,
+    device: str | None = None,
 ) -> list[str]:
-    """Bipartition saliency for every image → ``out_dir/{name}.png`` soft maps (written as one atomic folder)."""
+    """Bipartition saliency for every image → ``out_dir/{name}.png`` soft maps (written as one atomic folder).
+
+    The soft map (0.5 + 0.5 × generalised Fiedler vector / its max magnitude, oriented by the border rule) is
+    upsampled bilinearly to the original size and stored as uint8; foreground is ``value > 127``.
+    """
     store = FeatureStore(store_path)
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        for name in tqdm(store.names, desc="saliency", unit="img", disable=not progress):
-            _, soft = bipartition_saliency(store.facet(name, facet))
-            soft_pixels = np.clip(grid_to_image(soft, store.geometry(name)), 0.0, 1.0)
-            Image.fromarray(np.round(soft_pixels * 255).astype(np.uint8), mode="L").save(tmp / f"{name}.png")
+        bar = tqdm(total=len(store.names), desc="saliency", unit="img", disable=not progress)
+        for names in _batches(store.names, batch_size):
+            grids = [store.facet(name, facet) for name in names]
+            for name, grid, (vectors, degree) in zip(names, grids, grid_spectra(grids, 2, device=device)):
+                _, soft = bipartition_saliency(grid, eigenvectors=vectors, degree=degree)
+                soft_pixels = np.clip(grid_to_image(soft, store.geometry(name)), 0.0, 1.0)
+                Image.fromarray(np.round(soft_pixels * 255).astype(np.uint8), mode="L").save(tmp / f"{name}.png")
+            bar.update(len(names))
+        bar.close()
     return store.names
 
 
@@ -153,3 +271,157 @@ def run_proposals(
         proposals.extend(filter_proposals(detections, saliency, min_salient_fraction, nms_iou))
     write_json(out_json, proposals, indent=None)
     return len(proposals)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation of proposals: class-agnostic AP / AR, recall by instance count, object IoU of proposals and saliency.
+
+
+def semantic_component_instances(
+    semantic: np.ndarray, min_area: int = 100
+) -> list[tuple[int, np.ndarray]]:
+    """Approximate instances of a class label map: the 8-connected components of each class's pixels.
+
+    VOC draws a void (255) outline around every object, so touching objects of one class usually fall apart into
+    separate components; objects split by an occluder become several instances, and objects that still touch
+    merge — an approximation of SegmentationObject, used when a dataset ships no instance PNGs.
+
+    Args:
+        semantic: (H, W) uint8 labels, 0 background, 255 void.
+        min_area: components with fewer pixels are dropped (specks of void-cut objects).
+
+    Returns:
+        (category, (H, W) bool mask) per instance, by category then component order.
+    """
+    instances = []
+    for category in np.unique(semantic):
+        if category in (0, IGNORE_LABEL):
+            continue
+        labelled, count = ndimage.label(semantic == category, structure=np.ones((3, 3), dtype=bool))
+        for index in range(1, count + 1):
+            component = labelled == index
+            if component.sum() >= min_area:
+                instances.append((int(category), component))
+    return instances
+
+
+def semantic_components_ground_truth(rows: "pd.DataFrame", min_area: int = 100) -> dict:
+    """COCO instance ground truth from the SegmentationClass PNGs of index rows (see
+    :func:`semantic_component_instances`); rows (an index DataFrame) without a class PNG are left out."""
+    images, annotations, max_label = [], [], 0
+    for row in rows.sort_values("image_id").itertuples(index=False):
+        if not row.gt_semantic:
+            continue
+        semantic = read_label_png(row.gt_semantic)
+        images.append({"id": int(row.image_id), "file_name": row.path, "height": semantic.shape[0],
+                       "width": semantic.shape[1]})
+        for category, mask in semantic_component_instances(semantic, min_area):
+            max_label = max(max_label, category)
+            annotations.append({"id": len(annotations) + 1, "image_id": int(row.image_id), "category_id": category,
+                                "segmentation": encode_rle(mask), "area": int(mask.sum()), "iscrowd": 0})
+    categories = [{"id": label, "name": f"class_{label}"} for label in range(1, max_label + 1)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def object_proposal_scores(
+    proposals: Sequence[dict], saliency: np.ndarray, foreground: np.ndarray
+) -> dict[str, float]:
+    """Object IoU (percent) of one image's proposals and saliency against its (H, W) bool foreground.
+
+    Returns:
+        ``best_proposal_iou`` (the proposal with the highest IoU: an oracle pick, the recall side),
+        ``top_proposal_iou`` (the highest-scoring proposal), ``proposal_union_iou`` (the union of all proposals),
+        ``saliency_iou`` (saliency > 0.5); an image without proposals scores 0 on the proposal entries.
+    """
+
+    def iou(mask: np.ndarray) -> float:
+        union = np.count_nonzero(mask | foreground)
+        return 100.0 * np.count_nonzero(mask & foreground) / union if union else 100.0
+
+    masks = [decode_rle(det["segmentation"]) for det in proposals]
+    ordered = sorted(range(len(masks)), key=lambda index: -proposals[index]["score"])
+    return {
+        "best_proposal_iou": max((iou(mask) for mask in masks), default=0.0),
+        "top_proposal_iou": iou(masks[ordered[0]]) if masks else 0.0,
+        "proposal_union_iou": iou(np.logical_or.reduce(masks)) if masks else 0.0,
+        "saliency_iou": iou(saliency > 0.5),
+    }
+
+
+def evaluate_proposals(
+    index_csv: str | Path,
+    dataset_root: str | Path,
+    proposals_json: str | Path,
+    saliency_dir: str | Path,
+    out_metrics: str | Path,
+    out_report: str | Path,
+    split: str = "all",
+    foreground_masks: Mapping[str, str] | None = None,
+    min_instance_area: int = 100,
+    provenance: Mapping | None = None,
+) -> dict:
+    """Score the proposals of one variant; write ``metrics.json`` and ``report.md``.
+
+    * instances (when the dataset has them): class-agnostic mask AP/AR@{1,10,100} (pycocotools; MaskDistill's
+      single = top proposal per image, multi = all) and recall by the number of same-class instances in the image
+      (mask IoU >= 0.5; 1..5, 6+). Ground truth: SegmentationObject PNGs or ``annotations/instances.json``
+      (:func:`unseg.index.coco_ground_truth`); without those, connected components of each class in
+      SegmentationClass (:func:`semantic_component_instances`, an approximation, said so in the report).
+    * objects (when foreground is known: ``foreground_masks`` name → mask PNG (non-zero = object), else class
+      PNG labels 1..254): mean over images of :func:`object_proposal_scores`, and saliency scores
+      (:func:`unseg.evaluate.object_segmentation_scores`, with max F-beta on the soft map).
+
+    Args:
+        split: index split to score ("all" for every image).
+    """
+    from .evaluate import object_segmentation_scores, recall_by_instance_count, single_and_multi_ap, write_report
+    from .index import coco_ground_truth, index_split, read_index
+
+    rows = index_split(read_index(index_csv), split)
+    image_ids = {int(image_id) for image_id in rows["image_id"]}
+    proposals = [det for det in read_json(proposals_json) if int(det["image_id"]) in image_ids]
+    metrics: dict = {"title": f"Proposals on split '{split}' ({len(rows)} images)", "num_images": len(rows),
+                     "num_detections": len(proposals)}
+    ground_truth, source = coco_ground_truth(rows, dataset_root), "instance annotations"
+    if ground_truth is None and (rows["gt_semantic"] != "").any():
+        ground_truth = semantic_components_ground_truth(rows, min_instance_area)
+        source = (f"approximate: 8-connected components (>= {min_instance_area} px) of each class in "
+                  "SegmentationClass (no instance PNGs)")
+    if ground_truth is not None and ground_truth["annotations"]:
+        annotated = {image["id"] for image in ground_truth["images"]}
+        scored = [det for det in proposals if det["image_id"] in annotated]
+        metrics.update(single_and_multi_ap(ground_truth, scored))
+        metrics.update({key: value for key, value in metrics["multi"].items() if key.startswith(("AP", "AR"))})
+        metrics["recall_by_instance_count"] = recall_by_instance_count(ground_truth, scored)
+        metrics["instance_ground_truth"] = {"source": source, "num_instances": len(ground_truth["annotations"]),
+                                            "num_images": len(ground_truth["images"])}
+
+    by_image: dict[int, list[dict]] = {}
+    for det in proposals:
+        by_image.setdefault(int(det["image_id"]), []).append(det)
+    per_image, saliency_maps, foregrounds = [], [], []
+    for row in rows.itertuples(index=False):
+        if foreground_masks is not None and row.name in foreground_masks:
+            foreground = read_label_png(foreground_masks[row.name]) > 0
+        elif foreground_masks is None and row.gt_semantic:
+            labels = read_label_png(row.gt_semantic)
+            foreground = (labels > 0) & (labels != IGNORE_LABEL)
+        else:
+            continue
+        saliency = read_saliency(saliency_dir, row.name)
+        if saliency.shape != foreground.shape:
+            raise ValueError(f"saliency of {row.name!r} has shape {saliency.shape}, its mask {foreground.shape}")
+        per_image.append(object_proposal_scores(by_image.get(int(row.image_id), []), saliency, foreground))
+        saliency_maps.append(saliency)
+        foregrounds.append(foreground)
+    if per_image:
+        metrics["object_iou"] = {key: float(np.mean([scores[key] for scores in per_image])) for key in per_image[0]}
+        metrics["object_iou"]["num_images"] = len(per_image)
+        saliency_scores = object_segmentation_scores([s > 0.5 for s in saliency_maps], foregrounds, saliency_maps)
+        metrics["saliency"] = {key: value for key, value in saliency_scores.items()}
+    if provenance is not None:
+        metrics["provenance"] = dict(provenance)
+    write_json(out_metrics, metrics)
+    report_metrics = {key: value for key, value in metrics.items() if key != "provenance"}
+    write_report(report_metrics, out_report)
+    return metrics

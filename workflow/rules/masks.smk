@@ -1,5 +1,6 @@
 rule masks:
     input:
+        index=index_csv(),
         features=upstream("masks", "features", f"{RESULTS}/features/{{variant}}.zarr"),
     output:
         f"{RESULTS}/masks/{{variant}}/masks.json",

@@ -12,3 +12,25 @@ rule proposals:
         f"{LOGS}/proposals/{{variant}}.log",
     script:
         "../scripts/proposals.py"
+
+
+rule proposals_report:
+    input:
+        index=index_csv(),
+        proposals=f"{RESULTS}/proposals/{{variant}}/proposals.json",
+        saliency=upstream("proposals", "saliency", f"{RESULTS}/saliency/{{variant}}"),
+    output:
+        metrics=f"{RESULTS}/proposals/{{variant}}/metrics.json",
+        report=report(
+            f"{RESULTS}/proposals/{{variant}}/report.md",
+            caption="../report/proposals.rst",
+            category="Proposals",
+        ),
+    params:
+        settings=variant_settings("proposals"),
+        chain=config_chain("proposals"),
+        root=config["dataset"]["root"],
+    log:
+        f"{LOGS}/proposals/{{variant}}.report.log",
+    script:
+        "../scripts/proposals_report.py"
