@@ -12,6 +12,7 @@ from unseg.evaluate import (
     coco_mask_ap,
     confusion_matrix,
     evaluate_semantic,
+    evaluate_semantic_arrays,
     hungarian_match,
     majority_match,
     object_segmentation_scores,
@@ -457,3 +458,33 @@ def test_write_report_contains_headline_numbers(tmp_path):
     assert "timing" in text and "12.3" in text
     assert not [p for p in path.parent.iterdir() if p.name != "metrics.md"]  # no temporary left behind
     assert not math.isnan(metrics["miou"])
+
+
+def test_evaluate_semantic_arrays_per_image_miou_under_the_dataset_mapping():
+    # Image a: prediction == truth with clusters swapped (cluster 1 = class 0, cluster 0 = class 1).
+    # Image b: cluster 1 on every pixel, truth [0, 0, 1, 1]. Dataset confusion (rows clusters, columns classes):
+    # cluster 0: [0, 2]; cluster 1: [2 + 2, 2] → Hungarian 0→1, 1→0.
+    # Image a under that mapping: perfect → 100. Image b: everything painted class 0; IoU_0 = 2/4, IoU_1 = 0/2 → 25.
+    pairs = [("a", np.array([1, 1, 0, 0]), np.array([0, 0, 1, 1])), ("b", np.array([1, 1, 1, 1]), np.array([0, 0, 1, 1]))]
+    result = evaluate_semantic_arrays(pairs, num_predicted=2, num_classes=2)
+    assert result["mapping"] == [1, 0]
+    assert result["per_image_miou"] == pytest.approx({"a": 100.0, "b": 25.0})
+    # dataset: IoU_0 = 4 / (4 + 2) , IoU_1 = 2 / (2 + 2)
+    assert result["miou"] == pytest.approx(100 * (4 / 6 + 2 / 4) / 2)
+
+
+def test_evaluate_semantic_arrays_names_the_image_in_errors():
+    with pytest.raises(ValueError, match="img7"):
+        evaluate_semantic_arrays([("img7", np.zeros((2, 2), int), np.zeros((2, 3), int))], 1, 1)
+    with pytest.raises(ValueError, match="no image"):
+        evaluate_semantic_arrays([], 1, 1)
+
+
+def test_write_report_collects_scalars_in_one_details_table(tmp_path):
+    path = tmp_path / "r.md"
+    write_report({"miou": 10.0, "split": "val", "seeds": [0, 1]}, path,
+                 sections={"K-means": {"miou_mean": 12.5, "miou_std": 0.25, "num_clusters": 4}})
+    text = path.read_text()
+    assert "## Details" in text and "| split | val |" in text and "| seeds | 0, 1 |" in text
+    assert "| mIoU (mean over seeds) | 12.5 |" in text and "| num_clusters | 4 |" in text
+    assert "## split" not in text

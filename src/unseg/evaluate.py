@@ -23,7 +23,7 @@ import io
 import math
 import os
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,15 @@ __all__ = [
     "hungarian_match",
     "majority_match",
     "segmentation_scores",
+    "evaluate_semantic_arrays",
     "evaluate_semantic",
     "coco_mask_ap",
     "single_and_multi_ap",
     "recall_by_instance_count",
     "object_segmentation_scores",
     "write_report",
+    "markdown_table",
+    "run_evaluation",
 ]
 
 MATCHING_METHODS = ("hungarian", "majority")
@@ -218,22 +221,21 @@ def segmentation_scores(
     }
 
 
-def evaluate_semantic(
-    pred_paths: Sequence[str | os.PathLike],
-    gt_paths: Sequence[str | os.PathLike],
+def evaluate_semantic_arrays(
+    pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
     num_predicted: int,
     num_classes: int,
     matching: str = "hungarian",
     class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Score predicted label PNGs against ground-truth label PNGs over a whole dataset.
+    """Score predicted label maps against ground-truth label maps over a whole dataset.
 
     Ground-truth pixels equal to 255 are ignored. Prediction pixels equal to 255 (the predictor abstained) are
     counted as wrong: they go to an extra "no prediction" cluster that is never matched, so they are false
     negatives of their true class. The confusion is accumulated over all images, then matched once.
 
     Args:
-        pred_paths, gt_paths: paired label PNGs, (H, W) uint8 each, same order and same length.
+        pairs: (name, prediction (H, W) int, ground truth (H, W) int) per image; the name is used in messages.
         num_predicted: number of predicted clusters (prediction values 0..num_predicted-1, or 255).
         num_classes: number of classes (ground-truth values 0..num_classes-1, or 255).
         matching: ``"hungarian"`` (one-to-one) or ``"majority"`` (many-to-one).
@@ -242,43 +244,78 @@ def evaluate_semantic(
     Returns:
         dict with ``miou``, ``pixel_accuracy``, ``per_class_iou``, ``confusion`` (remapped), ``unmatched_pixels``,
         ``num_labelled_pixels`` (see :func:`segmentation_scores`), ``mapping`` (list of num_predicted ints),
-        ``matching`` and ``num_images``.
+        ``matching``, ``num_images`` and ``per_image_miou`` (name -> mIoU of that image under the dataset-wide
+        mapping, over the classes present in its ground truth or prediction; None for an image without labelled
+        pixel).
 
     Raises:
-        ValueError: on unequal list lengths, no image, an unknown matching, a shape mismatch or out-of-range value
-            (the message names the file or both files).
+        ValueError: on no image, an unknown matching, a shape mismatch or out-of-range value (naming the image).
     """
     if matching not in MATCHING_METHODS:
         raise ValueError(f"matching must be one of {MATCHING_METHODS}, got {matching!r}")
-    if len(pred_paths) != len(gt_paths):
-        raise ValueError(f"{len(pred_paths)} prediction files but {len(gt_paths)} ground-truth files")
-    if not pred_paths:
-        raise ValueError("no image to evaluate")
     no_prediction = num_predicted  # extra row for pixels the predictor left at 255
-    confusion = np.zeros((num_predicted + 1, num_classes), dtype=np.int64)
-    for pred_path, gt_path in zip(pred_paths, gt_paths):
-        prediction = read_label_png(pred_path)
-        target = read_label_png(gt_path)
+    per_image: dict[str, np.ndarray] = {}
+    for name, prediction, target in pairs:
+        prediction = np.asarray(prediction)
+        target = np.asarray(target)
         if prediction.shape != target.shape:
-            raise ValueError(
-                f"prediction {str(pred_path)!r} has shape {prediction.shape} but ground truth "
-                f"{str(gt_path)!r} has shape {target.shape}"
-            )
+            raise ValueError(f"{name}: prediction has shape {prediction.shape} but ground truth has shape {target.shape}")
         prediction = prediction.astype(np.int64)
         abstained = prediction == IGNORE_LABEL
         if (prediction[~abstained] >= num_predicted).any():
             values = np.unique(prediction[~abstained & (prediction >= num_predicted)])[:10].tolist()
-            raise ValueError(f"prediction {str(pred_path)!r} has values {values} outside 0..{num_predicted - 1}")
+            raise ValueError(f"prediction {name}: values {values} outside 0..{num_predicted - 1}")
         prediction[abstained] = no_prediction
         try:
-            confusion += confusion_matrix(prediction, target, num_predicted + 1, num_classes, IGNORE_LABEL)
+            per_image[name] = confusion_matrix(prediction, target, num_predicted + 1, num_classes, IGNORE_LABEL)
         except ValueError as error:
-            raise ValueError(f"ground truth {str(gt_path)!r}: {error}") from None
+            raise ValueError(f"ground truth {name}: {error}") from None
+    if not per_image:
+        raise ValueError("no image to evaluate")
+    confusion = np.sum(list(per_image.values()), axis=0)
     matcher = hungarian_match if matching == "hungarian" else majority_match
     mapping = matcher(confusion[:num_predicted])
-    scores = segmentation_scores(confusion, np.append(mapping, -1), class_names)
-    scores.update(mapping=mapping.tolist(), matching=matching, num_images=len(pred_paths))
+    full_mapping = np.append(mapping, -1)
+    scores = segmentation_scores(confusion, full_mapping, class_names)
+    scores.update(
+        mapping=mapping.tolist(),
+        matching=matching,
+        num_images=len(per_image),
+        per_image_miou={
+            name: segmentation_scores(image_confusion, full_mapping)["miou"] if image_confusion.sum() else None
+            for name, image_confusion in per_image.items()
+        },
+    )
     return scores
+
+
+def evaluate_semantic(
+    pred_paths: Sequence[str | os.PathLike],
+    gt_paths: Sequence[str | os.PathLike],
+    num_predicted: int,
+    num_classes: int,
+    matching: str = "hungarian",
+    class_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate_semantic_arrays` on paired label PNGs, (H, W) uint8 each, same order and same length.
+
+    Images are named by their prediction file's stem in ``per_image_miou``; error messages name both files.
+    """
+    if len(pred_paths) != len(gt_paths):
+        raise ValueError(f"{len(pred_paths)} prediction files but {len(gt_paths)} ground-truth files")
+    current: dict[str, str] = {}  # the pair being scored when an error is raised
+
+    def pairs() -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
+        for pred_path, gt_path in zip(pred_paths, gt_paths):
+            current.update(prediction=str(pred_path), ground_truth=str(gt_path))
+            yield Path(pred_path).stem, read_label_png(pred_path), read_label_png(gt_path)
+
+    try:
+        return evaluate_semantic_arrays(pairs(), num_predicted, num_classes, matching, class_names)
+    except ValueError as error:
+        if not current:
+            raise
+        raise ValueError(f"{error} (prediction {current['prediction']!r}, ground truth {current['ground_truth']!r})") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -590,6 +627,9 @@ _HEADLINE_LABELS = {
     "mean_iou": "Foreground IoU (mean over images)",
     "dataset_iou": "Foreground IoU (dataset)",
     "max_fbeta": "max F-beta",
+    "miou_mean": "mIoU (mean over seeds)",
+    "miou_std": "mIoU (std over seeds)",
+    "pixel_accuracy_mean": "Pixel accuracy (mean over seeds)",
     "AP": "AP",
     "AP50": "AP50",
     "AP75": "AP75",
@@ -611,10 +651,12 @@ _KNOWN_KEYS = set(_HEADLINE_LABELS) | {
     "single",
     "multi",
     "recall_by_instance_count",
+    "per_image_miou",
 }
 
 
-def _format_value(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A metric value as report text: numbers to 1 decimal, None / NaN as "n/a"."""
     if value is None:
         return "n/a"
     if isinstance(value, bool):
@@ -626,13 +668,14 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """Lines of a Markdown table (numbers to 1 decimal, None as "n/a"), followed by a blank line."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_format_value(cell) for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(format_value(cell) for cell in row) + " |" for row in rows]
     return lines + [""]
 
 
-def _is_scalar(value: Any) -> bool:
+def is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, bool, int, float, np.integer, np.floating))
 
 
@@ -640,14 +683,14 @@ def _render_section(title: str, value: Any, level: int = 2) -> list[str]:
     """A generic section: a key/value table for a flat dict, nested headings for nested dicts."""
     lines = [f"{'#' * level} {title}", ""]
     if isinstance(value, Mapping):
-        scalars = [(key, item) for key, item in value.items() if _is_scalar(item)]
+        scalars = [(key, item) for key, item in value.items() if is_scalar(item)]
         if scalars:
-            lines += _table(["Key", "Value"], scalars)
+            lines += markdown_table(["Key", "Value"], scalars)
         for key, item in value.items():
-            if isinstance(item, Mapping) and all(_is_scalar(v) for v in item.values()):
-                lines += [f"{'#' * (level + 1)} {key}", ""] + _table(["Key", "Value"], list(item.items()))
-    elif _is_scalar(value):
-        lines += [_format_value(value), ""]
+            if isinstance(item, Mapping) and all(is_scalar(v) for v in item.values()):
+                lines += [f"{'#' * (level + 1)} {key}", ""] + markdown_table(["Key", "Value"], list(item.items()))
+    elif is_scalar(value):
+        lines += [format_value(value), ""]
     else:
         lines += [f"`{value}`", ""]
     return lines
@@ -658,7 +701,7 @@ def _render_metrics(metrics: Mapping[str, Any], level: int = 2) -> list[str]:
     h = "#" * level
     lines: list[str] = []
     details = [
-        f"{label}: {_format_value(metrics[key])}"
+        f"{label}: {format_value(metrics[key])}"
         for key, label in (("num_images", "images"), ("matching", "matching"), ("num_detections", "detections"))
         if key in metrics
     ]
@@ -672,17 +715,17 @@ def _render_metrics(metrics: Mapping[str, Any], level: int = 2) -> list[str]:
         if key.startswith("AR") and key[2:].isdigit() and key not in _HEADLINE_LABELS
     ]
     if headline:
-        lines += [f"{h} Headline", ""] + _table(["Metric", "Value (%)"], headline)
+        lines += [f"{h} Headline", ""] + markdown_table(["Metric", "Value (%)"], headline)
 
     ap_sets = [name for name in ("single", "multi") if isinstance(metrics.get(name), Mapping)]
     if ap_sets:
         keys = [key for key in metrics[ap_sets[0]] if key.startswith(("AP", "AR"))]
         lines += [f"{h} Class-agnostic mask AP (single / multi detections per image)", ""]
-        lines += _table(["Protocol", *keys], [[name, *(metrics[name].get(key) for key in keys)] for name in ap_sets])
+        lines += markdown_table(["Protocol", *keys], [[name, *(metrics[name].get(key) for key in keys)] for name in ap_sets])
 
     per_class = metrics.get("per_class_iou")
     if isinstance(per_class, Mapping) and per_class:
-        lines += [f"{h} Per-class IoU", ""] + _table(["Class", "IoU (%)"], list(per_class.items()))
+        lines += [f"{h} Per-class IoU", ""] + markdown_table(["Class", "IoU (%)"], list(per_class.items()))
 
     if "mapping" in metrics:
         names = list(per_class) if isinstance(per_class, Mapping) else []
@@ -694,7 +737,7 @@ def _render_metrics(metrics: Mapping[str, Any], level: int = 2) -> list[str]:
 
         lines += [f"{h} Class mapping", ""]
         rows = [[cluster, class_name(int(index))] for cluster, index in enumerate(metrics["mapping"])]
-        lines += _table(["Cluster", "Class"], rows)
+        lines += markdown_table(["Cluster", "Class"], rows)
 
     recall = metrics.get("recall_by_instance_count")
     if isinstance(recall, Mapping) and "recall" in recall:
@@ -702,13 +745,20 @@ def _render_metrics(metrics: Mapping[str, Any], level: int = 2) -> list[str]:
         heading = f"{h} Recall by number of instances of the category in the image"
         lines += [heading + (f" (mask IoU >= {threshold:g})" if threshold is not None else ""), ""]
         counts = recall.get("num_instances", {})
-        lines += _table(
+        lines += markdown_table(
             ["Instances per image", "Recall (%)", "Instances"],
             [[group, value, counts.get(group)] for group, value in recall["recall"].items()],
         )
 
-    for key, value in metrics.items():
-        if key not in _KNOWN_KEYS and not (key.startswith("AR") and key[2:].isdigit()):
+    others = {key: value for key, value in metrics.items()
+              if key not in _KNOWN_KEYS and not (key.startswith("AR") and key[2:].isdigit())}
+    details = [(key, value) for key, value in others.items() if is_scalar(value)]
+    details += [(key, ", ".join(format_value(v) for v in value)) for key, value in others.items()
+                if isinstance(value, (list, tuple)) and all(is_scalar(v) for v in value)]
+    if details:
+        lines += [f"{h} Details", ""] + markdown_table(["Key", "Value"], details)
+    for key, value in others.items():
+        if isinstance(value, Mapping):
             lines += _render_section(str(key), value, level)
 
     return lines
@@ -747,6 +797,16 @@ def write_report(
 # The evaluate stage: predictions and proposals of one pipeline branch against the dataset's ground truth.
 
 
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "crf": False,
+    "facet": "tokens",
+    "linear_probe": None,  # {"train_split": "train", "seeds": [0, 1, 2], "steps": 200}
+    "kmeans": None,  # {"seeds": [0, 1, 2, 3, 4]}
+    "retrieval": None,  # {"reference_split": "train", "num_neighbours": 1, "classes": {"7 classes": [...]}}
+    "num_examples": 3,
+}
+
+
 def run_evaluation(
     index_csv: str | os.PathLike,
     dataset_root: str | os.PathLike,
@@ -759,27 +819,42 @@ def run_evaluation(
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    out_html: str | os.PathLike | None = None,
+    saliency_dir: str | os.PathLike | None = None,
+    features_store: str | os.PathLike | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one branch on an index split; write ``metrics.json`` and ``report.md``.
+    """Evaluate one branch on an index split; write ``metrics.json``, ``report.md`` and optionally ``report.html``.
 
     - semantic: predicted label PNGs (``predictions_dir/{name}.png``) vs SegmentationClass PNGs, matched over the
-      whole split (background is class 0 and is matched like any class);
+      whole split (background is class 0 and is matched like any class); per-image mIoU under that matching;
+    - ``crf`` (option): the same after dense-CRF refinement of the predictions (key ``crf``; skipped with a note
+      when pydensecrf is missing);
     - instances: class-agnostic mask AP/AR (single and multi) and recall by number of same-class instances, for the
       proposals and for the predicted instances (``predictions_dir/instances.json``), when instance ground truth
-      exists.
+      exists;
+    - ``saliency_dir``: the branch's saliency maps vs ground-truth foreground (label > 0, void ignored): key
+      ``object_segmentation`` (foreground IoU, accuracy, max F-beta; hard masks at soft >= 0.5);
+    - ``features_store`` with options ``kmeans``, ``linear_probe``, ``retrieval``: the feature evaluations of
+      :mod:`unseg.probe` on the option ``facet`` (the probe and retrieval train on / retrieve from the option's
+      ``train_split`` / ``reference_split``, evaluate on ``split``).
 
     Args:
         num_classes: object classes without background; default: the largest ground-truth label.
         class_names: names of the object classes (background is prepended).
+        options: see :data:`DEFAULT_OPTIONS`.
     """
     import hashlib
     import json
 
     from .index import coco_ground_truth, index_split, read_index
 
-    rows = index_split(read_index(index_csv), split)
+    options = {**DEFAULT_OPTIONS, **(options or {})}
+    index = read_index(index_csv)
+    rows = index_split(index, split)
     metrics: dict[str, Any] = {"title": f"Evaluation on split '{split}' ({len(rows)} images)", "split": split}
-    labelled = rows[rows["gt_semantic"] != ""]
+    labelled = rows[rows["gt_semantic"] != ""].reset_index(drop=True)
+    names: list[str] = []
     if len(labelled):
         pred_paths = [Path(predictions_dir) / f"{name}.png" for name in labelled["name"]]
         missing = [str(path) for path in pred_paths if not path.is_file()]
@@ -792,6 +867,12 @@ def run_evaluation(
         metrics.update(
             evaluate_semantic(pred_paths, labelled["gt_semantic"].tolist(), num_predicted, num_classes + 1, matching, names)
         )
+        if options["crf"]:
+            metrics["crf"] = _crf_scores(labelled, pred_paths, num_predicted, num_classes + 1, matching, names)
+        if saliency_dir is not None:
+            metrics["object_segmentation"] = _saliency_scores(labelled, saliency_dir)
+        if features_store is not None:
+            metrics.update(_feature_evaluations(index, labelled, pred_paths, features_store, num_classes + 1, names, options))
     ground_truth = coco_ground_truth(rows, dataset_root)
     if ground_truth is not None and ground_truth["annotations"]:
         image_ids = {int(image_id) for image_id in rows["image_id"]}
@@ -804,10 +885,182 @@ def run_evaluation(
     metrics["provenance"] = dict(provenance or {})
     metrics["config_digest"] = hashlib.sha256(json.dumps(provenance or {}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     write_json(out_metrics, metrics)
-    instance_keys = {"proposals": "Proposals (class-agnostic)", "predicted_instances": "Predicted instances (class-agnostic)"}
-    report = {key: value for key, value in metrics.items() if key not in ("provenance", "confusion", "split", "config_digest", *instance_keys)}
-    write_report(report, out_report, sections={title: metrics[key] for key, title in instance_keys.items() if key in metrics})
+
+    section_titles = {
+        "crf": "After dense-CRF post-processing",
+        "object_segmentation": "Object segmentation: saliency vs ground-truth foreground",
+        "kmeans": "K-means of frozen features (Hungarian, mean over seeds)",
+        "linear_probe": "Linear probe on frozen features",
+        "retrieval": "Segment retrieval",
+        "proposals": "Proposals (class-agnostic)",
+        "predicted_instances": "Predicted instances (class-agnostic)",
+    }
+    hidden = ("provenance", "confusion", "per_image_miou", *section_titles)
+    report = {key: value for key, value in metrics.items() if key not in hidden}
+    sections = {title: metrics[key] for key, title in section_titles.items() if key in metrics}
+    write_report(report, out_report, sections=sections)
+    if out_html is not None:
+        _write_evaluation_html(metrics, out_html, labelled, predictions_dir, int(options["num_examples"]))
     return metrics
+
+
+def _crf_scores(labelled, pred_paths, num_predicted: int, num_classes: int, matching: str, names) -> dict[str, Any]:
+    """Semantic scores of CRF-refined predictions (hard labels turned into soft probabilities first)."""
+    from .crf import crf_available, dense_crf_labels, labels_to_probabilities
+    from .io import read_image
+
+    if not crf_available():
+        return {"skipped": "pydensecrf is not installed (pip install 'pydensecrf2==1.1')"}
+
+    def refined():
+        for pred_path, row in zip(pred_paths, labelled.itertuples()):
+            prediction = read_label_png(pred_path)
+            image = read_image(row.path)
+            refined_labels = dense_crf_labels(image, labels_to_probabilities(prediction, num_predicted))
+            yield row.name, refined_labels, read_label_png(row.gt_semantic)
+
+    scores = evaluate_semantic_arrays(refined(), num_predicted, num_classes, matching, names)
+    return {key: value for key, value in scores.items() if key not in ("confusion", "per_image_miou")}
+
+
+def _saliency_scores(labelled, saliency_dir: str | os.PathLike) -> dict[str, Any]:
+    """Object-segmentation scores of the saliency maps over the labelled images; void pixels left out."""
+    from .proposals import read_saliency
+
+    predicted, targets, soft = [], [], []
+    for row in labelled.itertuples():
+        target = read_label_png(row.gt_semantic)
+        saliency = read_saliency(saliency_dir, row.name)
+        if saliency.shape != target.shape:
+            raise ValueError(f"saliency map of {row.name!r} in {str(saliency_dir)!r} has shape {saliency.shape}, ground truth {target.shape}")
+        valid = target != IGNORE_LABEL
+        targets.append(target[valid] > 0)  # 1-D: the scores are per-pixel, so flattening drops void pixels cleanly
+        soft.append(saliency[valid])
+        predicted.append(saliency[valid] >= 0.5)
+    return object_segmentation_scores(predicted, targets, soft)
+
+
+def _feature_evaluations(index, labelled, pred_paths, features_store, num_classes: int, names, options) -> dict[str, Any]:
+    """K-means evaluation, linear probe and segment retrieval on the store's token grids (each when configured)."""
+    from .features import FeatureStore
+    from .index import index_split
+    from . import probe
+
+    store = FeatureStore(features_store)
+    facet = options["facet"]
+
+    def load(rows):
+        return [store.facet(name, facet) for name in rows["name"]], [read_label_png(path) for path in rows["gt_semantic"]]
+
+    def labelled_split(split_name: str):
+        try:
+            rows = index_split(index, split_name)
+        except ValueError:
+            return None
+        rows = rows[rows["gt_semantic"] != ""]
+        return rows if len(rows) else None
+
+    tokens, labels = load(labelled)
+    results: dict[str, Any] = {}
+    if options.get("kmeans"):
+        settings = options["kmeans"]
+        results["kmeans"] = probe.kmeans_evaluation(tokens, labels, num_classes, seeds=settings.get("seeds", [0, 1, 2, 3, 4]), class_names=names)
+    for key in ("linear_probe", "retrieval"):
+        settings = options.get(key)
+        if not settings:
+            continue
+        split_key = "train_split" if key == "linear_probe" else "reference_split"
+        reference_split = settings.get(split_key, "train")
+        reference_rows = labelled_split(reference_split)
+        if reference_rows is None:
+            results[key] = {"skipped": f"no labelled image in split {reference_split!r} (evaluate option {key}.{split_key})"}
+            continue
+        reference_tokens, reference_labels = load(reference_rows)
+        note = {split_key: reference_split}
+        if key == "linear_probe" and reference_split == _single_split(labelled):
+            note["warning"] = "trained and scored on the same images: an optimistic upper bound"
+        if key == "retrieval":
+            note["leave_own_image_out"] = True
+        if key == "linear_probe":
+            results[key] = {**note, **probe.linear_probe(reference_tokens, reference_labels, tokens, labels, num_classes,
+                                                          seeds=settings.get("seeds", [0]), steps=settings.get("steps", 200), class_names=names)}
+        else:
+            segments = [read_label_png(path) for path in pred_paths]
+            own_images = {"query_ids": list(labelled["name"]), "reference_ids": list(reference_rows["name"])}
+            results[key] = {**note, "all classes": _without_confusion(probe.segment_retrieval(
+                tokens, segments, labels, reference_tokens, reference_labels, num_classes,
+                num_neighbours=settings.get("num_neighbours", 1), class_names=names, **own_images))}
+            for subset_name, subset in (settings.get("class_subsets") or {}).items():
+                unknown = [c for c in subset if (c not in names) if isinstance(c, str)]
+                if unknown:
+                    raise ValueError(f"evaluate option retrieval.class_subsets.{subset_name}: unknown classes {unknown} (known: {names})")
+                kept = [names.index(c) if isinstance(c, str) else int(c) for c in subset]
+                results[key][subset_name] = _without_confusion(probe.segment_retrieval(
+                    tokens, segments, labels, reference_tokens, reference_labels, num_classes,
+                    num_neighbours=settings.get("num_neighbours", 1), classes=kept, class_names=[names[c] for c in kept],
+                    **own_images))
+            results[key]["miou"] = results[key]["all classes"]["miou"]
+    return results
+
+
+def _single_split(rows) -> str | None:
+    """The split of the given index rows when they all share one, else None."""
+    splits = set(rows["split"])
+    return splits.pop() if len(splits) == 1 else None
+
+
+def _without_confusion(scores: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in scores.items() if key not in ("confusion", "unmatched_pixels")}
+
+
+def _write_evaluation_html(metrics, out_html, labelled, predictions_dir, num_examples: int) -> None:
+    """report.html: headline cards, figures, tables, best and worst images with overlays."""
+    from .audit import overlay_labels
+    from .io import read_image, voc_palette
+    from .report_html import confusion_figure, evaluation_sections, per_class_iou_figure, section_html, write_html_report
+
+    headline = [(label, metrics[key]) for key, label in _HEADLINE_LABELS.items() if key in metrics]
+    for key, label in (("crf", "mIoU + CRF"), ("linear_probe", "Linear probe mIoU"), ("kmeans", "K-means mIoU"), ("retrieval", "Retrieval mIoU")):
+        value = metrics.get(key, {})
+        if isinstance(value, Mapping) and (value.get("miou") is not None or value.get("miou_mean") is not None):
+            headline.append((label, value.get("miou", value.get("miou_mean"))))
+    saliency = metrics.get("object_segmentation")
+    if saliency:
+        headline += [("Saliency IoU", saliency["mean_iou"]), ("Saliency max F-beta", saliency.get("max_fbeta"))]
+    for key, label in (("proposals", "Proposals AP50"), ("predicted_instances", "Instances AP50")):
+        if key in metrics:
+            headline.append((label, metrics[key]["multi"]["AP50"]))
+
+    figures = []
+    per_class = metrics.get("per_class_iou")
+    if per_class:
+        figures.append(("Per-class IoU after matching", per_class_iou_figure(per_class)))
+        figures.append(("Confusion matrix after matching; each column normalised over the true class", confusion_figure(metrics["confusion"], list(per_class))))
+    html_sections = evaluation_sections(metrics)
+    details = {key: metrics[key] for key in ("split", "num_images", "num_labelled_pixels", "config_digest") if key in metrics}
+    html_sections.append(("Details", section_html(details)))
+
+    examples = []
+    per_image = {name: value for name, value in (metrics.get("per_image_miou") or {}).items() if value is not None}
+    if per_image and num_examples > 0:
+        ranked = sorted(per_image, key=lambda name: per_image[name], reverse=True)
+        chosen = [("best", name) for name in ranked[:num_examples]]
+        chosen += [("worst", name) for name in ranked[::-1][:num_examples] if name not in ranked[:num_examples]]
+        mapping = np.asarray(metrics["mapping"] + [-1] * 256, dtype=np.int64)[:256]
+        mapping[mapping < 0] = IGNORE_LABEL
+        rows_by_name = {row.name: row for row in labelled.itertuples()}
+        for kind, name in chosen:
+            row = rows_by_name[name]
+            image = read_image(row.path)
+            prediction = read_label_png(Path(predictions_dir) / f"{name}.png")
+            mapped = mapping[prediction].astype(np.uint8)
+            examples.append((f"{kind}: {name}", f"mIoU {per_image[name]:.1f} % (matched as over the whole split)",
+                             [("image", image), ("ground truth", overlay_labels(image, read_label_png(row.gt_semantic))),
+                              ("prediction (matched to classes)", overlay_labels(image, mapped))]))
+    legend = [(name, color) for name, color in zip(per_class or {}, voc_palette().tolist()) if name != "background"]
+    write_html_report(out_html, metrics.get("title", "Evaluation report"), headline, html_sections, figures, examples,
+                      subtitle="All numbers in percent. Unmatched clusters are drawn white.",
+                      legend=legend + [("unmatched / void", (255, 255, 255))])
 
 
 def _max_label(path: str | os.PathLike) -> int:

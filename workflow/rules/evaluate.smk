@@ -3,12 +3,21 @@ rule evaluate:
         index=index_csv(),
         predictions=upstream("evaluate", "predictions", f"{RESULTS}/predict/{{variant}}"),
         proposals=along("evaluate", ["predictions", "pseudolabels", "proposals"], f"{RESULTS}/proposals/{{variant}}/proposals.json"),
+        saliency=along("evaluate", ["predictions", "pseudolabels", "proposals", "saliency"], f"{RESULTS}/saliency/{{variant}}"),
+        features=along("evaluate", ["predictions", "features"], f"{RESULTS}/features/{{variant}}.zarr"),
     output:
         metrics=f"{RESULTS}/evaluate/{{variant}}/metrics.json",
         report=report(
             f"{RESULTS}/evaluate/{{variant}}/report.md",
             caption="../report/evaluate.rst",
             category="Evaluation",
+            subcategory="{variant}",
+        ),
+        html=report(
+            f"{RESULTS}/evaluate/{{variant}}/report.html",
+            caption="../report/evaluate_html.rst",
+            category="Evaluation",
+            subcategory="{variant}",
         ),
     params:
         settings=variant_settings("evaluate"),
@@ -20,3 +29,22 @@ rule evaluate:
         f"{LOGS}/evaluate/{{variant}}.log",
     script:
         "../scripts/evaluate.py"
+
+
+rule compare:
+    input:
+        metrics=expand(f"{RESULTS}/evaluate/{{variant}}/metrics.json", variant=list(config["evaluate"])),
+    output:
+        md=f"{RESULTS}/evaluate/comparison.md",
+        html=report(
+            f"{RESULTS}/evaluate/comparison.html",
+            caption="../report/compare.rst",
+            category="Evaluation",
+            subcategory="comparison",
+        ),
+    params:
+        variants=list(config["evaluate"]),
+    log:
+        f"{LOGS}/evaluate/comparison.log",
+    script:
+        "../scripts/compare.py"
