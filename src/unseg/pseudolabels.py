@@ -110,11 +110,12 @@ def run_pseudolabels(
     features, background = [], []
     for name in names_by_id.values():
         grid = store.facet(name, facet)
-        salient = image_to_grid(read_saliency(saliency_dir, name) > 0.5, grid.shape[:2])
+        salient = image_to_grid(read_saliency(saliency_dir, name) > 0.5, store.geometry(name))
         background.append(mask_feature(grid, 1.0 - salient))
     for det in tqdm(proposals, desc="mask features", unit="mask", disable=not progress):
-        grid = store.facet(names_by_id[int(det["image_id"])], facet)
-        features.append(mask_feature(grid, image_to_grid(decode_rle(det["segmentation"]), grid.shape[:2])))
+        name = names_by_id[int(det["image_id"])]
+        coverage = image_to_grid(decode_rle(det["segmentation"]), store.geometry(name))
+        features.append(mask_feature(store.facet(name, facet), coverage))
     clusters, centroids, inertia = kmeans(np.stack(features), total_clusters, seed=seed, num_restarts=num_restarts)
     labels = assign_background_clusters(centroids, np.mean(background, axis=0), background_clusters)[clusters]
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .features import FeatureStore
+from .features import FeatureStore, ResizeGeometry, grid_to_image
 from .io import IGNORE_LABEL, atomic_output, encode_rle, read_label_png, write_json, write_label_png
 
 
@@ -43,10 +43,15 @@ def _token_tensor(store: FeatureStore, name: str, facet: str) -> torch.Tensor:
     return torch.from_numpy(store.facet(name, facet)).permute(2, 0, 1)[None]
 
 
-def _label_tensor(label_map: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of an (H, W) uint8 label map to ``size``; (1, h', w') int64."""
+def _label_tensor(label_map: np.ndarray, geometry: ResizeGeometry, scale: int) -> torch.Tensor:
+    """An (H0, W0) uint8 label map seen through the feature geometry: nearest-resized to the ViT input, cropped to
+    the crop box (``"crop"`` layout), then nearest-resized to ``scale`` × the token grid; (1, h·s, w·s) int64."""
     labels = torch.from_numpy(label_map.astype(np.int64))[None, None].float()
-    return F.interpolate(labels, size=size, mode="nearest")[0].long()
+    labels = F.interpolate(labels, size=tuple(geometry.resized_size), mode="nearest")
+    top, left, crop_h, crop_w = geometry.box
+    labels = labels[..., top : top + crop_h, left : left + crop_w]
+    grid_h, grid_w = geometry.grid_size
+    return F.interpolate(labels, size=(grid_h * scale, grid_w * scale), mode="nearest")[0].long()
 
 
 def train_head(
@@ -79,11 +84,11 @@ def train_head(
     tokens = {name: _token_tensor(store, name, facet) for name in names}
     labels = {}
     for name in names:
-        grid_h, grid_w = tokens[name].shape[-2:]
         label_map = read_label_png(label_paths[name])
-        if label_map.max(initial=0) >= num_classes and label_map.max() != IGNORE_LABEL:
-            raise ValueError(f"{label_paths[name]}: label {label_map.max()} ≥ num_classes={num_classes}")
-        labels[name] = _label_tensor(label_map, (grid_h * label_scale, grid_w * label_scale))
+        too_large = (label_map >= num_classes) & (label_map != IGNORE_LABEL)
+        if too_large.any():
+            raise ValueError(f"{label_paths[name]}: label {label_map[too_large].max()} ≥ num_classes={num_classes}")
+        labels[name] = _label_tensor(label_map, store.geometry(name), label_scale)
 
     all_tokens = torch.cat([t.flatten(2)[0].T for t in tokens.values()])  # (total tokens, D)
     head = LinearHead(all_tokens.shape[1], num_classes)
@@ -181,9 +186,8 @@ def predict(
         tmp.mkdir(parents=True)
         for name in tqdm(names, desc="predict", unit="img", disable=not progress):
             geometry = store.geometry(name)
-            logits = head(_token_tensor(store, name, config["facet"]))
-            logits = F.interpolate(logits, size=tuple(geometry.original_size), mode="bilinear", align_corners=False)
-            probabilities = logits.softmax(1)[0].numpy()
+            logits = head(_token_tensor(store, name, config["facet"]))[0].numpy()
+            probabilities = torch.from_numpy(grid_to_image(logits, geometry)).softmax(0).numpy()
             write_label_png(tmp / f"{name}.png", probabilities.argmax(0).astype(np.uint8))
             min_area = max(1, int(min_instance_area_fraction * probabilities.shape[1] * probabilities.shape[2]))
             for mask, class_index, score in instances_from_probabilities(probabilities, min_area):

@@ -1,6 +1,7 @@
 # Path and variant helpers shared by every rule file.
 import json
 
+from unseg.io import read_json
 from unseg.variants import VariantError, check_variants, follow, resolve_chain
 
 try:
@@ -54,10 +55,40 @@ def features_store(variant):
     return f"{RESULTS}/features/{variant}.zarr"
 
 
+def feature_shards(variant):
+    return int(config["features"][variant].get("shards", 1))
+
+
+def feature_shard_plan(wildcards):
+    """The shard plan of a sharded variant (read after the features_plan checkpoint has run)."""
+    return read_json(checkpoints.features_plan.get(variant=wildcards.variant).output[0])
+
+
+def feature_shard_images(wildcards):
+    """Input function: the image files of one shard, so editing an image reruns only its shard."""
+    return [image["path"] for image in feature_shard_plan(wildcards)[int(wildcards.shard)]]
+
+
+def feature_shard_names(wildcards):
+    """Params function: (name, image id) of a shard's images, so renaming an image reruns its shard."""
+    return [[image["name"], image["image_id"]] for image in feature_shard_plan(wildcards)[int(wildcards.shard)]]
+
+
+def features_inputs(wildcards):
+    """The index (one job extracts) or the shard stores (the job joins them)."""
+    count = feature_shards(wildcards.variant)
+    if count == 1:
+        return {"index": index_csv(), "weights": weights_inputs(wildcards)}
+    return {"shards": [f"{RESULTS}/features/{wildcards.variant}.shards/{i}.zarr" for i in range(count)]}
+
+
 def all_targets():
     targets = [index_csv()]
     targets += [f"{RESULTS}/evaluate/{v}/metrics.json" for v in config["evaluate"]]
+    targets += [f"{RESULTS}/evaluate/{v}/report.html" for v in config["evaluate"]]
+    targets += [f"{RESULTS}/evaluate/comparison.html"]
     targets += [f"{RESULTS}/audit/masks/{v}/index.html" for v in config["masks"]]
+    targets += [f"{RESULTS}/proposals/{v}/report.md" for v in config["proposals"]]
     targets += [f"{RESULTS}/audit/proposals/{v}/index.html" for v in config["proposals"]]
     targets += [f"{RESULTS}/audit/pseudolabels/{v}/index.html" for v in config["pseudolabels"]]
     targets += [f"{RESULTS}/audit/predict/{v}/index.html" for v in config["train"]]
@@ -73,7 +104,10 @@ def where_to_look():
     """Lines printed when a run succeeds: where the reports and audit pages are."""
     lines = ["", "Results:"]
     for variant in config["evaluate"]:
-        lines.append(f"  report      {RESULTS}/evaluate/{variant}/report.md  (numbers: metrics.json)")
+        lines.append(f"  report      {RESULTS}/evaluate/{variant}/report.html  (also report.md; numbers: metrics.json)")
+    lines.append(f"  comparison  {RESULTS}/evaluate/comparison.html")
+    for variant in config["proposals"]:
+        lines.append(f"  proposals   {RESULTS}/proposals/{variant}/report.md  (class-agnostic AP/AR, recall by instances)")
     for stage, variants in [("masks", config["masks"]), ("proposals", config["proposals"]),
                             ("pseudolabels", config["pseudolabels"]), ("predict", config["train"])]:
         for variant in variants:
