@@ -310,3 +310,18 @@ def test_audit_masks_shows_panels_per_k_and_per_eigenvector(tmp_path):
     text = page.read_text()
     assert "k=3: 1 masks" in text and "eigenvector 1: 2 masks" in text and "eigenvector 2: 1 masks" in text
     assert len(list((tmp_path / "audit").glob("*.png"))) == 4  # image + k=3 + two eigenvectors
+
+
+def test_crf_snaps_a_proposal_to_the_colour_edge():
+    pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf is not installed (pip install 'pydensecrf2==1.1')")
+    from unseg.proposals import refine_mask_with_crf
+
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    image[:, 32:] = 255  # the object: the right half
+    rough = np.zeros((64, 64), dtype=bool)
+    rough[:, 26:] = True  # spills 6 columns into the black half
+    refined = refine_mask_with_crf(image, rough)
+    truth = np.zeros((64, 64), dtype=bool)
+    truth[:, 32:] = True
+    iou = lambda a, b: (a & b).sum() / (a | b).sum()
+    assert iou(rough, truth) < 0.85 and iou(refined, truth) > 0.97

@@ -28,7 +28,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .features import FeatureStore, grid_to_image
-from .io import IGNORE_LABEL, atomic_output, decode_rle, encode_rle, read_json, read_label_png, write_json
+from .io import IGNORE_LABEL, atomic_output, decode_rle, encode_rle, read_image, read_json, read_label_png, write_json
 from .spectral import (
     GridMask,
     bipartition_saliency,
@@ -253,6 +253,22 @@ def filter_proposals(
     return mask_nms(kept, nms_iou)
 
 
+def refine_mask_with_crf(image: np.ndarray, mask: np.ndarray, confidence: float = 0.8) -> np.ndarray:
+    """Snap a mask to image edges with a dense CRF (two labels: outside / inside).
+
+    Args:
+        image: (H, W, 3) uint8.
+        mask: (H, W) bool.
+        confidence: probability the unary term gives to the mask's own label at each pixel.
+
+    Returns:
+        (H, W) bool refined mask.
+    """
+    from .crf import dense_crf_labels, labels_to_probabilities
+
+    return dense_crf_labels(image, labels_to_probabilities(mask.astype(np.int64), 2, confidence)) == 1
+
+
 def run_proposals(
     masks_json: str | Path,
     saliency_dir: str | Path,
@@ -260,15 +276,34 @@ def run_proposals(
     out_json: str | Path,
     min_salient_fraction: float = 0.5,
     nms_iou: float = 0.5,
+    crf: bool = False,
+    image_paths: dict[str, str] | None = None,
+    progress: bool = True,
 ) -> int:
-    """Saliency filter + NMS over all images' masks → COCO results JSON. Returns the proposal count."""
+    """Saliency filter + NMS over all images' masks → COCO results JSON. Returns the proposal count.
+
+    Args:
+        crf: refine each kept proposal with :func:`refine_mask_with_crf` (needs ``image_paths``, name → image path,
+            and pydensecrf); refined proposals carry ``"crf": true``, their score is kept, empty results are dropped.
+    """
+    if crf and not image_paths:
+        raise ValueError("CRF refinement of proposals needs the image paths")
     by_image: dict[int, list[dict]] = {}
     for det in read_json(masks_json):
         by_image.setdefault(int(det["image_id"]), []).append(det)
     proposals = []
-    for image_id, detections in sorted(by_image.items()):
-        saliency = read_saliency(saliency_dir, names_by_id[image_id])
-        proposals.extend(filter_proposals(detections, saliency, min_salient_fraction, nms_iou))
+    for image_id, detections in tqdm(sorted(by_image.items()), desc="proposals", unit="img", disable=not progress):
+        name = names_by_id[image_id]
+        kept = filter_proposals(detections, read_saliency(saliency_dir, name), min_salient_fraction, nms_iou)
+        if crf:
+            image = read_image(image_paths[name])
+            refined = []
+            for det in kept:
+                mask = refine_mask_with_crf(image, decode_rle(det["segmentation"]))
+                if mask.any():
+                    refined.append({**det, "segmentation": encode_rle(mask), "area": int(mask.sum()), "crf": True})
+            kept = refined
+        proposals.extend(kept)
     write_json(out_json, proposals, indent=None)
     return len(proposals)
 
