@@ -205,3 +205,8 @@ def test_stages_run_on_real_voc_crops(tmp_path, real_weights):
     assert 0 < metrics["miou"] <= 100 and metrics["pixel_accuracy"] > 50  # background alone is ~70 % of VOC pixels
     proposals = json.loads((results / "proposals/default/proposals.json").read_text())
     assert {p["image_id"] for p in proposals} == set(range(1, 15))  # every image got at least one salient mask
+
+
+def test_lint_is_clean():
+    result = subprocess.run([*SNAKEMAKE, "--lint", "--directory", str(ROOT)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

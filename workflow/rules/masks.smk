@@ -9,5 +9,7 @@ rule masks:
         chain=config_chain("masks"),
     log:
         f"{LOGS}/masks/{{variant}}.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/masks.py"

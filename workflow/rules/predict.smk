@@ -10,5 +10,7 @@ rule predict:
         chain=config_chain("train"),
     log:
         f"{LOGS}/predict/{{variant}}.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/predict.py"

@@ -10,6 +10,8 @@ rule proposals:
         chain=config_chain("proposals"),
     log:
         f"{LOGS}/proposals/{{variant}}.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/proposals.py"
 
@@ -32,5 +34,7 @@ rule proposals_report:
         root=config["dataset"]["root"],
     log:
         f"{LOGS}/proposals/{{variant}}.report.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/proposals_report.py"

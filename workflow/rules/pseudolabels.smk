@@ -11,5 +11,7 @@ rule pseudolabels:
         chain=config_chain("pseudolabels"),
     log:
         f"{LOGS}/pseudolabels/{{variant}}.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/pseudolabels.py"

@@ -8,5 +8,7 @@ rule saliency:
         chain=config_chain("saliency"),
     log:
         f"{LOGS}/saliency/{{variant}}.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/saliency.py"

@@ -12,5 +12,7 @@ rule train:
         num_classes=lambda wildcards: config["pseudolabels"][config["train"][wildcards.variant]["pseudolabels"]]["clusters"] + 1,
     log:
         f"{LOGS}/train/{{variant}}.log",
+    conda:
+        "../envs/unseg.yaml"
     script:
         "../scripts/train.py"
