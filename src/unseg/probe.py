@@ -20,11 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .cluster import kmeans
 from .evaluate import confusion_matrix, hungarian_match, segmentation_scores
-from .features import image_to_grid
+from .features import ResizeGeometry, grid_to_image, image_to_grid
 from .io import IGNORE_LABEL
 
 __all__ = ["upsample_grid", "linear_probe", "kmeans_evaluation", "segment_embeddings", "segment_retrieval"]
@@ -33,11 +32,11 @@ __all__ = ["upsample_grid", "linear_probe", "kmeans_evaluation", "segment_embedd
 def upsample_grid(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(C, h, w) grid values → (C, H, W) float32 at pixel resolution ``size`` = (H, W), bilinearly.
 
-    Cell centres sit at patch centres (``align_corners=False``), as :func:`unseg.features.grid_to_image` for a
-    plain resize; torch's kernel is used because it is fast for many channels at full resolution.
+    Cell centres sit at patch centres: :func:`unseg.features.grid_to_image` for a plain resize (no crop).
     """
-    tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None]
-    return F.interpolate(tensor, size=tuple(int(v) for v in size), mode="bilinear", align_corners=False)[0].numpy()
+    values = np.asarray(values, dtype=np.float32)
+    size = (int(size[0]), int(size[1]))
+    return grid_to_image(values, ResizeGeometry(size, size, tuple(values.shape[-2:])))
 
 
 def _check_pairs(tokens: Sequence[np.ndarray], labels: Sequence[np.ndarray], what: str) -> None:
