@@ -27,8 +27,10 @@ from unseg.spectral import (
     feature_laplacian_spectrum,
     features_in_positive_cone,
     grid_spectra,
+    LowRankSettings,
     mask_coherence,
     normalized_laplacian_spectrum,
+    pass_dtype,
 )
 
 
@@ -63,7 +65,7 @@ def clustered_features(count, dim, clusters, common, seed):
 def test_feature_spectrum_matches_scipy_eigsh(common):
     features = np.stack([clustered_features(300, 24, 5, common, seed) for seed in range(3)])
     spectrum = feature_laplacian_spectrum(features, 6, device="cpu")
-    assert spectrum.low_rank == (common > 0)
+    assert spectrum.low_rank.tolist() == [common > 0] * 3
     assert spectrum.vectors.shape == (3, 300, 6) and spectrum.vectors.dtype == np.float32
     for index in range(3):
         unit = features[index] / np.linalg.norm(features[index], axis=1, keepdims=True)
@@ -71,6 +73,52 @@ def test_feature_spectrum_matches_scipy_eigsh(common):
         np.testing.assert_allclose(spectrum.values[index], values, atol=1e-4)
         assert agreement(spectrum.vectors[index].astype(np.float64), vectors, values).min() >= 0.99
         np.testing.assert_allclose(spectrum.degree[index], np.clip(unit @ unit.T, 0, None).sum(axis=1), rtol=1e-4)
+
+
+def exact_spectrum(features):
+    """float64 numpy eigh of L_sym for the thresholded cosine affinity: all values ascending, vectors, degrees."""
+    unit = features.astype(np.float64) / np.linalg.norm(features.astype(np.float64), axis=1, keepdims=True)
+    weights = np.clip(unit @ unit.T, 0, None)
+    degree = weights.sum(axis=1)
+    values, vectors = np.linalg.eigh(weights / np.sqrt(degree)[:, None] / np.sqrt(degree)[None, :])
+    return 1 - values[::-1], vectors[:, ::-1], degree
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_feature_space_krylov_matches_exact_eigenvectors(precision):
+    # D = 192 > 2 × the 48-column Krylov basis, so this runs the block Krylov branch, not the small-D exact one.
+    features = np.stack([clustered_features(500, 192, 9, 20.0, seed) for seed in (10, 11)])
+    spectrum = feature_laplacian_spectrum(features, 9, device="cpu",
+                                          low_rank_solver=LowRankSettings(precision=precision, chunk=1))
+    assert spectrum.low_rank.all()
+    for index in range(2):
+        values, vectors, degree = exact_spectrum(features[index])
+        assert values[9] - values[8] > 0.02 and np.diff(values[:9]).min() > 1e-3  # nine distinct, then a gap
+        cosines = np.abs(np.sum(spectrum.vectors[index].astype(np.float64) * vectors[:, :9], axis=0))
+        assert cosines.min() >= 0.99
+        np.testing.assert_allclose(spectrum.values[index], values[:9], atol=2e-4 if precision == "bfloat16" else 1e-5)
+        np.testing.assert_allclose(spectrum.degree[index], degree, rtol=1e-4)
+
+
+def test_feature_space_path_takes_float16_and_mixed_batches():
+    inside = clustered_features(300, 160, 6, 20.0, 12)  # every cosine >= 0: feature space
+    outside = clustered_features(300, 160, 6, 0.0, 13)  # negative cosines: dense path
+    spectrum = feature_laplacian_spectrum(np.stack([inside, outside]), 6, device="cpu")
+    assert spectrum.low_rank.tolist() == [True, False]
+    for index, features in enumerate((inside, outside)):
+        values, vectors = reference_spectrum(np.clip(cosine_of(features), 0, None), 6)
+        np.testing.assert_allclose(spectrum.values[index], values, atol=2e-3)
+        assert agreement(spectrum.vectors[index].astype(np.float64), vectors, values).min() >= 0.99
+    halves = feature_laplacian_spectrum(inside.astype(np.float16), 6, device="cpu")
+    again = feature_laplacian_spectrum(inside.astype(np.float16).astype(np.float32), 6, device="cpu")
+    np.testing.assert_array_equal(halves.vectors, again.vectors)  # float16 is read as the same float32 values
+    with pytest.raises(ValueError, match="precision"):
+        pass_dtype("float8", torch.device("cpu"))
+
+
+def cosine_of(features):
+    unit = features.astype(np.float64) / np.linalg.norm(features.astype(np.float64), axis=1, keepdims=True)
+    return unit @ unit.T
 
 
 def test_degenerate_eigenvalues_agree_as_subspaces():

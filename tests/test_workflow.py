@@ -72,6 +72,27 @@ def test_metrics_are_sane(tiny_run):
     assert f"{metrics['miou']:.1f}" in report
 
 
+def test_mae_masks_with_dino_saliency(tmp_path):
+    # Issue 4's optional branch: multi-k masks on MAE keys, saliency still from the DINO-style variant.
+    config = yaml.safe_load(TINY.read_text())
+    config["features"]["mae"] = {"backbone": "mae_vitb16", "weights": "random", "resolution": 112, "facets": ["keys"]}
+    config["masks"]["multik_mae"] = {"features": "mae", "k": [2, 3], "min_area_fraction": 0.04}
+    config["proposals"]["mae"] = {"masks": "multik_mae", "saliency": "bipart", "min_salient_fraction": 0.5,
+                                  "nms_iou": 0.5}
+    snakemake(tmp_path, config, "results/tiny/proposals/mae/proposals.json")
+    results = tmp_path / "results" / "tiny"
+    masks = json.loads((results / "masks/multik_mae/masks.json").read_text())
+    proposals = json.loads((results / "proposals/mae/proposals.json").read_text())
+    assert {m["k"] for m in masks} == {2, 3} and proposals
+    assert all(p["salient_fraction"] >= 0.5 for p in proposals)
+    mask_shapes = {json.dumps(m["segmentation"], sort_keys=True) for m in masks}
+    assert all(json.dumps(p["segmentation"], sort_keys=True) in mask_shapes for p in proposals)  # MAE masks, kept
+    provenance = json.loads((results / "proposals/mae/proposals.json.provenance.json").read_text())
+    assert provenance["config"]["masks"]["multik_mae"]["features"] == "mae"
+    assert provenance["config"]["saliency"]["bipart"]["features"] == "vits16"
+    assert set(provenance["config"]["features"]) == {"mae", "vits16"}
+
+
 def test_editing_one_variant_reruns_only_its_descendants(tiny_run):
     workdir, config, _ = tiny_run
     assert planned_rules(snakemake(workdir, config, "-n").stdout) == set()  # everything up to date

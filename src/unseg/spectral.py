@@ -2,9 +2,10 @@
 bipartition saliency, and the fast batched eigensolver they share.
 
 Eigensolvers: :func:`laplacian_eigenvectors` is the dense reference (full ``eigh`` of one L_sym);
-:func:`feature_laplacian_spectrum` / :func:`normalized_laplacian_spectrum` solve a batch of images at once in
-float32 (on CUDA when present) with a restarted block Krylov method, applying W = F Fᵀ implicitly when no cosine
-is negative. The mask functions work on one image's token grid, as arrays, and take precomputed eigenvectors from
+:func:`feature_laplacian_spectrum` solves a batch of images at once (on CUDA when present): images whose cosines
+are all non-negative (W = F̂ F̂ᵀ) in feature space by :func:`low_rank_laplacian_spectrum` (five skinny passes
+over the tokens, bfloat16 where the hardware has it), the others by :func:`normalized_laplacian_spectrum`
+(restarted block Krylov on the explicit matrix, float32). The mask functions work on one image's token grid, as arrays, and take precomputed eigenvectors from
 :func:`grid_spectra`; the stage runners live in :mod:`unseg.proposals`.
 """
 
@@ -57,7 +58,7 @@ class Spectrum:
     values: np.ndarray  # (B, K) float32 ascending eigenvalues of L_sym = I − D^{-1/2} W D^{-1/2}
     vectors: np.ndarray  # (B, N, K) float32 unit eigenvectors of L_sym (sign: largest-magnitude entry positive)
     degree: np.ndarray  # (B, N) float32 degrees of W (row sums, self-loops included)
-    low_rank: bool  # True when W = F Fᵀ was applied implicitly (no thresholded entry), False for the dense path
+    low_rank: np.ndarray  # (B,) bool: solved in feature space (W = F̂ F̂ᵀ, no thresholded entry), else dense
 
 
 @dataclass(frozen=True)
@@ -168,11 +169,11 @@ def normalized_laplacian_spectrum(
     degree = weights.sum(dim=-1)
     inv_sqrt = degree.clamp(min=1e-12).rsqrt()
     normalized = inv_sqrt[:, :, None] * weights * inv_sqrt[:, None, :]
-    return _spectrum(lambda x: normalized @ x, degree, num_vectors, solver, low_rank=False)
+    return _dense_spectrum(lambda x: normalized @ x, degree, num_vectors, solver)
 
 
-def _spectrum(apply, degree: torch.Tensor, num_vectors: int, solver: KrylovSettings, low_rank: bool) -> Spectrum:
-    """Shared tail of the fast paths: the K largest eigenpairs of A = D^{-1/2} W D^{-1/2} as L_sym's smallest.
+def _dense_spectrum(apply, degree: torch.Tensor, num_vectors: int, solver: KrylovSettings) -> Spectrum:
+    """The K largest eigenpairs of A = D^{-1/2} W D^{-1/2} (applied by ``apply``) as L_sym's smallest.
 
     A √d = √d exactly, so that eigenpair (L eigenvalue 0) is known and deflated: the Krylov method runs on
     P A P with P = I − v vᵀ, v = √d / ‖√d‖. Without it the eigenvalue 1 dominates every Krylov block and the
@@ -205,8 +206,153 @@ def _spectrum(apply, degree: torch.Tensor, num_vectors: int, solver: KrylovSetti
         values=(1.0 - values).cpu().numpy(),
         vectors=_fix_signs(vectors).cpu().numpy(),
         degree=degree.cpu().numpy(),
-        low_rank=low_rank,
+        low_rank=np.zeros(batch, dtype=bool),
     )
+
+
+@dataclass(frozen=True)
+class LowRankSettings:
+    """Settings of :func:`low_rank_laplacian_spectrum` (block Krylov in feature space)."""
+
+    oversample: int = 6  # start-block columns beyond the K − 1 wanted, rounded up to a multiple of 16
+    steps: int = 2  # Krylov steps: basis [Ω, CΩ, …, C^steps Ω]; 2·steps + 1 passes over the features
+    precision: str = "auto"  # of the passes: "bfloat16", "float32", or "auto" (bfloat16 where it is native)
+    chunk: int = 8  # images per batched pass on the CPU, so that their features stay in cache (all on CUDA)
+    seed: int = 0  # of the random start block
+
+
+def _cpu_has_native_bfloat16() -> bool:
+    """True when the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere it is emulated, slow."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pass_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of the feature passes for ``LowRankSettings.precision`` on ``device``."""
+    if precision == "auto":
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_native_bfloat16()
+        return torch.bfloat16 if native else torch.float32
+    if precision not in ("bfloat16", "float32"):
+        raise ValueError(f"precision must be 'auto', 'bfloat16' or 'float32', got {precision!r}")
+    return getattr(torch, precision)
+
+
+def _feature_degrees(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, N, D) float32 raw tokens → inverse norms (B, N), column sums of the unit tokens F̂ᵀ1 (B, D) and the
+    degrees of W = F̂ F̂ᵀ, d = F̂ (F̂ᵀ 1) (B, N): two matrix–vector passes, no N × N matrix."""
+    inverse_norm = torch.linalg.vector_norm(features, dim=-1).clamp(min=1e-12).reciprocal()
+    if features.device.type == "cpu":  # one mv per image: a batched product with one column is ~10× slower here
+        column_sum = torch.stack([image.T @ weights for image, weights in zip(features, inverse_norm)])
+        degree = inverse_norm * torch.stack([image @ total for image, total in zip(features, column_sum)])
+    else:
+        column_sum = (features.transpose(1, 2) @ inverse_norm[..., None])[..., 0]
+        degree = inverse_norm * (features @ column_sum[..., None])[..., 0]
+    return inverse_norm, column_sum, degree
+
+
+def _cone_from_degrees(degree: torch.Tensor, column_sum: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: every pairwise cosine provably >= 0 (see :func:`features_in_positive_cone`).
+
+    The cosine of unit token i with the mean direction m = F̂ᵀ1 / ‖F̂ᵀ1‖ is f̂_i · m = d_i / ‖F̂ᵀ1‖, so the
+    degrees give every angle θ_i for free.
+    """
+    cosines = degree / torch.linalg.vector_norm(column_sum, dim=-1, keepdim=True).clamp(min=1e-12)
+    angles = torch.arccos(cosines.clamp(-1, 1))
+    two_largest = angles.topk(min(2, angles.shape[1]), dim=1).values.sum(dim=1)
+    return two_largest <= torch.pi / 2 - 1e-4
+
+
+def _orthonormal_complement(block: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """(B, D, b) block made orthonormal and orthogonal to the orthonormal (B, D, m) basis (two passes)."""
+    for _ in range(2):  # "twice is enough" (Kahan–Parlett) for the float32 rounding of one pass
+        block = block - basis @ (basis.transpose(1, 2) @ block)
+        block = torch.linalg.qr(block).Q
+    return block
+
+
+def low_rank_laplacian_spectrum(
+    features: torch.Tensor, num_vectors: int, settings: LowRankSettings = LowRankSettings()
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Smallest eigenpairs of L_sym for W = F̂ F̂ᵀ (unit tokens, every cosine >= 0), solved in feature space.
+
+    With G = D^{-1/2} F̂ (N × D), the wanted vectors are the largest eigenvectors of A = G Gᵀ, i.e. the left
+    singular vectors of G. The top one, √d / ‖√d‖ (eigenvalue 1), is known; its right partner w0 ∝ F̂ᵀ1 is
+    deflated. A block Krylov basis Z = orth[Ω, CΩ, …, C^q Ω] of C = Gᵀ G (D × D, never formed) is grown from a
+    random (D, b) block Ω ⟂ w0, keeping each G Z_j; Rayleigh–Ritz of C on Z then needs only (GZ)ᵀ(GZ), and the
+    Ritz vectors map back as u = G Z c / ‖G Z c‖. That is 2q + 1 skinny passes over the features (b = 16 columns
+    for K ≤ 11), each a single bandwidth-bound matrix product, instead of an N × N matrix or its factorisation.
+    The passes may run in bfloat16 (float32 accumulation); the degrees and the small problems stay float32.
+
+    Args:
+        features: (B, N, D) float raw tokens (not necessarily unit; float16 is read chunk by chunk, not copied).
+        num_vectors: K (including the known first vector), K <= D.
+        settings: block size, steps, precision, chunking.
+
+    Returns:
+        values (B, K) descending eigenvalues of A (1 − L_sym's), vectors (B, N, K) unit columns, degrees (B, N),
+        and (B,) bool: the image's cosines are all provably >= 0 (:func:`features_in_positive_cone`). Where that
+        is False the affinity is not F̂ F̂ᵀ and the image's values and vectors are meaningless.
+    """
+    batch, count, dim = features.shape
+    device = features.device
+    wanted = min(num_vectors, count, dim) - 1
+    block = -(-(wanted + settings.oversample) // 16) * 16
+    exact = block * (settings.steps + 1) >= dim // 2  # small D: the whole complement of w0 is cheaper, and exact
+    dtype = pass_dtype(settings.precision, device)
+    chunk = batch if device.type == "cuda" else max(1, settings.chunk)
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    omega = torch.randn(dim, block, generator=generator, device=device)
+    # Reused buffers: a fresh multi-MB tensor per chunk costs page faults comparable to a pass over it.
+    convert = features.dtype != torch.float32 or not features.is_contiguous()
+    full_buffer = torch.empty(min(chunk, batch), count, dim, device=device) if convert else None
+    low_buffer = torch.empty(min(chunk, batch), count, dim, device=device, dtype=dtype) if dtype != torch.float32 else None
+    values, vectors, degrees, in_cone = [], [], [], []
+    for start in range(0, batch, chunk):
+        tokens = features[start : start + chunk]
+        tokens = full_buffer[: len(tokens)].copy_(tokens) if convert else tokens
+        inverse_norm, column_sum, degree = _feature_degrees(tokens)
+        scale = (inverse_norm * degree.clamp(min=1e-12).rsqrt())[..., None]  # G = scale ⊙ F (rows)
+        known = torch.nn.functional.normalize(degree.clamp(min=0).sqrt(), dim=-1)[..., None]
+        w0 = torch.nn.functional.normalize(column_sum, dim=1)[..., None]
+        degrees.append(degree)
+        in_cone.append(_cone_from_degrees(degree, column_sum))
+        if wanted <= 0:
+            values.append(torch.ones_like(degree[:, :1]))
+            vectors.append(known)
+            continue
+        if exact:
+            scaled = scale * tokens
+            projector = torch.eye(dim, device=device) - w0 @ w0.transpose(1, 2)
+            gram = projector @ (scaled.transpose(1, 2) @ scaled) @ projector
+            theta, coefficients = torch.linalg.eigh((gram + gram.transpose(1, 2)) / 2)
+            image = scaled
+        else:
+            low = tokens if low_buffer is None else low_buffer[: len(tokens)].copy_(tokens)
+
+            def times_g(x: torch.Tensor) -> torch.Tensor:  # (B, D, m) → G x (B, N, m)
+                # contiguous: QR returns column-major blocks, which send the product down a slow path
+                return scale * (low @ x.to(dtype).contiguous()).float()
+
+            def times_g_t(y: torch.Tensor) -> torch.Tensor:  # (B, N, m) → Gᵀ y (B, D, m)
+                # (yᵀ F)ᵀ: a row-major F read in order, no transposed copy of F (slow for bfloat16 on the CPU)
+                return ((scale * y).transpose(1, 2).contiguous().to(dtype) @ low).float().transpose(1, 2)
+
+            basis = [_orthonormal_complement(omega.expand(len(tokens), dim, block), w0)]
+            images = [times_g(basis[0])]
+            for _ in range(settings.steps):
+                basis.append(_orthonormal_complement(times_g_t(images[-1]), torch.cat([w0, *basis], dim=-1)))
+                images.append(times_g(basis[-1]))
+            image = torch.cat(images, dim=-1)  # G Z
+            theta, coefficients = torch.linalg.eigh(image.transpose(1, 2) @ image)  # Zᵀ C Z
+        theta = theta.flip(-1)[:, :wanted]
+        ritz = torch.nn.functional.normalize(image @ coefficients.flip(-1)[..., :wanted], dim=1)
+        values.append(torch.cat([torch.ones_like(theta[:, :1]), theta], dim=1))
+        vectors.append(torch.cat([known, ritz], dim=-1))
+    return torch.cat(values), torch.cat(vectors), torch.cat(degrees), torch.cat(in_cone)
 
 
 def features_in_positive_cone(unit_features: torch.Tensor) -> torch.Tensor:
@@ -215,10 +361,8 @@ def features_in_positive_cone(unit_features: torch.Tensor) -> torch.Tensor:
     With θ_i the angle of token i to the mean direction, any two tokens are at most θ_i + θ_j apart, so the two
     largest θ summing to <= 90° guarantees W = F Fᵀ has no negative entry (checked in O(N D), without forming W).
     """
-    mean_direction = torch.nn.functional.normalize(unit_features.mean(dim=1), dim=-1)
-    angles = torch.arccos((unit_features @ mean_direction[:, :, None])[..., 0].clamp(-1, 1))
-    two_largest = angles.topk(min(2, angles.shape[1]), dim=1).values.sum(dim=1)
-    return two_largest <= torch.pi / 2 - 1e-4
+    _, column_sum, degree = _feature_degrees(unit_features)
+    return _cone_from_degrees(degree, column_sum)
 
 
 def feature_laplacian_spectrum(
@@ -227,38 +371,52 @@ def feature_laplacian_spectrum(
     extra_affinity: np.ndarray | torch.Tensor | None = None,
     solver: KrylovSettings = KrylovSettings(),
     device: str | torch.device | None = None,
+    low_rank_solver: LowRankSettings = LowRankSettings(),
 ) -> Spectrum:
     """Smallest eigenpairs of L_sym for the thresholded cosine affinities of a batch of token sets (fast path).
 
-    W = C · (C > 0) with C the cosine similarities (+ ``extra_affinity``, e.g. λ × colour KNN affinity). When
-    every cosine is provably non-negative (:func:`features_in_positive_cone`; true for DINO/DINOv2 keys, which
-    share a large common component) and there is no extra term, W = F Fᵀ has rank <= D and is applied implicitly
-    (d = F (Fᵀ 1), A x = D^{-1/2} F Fᵀ D^{-1/2} x): no N × N matrix is formed. Otherwise the dense path.
+    W = C · (C > 0) with C the cosine similarities (+ ``extra_affinity``, e.g. λ × colour KNN affinity). For each
+    image whose cosines are all provably non-negative (:func:`features_in_positive_cone`; true for DINO/DINOv2
+    keys, which share a large common component) and with no extra term, W = F̂ F̂ᵀ and
+    :func:`low_rank_laplacian_spectrum` solves in feature space, without an N × N matrix. The other images take
+    the dense path (:func:`normalized_laplacian_spectrum`).
 
     Args:
         features: (B, N, D) float tokens (or (N, D)); need not be normalised.
         extra_affinity: optional (B, N, N) non-negative affinity added to W.
-        solver: block Krylov settings.
+        solver: block Krylov settings of the dense path.
         device: torch device; default CUDA when available.
+        low_rank_solver: settings of the feature-space path.
 
     Returns:
         a :class:`Spectrum`.
     """
     device = torch.device(device) if device is not None else _default_device()
-    unit = torch.nn.functional.normalize(_as_batch(features, device), dim=-1)
-    if extra_affinity is None and bool(features_in_positive_cone(unit).all()):
-        degree = (unit @ unit.sum(dim=1)[:, :, None])[..., 0]
-        inv_sqrt = degree.clamp(min=1e-12).rsqrt()[:, :, None]
-        scaled = inv_sqrt * unit  # G = D^{-1/2} F; A = G Gᵀ
-
-        def apply(x: torch.Tensor) -> torch.Tensor:
-            return scaled @ (scaled.transpose(1, 2) @ x)
-
-        return _spectrum(apply, degree, num_vectors, solver, low_rank=True)
-    weights = (unit @ unit.transpose(1, 2)).clamp(min=0)
-    if extra_affinity is not None:
-        weights = weights + _as_batch(extra_affinity, device).reshape(weights.shape)
-    return normalized_laplacian_spectrum(weights, num_vectors, solver, device)
+    tokens = torch.as_tensor(features)
+    tokens = (tokens if tokens.is_floating_point() else tokens.float()).to(device)  # float16 stays float16
+    tokens = tokens[None] if tokens.ndim == 2 else tokens
+    batch, count, dim = tokens.shape
+    num_vectors = min(num_vectors, count)
+    if extra_affinity is None and num_vectors <= dim and count > 64:  # tiny grids: the dense solve is exact, cheap
+        top, vectors, degree, low_rank = low_rank_laplacian_spectrum(tokens, num_vectors, low_rank_solver)
+        values = 1.0 - top
+    else:
+        values, vectors = torch.empty(batch, num_vectors, device=device), torch.empty(batch, count, num_vectors,
+                                                                                        device=device)
+        degree, low_rank = torch.empty(batch, count, device=device), torch.zeros(batch, dtype=torch.bool,
+                                                                                 device=device)
+    if not bool(low_rank.all()):
+        dense_images = (~low_rank).nonzero()[:, 0]
+        unit = torch.nn.functional.normalize(tokens[dense_images].float(), dim=-1)
+        weights = (unit @ unit.transpose(1, 2)).clamp(min=0)
+        if extra_affinity is not None:
+            weights = weights + _as_batch(extra_affinity, device)[dense_images].reshape(weights.shape)
+        dense = normalized_laplacian_spectrum(weights, num_vectors, solver, device)
+        values[dense_images] = torch.as_tensor(dense.values, device=device)
+        vectors[dense_images] = torch.as_tensor(dense.vectors, device=device)
+        degree[dense_images] = torch.as_tensor(dense.degree, device=device)
+    return Spectrum(values=values.cpu().numpy(), vectors=_fix_signs(vectors).cpu().numpy(),
+                    degree=degree.cpu().numpy(), low_rank=low_rank.cpu().numpy())
 
 
 def grid_spectra(
