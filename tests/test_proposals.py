@@ -114,6 +114,8 @@ def test_feature_space_path_takes_float16_and_mixed_batches():
     np.testing.assert_array_equal(halves.vectors, again.vectors)  # float16 is read as the same float32 values
     with pytest.raises(ValueError, match="precision"):
         pass_dtype("float8", torch.device("cpu"))
+    with pytest.raises(ValueError, match="steps"):
+        feature_laplacian_spectrum(inside, 6, device="cpu", low_rank_solver=LowRankSettings(steps=0))
 
 
 def cosine_of(features):

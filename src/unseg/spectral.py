@@ -215,7 +215,7 @@ class LowRankSettings:
     """Settings of :func:`low_rank_laplacian_spectrum` (block Krylov in feature space)."""
 
     oversample: int = 6  # start-block columns beyond the K − 1 wanted, rounded up to a multiple of 16
-    steps: int = 2  # Krylov steps: basis [Ω, CΩ, …, C^steps Ω]; 2·steps + 1 passes over the features
+    steps: int = 2  # Krylov blocks: basis orth[CΩ, …, C^steps Ω] (>= 1); 2·steps + 1 passes over the features
     precision: str = "auto"  # of the passes: "bfloat16", "float32", or "auto" (bfloat16 where it is native)
     chunk: int = 8  # images per batched pass on the CPU, so that their features stay in cache (all on CUDA)
     seed: int = 0  # of the random start block
@@ -267,11 +267,10 @@ def _cone_from_degrees(degree: torch.Tensor, column_sum: torch.Tensor) -> torch.
 
 
 def _orthonormal_complement(block: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """(B, D, b) block made orthonormal and orthogonal to the orthonormal (B, D, m) basis (two passes)."""
-    for _ in range(2):  # "twice is enough" (Kahan–Parlett) for the float32 rounding of one pass
+    """(B, D, b) block made orthonormal (Householder QR) and orthogonal to the orthonormal (B, D, m) basis."""
+    for _ in range(2):  # "twice is enough" (Kahan–Parlett): one projection leaves float32 cancellation behind
         block = block - basis @ (basis.transpose(1, 2) @ block)
-        block = torch.linalg.qr(block).Q
-    return block
+    return torch.linalg.qr(block).Q
 
 
 def low_rank_laplacian_spectrum(
@@ -281,10 +280,12 @@ def low_rank_laplacian_spectrum(
 
     With G = D^{-1/2} F̂ (N × D), the wanted vectors are the largest eigenvectors of A = G Gᵀ, i.e. the left
     singular vectors of G. The top one, √d / ‖√d‖ (eigenvalue 1), is known; its right partner w0 ∝ F̂ᵀ1 is
-    deflated. A block Krylov basis Z = orth[Ω, CΩ, …, C^q Ω] of C = Gᵀ G (D × D, never formed) is grown from a
+    deflated. A block Krylov basis Z = orth[CΩ, …, C^q Ω] of C = Gᵀ G (D × D, never formed) is grown from a
     random (D, b) block Ω ⟂ w0, keeping each G Z_j; Rayleigh–Ritz of C on Z then needs only (GZ)ᵀ(GZ), and the
     Ritz vectors map back as u = G Z c / ‖G Z c‖. That is 2q + 1 skinny passes over the features (b = 16 columns
     for K ≤ 11), each a single bandwidth-bound matrix product, instead of an N × N matrix or its factorisation.
+    (Ω itself is left out of Z: random in every direction, it adds 16 columns to the small eigenproblem and
+    nothing to the wanted vectors.)
     The passes may run in bfloat16 (float32 accumulation); the degrees and the small problems stay float32.
 
     Args:
@@ -297,6 +298,8 @@ def low_rank_laplacian_spectrum(
         and (B,) bool: the image's cosines are all provably >= 0 (:func:`features_in_positive_cone`). Where that
         is False the affinity is not F̂ F̂ᵀ and the image's values and vectors are meaningless.
     """
+    if settings.steps < 1:
+        raise ValueError(f"LowRankSettings.steps must be >= 1, got {settings.steps}")
     batch, count, dim = features.shape
     device = features.device
     wanted = min(num_vectors, count, dim) - 1
@@ -341,9 +344,12 @@ def low_rank_laplacian_spectrum(
                 # (yᵀ F)ᵀ: a row-major F read in order, no transposed copy of F (slow for bfloat16 on the CPU)
                 return ((scale * y).transpose(1, 2).contiguous().to(dtype) @ low).float().transpose(1, 2)
 
-            basis = [_orthonormal_complement(omega.expand(len(tokens), dim, block), w0)]
+            # Z1 = orth(C Ω) ⟂ w0. Ω needs no orthonormalising, but its w0 part must go before the bfloat16 pass:
+            # G w0 has norm 1, far above the wanted directions, and would swamp them in the rounding.
+            start = omega - w0 @ (w0.transpose(1, 2) @ omega)
+            basis = [_orthonormal_complement(times_g_t(times_g(start)), w0)]
             images = [times_g(basis[0])]
-            for _ in range(settings.steps):
+            for _ in range(settings.steps - 1):
                 basis.append(_orthonormal_complement(times_g_t(images[-1]), torch.cat([w0, *basis], dim=-1)))
                 images.append(times_g(basis[-1]))
             image = torch.cat(images, dim=-1)  # G Z
