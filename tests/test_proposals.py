@@ -24,6 +24,7 @@ from unseg.spectral import (
     block_krylov_largest,
     color_knn_affinity,
     deep_spectral_masks,
+    feature_degrees,
     feature_laplacian_spectrum,
     features_in_positive_cone,
     grid_spectra,
@@ -116,6 +117,15 @@ def test_feature_space_path_takes_float16_and_mixed_batches():
         pass_dtype("float8", torch.device("cpu"))
     with pytest.raises(ValueError, match="steps"):
         feature_laplacian_spectrum(inside, 6, device="cpu", low_rank_solver=LowRankSettings(steps=0))
+
+
+def test_feature_degrees_batched_and_per_image_agree():
+    features = torch.tensor(np.stack([clustered_features(90, 12, 3, 5.0, seed) for seed in (14, 15)]))
+    per_image, batched = feature_degrees(features, per_image=True), feature_degrees(features, per_image=False)
+    for ours, theirs in zip(per_image, batched):  # the CUDA default is the batched form
+        torch.testing.assert_close(ours, theirs)
+    unit = features.double() / features.double().norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(batched[2].double(), (unit @ unit.transpose(1, 2)).sum(-1), rtol=1e-5, atol=1e-5)
 
 
 def cosine_of(features):

@@ -241,11 +241,14 @@ def pass_dtype(precision: str, device: torch.device) -> torch.dtype:
     return getattr(torch, precision)
 
 
-def _feature_degrees(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def feature_degrees(features: torch.Tensor, per_image: bool | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, N, D) float32 raw tokens → inverse norms (B, N), column sums of the unit tokens F̂ᵀ1 (B, D) and the
-    degrees of W = F̂ F̂ᵀ, d = F̂ (F̂ᵀ 1) (B, N): two matrix–vector passes, no N × N matrix."""
+    degrees of W = F̂ F̂ᵀ, d = F̂ (F̂ᵀ 1) (B, N): two matrix–vector passes, no N × N matrix. ``per_image``: one
+    matrix–vector product per image (default on the CPU) rather than one batched product (default on CUDA)."""
     inverse_norm = torch.linalg.vector_norm(features, dim=-1).clamp(min=1e-12).reciprocal()
-    if features.device.type == "cpu":  # one mv per image: a batched product with one column is ~10× slower here
+    if per_image if per_image is not None else features.device.type == "cpu":
+        # a batched product with a single column takes a ~10× slower path on the CPU
         column_sum = torch.stack([image.T @ weights for image, weights in zip(features, inverse_norm)])
         degree = inverse_norm * torch.stack([image @ total for image, total in zip(features, column_sum)])
     else:
@@ -317,7 +320,7 @@ def low_rank_laplacian_spectrum(
     for start in range(0, batch, chunk):
         tokens = features[start : start + chunk]
         tokens = full_buffer[: len(tokens)].copy_(tokens) if convert else tokens
-        inverse_norm, column_sum, degree = _feature_degrees(tokens)
+        inverse_norm, column_sum, degree = feature_degrees(tokens)
         scale = (inverse_norm * degree.clamp(min=1e-12).rsqrt())[..., None]  # G = scale ⊙ F (rows)
         known = torch.nn.functional.normalize(degree.clamp(min=0).sqrt(), dim=-1)[..., None]
         w0 = torch.nn.functional.normalize(column_sum, dim=1)[..., None]
@@ -367,7 +370,7 @@ def features_in_positive_cone(unit_features: torch.Tensor) -> torch.Tensor:
     With θ_i the angle of token i to the mean direction, any two tokens are at most θ_i + θ_j apart, so the two
     largest θ summing to <= 90° guarantees W = F Fᵀ has no negative entry (checked in O(N D), without forming W).
     """
-    _, column_sum, degree = _feature_degrees(unit_features)
+    _, column_sum, degree = feature_degrees(unit_features)
     return _cone_from_degrees(degree, column_sum)
 
 
