@@ -36,6 +36,7 @@ from .spectral import (
     deep_spectral_masks,
     grid_spectra,
     multik_masks,
+    pass_dtype,
 )
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ def image_grid_masks(
     color_weight: float = 0.0,
     images: list[np.ndarray] | None = None,
     device: str | None = None,
+    precision: str = "auto",
 ) -> list[list[GridMask]]:
     """Masks of a batch of token grids by one method, with one batched eigensolve for all of them.
 
@@ -86,6 +88,7 @@ def image_grid_masks(
         min_area_fraction: masks (after the component split) covering fewer than this fraction of the token grid
             are dropped; at least one cell.
         images: per image the (h, w, 3) picture at grid size (deep_spectral with ``color_weight`` > 0).
+        precision: of the eigensolver's feature-space passes (:func:`~unseg.spectral.grid_spectra`).
 
     Returns:
         per image its masks.
@@ -98,7 +101,7 @@ def image_grid_masks(
         raise ValueError("deep_spectral with color_weight > 0 needs one grid-sized image per token grid")
     extra = [color_weight * color_knn_affinity(image) for image in images] if colored else None
     num_vectors = num_eigenvectors if method == "deep_spectral" else max(ks)
-    spectra = grid_spectra(grids, num_vectors, extra, device=device)
+    spectra = grid_spectra(grids, num_vectors, extra, device=device, precision=precision)
     results = []
     for grid, (vectors, degree) in zip(grids, spectra):
         min_area = max(1, math.ceil(min_area_fraction * grid.shape[0] * grid.shape[1]))
@@ -127,6 +130,7 @@ def run_masks(
     image_paths: Mapping[str, str] | None = None,
     batch_size: int = 64,
     device: str | None = None,
+    precision: str = "auto",
 ) -> int:
     """Spectral masks for every image in a feature store → COCO results JSON. Returns the mask count.
 
@@ -137,8 +141,11 @@ def run_masks(
 
     Args:
         image_paths: image name → path, needed for deep_spectral's colour affinity (``color_weight`` > 0).
+        precision: of the eigensolver's feature-space passes: "auto" (bfloat16 where the hardware has it),
+            "bfloat16" or "float32" (the same numbers on every machine, a little slower).
     """
     store = FeatureStore(store_path)
+    print(f"masks: eigensolver passes in {pass_dtype(precision, device)} (solver_precision: {precision})")
     if method == "deep_spectral" and color_weight > 0:
         missing = [name for name in store.names if not image_paths or name not in image_paths]
         if missing:
@@ -151,7 +158,8 @@ def run_masks(
         if method == "deep_spectral" and color_weight > 0:
             images = [_image_at_grid(image_paths[name], grid.shape[:2]) for name, grid in zip(names, grids)]
         masks_per_image = image_grid_masks(grids, method, ks, split_components, min_area_fraction, seed,
-                                           num_eigenvectors, eigen_masks, drop_background, color_weight, images, device)
+                                           num_eigenvectors, eigen_masks, drop_background, color_weight, images, device,
+                                           precision)
         for name, grid_masks in zip(names, masks_per_image):
             image_id = store.image_id(name)
             for grid_mask in grid_masks:
@@ -184,19 +192,23 @@ def run_saliency(
     progress: bool = True,
     batch_size: int = 64,
     device: str | None = None,
+    precision: str = "auto",
 ) -> list[str]:
     """Bipartition saliency for every image → ``out_dir/{name}.png`` soft maps (written as one atomic folder).
 
     The soft map (0.5 + 0.5 × generalised Fiedler vector / its max magnitude, oriented by the border rule) is
-    upsampled bilinearly to the original size and stored as uint8; foreground is ``value > 127``.
+    upsampled bilinearly to the original size and stored as uint8; foreground is ``value > 127``. ``precision``:
+    of the eigensolver's feature-space passes, as in :func:`run_masks`.
     """
     store = FeatureStore(store_path)
+    print(f"saliency: eigensolver passes in {pass_dtype(precision, device)} (solver_precision: {precision})")
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
         bar = tqdm(total=len(store.names), desc="saliency", unit="img", disable=not progress)
         for names in _batches(store.names, batch_size):
             grids = [store.facet(name, facet) for name in names]
-            for name, grid, (vectors, degree) in zip(names, grids, grid_spectra(grids, 2, device=device)):
+            for name, grid, (vectors, degree) in zip(names, grids, grid_spectra(grids, 2, device=device,
+                                                                                      precision=precision)):
                 _, soft = bipartition_saliency(grid, eigenvectors=vectors, degree=degree)
                 soft_pixels = np.clip(grid_to_image(soft, store.geometry(name)), 0.0, 1.0)
                 Image.fromarray(np.round(soft_pixels * 255).astype(np.uint8), mode="L").save(tmp / f"{name}.png")

@@ -231,8 +231,9 @@ def _cpu_has_native_bfloat16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def pass_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The dtype of the feature passes for ``LowRankSettings.precision`` on ``device``."""
+def pass_dtype(precision: str, device: str | torch.device | None = None) -> torch.dtype:
+    """The dtype of the feature passes for ``LowRankSettings.precision`` on ``device`` (default: CUDA if present)."""
+    device = torch.device(device) if device is not None else _default_device()
     if precision == "auto":
         native = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_native_bfloat16()
         return torch.bfloat16 if native else torch.float32
@@ -434,12 +435,14 @@ def grid_spectra(
     extra_affinities: list[np.ndarray | None] | None = None,
     batch_size: int = 64,
     device: str | torch.device | None = None,
+    precision: str = "auto",
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Spectra of many images' token grids, solved in batches of equal token count.
 
     Args:
         grids: per image an (h, w, D) float token grid.
         extra_affinities: per image None or an (h·w, h·w) affinity added to the thresholded cosine one.
+        precision: of the feature-space passes (:class:`LowRankSettings`): "auto", "bfloat16" or "float32".
 
     Returns:
         per image (eigenvectors (h·w, K) float32 of L_sym, degrees (h·w,) float32), in input order.
@@ -454,7 +457,8 @@ def grid_spectra(
             chunk = positions[start : start + batch_size]
             features = np.stack([np.asarray(grids[p], dtype=np.float32).reshape(count, dim) for p in chunk])
             extra = None if no_extra else np.stack([extra_affinities[p] for p in chunk])
-            spectrum = feature_laplacian_spectrum(features, num_vectors, extra_affinity=extra, device=device)
+            spectrum = feature_laplacian_spectrum(features, num_vectors, extra_affinity=extra, device=device,
+                                                  low_rank_solver=LowRankSettings(precision=precision))
             for offset, position in enumerate(chunk):
                 results[position] = (spectrum.vectors[offset], spectrum.degree[offset])
     return results

@@ -9,5 +9,6 @@ with log_to(snakemake.log[0]):
               split_components=s["split_components"], min_area_fraction=s["min_area_fraction"], seed=s["seed"],
               method=s["method"], num_eigenvectors=s["num_eigenvectors"], eigen_masks=s["eigen_masks"],
               drop_background=s["drop_background"], color_weight=s["color_weight"],
-              image_paths=dict(zip(index["name"], index["path"])), batch_size=s["batch_size"])
+              image_paths=dict(zip(index["name"], index["path"])), batch_size=s["batch_size"],
+              precision=s["solver_precision"])
     write_provenance(snakemake.output[0], "masks", snakemake.wildcards.variant, snakemake.params.chain, dict(snakemake.input))
