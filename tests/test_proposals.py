@@ -87,7 +87,7 @@ def exact_spectrum(features):
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_feature_space_krylov_matches_exact_eigenvectors(precision):
-    # D = 192 > 2 × the 48-column Krylov basis, so this runs the block Krylov branch, not the small-D exact one.
+    # D = 192 > 2 × the 32-column Krylov basis, so this runs the block Krylov branch, not the small-D exact one.
     features = np.stack([clustered_features(500, 192, 9, 20.0, seed) for seed in (10, 11)])
     spectrum = feature_laplacian_spectrum(features, 9, device="cpu",
                                           low_rank_solver=LowRankSettings(precision=precision, chunk=1))

@@ -308,7 +308,7 @@ def low_rank_laplacian_spectrum(
     device = features.device
     wanted = min(num_vectors, count, dim) - 1
     block = -(-(wanted + settings.oversample) // 16) * 16
-    exact = block * (settings.steps + 1) >= dim // 2  # small D: the whole complement of w0 is cheaper, and exact
+    exact = block * settings.steps >= dim // 2  # small D: the whole complement of w0 is cheaper, and exact
     dtype = pass_dtype(settings.precision, device)
     chunk = batch if device.type == "cuda" else max(1, settings.chunk)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
