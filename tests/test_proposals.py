@@ -352,7 +352,7 @@ def test_stage_runners_report_and_check_the_solver_precision(tiny_store, tmp_pat
     store_path, _ = tiny_store
     run_masks(store_path, tmp_path / "masks.json", ks=(2,), precision="float32", progress=False)
     run_saliency(store_path, tmp_path / "saliency", precision="float32", progress=False)
-    assert capsys.readouterr().out.count("eigensolver passes in torch.float32 (solver_precision: float32)") == 2
+    assert capsys.readouterr().err.count("eigensolver passes in torch.float32 (solver_precision: float32)") == 2
     with pytest.raises(ValueError, match="precision"):
         run_masks(store_path, tmp_path / "x.json", precision="float16", progress=False)
     assert not (tmp_path / "x.json").exists()

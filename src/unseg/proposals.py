@@ -18,6 +18,7 @@ Artifacts:
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -145,7 +146,8 @@ def run_masks(
             "bfloat16" or "float32" (the same numbers on every machine, a little slower).
     """
     store = FeatureStore(store_path)
-    print(f"masks: eigensolver passes in {pass_dtype(precision, device)} (solver_precision: {precision})")
+    print(f"masks: eigensolver passes in {pass_dtype(precision, device)} (solver_precision: {precision})",
+          file=sys.stderr)  # stderr: the job's log file
     if method == "deep_spectral" and color_weight > 0:
         missing = [name for name in store.names if not image_paths or name not in image_paths]
         if missing:
@@ -201,7 +203,8 @@ def run_saliency(
     of the eigensolver's feature-space passes, as in :func:`run_masks`.
     """
     store = FeatureStore(store_path)
-    print(f"saliency: eigensolver passes in {pass_dtype(precision, device)} (solver_precision: {precision})")
+    print(f"saliency: eigensolver passes in {pass_dtype(precision, device)} (solver_precision: {precision})",
+          file=sys.stderr)
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
         bar = tqdm(total=len(store.names), desc="saliency", unit="img", disable=not progress)
