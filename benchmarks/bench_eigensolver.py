@@ -70,7 +70,9 @@ def horse_keys(store_path: Path, num_images: int, resolution: int, data: Path, w
     return np.stack(grids)
 
 
-def deep_spectral_path(keys: np.ndarray, num_vectors: int, dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray, float]:
+def deep_spectral_path(
+    keys: np.ndarray, num_vectors: int, dtype: type = np.float32
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Deep Spectral Methods' per-image path from (N, D) keys → (values (K,), generalised eigenvectors (N, K),
     seconds spent in ``eigsh``)."""
     unit = torch.nn.functional.normalize(torch.from_numpy(np.asarray(keys, dtype=np.float32)), p=2, dim=-1)

@@ -5,8 +5,9 @@ Eigensolvers: :func:`laplacian_eigenvectors` is the dense reference (full ``eigh
 :func:`feature_laplacian_spectrum` solves a batch of images at once (on CUDA when present): images whose cosines
 are all non-negative (W = F̂ F̂ᵀ) in feature space by :func:`low_rank_laplacian_spectrum` (five skinny passes
 over the tokens, bfloat16 where the hardware has it), the others by :func:`normalized_laplacian_spectrum`
-(restarted block Krylov on the explicit matrix, float32). The mask functions work on one image's token grid, as arrays, and take precomputed eigenvectors from
-:func:`grid_spectra`; the stage runners live in :mod:`unseg.proposals`.
+(restarted block Krylov on the explicit matrix, float32). The mask functions work on one image's token grid, as
+arrays, and take precomputed eigenvectors from :func:`grid_spectra`; the stage runners live in
+:mod:`unseg.proposals`.
 """
 
 from __future__ import annotations
@@ -315,8 +316,9 @@ def low_rank_laplacian_spectrum(
     omega = torch.randn(dim, block, generator=generator, device=device)
     # Reused buffers: a fresh multi-MB tensor per chunk costs page faults comparable to a pass over it.
     convert = features.dtype != torch.float32 or not features.is_contiguous()
-    full_buffer = torch.empty(min(chunk, batch), count, dim, device=device) if convert else None
-    low_buffer = torch.empty(min(chunk, batch), count, dim, device=device, dtype=dtype) if dtype != torch.float32 else None
+    shape = (min(chunk, batch), count, dim)
+    full_buffer = torch.empty(shape, device=device) if convert else None
+    low_buffer = torch.empty(shape, device=device, dtype=dtype) if dtype != torch.float32 else None
     values, vectors, degrees, in_cone = [], [], [], []
     for start in range(0, batch, chunk):
         tokens = features[start : start + chunk]
@@ -350,8 +352,8 @@ def low_rank_laplacian_spectrum(
 
             # Z1 = orth(C Ω) ⟂ w0. Ω needs no orthonormalising, but its w0 part must go before the bfloat16 pass:
             # G w0 has norm 1, far above the wanted directions, and would swamp them in the rounding.
-            start = omega - w0 @ (w0.transpose(1, 2) @ omega)
-            basis = [_orthonormal_complement(times_g_t(times_g(start)), w0)]
+            start_block = omega - w0 @ (w0.transpose(1, 2) @ omega)
+            basis = [_orthonormal_complement(times_g_t(times_g(start_block)), w0)]
             images = [times_g(basis[0])]
             for _ in range(settings.steps - 1):
                 basis.append(_orthonormal_complement(times_g_t(images[-1]), torch.cat([w0, *basis], dim=-1)))
