@@ -28,6 +28,7 @@ into the final store and only then marks it complete.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -623,6 +624,7 @@ class FeatureStore:
                 f"assemble_shards has not joined yet?)"
             )
         self.attrs = dict(self.root.attrs)
+        self._geometries: dict[str, ResizeGeometry] = {}  # read-only store: each image's attributes read once
 
     @property
     def names(self) -> list[str]:
@@ -650,12 +652,16 @@ class FeatureStore:
         return np.asarray(group[facet][...], dtype=np.float32)
 
     def geometry(self, name: str) -> ResizeGeometry:
-        attrs = self.root[name].attrs
-        crop_box = attrs.get("crop_box")
-        return ResizeGeometry(
-            tuple(attrs["original_size"]), tuple(attrs["resized_size"]), tuple(attrs["grid_size"]),
-            tuple(crop_box) if crop_box is not None else None,
-        )
+        """The image's resize/crop geometry (cached: reading zarr attributes costs ~0.4 ms, and the masks stage
+        asks once per mask)."""
+        if name not in self._geometries:
+            attrs = self.root[name].attrs
+            crop_box = attrs.get("crop_box")
+            self._geometries[name] = ResizeGeometry(
+                tuple(attrs["original_size"]), tuple(attrs["resized_size"]), tuple(attrs["grid_size"]),
+                tuple(crop_box) if crop_box is not None else None,
+            )
+        return self._geometries[name]
 
     def image_id(self, name: str) -> int:
         return int(self.root[name].attrs["image_id"])
@@ -670,8 +676,10 @@ def _cell_coordinates(original: int, resized: int, offset: int, cell: int) -> np
     return (centres - offset) / cell - 0.5
 
 
+@functools.lru_cache(maxsize=64)  # every mask of an image, and images of one size, share these
 def _interpolation_matrix(original: int, resized: int, offset: int, crop: int, cells: int) -> np.ndarray:
-    """(original, cells) linear-interpolation weights; coordinates outside the grid clamp to the edge cells."""
+    """(original, cells) read-only float32 linear-interpolation weights; coordinates outside the grid clamp to the
+    edge cells."""
     coordinates = np.clip(_cell_coordinates(original, resized, offset, crop / cells), 0, cells - 1)
     lower = np.floor(coordinates).astype(int)
     upper = np.minimum(lower + 1, cells - 1)
@@ -679,6 +687,8 @@ def _interpolation_matrix(original: int, resized: int, offset: int, crop: int, c
     weights = np.zeros((original, cells), dtype=np.float64)
     np.add.at(weights, (np.arange(original), lower), 1 - fraction)
     np.add.at(weights, (np.arange(original), upper), fraction)
+    weights = weights.astype(np.float32)
+    weights.setflags(write=False)
     return weights
 
 
@@ -708,7 +718,7 @@ def grid_to_image(grid_values: np.ndarray, geometry: ResizeGeometry) -> np.ndarr
     rows = _interpolation_matrix(height, resized_h, top, crop_h, grid_h)
     columns = _interpolation_matrix(width, resized_w, left, crop_w, grid_w)
     # Separable: rows (H0, h) @ values (C, h, w) @ columns.T (w, W0) — two matrix products, float32.
-    upsampled = (rows.astype(np.float32) @ values.astype(np.float32)) @ columns.T.astype(np.float32)
+    upsampled = (rows @ values.astype(np.float32)) @ columns.T
     return upsampled[0] if squeeze else upsampled
 
 
