@@ -74,7 +74,8 @@ class KrylovSettings:
 
 
 def _orthonormalize(block: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
-    """(B, N, b) block made orthonormal and orthogonal to an orthonormal (B, N, m) basis (two Gram–Schmidt passes)."""
+    """(B, N, b) block made orthonormal (Householder QR) and orthogonal to an orthonormal (B, N, m) basis (two
+    Gram–Schmidt passes); N is the feature dimension D when the block lives in feature space."""
     if basis is not None:
         for _ in range(2):  # twice is enough in float32 ("twice is enough", Kahan–Parlett)
             block = block - basis @ (basis.transpose(1, 2) @ block)
@@ -271,13 +272,6 @@ def _cone_from_degrees(degree: torch.Tensor, column_sum: torch.Tensor) -> torch.
     return two_largest <= torch.pi / 2 - 1e-4
 
 
-def _orthonormal_complement(block: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """(B, D, b) block made orthonormal (Householder QR) and orthogonal to the orthonormal (B, D, m) basis."""
-    for _ in range(2):  # "twice is enough" (Kahan–Parlett): one projection leaves float32 cancellation behind
-        block = block - basis @ (basis.transpose(1, 2) @ block)
-    return torch.linalg.qr(block).Q
-
-
 def low_rank_laplacian_spectrum(
     features: torch.Tensor, num_vectors: int, settings: LowRankSettings = LowRankSettings()
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -353,10 +347,10 @@ def low_rank_laplacian_spectrum(
             # Z1 = orth(C Ω) ⟂ w0. Ω needs no orthonormalising, but its w0 part must go before the bfloat16 pass:
             # G w0 has norm 1, far above the wanted directions, and would swamp them in the rounding.
             start_block = omega - w0 @ (w0.transpose(1, 2) @ omega)
-            basis = [_orthonormal_complement(times_g_t(times_g(start_block)), w0)]
+            basis = [_orthonormalize(times_g_t(times_g(start_block)), w0)]
             images = [times_g(basis[0])]
             for _ in range(settings.steps - 1):
-                basis.append(_orthonormal_complement(times_g_t(images[-1]), torch.cat([w0, *basis], dim=-1)))
+                basis.append(_orthonormalize(times_g_t(images[-1]), torch.cat([w0, *basis], dim=-1)))
                 images.append(times_g(basis[-1]))
             image = torch.cat(images, dim=-1)  # G Z
             theta, coefficients = torch.linalg.eigh(image.transpose(1, 2) @ image)  # Zᵀ C Z
