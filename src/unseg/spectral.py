@@ -12,6 +12,7 @@ arrays, and take precomputed eigenvectors from :func:`grid_spectra`; the stage r
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -223,6 +224,7 @@ class LowRankSettings:
     seed: int = 0  # of the random start block
 
 
+@functools.lru_cache(maxsize=1)  # the CPU does not change; /proc/cpuinfo is read once per process
 def _cpu_has_native_bfloat16() -> bool:
     """True when the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere it is emulated, slow."""
     try:
