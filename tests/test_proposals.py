@@ -21,6 +21,7 @@ from unseg.proposals import (
     semantic_component_instances,
 )
 from unseg.spectral import (
+    _orthonormalize,
     block_krylov_largest,
     color_knn_affinity,
     deep_spectral_masks,
@@ -85,12 +86,13 @@ def exact_spectrum(features):
     return 1 - values[::-1], vectors[:, ::-1], degree
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_feature_space_krylov_matches_exact_eigenvectors(precision):
+@pytest.mark.parametrize("precision,orthonormalization",
+                         [("float32", "householder"), ("bfloat16", "householder"), ("float32", "cholesky")])
+def test_feature_space_krylov_matches_exact_eigenvectors(precision, orthonormalization):
     # D = 192 > 2 × the 32-column Krylov basis, so this runs the block Krylov branch, not the small-D exact one.
     features = np.stack([clustered_features(500, 192, 9, 20.0, seed) for seed in (10, 11)])
-    spectrum = feature_laplacian_spectrum(features, 9, device="cpu",
-                                          low_rank_solver=LowRankSettings(precision=precision, chunk=1))
+    settings = LowRankSettings(precision=precision, chunk=1, orthonormalization=orthonormalization)
+    spectrum = feature_laplacian_spectrum(features, 9, device="cpu", low_rank_solver=settings)
     assert spectrum.low_rank.all()
     for index in range(2):
         values, vectors, degree = exact_spectrum(features[index])
@@ -117,6 +119,23 @@ def test_feature_space_path_takes_float16_and_mixed_batches():
         pass_dtype("float8", torch.device("cpu"))
     with pytest.raises(ValueError, match="steps"):
         feature_laplacian_spectrum(inside, 6, device="cpu", low_rank_solver=LowRankSettings(steps=0))
+
+
+def test_cholesky_qr_orthonormalizes_an_ill_conditioned_block_like_householder():
+    generator = torch.Generator().manual_seed(16)
+    basis = torch.linalg.qr(torch.randn(3, 120, 4, generator=generator)).Q
+    # ten nearly parallel columns: XᵀX has condition ~1e9, where unshifted Cholesky-QR breaks down in float32
+    block = torch.randn(3, 120, 1, generator=generator) + 1e-4 * torch.randn(3, 120, 10, generator=generator)
+    ours = _orthonormalize(block, basis, "cholesky")
+    householder = _orthonormalize(block, basis, "householder")
+    identity = torch.eye(10)
+    assert float((ours.transpose(1, 2) @ ours - identity).abs().max()) < 1e-5
+    assert float((basis.transpose(1, 2) @ ours).abs().max()) < 1e-3
+    # same nested spans: Q = X R⁻¹ with R upper triangular in both, so the columns agree up to sign
+    assert torch.allclose((ours * householder).sum(dim=1).abs(), torch.ones(3, 10), atol=1e-3)
+    with pytest.raises(ValueError, match="orthonormalization"):
+        feature_laplacian_spectrum(np.abs(block[0].numpy()) + 1, 3, device="cpu",
+                                   low_rank_solver=LowRankSettings(orthonormalization="gram-schmidt"))
 
 
 def test_feature_degrees_batched_and_per_image_agree():
