@@ -235,5 +235,6 @@ def timed(call, device: torch.device, repeats: int = 3) -> float:
             seconds.append(time.perf_counter() - start)
     return float(np.median(seconds))
 
+
 if __name__ == "__main__":
     main()

@@ -133,9 +133,17 @@ def test_cholesky_qr_orthonormalizes_an_ill_conditioned_block_like_householder()
     assert float((basis.transpose(1, 2) @ ours).abs().max()) < 1e-3
     # same nested spans: Q = X R⁻¹ with R upper triangular in both, so the columns agree up to sign
     assert torch.allclose((ours * householder).sum(dim=1).abs(), torch.ones(3, 10), atol=1e-3)
+    positive = np.abs(block[0].numpy()) + 1  # every cosine > 0: the feature-space path
     with pytest.raises(ValueError, match="orthonormalization"):
-        feature_laplacian_spectrum(np.abs(block[0].numpy()) + 1, 3, device="cpu",
+        feature_laplacian_spectrum(positive, 3, device="cpu",
                                    low_rank_solver=LowRankSettings(orthonormalization="gram-schmidt"))
+    # "auto" is Householder on the CPU (Cholesky-QR on CUDA, where batched Householder QR loops over images);
+    # D = 192 keeps the solve on the Krylov branch, which orthonormalises
+    features = clustered_features(300, 192, 9, 20.0, 17)
+    default, householder = (feature_laplacian_spectrum(features, 9, device="cpu", low_rank_solver=settings)
+                            for settings in (LowRankSettings(), LowRankSettings(orthonormalization="householder")))
+    assert default.low_rank.all()
+    np.testing.assert_array_equal(default.vectors, householder.vectors)
 
 
 def test_feature_degrees_batched_and_per_image_agree():
