@@ -102,13 +102,16 @@ def main(argv=None) -> int:
     model = model.to(device).eval()
     sizes = [read_image_size(path) for path in paths]
     batches_of_positions = shard_batches(sizes, args.resolution, spec.patch_size, args.layout, args.batch_size)[0]
-    decoded = {path: read_image(path) for path in set(paths)}
+    # Each distinct image resized once: with --repeat the same pictures recur, and preparing thousands of them on
+    # one thread would take longer than the GPU work being timed.
+    resized = {}
+    for p, path in enumerate(paths):
+        if path not in resized:
+            geometry = resize_geometry(sizes[p], args.resolution, spec.patch_size, args.layout)
+            resized[path] = resize_and_crop(read_image(path), geometry)
     batches = []
     for positions in batches_of_positions:
-        pixels = torch.stack([
-            resize_and_crop(decoded[paths[p]], resize_geometry(sizes[p], args.resolution, spec.patch_size, args.layout))
-            for p in positions
-        ])
+        pixels = torch.stack([resized[paths[p]] for p in positions])
         batches.append(normalize_batch(pixels.to(device), spec.mean, spec.std))
     grid = resize_geometry(sizes[0], args.resolution, spec.patch_size, args.layout).grid_size
     print(f"{len(batches)} batches; first image's token grid {grid[0]}x{grid[1]}")
