@@ -199,9 +199,11 @@ def main() -> None:
         per_image = timings[name] / num_reference
         print(f"{label:38s}: {1000 * per_image:8.2f} ms/image  ratio {per_image / ours_per_image:6.1f}x")
 
+    def repeated(size: int) -> np.ndarray:  # (size, N, D): the real keys repeated
+        return np.concatenate([keys] * -(-size // batch))[:size]
+
     for size in args.throughput_batch:
-        repeats = -(-size // batch)
-        many = np.concatenate([keys] * repeats)[:size]
+        many = repeated(size)
         sources = {"host": many}
         if device.type == "cuda":
             sources["device"] = torch.from_numpy(many).to(device)
@@ -211,7 +213,7 @@ def main() -> None:
                   "images/s (median of 3)")
     if args.profile and args.throughput_batch:
         size = max(args.throughput_batch)
-        many = np.concatenate([keys] * -(-size // batch))[:size]
+        many = repeated(size)
         activities = [torch.profiler.ProfilerActivity.CPU] + (
             [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with torch.profiler.profile(activities=activities) as profiler:
