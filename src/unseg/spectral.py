@@ -247,6 +247,7 @@ class LowRankSettings:
     seed: int = 0  # of the random start block
     # of the Krylov blocks: "householder", "cholesky" (Cholesky-QR3), or "auto": Cholesky-QR on CUDA, where
     # batched Householder QR loops over the images (22× slower per solve on an H100), Householder on the CPU
+    # (there the two are equally fast; Householder is the longer-tested path)
     orthonormalization: str = "auto"
 
 
