@@ -1,12 +1,19 @@
 # unseg: unsupervised segmentation from self-supervised ViT features.
-# Run: snakemake --cores 2            (config/config.yaml, the embedded synthetic demo)
-#      snakemake --cores 2 --configfile config/other.yaml
+# Run: snakemake --cores 2                                   the demo: config/config.yaml (synthetic dataset)
+#      snakemake --cores 2 --configfile config/my-data.yaml  your run: your config alone, nothing of the demo
+#      snakemake --cores 2 TARGET --configfile config/my-data.yaml   (targets before --configfile: it takes several)
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo config is loaded only when the command line names no config file: `--configfile` replaces it whole
+# (Snakemake would otherwise merge the user's file into it, and the demo's dataset and variants would leak in).
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate(config, schema="workflow/schemas/config.schema.yaml")
@@ -23,6 +30,9 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/audit.smk"
+
+
+check_owned_outputs(workflow.rules)
 
 
 rule all:

@@ -6,7 +6,9 @@ editing one variant re-runs only that stage and what depends on it.
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 # stage → {config key in a variant → upstream stage it names}
 UPSTREAM: dict[str, dict[str, str]] = {
@@ -23,6 +25,35 @@ VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 class VariantError(ValueError):
     """A config names a variant that does not exist, or a variant name that cannot be a path segment."""
+
+
+# Folders the workflow writes into; everything else (a dataset root above all) is the user's and only ever read.
+OWNED_FOLDERS = ("results", "resources", "logs")
+
+
+def generated_dataset_root(name: str) -> str:
+    """Where the workflow generates a synthetic dataset called ``name`` (a folder it owns)."""
+    return f"resources/datasets/{name}"
+
+
+def dataset_root(dataset: dict) -> str:
+    """The folder the ``dataset`` config section reads: ``root`` as given, or the generated dataset's folder.
+
+    Raises VariantError when both or neither of ``root`` and ``generate`` are given.
+    """
+    if ("root" in dataset) == ("generate" in dataset):
+        given = "both were given" if "root" in dataset else "neither was given"
+        raise VariantError(
+            "dataset: give either 'root' (your folder, only ever read) or 'generate' (a synthetic dataset written to "
+            f"{generated_dataset_root(dataset.get('name', '{name}'))}); {given}"
+        )
+    return dataset["root"] if "root" in dataset else generated_dataset_root(dataset["name"])
+
+
+def is_owned_path(path: str) -> bool:
+    """True for a relative path inside one of :data:`OWNED_FOLDERS` (no ``..`` escaping it)."""
+    parts = Path(os.path.normpath(path)).parts
+    return not Path(path).is_absolute() and len(parts) > 1 and parts[0] in OWNED_FOLDERS
 
 
 def check_variants(config: dict) -> None:

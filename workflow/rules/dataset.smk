@@ -1,6 +1,6 @@
 rule generate_synthetic_dataset:
     output:
-        directory(config["dataset"]["root"]),
+        directory(GENERATED_ROOT),
     params:
         settings=lambda wildcards: config["dataset"].get("generate", {}),
     log:
@@ -17,7 +17,7 @@ rule index:
     output:
         index_csv(),
     params:
-        root=lambda wildcards: config["dataset"]["root"],
+        root=DATASET_ROOT,
     log:
         f"{LOGS}/index.log",
     conda:

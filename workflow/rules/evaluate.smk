@@ -22,7 +22,7 @@ rule evaluate:
     params:
         settings=variant_settings("evaluate"),
         chain=config_chain("evaluate"),
-        root=config["dataset"]["root"],
+        root=DATASET_ROOT,
         num_classes=config["dataset"].get("num_classes"),
         class_names=config["dataset"].get("class_names"),
     log:

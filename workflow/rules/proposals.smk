@@ -31,7 +31,7 @@ rule proposals_report:
     params:
         settings=variant_settings("proposals"),
         chain=config_chain("proposals"),
-        root=config["dataset"]["root"],
+        root=DATASET_ROOT,
     log:
         f"{LOGS}/proposals/{{variant}}.report.log",
     conda:
