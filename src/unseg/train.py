@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from .checkpoints import data_digest, load_resume_state, resume_key, save_resume_state
 from .features import FeatureStore, ResizeGeometry, grid_to_image
 from .io import IGNORE_LABEL, atomic_output, encode_rle, read_label_png, write_json, write_label_png
 
@@ -70,6 +71,9 @@ def train_head(
 ) -> dict:
     """Train a :class:`LinearHead` on pseudo-label PNGs; write ``model.pt``, ``last.pt`` and ``log.csv``.
 
+    ``last.pt`` (written after every epoch) is resumed only when it was saved for the same settings *and* the same
+    tokens and labels (:mod:`unseg.checkpoints`); anything else trains from scratch.
+
     Args:
         label_paths: image name → label PNG (0 = background, 1..num_classes-1 pseudo-classes, 255 ignored).
         num_classes: number of output classes including background.
@@ -99,14 +103,20 @@ def train_head(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_config = {"num_classes": num_classes, "facet": facet, "embed_dim": all_tokens.shape[1], **(config or {})}
+    # Resume only the same experiment on the same data: the key digests the settings and every array trained on.
+    key = resume_key(
+        {**checkpoint_config, "weight_decay": weight_decay, "label_scale": label_scale, "seed": seed,
+         "epochs": epochs, "learning_rate": learning_rate},
+        data_digest([item for name in names for item in ((f"{name}/tokens", tokens[name]), (f"{name}/labels", labels[name]))]),
+    )
     start_epoch, rows = 0, []
     last_path = out_dir / "last.pt"
-    if last_path.exists():
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
-        if state.get("config") == checkpoint_config:  # resume only the same experiment
-            head.load_state_dict(state["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch, rows = state["epoch"], state["log"]
+    state = load_resume_state(last_path, key)
+    if state is not None:
+        head.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_state"])  # the same shuffles as an uninterrupted run
+        start_epoch, rows = state["epoch"], state["log"]
 
     for epoch in tqdm(range(start_epoch, epochs), desc="train head", unit="epoch", disable=not progress):
         order = torch.randperm(len(names)).tolist()
@@ -120,13 +130,12 @@ def train_head(
             loss.backward()
             optimizer.step()
             valid = target != IGNORE_LABEL
-            total_loss += float(loss) * int(valid.sum())
+            total_loss += loss.item() * int(valid.sum())
             correct += int((logits.argmax(1) == target)[valid].sum())
             counted += int(valid.sum())
         rows.append({"epoch": epoch + 1, "loss": total_loss / max(counted, 1), "pseudo_label_accuracy": correct / max(counted, 1)})
-        with atomic_output(last_path) as tmp:
-            torch.save({"state_dict": head.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                        "log": rows, "config": checkpoint_config}, tmp)
+        save_resume_state(last_path, key, {"state_dict": head.state_dict(), "optimizer": optimizer.state_dict(),
+                                           "epoch": epoch + 1, "log": rows, "rng_state": torch.get_rng_state()})
 
     with atomic_output(out_dir / "log.csv") as tmp:
         with open(tmp, "w", newline="") as handle:

@@ -1,0 +1,71 @@
+"""Resumable training state, keyed on the experiment *and* its inputs.
+
+A trainer writes ``last.pt`` after every epoch so that an interrupted job can go on where it stopped. ``last.pt``
+is not an output Snakemake knows of, so it survives a re-run that Snakemake starts because something upstream
+changed; a resume keyed on the settings alone would then continue (or, at the last epoch, simply re-save) the old
+model. The resume key therefore holds the settings *and* a digest of the training data exactly as the trainer
+loaded it: a changed feature store, pseudo-label map, image list or setting gives a different key, and training
+starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .io import atomic_output
+
+
+def data_digest(items: Iterable[tuple[str, np.ndarray | torch.Tensor]]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of each array, in the given order.
+
+    Args:
+        items: (name, array) pairs, e.g. ("img1/tokens", (D, h, w) float32 tensor). The order is part of the key.
+    """
+    digest = hashlib.sha256()
+    for name, array in items:
+        values = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+        values = np.ascontiguousarray(values)
+        digest.update(f"{name}\0{values.dtype.str}\0{values.shape}\0".encode())
+        digest.update(values.tobytes())
+    return digest.hexdigest()
+
+
+def resume_key(settings: Mapping[str, Any], inputs_digest: str) -> str:
+    """One string naming an experiment on its inputs: sha256 of the settings (JSON, sorted keys) and the digest."""
+    text = json.dumps({"settings": settings, "inputs": inputs_digest}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def save_resume_state(path: str | Path, key: str, state: Mapping[str, Any]) -> None:
+    """Write ``state`` (state dicts, epoch, log rows, RNG state, ...) with its key, atomically."""
+    with atomic_output(path) as tmp:
+        torch.save({"resume_key": key, **state}, tmp)
+
+
+def load_resume_state(path: str | Path, key: str) -> dict[str, Any] | None:
+    """The state saved at ``path`` when it was saved under ``key``; else None (and the reason is logged).
+
+    A state saved for other settings or other inputs is never resumed: its training starts from scratch and the
+    stale file is overwritten by the first new save.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file is not a reason to fail, only not to resume
+        print(f"resume: ignoring unreadable {path} ({error}); training from scratch", file=sys.stderr)
+        return None
+    if state.get("resume_key") != key:
+        print(f"resume: {path} was saved for other settings or inputs; training from scratch", file=sys.stderr)
+        return None
+    print(f"resume: continuing {path} after epoch {state.get('epoch')}", file=sys.stderr)
+    return state

@@ -1,0 +1,116 @@
+"""Training a head on pseudo-labels: resumes only the same experiment on the same inputs (issue 11, item 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import unseg.train as train_module
+from unseg.checkpoints import data_digest, load_resume_state, resume_key, save_resume_state
+from unseg.features import extract_features
+from unseg.io import write_label_png
+from unseg.train import train_head
+
+NAMES = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train_store")
+    rng = np.random.default_rng(0)
+    paths = []
+    for index, name in enumerate(NAMES):
+        picture = rng.integers(0, 60, (48, 64, 3), dtype=np.uint8)
+        picture[12:36, 8 + 8 * index : 32 + 8 * index] = (200, 40, 40)
+        paths.append(str(folder / f"{name}.png"))
+        Image.fromarray(picture).save(paths[-1])
+    extract_features(paths, NAMES, [1, 2, 3], folder / "f.zarr", backbone="dino_vits16", weights="random",
+                     resolution=48, facets=["tokens"], progress=False, workers=0)
+    return folder / "f.zarr"
+
+
+def label_maps(folder, shift: int = 0) -> dict[str, str]:
+    paths = {}
+    for index, name in enumerate(NAMES):
+        labels = np.zeros((48, 64), dtype=np.uint8)
+        labels[12:36, 8 + 8 * index + shift : 32 + 8 * index + shift] = 1 + index % 2
+        labels[0, :] = 255
+        paths[name] = str(folder / f"{name}.png")
+        write_label_png(paths[name], labels)
+    return paths
+
+
+def weights(out_dir) -> dict[str, torch.Tensor]:
+    return torch.load(out_dir / "model.pt", weights_only=False)["state_dict"]
+
+
+def train(store, labels, out_dir, epochs=4):
+    return train_head(store, labels, out_dir, num_classes=3, epochs=epochs, learning_rate=0.05, progress=False,
+                      config={"method": "linear_head"})
+
+
+def test_changed_labels_after_a_finished_run_train_a_new_model(store, tmp_path, capsys):
+    # The issue's case: a finished run (last.pt at the last epoch), then an upstream change re-runs training.
+    out = tmp_path / "train"
+    (tmp_path / "old").mkdir()
+    train(store, label_maps(tmp_path / "old"), out)
+    old = weights(out)
+    (tmp_path / "new").mkdir()
+    new_labels = label_maps(tmp_path / "new", shift=6)
+    train(store, new_labels, out)
+    assert "training from scratch" in capsys.readouterr().err
+    changed = weights(out)
+    assert not torch.allclose(changed["classifier.bias"], old["classifier.bias"])
+    fresh = tmp_path / "fresh"
+    train(store, new_labels, fresh)  # what a run on the new labels alone gives
+    for key, value in weights(fresh).items():
+        torch.testing.assert_close(changed[key], value)
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(store, tmp_path, monkeypatch, capsys):
+    (tmp_path / "labels").mkdir()
+    labels = label_maps(tmp_path / "labels")
+    train(store, labels, tmp_path / "whole", epochs=5)
+
+    saves = {"count": 0}
+    real_save = train_module.save_resume_state
+
+    def killed_after_two_epochs(*args, **kwargs):
+        real_save(*args, **kwargs)
+        saves["count"] += 1
+        if saves["count"] == 2:
+            raise KeyboardInterrupt  # the job is killed right after its second checkpoint
+
+    monkeypatch.setattr(train_module, "save_resume_state", killed_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        train(store, labels, tmp_path / "resumed", epochs=5)
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    monkeypatch.setattr(train_module, "save_resume_state", real_save)
+    capsys.readouterr()
+    train(store, labels, tmp_path / "resumed", epochs=5)
+    assert "continuing" in capsys.readouterr().err
+    resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=False)
+    whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=False)
+    assert [row["epoch"] for row in resumed["log"]] == [1, 2, 3, 4, 5]
+    for key, value in whole["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-5, atol=1e-6)
+    assert resumed["log"][-1]["loss"] == pytest.approx(whole["log"][-1]["loss"], rel=1e-5)
+
+
+def test_resume_key_covers_settings_and_every_input_value(tmp_path):
+    tokens = np.arange(12, dtype=np.float32).reshape(3, 4)
+    base = data_digest([("a/tokens", tokens)])
+    nudged = tokens.copy()
+    nudged[2, 3] += 1e-3
+    assert data_digest([("a/tokens", nudged)]) != base
+    assert data_digest([("b/tokens", tokens)]) != base  # a renamed image
+    assert data_digest([("a/tokens", tokens.astype(np.float64))]) != base
+    assert data_digest([("a/tokens", torch.from_numpy(tokens))]) == base
+    assert resume_key({"lr": 0.01}, base) != resume_key({"lr": 0.02}, base)
+    save_resume_state(tmp_path / "last.pt", resume_key({"lr": 0.01}, base), {"epoch": 3})
+    assert load_resume_state(tmp_path / "last.pt", resume_key({"lr": 0.01}, base))["epoch"] == 3
+    assert load_resume_state(tmp_path / "last.pt", resume_key({"lr": 0.01}, "other")) is None
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    assert load_resume_state(tmp_path / "broken.pt", "key") is None
