@@ -231,3 +231,17 @@ def test_stages_run_on_real_voc_crops(tmp_path, real_weights):
 def test_lint_is_clean():
     result = subprocess.run([*SNAKEMAKE, "--lint", "--directory", str(ROOT)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_jobs_compute_with_the_threads_they_were_given(tmp_path):
+    # --cores 1 caps every rule's `threads:` at 1; each job's log states the count it limited torch/BLAS/faiss to.
+    config = yaml.safe_load(TINY.read_text())
+    snakemake(tmp_path, config, "results/tiny/train/linear/model.pt", "--cores", "1")
+    logs = {path.relative_to(tmp_path / "logs/tiny").as_posix(): path.read_text()
+            for path in (tmp_path / "logs/tiny").rglob("*.log")}
+    computing = {"features/vits16.log", "masks/multik.log", "saliency/bipart.log", "proposals/default.log",
+                 "pseudolabels/km3.log", "train/linear.log"}
+    assert computing <= set(logs)
+    for name, text in logs.items():
+        assert re.search(r"^threads: 1 \(", text, re.M), (name, text[-500:])
+    assert "features: 0 DataLoader workers decoding, torch threads 1" in logs["features/vits16.log"]

@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -421,9 +422,11 @@ def _to_host(outputs: dict[str, torch.Tensor], pinned: bool) -> dict[str, torch.
     return host
 
 
-def default_workers() -> int:
-    """DataLoader workers: leave the cores to the model on small machines, up to 8 decoders on large ones."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+def default_workers(threads: int | None = None) -> int:
+    """DataLoader workers within a budget of ``threads`` CPUs (default: all cores): one core for the model, the rest
+    decode, at most 8; a single thread decodes in the main process (0 workers)."""
+    threads = threads if threads is not None else (os.cpu_count() or 2)
+    return max(0, min(8, threads - 1))
 
 
 def extract_features(
@@ -443,6 +446,7 @@ def extract_features(
     writers: int = 2,
     shard: tuple[int, int] | None = None,
     image_sizes: Sequence[tuple[int, int]] | None = None,
+    threads: int | None = None,
 ) -> Path:
     """Extract ViT facets for a list of images into a new zarr v3 store (written atomically).
 
@@ -456,11 +460,13 @@ def extract_features(
         weights: "random", "timm", or a path to a timm-format / original-format checkpoint.
         resolution: short side in pixels (see :func:`resize_geometry` for ``layout``).
         facets: facet names, ``"keys"`` (last block) or ``"keys@6"`` (block 6); see :func:`parse_facet`.
-        workers: DataLoader worker processes (0 decodes in this process); None picks :func:`default_workers`.
+        workers: DataLoader worker processes (0 decodes in this process); None picks :func:`default_workers` for
+            ``threads``.
         writers: writer threads.
         shard: (i, n) to extract only shard i of n (see :func:`shard_batches`) into a shard store for
             :func:`assemble_shards` (its ``complete`` attribute stays false).
         image_sizes: (H0, W0) per image when known (the index has them); else read from the image headers.
+        threads: the CPUs this job was given (the workflow's ``threads:``); default all cores.
     """
     from .backbones import create_backbone, weights_digest
 
@@ -496,7 +502,8 @@ def extract_features(
         items += [_ImageItem(str(image_paths[p]), str(image_names[p]), int(image_ids[p]),
                              resize_geometry(tuple(image_sizes[p]), resolution, spec.patch_size, layout))
                   for p in batch]
-    workers = min(default_workers() if workers is None else workers, len(loader_batches))
+    workers = min(default_workers(threads) if workers is None else workers, len(loader_batches))
+    print(f"features: {workers} DataLoader workers decoding, torch threads {torch.get_num_threads()}", file=sys.stderr)
     loader = torch.utils.data.DataLoader(
         _DecodedImages(items), batch_sampler=loader_batches, num_workers=workers, pin_memory=on_cuda,
         prefetch_factor=4 if workers else None,

@@ -77,15 +77,25 @@ def write_provenance(artifact: str | Path, stage: str, variant: str, config_chai
     return sidecar
 
 
+def _limit_threads(threads: int | None) -> None:
+    if threads is not None:
+        from .threads import use_threads
+
+        use_threads(threads)
+
+
 @contextlib.contextmanager
-def log_to(path: str | Path | None) -> Iterator[None]:
-    """Send stderr (progress bars, warnings, tracebacks) of a workflow job to its log file."""
+def log_to(path: str | Path | None, threads: int | None = None) -> Iterator[None]:
+    """Send stderr (progress bars, warnings, tracebacks) of a workflow job to its log file; with ``threads``, limit
+    the job to that many compute threads (:func:`unseg.threads.use_threads`) and log the value."""
     if not path:
+        _limit_threads(threads)
         yield
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle, contextlib.redirect_stderr(handle):
         try:
+            _limit_threads(threads)
             yield
         except BaseException:
             import traceback

@@ -12,6 +12,7 @@ rule audit_masks:
         ),
     params:
         max_images=config.get("audit", {}).get("max_images", 12),
+    threads: 1
     log:
         f"{LOGS}/audit/masks/{{variant}}.log",
     conda:
@@ -34,6 +35,7 @@ rule audit_proposals:
         ),
     params:
         max_images=config.get("audit", {}).get("max_images", 12),
+    threads: 1
     log:
         f"{LOGS}/audit/proposals/{{variant}}.log",
     conda:
@@ -55,6 +57,7 @@ rule audit_pseudolabels:
         ),
     params:
         max_images=config.get("audit", {}).get("max_images", 12),
+    threads: 1
     log:
         f"{LOGS}/audit/pseudolabels/{{variant}}.log",
     conda:
@@ -77,6 +80,7 @@ rule audit_predict:
         ),
     params:
         max_images=config.get("audit", {}).get("max_images", 12),
+    threads: 1
     log:
         f"{LOGS}/audit/predict/{{variant}}.log",
     conda:

@@ -47,13 +47,13 @@ def dataset_inputs():
     return [GENERATED_ROOT] if "generate" in config["dataset"] else []
 
 
-def check_owned_outputs(rules):
+def check_owned_outputs(workflow_rules):
     """Stop before any job when a rule would write (output or log) outside results/, resources/, logs/."""
-    for rule in rules:
-        for path in [*rule.output, *rule.log]:
+    for declared in workflow_rules:
+        for path in [*declared.output, *declared.log]:
             if not is_owned_path(str(path)):
                 raise WorkflowError(
-                    f"rule {rule.name} declares {path} as an output: the workflow writes only under "
+                    f"rule {declared.name} declares {path} as an output; the workflow writes only under "
                     "results/, resources/ and logs/ (a dataset root is the user's and only ever read)"
                 )
 

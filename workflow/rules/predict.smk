@@ -8,6 +8,7 @@ rule predict:
         directory(f"{RESULTS}/predict/{{variant}}"),
     params:
         chain=config_chain("train"),
+    threads: 4
     log:
         f"{LOGS}/predict/{{variant}}.log",
     conda:

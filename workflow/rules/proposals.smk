@@ -8,6 +8,7 @@ rule proposals:
     params:
         settings=variant_settings("proposals"),
         chain=config_chain("proposals"),
+    threads: 4
     log:
         f"{LOGS}/proposals/{{variant}}.log",
     conda:
@@ -31,7 +32,8 @@ rule proposals_report:
     params:
         settings=variant_settings("proposals"),
         chain=config_chain("proposals"),
-        root=DATASET_ROOT,
+        root=lambda wildcards: DATASET_ROOT,
+    threads: 2
     log:
         f"{LOGS}/proposals/{{variant}}.report.log",
     conda:

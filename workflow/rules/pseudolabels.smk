@@ -9,6 +9,7 @@ rule pseudolabels:
     params:
         settings=variant_settings("pseudolabels"),
         chain=config_chain("pseudolabels"),
+    threads: 8
     log:
         f"{LOGS}/pseudolabels/{{variant}}.log",
     conda:

@@ -6,6 +6,7 @@ rule saliency:
     params:
         settings=variant_settings("saliency"),
         chain=config_chain("saliency"),
+    threads: 8
     log:
         f"{LOGS}/saliency/{{variant}}.log",
     conda:

@@ -10,6 +10,7 @@ rule train:
         settings=variant_settings("train"),
         chain=config_chain("train"),
         num_classes=lambda wildcards: config["pseudolabels"][config["train"][wildcards.variant]["pseudolabels"]]["clusters"] + 1,
+    threads: 8
     log:
         f"{LOGS}/train/{{variant}}.log",
     conda:

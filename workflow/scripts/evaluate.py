@@ -1,7 +1,7 @@
 from unseg.evaluate import run_evaluation
 from unseg.provenance import log_to
 
-with log_to(snakemake.log[0]):
+with log_to(snakemake.log[0], threads=snakemake.threads):
     s = snakemake.params.settings
     run_evaluation(snakemake.input.index, snakemake.params.root, snakemake.input.predictions, snakemake.input.proposals,
                    snakemake.output.metrics, snakemake.output.report, split=s.get("split", "val"),

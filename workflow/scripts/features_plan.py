@@ -3,7 +3,7 @@ from unseg.index import read_index
 from unseg.io import write_json
 from unseg.provenance import log_to
 
-with log_to(snakemake.log[0]):
+with log_to(snakemake.log[0], threads=snakemake.threads):
     s = snakemake.params.settings
     index = read_index(snakemake.input[0])
     write_json(snakemake.output[0], shard_plan(

@@ -2,7 +2,7 @@ from unseg.index import read_index
 from unseg.proposals import run_masks
 from unseg.provenance import log_to, write_provenance
 
-with log_to(snakemake.log[0]):
+with log_to(snakemake.log[0], threads=snakemake.threads):
     s = snakemake.params.settings
     index = read_index(snakemake.input.index)
     run_masks(snakemake.input.features, snakemake.output[0], ks=s["k"], facet=s["facet"],

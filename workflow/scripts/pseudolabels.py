@@ -2,7 +2,7 @@ from unseg.index import names_by_id, read_index
 from unseg.provenance import log_to, write_provenance
 from unseg.pseudolabels import run_pseudolabels
 
-with log_to(snakemake.log[0]):
+with log_to(snakemake.log[0], threads=snakemake.threads):
     s = snakemake.params.settings
     run_pseudolabels(snakemake.input.proposals, snakemake.input.features, snakemake.input.saliency,
                      names_by_id(read_index(snakemake.input.index)), snakemake.output[0], num_clusters=s["clusters"],

@@ -4,7 +4,7 @@ from unseg.index import read_index
 from unseg.provenance import log_to, write_provenance
 from unseg.train import train_head
 
-with log_to(snakemake.log[0]):
+with log_to(snakemake.log[0], threads=snakemake.threads):
     s = snakemake.params.settings
     names = read_index(snakemake.input.index).name
     labels = {name: Path(snakemake.input.pseudolabels) / f"{name}.png" for name in names}
