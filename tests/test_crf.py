@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unseg.crf import CrfParams, crf_available, dense_crf, dense_crf_labels, labels_to_probabilities
+from unseg.crf import (
+    CrfParams,
+    crf_available,
+    dense_crf,
+    dense_crf_labels,
+    labels_to_probabilities,
+)
 
 needs_crf = pytest.mark.skipif(not crf_available(), reason="pydensecrf is not installed (pip install 'pydensecrf2==1.1')")
 

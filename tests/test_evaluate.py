@@ -8,20 +8,22 @@ import math
 import numpy as np
 import pytest
 
-from unseg.evaluate import (
+from unseg.instance_metrics import (
     coco_mask_ap,
+    recall_by_instance_count,
+    single_and_multi_ap,
+)
+from unseg.io import encode_rle, write_label_png
+from unseg.metrics import (
     confusion_matrix,
     evaluate_semantic,
     evaluate_semantic_arrays,
     hungarian_match,
     majority_match,
     object_segmentation_scores,
-    recall_by_instance_count,
     segmentation_scores,
-    single_and_multi_ap,
-    write_report,
 )
-from unseg.io import encode_rle, write_label_png
+from unseg.report import write_report
 
 # ----------------------------------------------------------------------------------------------------------------
 # confusion matrix and matching

@@ -8,14 +8,9 @@ import torch
 from PIL import Image
 
 from unseg.backbones import BACKBONES, create_backbone
-from unseg.features import (
-    FeatureStore,
-    extract_features,
-    forward_facets,
-    grid_to_image,
-    image_to_grid,
-    resize_geometry,
-)
+from unseg.features import extract_features, forward_facets
+from unseg.geometry import grid_to_image, image_to_grid, resize_geometry
+from unseg.store import FeatureStore
 
 
 def test_resize_geometry_keeps_aspect_and_patch_multiples():
@@ -103,7 +98,7 @@ def test_unreadable_image_names_the_file(tmp_path):
 
 
 def test_grid_image_round_trip():
-    from unseg.features import ResizeGeometry
+    from unseg.geometry import ResizeGeometry
 
     geometry = ResizeGeometry((8, 12), (32, 48), (2, 3))
     grid = np.zeros((2, 3), dtype=np.float32)
@@ -129,7 +124,7 @@ def test_crop_geometry_keeps_the_exact_aspect_and_crops_the_remainder():
 
 
 def test_grid_to_image_honours_the_crop_by_hand():
-    from unseg.features import ResizeGeometry
+    from unseg.geometry import ResizeGeometry
 
     # Original 10x10 shown at 20x20; the ViT saw the top-left 16x16 (2x2 cells of 8 px). Cell centres sit at
     # resized 4 and 12, i.e. original 2 and 6; pixel y has centre y + 0.5, so its grid coordinate is (y - 1.5) / 4.
@@ -150,7 +145,7 @@ def test_grid_to_image_honours_the_crop_by_hand():
 
 
 def test_image_to_grid_with_a_crop_by_hand():
-    from unseg.features import ResizeGeometry
+    from unseg.geometry import ResizeGeometry
 
     # Same geometry as above: cell rows cover original rows [0, 4) and [4, 8); rows 8-9 were cropped off.
     geometry = ResizeGeometry((10, 10), (20, 20), (2, 2), (0, 0, 16, 16))

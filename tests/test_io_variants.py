@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from unseg.io import atomic_output, decode_rle, encode_rle, read_label_png, voc_palette, write_label_png
+from unseg.io import (
+    atomic_output,
+    decode_rle,
+    encode_rle,
+    read_label_png,
+    voc_palette,
+    write_label_png,
+)
 from unseg.variants import VariantError, check_variants, follow, resolve_chain
 
 

@@ -10,7 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unseg.probe import kmeans_evaluation, linear_probe, segment_embeddings, segment_retrieval, upsample_grid
+from unseg.probe import (
+    kmeans_evaluation,
+    linear_probe,
+    segment_embeddings,
+    segment_retrieval,
+    upsample_grid,
+)
 
 
 def cells_to_pixels(cells: np.ndarray, scale: int = 2) -> np.ndarray:

@@ -10,17 +10,17 @@ from PIL import Image
 
 from unseg.features import extract_features
 from unseg.index import build_index, write_index
-from unseg.io import encode_rle, read_json, write_json, write_label_png
+from unseg.io import encode_rle, read_json, read_saliency, write_json, write_label_png
 from unseg.proposals import (
     evaluate_proposals,
     image_grid_masks,
     object_proposal_scores,
-    read_saliency,
     run_masks,
     run_saliency,
     semantic_component_instances,
 )
 from unseg.spectral import (
+    LowRankSettings,
     _orthonormalize,
     block_krylov_largest,
     color_knn_affinity,
@@ -29,7 +29,6 @@ from unseg.spectral import (
     feature_laplacian_spectrum,
     features_in_positive_cone,
     grid_spectra,
-    LowRankSettings,
     mask_coherence,
     normalized_laplacian_spectrum,
     pass_dtype,

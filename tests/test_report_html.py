@@ -6,7 +6,6 @@ import base64
 import re
 
 import numpy as np
-import pytest
 
 from unseg.report_html import (
     comparison_rows,

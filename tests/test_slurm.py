@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-
 from slurm_cluster import SlurmCluster, SlurmUnavailable
 from snakemake.resources import Resource
 from workflow_helpers import ROOT, snakemake

@@ -8,7 +8,12 @@ import torch
 from PIL import Image
 
 import unseg.train as train_module
-from unseg.checkpoints import data_digest, load_resume_state, resume_key, save_resume_state
+from unseg.checkpoints import (
+    data_digest,
+    load_resume_state,
+    resume_key,
+    save_resume_state,
+)
 from unseg.features import extract_features
 from unseg.io import write_label_png
 from unseg.train import train_head

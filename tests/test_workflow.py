@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import yaml
 from pycocotools.coco import COCO
-
 from workflow_helpers import ROOT, SNAKEMAKE, TINY, snakemake
 
 

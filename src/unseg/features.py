@@ -1,41 +1,21 @@
-"""Feature extraction from a timm ViT into a zarr v3 store, and lazy reading of that store.
+"""Feature extraction from a timm ViT into a zarr v3 store (layout: :mod:`unseg.store`, which reads it).
 
-Store layout (``features/{variant}.zarr``)::
-
-    /                      attrs: backbone, timm_name, weights, weights_digest, resolution, layout, patch_size,
-                                  embed_dim, num_heads, num_blocks, facets, num_images, complete, unseg_version
-    /{image name}/keys     (h, w, D) float16   last-block attention keys, heads concatenated
-    /{image name}/queries  (h, w, D) float16
-    /{image name}/values   (h, w, D) float16
-    /{image name}/tokens   (h, w, D) float16   last-block output tokens after the final norm
-    /{image name}/cls      (D,)      float16   CLS token after the final norm
-    /{image name}/attn     (H, h, w) float16   CLS-to-patch attention of the last block, per head
-    /{image name}/keys@6   (h, w, D) float16   the same facets from block 6 (0-based; tokens@i and cls@i are
-                                               block i's raw output, without the final norm)
-                           attrs: image_id, original_size [H0, W0], resized_size [Hs, Ws],
-                                  crop_box [top, left, Hc, Wc], grid_size [h, w]
-
-Each image's arrays are single chunks, so reading one image touches only that image's files.
-
-Geometry: an image (H0, W0) is resized to (Hs, Ws) and the ViT sees the crop ``crop_box`` of it, Hc = h * patch,
-Wc = w * patch. Layout ``"resize"`` rounds both resized sides to patch multiples (no crop); layout ``"crop"`` (as
-Deep Spectral Methods) keeps the exact aspect ratio and crops the bottom/right remainder below one patch.
+DataLoader workers decode, resize and crop (:mod:`unseg.geometry`); forward hooks collect the facets; writer threads
+store each image's arrays as single chunks while the next batch computes.
 
 Sharded extraction: :func:`extract_features` with ``shard=(i, n)`` writes a shard store (``complete`` stays
-false, so :class:`FeatureStore` refuses it); :func:`assemble_shards` hard-links the shards' per-image chunk files
-into the final store and only then marks it complete.
+false, so :class:`~unseg.store.FeatureStore` refuses it); :func:`assemble_shards` hard-links the shards' per-image
+chunk files into the final store and only then marks it complete.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import shutil
 import sys
 import threading
-import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,81 +23,20 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import zarr
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from . import __version__
+from .geometry import LAYOUTS, ResizeGeometry, resize_and_crop, resize_geometry
 from .io import ImageReadError, atomic_output, read_image
 
 GRID_FACETS = ("keys", "queries", "values", "tokens")
 BASE_FACETS = GRID_FACETS + ("cls", "attn")
-ALL_FACETS = BASE_FACETS  # facet names without a block suffix; "name@block" adds any block
-LAYOUTS = ("resize", "crop")
 FACET_PATTERN = re.compile(r"^(keys|queries|values|tokens|cls|attn)(?:@(-?[0-9]+))?$")
 # Attributes that must agree between the shards of one store.
 SHARED_ATTRS = ("backbone", "timm_name", "weights", "weights_digest", "resolution", "layout", "patch_size",
                 "embed_dim", "num_heads", "num_blocks", "facets")
-
-
-@dataclass(frozen=True)
-class ResizeGeometry:
-    """How an image became the ViT's input: original (H0, W0) → resized (Hs, Ws) → crop → token grid (h, w).
-
-    ``crop_box`` is (top, left, Hc, Wc) in resized pixels; None means the whole resized image (Hc, Wc) = (Hs, Ws).
-    """
-
-    original_size: tuple[int, int]
-    resized_size: tuple[int, int]
-    grid_size: tuple[int, int]
-    crop_box: tuple[int, int, int, int] | None = None
-
-    @property
-    def box(self) -> tuple[int, int, int, int]:
-        """(top, left, Hc, Wc) of the ViT input inside the resized image."""
-        return self.crop_box if self.crop_box is not None else (0, 0, *self.resized_size)
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """(Hc, Wc): the ViT input size, multiples of the patch size."""
-        return self.box[2], self.box[3]
-
-
-def resize_geometry(
-    original_size: tuple[int, int], short_side: int, patch_size: int, layout: str = "resize"
-) -> ResizeGeometry:
-    """Where an image goes: scale the short side to ``short_side`` keeping the aspect ratio, then fit the patch grid.
-
-    Args:
-        original_size: (H0, W0) of the image in pixels.
-        short_side: target short side in pixels.
-        layout: ``"resize"`` rounds both sides to the nearest patch multiple (at least one patch; the aspect ratio
-            is kept up to that rounding); ``"crop"`` resizes to the exact aspect ratio and crops the bottom and
-            right remainders (below one patch), as Deep Spectral Methods does.
-    """
-    height, width = int(original_size[0]), int(original_size[1])
-    scale = short_side / min(height, width)
-    if layout == "resize":
-        grid_h = max(1, round(height * scale / patch_size))
-        grid_w = max(1, round(width * scale / patch_size))
-        return ResizeGeometry((height, width), (grid_h * patch_size, grid_w * patch_size), (grid_h, grid_w))
-    if layout == "crop":
-        resized_h = max(patch_size, round(height * scale))
-        resized_w = max(patch_size, round(width * scale))
-        grid_h, grid_w = resized_h // patch_size, resized_w // patch_size
-        return ResizeGeometry(
-            (height, width), (resized_h, resized_w), (grid_h, grid_w), (0, 0, grid_h * patch_size, grid_w * patch_size)
-        )
-    raise ValueError(f"unknown layout {layout!r}; choose from {list(LAYOUTS)}")
-
-
-def resize_and_crop(image: np.ndarray, geometry: ResizeGeometry) -> torch.Tensor:
-    """(H0, W0, 3) uint8 → (3, Hc, Wc) uint8: bicubic resize to ``resized_size``, then the crop box."""
-    resized = Image.fromarray(image).resize(geometry.resized_size[::-1], Image.BICUBIC)
-    top, left, crop_h, crop_w = geometry.box
-    pixels = np.asarray(resized)[top : top + crop_h, left : left + crop_w]
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
 def normalize_batch(batch: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -609,154 +528,3 @@ def assemble_shards(shard_paths: Sequence[str | Path], store_path: str | Path) -
         attrs.update(num_images=len(owner), shards=len(shard_roots), complete=True)
         root.attrs.update(attrs)
     return Path(store_path)
-
-
-# --------------------------------------------------------------------------------------------------- reading
-
-
-class FeatureStore:
-    """Lazy, read-only view of a complete feature store written by :func:`extract_features`/:func:`assemble_shards`.
-
-    Reading one image's facet loads only that image's chunk.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"feature store {str(self.path)!r} does not exist")
-        self.root = zarr.open_group(str(self.path), mode="r")
-        if not self.root.attrs.get("complete", False):
-            raise RuntimeError(
-                f"feature store {str(self.path)!r} is incomplete (an interrupted extraction, or a shard that "
-                f"assemble_shards has not joined yet?)"
-            )
-        self.attrs = dict(self.root.attrs)
-        self._geometries: dict[str, ResizeGeometry] = {}  # read-only store: each image's attributes read once
-
-    @property
-    def names(self) -> list[str]:
-        # Files that are not zarr nodes sit in the store on purpose (provenance.json, Snakemake's timestamp);
-        # zarr warns about each while listing, so the listing is quiet about them.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component")
-            return sorted(name for name, _ in self.root.groups())
-
-    @property
-    def patch_size(self) -> int:
-        return int(self.attrs["patch_size"])
-
-    def has(self, name: str, facet: str) -> bool:
-        return facet in self.attrs["facets"] and name in self.root
-
-    def facet(self, name: str, facet: str) -> np.ndarray:
-        """One image's facet as float32: (h, w, D) for grid facets, (D,) for cls, (heads, h, w) for attn."""
-        if facet not in self.attrs["facets"]:
-            raise KeyError(f"facet {facet!r} is not in store {str(self.path)!r} (it has {self.attrs['facets']})")
-        try:
-            group = self.root[name]
-        except KeyError:
-            raise KeyError(f"image {name!r} is not in feature store {str(self.path)!r}") from None
-        return np.asarray(group[facet][...], dtype=np.float32)
-
-    def geometry(self, name: str) -> ResizeGeometry:
-        """The image's resize/crop geometry (cached: reading zarr attributes costs ~0.4 ms, and the masks stage
-        asks once per mask)."""
-        if name not in self._geometries:
-            attrs = self.root[name].attrs
-            crop_box = attrs.get("crop_box")
-            self._geometries[name] = ResizeGeometry(
-                tuple(attrs["original_size"]), tuple(attrs["resized_size"]), tuple(attrs["grid_size"]),
-                tuple(crop_box) if crop_box is not None else None,
-            )
-        return self._geometries[name]
-
-    def image_id(self, name: str) -> int:
-        return int(self.root[name].attrs["image_id"])
-
-
-# --------------------------------------------------------------------------------------------------- grid ↔ pixels
-
-
-def _cell_coordinates(original: int, resized: int, offset: int, cell: int) -> np.ndarray:
-    """Continuous grid coordinate of each original pixel centre along one axis (cell centres at 0, 1, ...)."""
-    centres = (np.arange(original, dtype=np.float64) + 0.5) * resized / original  # resized pixels
-    return (centres - offset) / cell - 0.5
-
-
-@functools.lru_cache(maxsize=64)  # every mask of an image, and images of one size, share these
-def _interpolation_matrix(original: int, resized: int, offset: int, crop: int, cells: int) -> np.ndarray:
-    """(original, cells) read-only float32 linear-interpolation weights; coordinates outside the grid clamp to the
-    edge cells."""
-    coordinates = np.clip(_cell_coordinates(original, resized, offset, crop / cells), 0, cells - 1)
-    lower = np.floor(coordinates).astype(int)
-    upper = np.minimum(lower + 1, cells - 1)
-    fraction = coordinates - lower
-    weights = np.zeros((original, cells), dtype=np.float64)
-    np.add.at(weights, (np.arange(original), lower), 1 - fraction)
-    np.add.at(weights, (np.arange(original), upper), fraction)
-    weights = weights.astype(np.float32)
-    weights.setflags(write=False)
-    return weights
-
-
-def grid_to_image(grid_values: np.ndarray, geometry: ResizeGeometry) -> np.ndarray:
-    """Upsample per-cell values to original pixels, bilinearly.
-
-    Cell (i, j) sits at the centre of its patch in the resized image, inside the crop box; each original pixel
-    centre maps into the resized image by the resize scale. Pixels beyond the outermost cell centres take the
-    edge cell's value (edge replication) — this covers the bottom/right strip that the ``"crop"`` layout cut off.
-    Without a crop this equals ``F.interpolate(..., mode="bilinear", align_corners=False)``.
-
-    Args:
-        grid_values: (h, w) or (C, h, w) float array on the token grid.
-
-    Returns:
-        float32 array of shape (H0, W0) or (C, H0, W0).
-    """
-    values = np.asarray(grid_values, dtype=np.float64)
-    squeeze = values.ndim == 2
-    if squeeze:
-        values = values[None]
-    (height, width), (resized_h, resized_w) = geometry.original_size, geometry.resized_size
-    top, left, crop_h, crop_w = geometry.box
-    grid_h, grid_w = geometry.grid_size
-    if values.shape[-2:] != (grid_h, grid_w):
-        raise ValueError(f"grid values of shape {values.shape[-2:]} do not match the grid {grid_h}x{grid_w}")
-    rows = _interpolation_matrix(height, resized_h, top, crop_h, grid_h)
-    columns = _interpolation_matrix(width, resized_w, left, crop_w, grid_w)
-    # Separable: rows (H0, h) @ values (C, h, w) @ columns.T (w, W0) — two matrix products, float32.
-    upsampled = (rows @ values.astype(np.float32)) @ columns.T
-    return upsampled[0] if squeeze else upsampled
-
-
-def _coverage_matrix(original: int, resized: int, offset: int, crop: int, cells: int) -> np.ndarray:
-    """(cells, original) length of each original pixel inside each cell's footprint, along one axis."""
-    cell = crop / cells
-    starts = (offset + np.arange(cells) * cell) * original / resized
-    ends = (offset + (np.arange(cells) + 1) * cell) * original / resized
-    pixels = np.arange(original, dtype=np.float64)
-    return np.clip(np.minimum(ends[:, None], pixels[None] + 1) - np.maximum(starts[:, None], pixels[None]), 0, None)
-
-
-def image_to_grid(mask: np.ndarray, grid: tuple[int, int] | ResizeGeometry) -> np.ndarray:
-    """Fraction of each token cell covered by an original-resolution mask.
-
-    Args:
-        mask: (H0, W0) bool or float in [0, 1].
-        grid: the image's :class:`ResizeGeometry` (exact cell footprints in original pixels, honouring a crop), or
-            just (h, w) for the resize layout (adaptive average pooling over the whole image).
-
-    Returns:
-        (h, w) float32 average of the mask over each cell's footprint.
-    """
-    if isinstance(grid, ResizeGeometry):
-        values = np.asarray(mask, dtype=np.float64)
-        if values.shape != tuple(grid.original_size):
-            raise ValueError(f"mask of shape {values.shape} does not match the image size {grid.original_size}")
-        top, left, crop_h, crop_w = grid.box
-        rows = _coverage_matrix(grid.original_size[0], grid.resized_size[0], top, crop_h, grid.grid_size[0])
-        columns = _coverage_matrix(grid.original_size[1], grid.resized_size[1], left, crop_w, grid.grid_size[1])
-        covered = rows @ values @ columns.T
-        return (covered / np.outer(rows.sum(1), columns.sum(1))).astype(np.float32)
-    values = torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
-    return F.adaptive_avg_pool2d(values, tuple(grid))[0, 0].numpy()

@@ -19,7 +19,15 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
-from unseg.io import IGNORE_LABEL, ImageReadError, atomic_output, encode_rle, read_image, read_json, read_label_png
+from unseg.io import (
+    IGNORE_LABEL,
+    ImageReadError,
+    atomic_output,
+    encode_rle,
+    read_image,
+    read_json,
+    read_label_png,
+)
 from unseg.provenance import file_digest
 
 INDEX_COLUMNS: tuple[str, ...] = (

@@ -125,3 +125,11 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> Non
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as handle:
         return json.load(handle)
+
+
+
+def read_saliency(saliency_dir: str | Path, name: str) -> np.ndarray:
+    """(H0, W0) float32 soft foreground in [0, 1]: ``saliency_dir/{name}.png`` as the saliency stage writes it."""
+    path = Path(saliency_dir) / f"{name}.png"
+    with Image.open(path) as image:
+        return np.asarray(image, dtype=np.float32) / 255.0

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from .cluster import kmeans
-from .evaluate import confusion_matrix, hungarian_match, segmentation_scores
-from .features import ResizeGeometry, grid_to_image, image_to_grid
+from .geometry import ResizeGeometry, grid_to_image, image_to_grid
 from .io import IGNORE_LABEL
+from .metrics import confusion_matrix, hungarian_match, segmentation_scores
 
 __all__ = ["upsample_grid", "linear_probe", "kmeans_evaluation", "segment_embeddings", "segment_retrieval"]
 

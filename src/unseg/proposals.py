@@ -28,8 +28,18 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .features import FeatureStore, grid_to_image
-from .io import IGNORE_LABEL, atomic_output, decode_rle, encode_rle, read_image, read_json, read_label_png, write_json
+from .geometry import grid_to_image
+from .io import (
+    IGNORE_LABEL,
+    atomic_output,
+    decode_rle,
+    encode_rle,
+    read_image,
+    read_json,
+    read_label_png,
+    read_saliency,
+    write_json,
+)
 from .spectral import (
     GridMask,
     bipartition_saliency,
@@ -39,6 +49,7 @@ from .spectral import (
     multik_masks,
     pass_dtype,
 )
+from .store import FeatureStore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -218,13 +229,6 @@ def run_saliency(
             bar.update(len(names))
         bar.close()
     return store.names
-
-
-def read_saliency(saliency_dir: str | Path, name: str) -> np.ndarray:
-    """(H0, W0) float32 soft foreground in [0, 1] written by :func:`run_saliency`."""
-    path = Path(saliency_dir) / f"{name}.png"
-    with Image.open(path) as image:
-        return np.asarray(image, dtype=np.float32) / 255.0
 
 
 def mask_nms(detections: list[dict], iou_threshold: float) -> list[dict]:
@@ -424,8 +428,10 @@ def evaluate_proposals(
     Args:
         split: index split to score ("all" for every image).
     """
-    from .evaluate import object_segmentation_scores, recall_by_instance_count, single_and_multi_ap, write_report
     from .index import coco_ground_truth, index_split, read_index
+    from .instance_metrics import recall_by_instance_count, single_and_multi_ap
+    from .metrics import object_segmentation_scores
+    from .report import write_report
 
     rows = index_split(read_index(index_csv), split)
     image_ids = {int(image_id) for image_id in rows["image_id"]}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator

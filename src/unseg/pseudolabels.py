@@ -20,8 +20,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .cluster import kmeans
-from .features import FeatureStore, image_to_grid
+from .geometry import image_to_grid
 from .io import atomic_output, decode_rle, read_json, write_json, write_label_png
+from .store import FeatureStore
 
 
 def mask_feature(features: np.ndarray, coverage: np.ndarray) -> np.ndarray:
@@ -96,7 +97,7 @@ def run_pseudolabels(
     Returns:
         a summary: proposal counts, cluster sizes, k-means inertia.
     """
-    from .proposals import read_saliency
+    from .io import read_saliency
 
     store = FeatureStore(store_path)
     all_proposals = read_json(proposals_json)

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .evaluate import format_value, is_scalar, markdown_table
 from .io import atomic_output
+from .report import format_value, is_scalar, markdown_table
 
 __all__ = [
     "png_bytes",

@@ -40,7 +40,13 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
-from unseg.io import IGNORE_LABEL, atomic_output, encode_rle, write_json, write_label_png
+from unseg.io import (
+    IGNORE_LABEL,
+    atomic_output,
+    encode_rle,
+    write_json,
+    write_label_png,
+)
 
 CATEGORY_NAMES: tuple[str, ...] = ("disc", "square", "triangle", "star", "cross", "hexagon")
 """Class names, category id i+1 for CATEGORY_NAMES[i]; one shape family per class."""

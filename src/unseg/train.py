@@ -18,8 +18,16 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .checkpoints import data_digest, load_resume_state, resume_key, save_resume_state
-from .features import FeatureStore, ResizeGeometry, grid_to_image
-from .io import IGNORE_LABEL, atomic_output, encode_rle, read_label_png, write_json, write_label_png
+from .geometry import ResizeGeometry, grid_to_image
+from .io import (
+    IGNORE_LABEL,
+    atomic_output,
+    encode_rle,
+    read_label_png,
+    write_json,
+    write_label_png,
+)
+from .store import FeatureStore
 
 
 class LinearHead(torch.nn.Module):
