@@ -1,14 +1,7 @@
-"""Stage runners for spectral masks, saliency maps and filtered proposals (paths in, artifacts out).
+"""The proposals stage: masks kept by the saliency filter and NMS, and the proposals report.
 
 Artifacts:
-- masks: a COCO results list (``masks.json``): image_id, segmentation (RLE at original resolution), score,
-  and the ``k``, ``cluster`` and ``component`` that made each mask (deep_spectral adds ``eigen_index``: i >= 1
-  for the sign split of eigenvector i, -1 for a k-means segment of eigenvectors 1..K-1). The mask score is its
-  coherence, the mean cosine similarity between its tokens. Grid masks are upsampled bilinearly on their 0/1
-  values to the original size and thresholded at 0.5.
-- saliency: one PNG per image (``{name}.png``, uint8 = round(255 × soft foreground), original resolution);
-  foreground is ``value > 127``.
-- proposals: a COCO results list like masks, after the saliency filter and NMS, each with
+- proposals: a COCO results list like masks (:mod:`unseg.masks`), after the saliency filter and NMS, each with
   ``salient_fraction`` (fraction of the mask's pixels where the soft saliency > 0.5); score = salient_fraction ×
   max(coherence, 0), so masks that are salient and coherent rank first; ``k``, ``cluster``, ``component`` and
   ``eigen_index`` are carried over from the mask.
@@ -17,21 +10,16 @@ Artifacts:
 
 from __future__ import annotations
 
-import math
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .geometry import grid_to_image
 from .io import (
     IGNORE_LABEL,
-    atomic_output,
     decode_rle,
     encode_rle,
     read_image,
@@ -40,195 +28,9 @@ from .io import (
     read_saliency,
     write_json,
 )
-from .spectral import (
-    GridMask,
-    bipartition_saliency,
-    color_knn_affinity,
-    deep_spectral_masks,
-    grid_spectra,
-    multik_masks,
-    pass_dtype,
-)
-from .store import FeatureStore
 
 if TYPE_CHECKING:
     import pandas as pd
-
-
-def grid_mask_to_image(grid_mask: np.ndarray, store: FeatureStore, name: str) -> np.ndarray:
-    """(h, w) bool token mask → (H0, W0) bool, bilinear on the 0/1 values then threshold at 0.5."""
-    return grid_to_image(grid_mask.astype(np.float32), store.geometry(name)) > 0.5
-
-
-MASK_METHODS = ("spectral_multik", "deep_spectral")
-
-
-def _image_at_grid(path: str | Path, grid_size: tuple[int, int]) -> np.ndarray:
-    """(h, w, 3) uint8 image down-sampled (area average) to the token grid, for the colour affinity."""
-    from .io import read_image
-
-    picture = Image.fromarray(read_image(path))
-    return np.asarray(picture.resize((grid_size[1], grid_size[0]), Image.BOX))
-
-
-def _batches(items: Sequence[str], size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def image_grid_masks(
-    grids: list[np.ndarray],
-    method: str = "spectral_multik",
-    ks: Sequence[int] = (2, 3, 4, 5),
-    split_components: bool = True,
-    min_area_fraction: float = 0.015,
-    seed: int = 0,
-    num_eigenvectors: int = 10,
-    eigen_masks: int = 3,
-    drop_background: bool = True,
-    color_weight: float = 0.0,
-    images: list[np.ndarray] | None = None,
-    device: str | None = None,
-    precision: str = "auto",
-) -> list[list[GridMask]]:
-    """Masks of a batch of token grids by one method, with one batched eigensolve for all of them.
-
-    Args:
-        grids: per image an (h, w, D) float token grid.
-        method: "spectral_multik" (:func:`~unseg.spectral.multik_masks`) or "deep_spectral"
-            (:func:`~unseg.spectral.deep_spectral_masks`).
-        min_area_fraction: masks (after the component split) covering fewer than this fraction of the token grid
-            are dropped; at least one cell.
-        images: per image the (h, w, 3) picture at grid size (deep_spectral with ``color_weight`` > 0).
-        precision: of the eigensolver's feature-space passes (:func:`~unseg.spectral.grid_spectra`).
-
-    Returns:
-        per image its masks.
-    """
-    if method not in MASK_METHODS:
-        raise ValueError(f"masks method must be one of {MASK_METHODS}, got {method!r}")
-    ks = tuple(int(k) for k in ks)
-    colored = method == "deep_spectral" and color_weight > 0
-    if colored and (images is None or len(images) != len(grids)):
-        raise ValueError("deep_spectral with color_weight > 0 needs one grid-sized image per token grid")
-    extra = [color_weight * color_knn_affinity(image) for image in images] if colored else None
-    num_vectors = num_eigenvectors if method == "deep_spectral" else max(ks)
-    spectra = grid_spectra(grids, num_vectors, extra, device=device, precision=precision)
-    results = []
-    for grid, (vectors, degree) in zip(grids, spectra):
-        min_area = max(1, math.ceil(min_area_fraction * grid.shape[0] * grid.shape[1]))
-        if method == "spectral_multik":
-            results.append(multik_masks(grid, ks, split_components, min_area, seed, eigenvectors=vectors))
-        else:
-            results.append(deep_spectral_masks(grid, ks, num_eigenvectors, eigen_masks, split_components, min_area,
-                                               drop_background, seed, eigenvectors=vectors, degree=degree))
-    return results
-
-
-def run_masks(
-    store_path: str | Path,
-    out_json: str | Path,
-    ks: Sequence[int] = (2, 3, 4, 5),
-    facet: str = "keys",
-    split_components: bool = True,
-    min_area_fraction: float = 0.015,
-    seed: int = 0,
-    progress: bool = True,
-    method: str = "spectral_multik",
-    num_eigenvectors: int = 10,
-    eigen_masks: int = 3,
-    drop_background: bool = True,
-    color_weight: float = 0.0,
-    image_paths: Mapping[str, str] | None = None,
-    batch_size: int = 64,
-    device: str | None = None,
-    precision: str = "auto",
-) -> int:
-    """Spectral masks for every image in a feature store → COCO results JSON. Returns the mask count.
-
-    Images are processed ``batch_size`` at a time (one batched eigensolve per batch and token count); see
-    :func:`image_grid_masks` for the methods and their settings. Each result carries ``k``, ``cluster``,
-    ``component`` and, for deep_spectral, ``eigen_index``; its score is the mask's coherence (mean cosine
-    similarity between its tokens).
-
-    Args:
-        image_paths: image name → path, needed for deep_spectral's colour affinity (``color_weight`` > 0).
-        precision: of the eigensolver's feature-space passes: "auto" (bfloat16 where the hardware has it),
-            "bfloat16" or "float32" (the same numbers on every machine, a little slower).
-    """
-    store = FeatureStore(store_path)
-    print(f"masks: eigensolver passes in {pass_dtype(precision, device)} (solver_precision: {precision})",
-          file=sys.stderr)  # stderr: the job's log file
-    if method == "deep_spectral" and color_weight > 0:
-        missing = [name for name in store.names if not image_paths or name not in image_paths]
-        if missing:
-            raise ValueError(f"masks: color_weight > 0 needs image paths; none for {missing[:3]} of {store_path}")
-    results = []
-    bar = tqdm(total=len(store.names), desc=f"masks {method}", unit="img", disable=not progress)
-    for names in _batches(store.names, batch_size):
-        grids = [store.facet(name, facet) for name in names]
-        images = None
-        if method == "deep_spectral" and color_weight > 0:
-            images = [_image_at_grid(image_paths[name], grid.shape[:2]) for name, grid in zip(names, grids)]
-        masks_per_image = image_grid_masks(grids, method, ks, split_components, min_area_fraction, seed,
-                                           num_eigenvectors, eigen_masks, drop_background, color_weight, images, device,
-                                           precision)
-        for name, grid_masks in zip(names, masks_per_image):
-            image_id = store.image_id(name)
-            for grid_mask in grid_masks:
-                pixels = grid_mask_to_image(grid_mask.mask, store, name)
-                if not pixels.any():
-                    continue
-                result = {
-                    "image_id": image_id,
-                    "category_id": 1,
-                    "segmentation": encode_rle(pixels),
-                    "score": round(grid_mask.coherence, 6),
-                    "area": int(pixels.sum()),
-                    "k": grid_mask.k,
-                    "cluster": grid_mask.cluster,
-                    "component": grid_mask.component,
-                }
-                if grid_mask.eigen_index is not None:
-                    result["eigen_index"] = grid_mask.eigen_index
-                results.append(result)
-        bar.update(len(names))
-    bar.close()
-    write_json(out_json, results, indent=None)
-    return len(results)
-
-
-def run_saliency(
-    store_path: str | Path,
-    out_dir: str | Path,
-    facet: str = "keys",
-    progress: bool = True,
-    batch_size: int = 64,
-    device: str | None = None,
-    precision: str = "auto",
-) -> list[str]:
-    """Bipartition saliency for every image → ``out_dir/{name}.png`` soft maps (written as one atomic folder).
-
-    The soft map (0.5 + 0.5 × generalised Fiedler vector / its max magnitude, oriented by the border rule) is
-    upsampled bilinearly to the original size and stored as uint8; foreground is ``value > 127``. ``precision``:
-    of the eigensolver's feature-space passes, as in :func:`run_masks`.
-    """
-    store = FeatureStore(store_path)
-    print(f"saliency: eigensolver passes in {pass_dtype(precision, device)} (solver_precision: {precision})",
-          file=sys.stderr)
-    with atomic_output(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        bar = tqdm(total=len(store.names), desc="saliency", unit="img", disable=not progress)
-        for names in _batches(store.names, batch_size):
-            grids = [store.facet(name, facet) for name in names]
-            for name, grid, (vectors, degree) in zip(names, grids, grid_spectra(grids, 2, device=device,
-                                                                                      precision=precision)):
-                _, soft = bipartition_saliency(grid, eigenvectors=vectors, degree=degree)
-                soft_pixels = np.clip(grid_to_image(soft, store.geometry(name)), 0.0, 1.0)
-                Image.fromarray(np.round(soft_pixels * 255).astype(np.uint8), mode="L").save(tmp / f"{name}.png")
-            bar.update(len(names))
-        bar.close()
-    return store.names
 
 
 def mask_nms(detections: list[dict], iou_threshold: float) -> list[dict]:

@@ -1,6 +1,9 @@
-"""Pseudo-labels: K-means of per-proposal features into pseudo-classes, painted into semantic label PNGs.
+"""The pseudolabels stage: semantic label PNGs of every image from the proposals, with no human labels.
 
-MaskDistill-style: each proposal gets the mean of its tokens (L2-normalised), weighted by how much of each token
+Methods are registered with ``@register("pseudolabels", name, schema=...)`` (:mod:`unseg.registry`); a method takes
+:class:`PseudolabelInputs` and its settings as keywords and returns :class:`PseudoLabels`.
+
+``mask_kmeans``, MaskDistill-style: each proposal gets the mean of its tokens (L2-normalised), weighted by how much of each token
 cell the mask covers; faiss k-means groups them into ``num_clusters`` pseudo-classes; each image's label map paints
 its proposals in order of increasing score (the most confident mask wins overlaps) with ``cluster + 1``, and 0
 (background) elsewhere.
@@ -14,14 +17,18 @@ mIoU from about 47 % to about 73 % (see the closing note of the walking-skeleton
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .cluster import kmeans
 from .geometry import image_to_grid
-from .io import atomic_output, decode_rle, read_json, write_json, write_label_png
+from .io import atomic_output, decode_rle, read_json, read_saliency, write_json, write_label_png
+from .registry import REGISTRIES, register
 from .store import FeatureStore
 
 
@@ -72,49 +79,68 @@ def paint_label_map(masks: list[np.ndarray], scores: list[float], labels: list[i
     return label_map
 
 
-def run_pseudolabels(
-    proposals_json: str | Path,
-    store_path: str | Path,
-    saliency_dir: str | Path,
-    names_by_id: dict[int, str],
-    out_dir: str | Path,
-    num_clusters: int,
-    background_clusters: int = 1,
-    min_score: float = 0.0,
-    facet: str = "tokens",
-    seed: int = 0,
-    num_restarts: int = 5,
-    progress: bool = True,
-) -> dict:
-    """Cluster proposals into pseudo-classes; write ``out_dir/{name}.png`` for every image and
-    ``out_dir/pseudolabels.json`` (the kept proposals with ``category_id``: 0 background, 1..num_clusters).
+@dataclass(frozen=True)
+class PseudolabelInputs:
+    """What a pseudo-label method reads.
 
-    Args:
-        saliency_dir: the saliency maps the proposals were filtered with (for the background prototype).
-        background_clusters: extra k-means clusters that absorb background-like masks (0 turns this off).
-        min_score: proposals scoring below this are neither clustered nor painted.
-
-    Returns:
-        a summary: proposal counts, cluster sizes, k-means inertia.
+    Attributes:
+        proposals: the proposals variant's COCO results (RLE segmentations, ``score``), of every image.
+        store: the feature store of the variant's ``features``; ``facet`` is the facet to read from it.
+        saliency_dir: the saliency maps the proposals were filtered with (:func:`unseg.io.read_saliency`).
+        names_by_id: image id → name, of every image to label.
+        clusters: number of pseudo-classes (object classes; background, label 0, comes on top).
+        source: where the proposals came from, for messages.
     """
-    from .io import read_saliency
 
-    store = FeatureStore(store_path)
-    all_proposals = read_json(proposals_json)
-    proposals = [det for det in all_proposals if det["score"] >= min_score]
-    total_clusters = num_clusters + background_clusters
+    proposals: list[dict]
+    store: FeatureStore
+    facet: str
+    saliency_dir: Path
+    names_by_id: Mapping[int, str]
+    clusters: int
+    source: str = "proposals"
+    progress: bool = True
+
+
+@dataclass
+class PseudoLabels:
+    """What a pseudo-label method returns: per image name an (H0, W0) uint8 label map (0 background,
+    1..clusters pseudo-classes, 255 ignored), the labelled detections (COCO results with ``category_id``) and a
+    summary for the log."""
+
+    label_maps: dict[str, np.ndarray]
+    detections: list[dict]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@register("pseudolabels", "mask_kmeans", schema={
+    "background_clusters": {"type": "integer", "minimum": 0, "default": 1,
+                            "description": "extra k-means clusters nearest the non-salient feature prototype, painted "
+                                           "as background"},
+    "min_score": {"type": "number", "minimum": 0, "default": 0.8,
+                  "description": "proposals scoring lower are neither clustered nor painted"},
+    "seed": {"type": "integer", "default": 0, "description": "k-means seed"},
+    "num_restarts": {"type": "integer", "minimum": 1, "default": 5,
+                     "description": "k-means restarts; the lowest inertia wins"},
+})
+def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, seed, num_restarts) -> PseudoLabels:
+    """MaskDistill-style: k-means of coverage-weighted proposal features into pseudo-classes, background-like
+    clusters painted as background, the most confident mask on top (module docstring)."""
+    store, facet = inputs.store, inputs.facet
+    proposals = [det for det in inputs.proposals if det["score"] >= min_score]
+    total_clusters = inputs.clusters + background_clusters
     if len(proposals) < total_clusters:
         raise ValueError(
-            f"{proposals_json}: {len(proposals)} proposals score >= {min_score}, too few for {total_clusters} clusters; "
-            "lower 'clusters' or 'min_score', or loosen the proposal filter"
+            f"{inputs.source}: {len(proposals)} proposals score >= {min_score}, too few for {total_clusters} "
+            "clusters; lower 'clusters' or 'min_score', or loosen the proposal filter"
         )
     features, background = [], []
-    for name in names_by_id.values():
+    for name in inputs.names_by_id.values():
         grid = store.facet(name, facet)
-        salient = image_to_grid(read_saliency(saliency_dir, name) > 0.5, store.geometry(name))
+        salient = image_to_grid(read_saliency(inputs.saliency_dir, name) > 0.5, store.geometry(name))
         background.append(mask_feature(grid, 1.0 - salient))
-    for det in tqdm(proposals, desc="mask features", unit="mask", disable=not progress):
-        name = names_by_id[int(det["image_id"])]
+    for det in tqdm(proposals, desc="mask features", unit="mask", disable=not inputs.progress):
+        name = inputs.names_by_id[int(det["image_id"])]
         coverage = image_to_grid(decode_rle(det["segmentation"]), store.geometry(name))
         features.append(mask_feature(store.facet(name, facet), coverage))
     clusters, centroids, inertia = kmeans(np.stack(features), total_clusters, seed=seed, num_restarts=num_restarts)
@@ -123,23 +149,52 @@ def run_pseudolabels(
     by_image: dict[int, list[int]] = {}
     for position, det in enumerate(proposals):
         by_image.setdefault(int(det["image_id"]), []).append(position)
-    labelled = [{**det, "category_id": int(labels[i])} for i, det in enumerate(proposals)]
+    label_maps = {}
+    for image_id, name in sorted(inputs.names_by_id.items()):
+        positions = by_image.get(image_id, [])
+        label_maps[name] = paint_label_map(
+            [decode_rle(proposals[p]["segmentation"]) for p in positions],
+            [proposals[p]["score"] for p in positions],
+            [int(labels[p]) for p in positions],
+            tuple(store.geometry(name).original_size),
+        )
+    return PseudoLabels(
+        label_maps,
+        [{**det, "category_id": int(labels[i])} for i, det in enumerate(proposals)],
+        {"num_proposals": len(inputs.proposals), "num_clustered": len(proposals),
+         "label_sizes": np.bincount(labels, minlength=inputs.clusters + 1).tolist(), "inertia": inertia},
+    )
+
+
+def run_pseudolabels(
+    proposals_json: str | Path,
+    store_path: str | Path,
+    saliency_dir: str | Path,
+    names_by_id: Mapping[int, str],
+    out_dir: str | Path,
+    settings: Mapping[str, Any],
+    progress: bool = True,
+) -> dict:
+    """Pseudo-labels of every image by the variant's method → ``out_dir/{name}.png`` and ``out_dir/pseudolabels.json``
+    (the labelled detections: ``category_id`` 0 background, 1..clusters), written as one atomic folder.
+
+    Args:
+        settings: the pseudolabels variant: ``method``, ``facet``, ``clusters`` and the method's own settings.
+
+    Returns:
+        the method's summary (counts, cluster sizes, ...).
+    """
+    method = REGISTRIES["pseudolabels"].get(settings["method"])
+    inputs = PseudolabelInputs(read_json(proposals_json), FeatureStore(store_path), settings["facet"],
+                               Path(saliency_dir), dict(names_by_id), int(settings["clusters"]), str(proposals_json),
+                               progress)
+    result = method(inputs, settings=settings)
+    missing = sorted(set(names_by_id.values()) - set(result.label_maps))
+    if missing:
+        raise ValueError(f"pseudolabels method {method.name!r} gave no label map for {missing[:3]}")
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        for image_id, name in sorted(names_by_id.items()):
-            positions = by_image.get(image_id, [])
-            height, width = store.geometry(name).original_size
-            label_map = paint_label_map(
-                [decode_rle(proposals[p]["segmentation"]) for p in positions],
-                [proposals[p]["score"] for p in positions],
-                [int(labels[p]) for p in positions],
-                (height, width),
-            )
-            write_label_png(tmp / f"{name}.png", label_map)
-        write_json(tmp / "pseudolabels.json", labelled, indent=None)
-    return {
-        "num_proposals": len(all_proposals),
-        "num_clustered": len(proposals),
-        "label_sizes": np.bincount(labels, minlength=num_clusters + 1).tolist(),
-        "inertia": inertia,
-    }
+        for name in sorted(names_by_id.values()):
+            write_label_png(tmp / f"{name}.png", result.label_maps[name])
+        write_json(tmp / "pseudolabels.json", result.detections, indent=None)
+    return result.summary

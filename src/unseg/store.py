@@ -57,6 +57,11 @@ class FeatureStore:
             warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component")
             return sorted(name for name, _ in self.root.groups())
 
+    def name_batches(self, size: int) -> list[list[str]]:
+        """The image names in consecutive batches of at most ``size`` (the order of :attr:`names`)."""
+        names = self.names
+        return [names[start : start + size] for start in range(0, len(names), size)]
+
     @property
     def patch_size(self) -> int:
         return int(self.attrs["patch_size"])

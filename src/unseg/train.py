@@ -1,31 +1,35 @@
-"""Self-training a segmentation head over frozen ViT features, and predicting with it.
+"""The train stage: a segmentation model trained on the pseudo-labels → ``train/{variant}/model.pt``.
 
-The head is a per-token linear classifier (a 1×1 convolution) over standardised tokens; its logits are upsampled
-bilinearly to the label resolution for the loss and to the original image size for prediction. This is the
-linear-probe-style head of MaskContrast / MaskDistill; deeper heads can be added as other ``method`` values.
+Trainers are registered with ``@register("train", name, schema=..., build_model=...)`` (:mod:`unseg.registry`): the
+function takes :class:`TrainingInputs` and its settings as keywords, writes ``model.pt`` (a checkpoint whose
+``config`` names its ``method``), ``last.pt`` and ``log.csv``; ``build_model(config)`` rebuilds the model from a
+checkpoint's config, so prediction (:mod:`unseg.predict`) builds the right model for any trainer.
+
+``linear_head``: a per-token linear classifier (a 1×1 convolution) over standardised frozen tokens; its logits are
+upsampled bilinearly to the label resolution for the loss and to the original image size for prediction (the
+linear-probe-style head of MaskContrast / MaskDistill).
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from tqdm.auto import tqdm
 
+from .registry import REGISTRIES, register
 from .checkpoints import data_digest, load_resume_state, resume_key, save_resume_state
-from .geometry import ResizeGeometry, grid_to_image
+from .geometry import ResizeGeometry
 from .io import (
     IGNORE_LABEL,
     atomic_output,
-    encode_rle,
     read_label_png,
-    write_json,
-    write_label_png,
 )
 from .store import FeatureStore
 
@@ -47,7 +51,7 @@ class LinearHead(torch.nn.Module):
         return self.classifier(tokens)
 
 
-def _token_tensor(store: FeatureStore, name: str, facet: str) -> torch.Tensor:
+def token_tensor(store: FeatureStore, name: str, facet: str) -> torch.Tensor:
     """(1, D, h, w) float32 from the store's (h, w, D) grid."""
     return torch.from_numpy(store.facet(name, facet)).permute(2, 0, 1)[None]
 
@@ -63,18 +67,60 @@ def _label_tensor(label_map: np.ndarray, geometry: ResizeGeometry, scale: int) -
     return F.interpolate(labels, size=(grid_h * scale, grid_w * scale), mode="nearest")[0].long()
 
 
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What a trainer reads and where it writes.
+
+    Attributes:
+        store_path: the feature store of the variant's ``features``; ``facet`` is the facet trained on.
+        label_paths: image name → pseudo-label PNG (0 background, 1..num_classes-1 pseudo-classes, 255 ignored).
+        out_dir: the variant's folder (``model.pt``, ``last.pt``, ``log.csv``).
+        num_classes: output classes including background.
+        config: the variant's settings, stored in the checkpoint (with ``method``).
+    """
+
+    store_path: Path
+    label_paths: Mapping[str, Path]
+    out_dir: Path
+    num_classes: int
+    facet: str
+    config: Mapping[str, Any]
+    progress: bool = True
+
+
+def build_linear_head(config: Mapping[str, Any]) -> LinearHead:
+    """The (untrained) model a ``linear_head`` checkpoint's config describes."""
+    return LinearHead(int(config["embed_dim"]), int(config["num_classes"]))
+
+
+@register("train", "linear_head", build_model=build_linear_head, schema={
+    "epochs": {"type": "integer", "minimum": 1, "default": 60},
+    "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.01, "description": "AdamW learning rate"},
+    "weight_decay": {"type": "number", "minimum": 0, "default": 1e-4, "description": "AdamW weight decay"},
+    "label_scale": {"type": "integer", "minimum": 1, "default": 4,
+                    "description": "the loss is computed at this many times the token grid (labels resized by nearest)"},
+    "seed": {"type": "integer", "default": 0},
+})
+def linear_head(inputs: TrainingInputs, *, epochs, lr, weight_decay, label_scale, seed) -> dict:
+    """A linear 1×1 head on frozen standardised tokens, trained with AdamW and cross-entropy on the pseudo-labels."""
+    return train_head(inputs.store_path, inputs.label_paths, inputs.out_dir, inputs.num_classes, facet=inputs.facet,
+                      epochs=epochs, learning_rate=lr, weight_decay=weight_decay, label_scale=label_scale, seed=seed,
+                      config=inputs.config, progress=inputs.progress)
+
+
 def train_head(
     store_path: str | Path,
-    label_paths: dict[str, str | Path],
+    label_paths: Mapping[str, str | Path],
     out_dir: str | Path,
     num_classes: int,
-    facet: str = "tokens",
-    epochs: int = 60,
-    learning_rate: float = 0.01,
-    weight_decay: float = 1e-4,
-    label_scale: int = 4,
-    seed: int = 0,
-    config: dict | None = None,
+    *,
+    facet: str,
+    epochs: int,
+    learning_rate: float,
+    weight_decay: float,
+    label_scale: int,
+    seed: int,
+    config: Mapping[str, Any],
     progress: bool = True,
 ) -> dict:
     """Train a :class:`LinearHead` on pseudo-label PNGs; write ``model.pt``, ``last.pt`` and ``log.csv``.
@@ -93,7 +139,7 @@ def train_head(
     torch.manual_seed(seed)
     store = FeatureStore(store_path)
     names = sorted(label_paths)
-    tokens = {name: _token_tensor(store, name, facet) for name in names}
+    tokens = {name: token_tensor(store, name, facet) for name in names}
     labels = {}
     for name in names:
         label_map = read_label_png(label_paths[name])
@@ -110,7 +156,8 @@ def train_head(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_config = {"num_classes": num_classes, "facet": facet, "embed_dim": all_tokens.shape[1], **(config or {})}
+    checkpoint_config = {"method": "linear_head", **config, "num_classes": num_classes, "facet": facet,
+                         "embed_dim": all_tokens.shape[1]}
     # Resume only the same experiment on the same data: the key digests the settings and every array trained on.
     key = resume_key(
         {**checkpoint_config, "weight_decay": weight_decay, "label_scale": label_scale, "seed": seed,
@@ -155,60 +202,26 @@ def train_head(
     return rows[-1] if rows else {}
 
 
-def load_head(model_path: str | Path) -> tuple[LinearHead, dict]:
-    """Load a head written by :func:`train_head`; returns (head in eval mode, its config)."""
-    checkpoint = torch.load(model_path, map_location="cpu", weights_only=False)
-    config = checkpoint["config"]
-    head = LinearHead(config["embed_dim"], config["num_classes"])
-    head.load_state_dict(checkpoint["state_dict"])
-    return head.eval(), config
-
-
-def instances_from_probabilities(probabilities: np.ndarray, min_area: int) -> list[tuple[np.ndarray, int, float]]:
-    """Connected components of each predicted foreground class as instances.
-
-    Args:
-        probabilities: (C, H, W) float softmax output; class 0 is background.
-        min_area: drop components with fewer pixels.
-
-    Returns:
-        (mask (H, W) bool, class index ≥ 1, score = mean probability of that class inside the mask).
-    """
-    prediction = probabilities.argmax(0)
-    instances = []
-    for class_index in range(1, probabilities.shape[0]):
-        labelled, count = ndimage.label(prediction == class_index)
-        for component in range(1, count + 1):
-            mask = labelled == component
-            if mask.sum() >= min_area:
-                instances.append((mask, class_index, float(probabilities[class_index][mask].mean())))
-    return instances
-
-
-@torch.inference_mode()
-def predict(
-    model_path: str | Path,
+def run_train(
     store_path: str | Path,
+    label_dir: str | Path,
     names: Sequence[str],
     out_dir: str | Path,
-    min_instance_area_fraction: float = 0.002,
+    num_classes: int,
+    settings: Mapping[str, Any],
     progress: bool = True,
-) -> int:
-    """Predict label PNGs (``out_dir/{name}.png``) and instances (``out_dir/instances.json``, COCO results with
-    ``category_id`` = predicted class) for the named images. Returns the instance count."""
-    head, config = load_head(model_path)
-    store = FeatureStore(store_path)
-    detections = []
-    with atomic_output(out_dir) as tmp:
-        tmp.mkdir(parents=True)
-        for name in tqdm(names, desc="predict", unit="img", disable=not progress):
-            geometry = store.geometry(name)
-            logits = head(_token_tensor(store, name, config["facet"]))[0].numpy()
-            probabilities = torch.from_numpy(grid_to_image(logits, geometry)).softmax(0).numpy()
-            write_label_png(tmp / f"{name}.png", probabilities.argmax(0).astype(np.uint8))
-            min_area = max(1, int(min_instance_area_fraction * probabilities.shape[1] * probabilities.shape[2]))
-            for mask, class_index, score in instances_from_probabilities(probabilities, min_area):
-                detections.append({"image_id": store.image_id(name), "category_id": class_index,
-                                   "segmentation": encode_rle(mask), "score": round(score, 6), "area": int(mask.sum())})
-        write_json(tmp / "instances.json", detections, indent=None)
-    return len(detections)
+) -> dict:
+    """Train the variant's method on the pseudo-labels ``label_dir/{name}.png`` of ``names``.
+
+    Args:
+        num_classes: output classes including background (the pseudolabels variant's ``clusters`` + 1).
+        settings: the train variant: ``method``, ``facet`` and the method's own settings.
+
+    Returns:
+        the trainer's final log row.
+    """
+    method = REGISTRIES["train"].get(settings["method"])
+    config = {"method": method.name, "facet": settings["facet"], **method.settings(settings)}
+    inputs = TrainingInputs(Path(store_path), {name: Path(label_dir) / f"{name}.png" for name in names}, Path(out_dir),
+                            int(num_classes), settings["facet"], config, progress)
+    return method(inputs, settings=settings)

@@ -1,0 +1,88 @@
+"""The predict stage: a trained model's label maps and instances for every image → ``predict/{variant}/``.
+
+Artifact: ``{name}.png`` label maps (palette PNG, the model's classes) and ``instances.json`` (COCO results: the
+connected components of each predicted foreground class, ``category_id`` = that class, score = its mean
+probability). The model is rebuilt by the ``build_model`` of the trainer its checkpoint names (:mod:`unseg.train`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from .geometry import grid_to_image
+from .io import atomic_output, encode_rle, write_json, write_label_png
+from .registry import REGISTRIES
+from .store import FeatureStore
+from .train import token_tensor  # importing train registers the built-in trainers
+
+
+def load_model(model_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a checkpoint written by a trainer: (model in eval mode, its config). The config's ``method`` names the
+    trainer whose ``build_model`` makes the model."""
+    checkpoint = torch.load(model_path, map_location="cpu", weights_only=False)
+    config = checkpoint["config"]
+    if "method" not in config:
+        raise KeyError(f"{model_path}: the checkpoint's config names no 'method' (trainer)")
+    build_model = REGISTRIES["train"].get(config["method"]).attributes.get("build_model")
+    if build_model is None:
+        raise TypeError(f"train method {config['method']!r} registered no build_model; cannot load {model_path}")
+    model = build_model(config)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), config
+
+
+def instances_from_probabilities(probabilities: np.ndarray, min_area: int) -> list[tuple[np.ndarray, int, float]]:
+    """Connected components of each predicted foreground class as instances.
+
+    Args:
+        probabilities: (C, H, W) float softmax output; class 0 is background.
+        min_area: drop components with fewer pixels.
+
+    Returns:
+        (mask (H, W) bool, class index ≥ 1, score = mean probability of that class inside the mask).
+    """
+    prediction = probabilities.argmax(0)
+    instances = []
+    for class_index in range(1, probabilities.shape[0]):
+        labelled, count = ndimage.label(prediction == class_index)
+        for component in range(1, count + 1):
+            mask = labelled == component
+            if mask.sum() >= min_area:
+                instances.append((mask, class_index, float(probabilities[class_index][mask].mean())))
+    return instances
+
+
+@torch.inference_mode()
+def predict(
+    model_path: str | Path,
+    store_path: str | Path,
+    names: Sequence[str],
+    out_dir: str | Path,
+    min_instance_area_fraction: float = 0.002,
+    progress: bool = True,
+) -> int:
+    """Predict label PNGs (``out_dir/{name}.png``) and instances (``out_dir/instances.json``, COCO results with
+    ``category_id`` = predicted class) for the named images. Returns the instance count."""
+    model, config = load_model(model_path)
+    store = FeatureStore(store_path)
+    detections = []
+    with atomic_output(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for name in tqdm(names, desc="predict", unit="img", disable=not progress):
+            geometry = store.geometry(name)
+            logits = model(token_tensor(store, name, config["facet"]))[0].numpy()
+            probabilities = torch.from_numpy(grid_to_image(logits, geometry)).softmax(0).numpy()
+            write_label_png(tmp / f"{name}.png", probabilities.argmax(0).astype(np.uint8))
+            min_area = max(1, int(min_instance_area_fraction * probabilities.shape[1] * probabilities.shape[2]))
+            for mask, class_index, score in instances_from_probabilities(probabilities, min_area):
+                detections.append({"image_id": store.image_id(name), "category_id": class_index,
+                                   "segmentation": encode_rle(mask), "score": round(score, 6), "area": int(mask.sum())})
+        write_json(tmp / "instances.json", detections, indent=None)
+    return len(detections)

@@ -1,0 +1,83 @@
+"""The saliency stage: a soft foreground map of every image → ``saliency/{variant}/{name}.png``.
+
+Artifact: one PNG per image, uint8 = round(255 × soft foreground), at the original resolution; foreground is
+``value > 127`` (read back with :func:`unseg.io.read_saliency`).
+
+Methods are registered with ``@register("saliency", name, schema=...)`` (:mod:`unseg.registry`). A method takes a
+:class:`SaliencyBatch` and its settings as keywords and returns, per image, an
+(h, w) float map in [0, 1] on the token grid; the runner upsamples it bilinearly to the image.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .geometry import grid_to_image
+from .io import atomic_output
+from .registry import REGISTRIES, register
+from .spectral import SOLVER_PRECISION, bipartition_saliency, grid_spectra, pass_dtype
+from .store import FeatureStore
+
+
+@dataclass(frozen=True)
+class SaliencyBatch:
+    """What a saliency method sees of one batch: ``names``, per image the (h, w, D) float32 ``grids`` of the
+    variant's facet, the torch ``device`` and whether this is the run's ``first`` batch."""
+
+    names: Sequence[str]
+    grids: Sequence[np.ndarray]
+    device: str | None = None
+    first: bool = True
+
+
+@register("saliency", "spectral_bipartition", schema={"solver_precision": SOLVER_PRECISION})
+def spectral_bipartition(batch: SaliencyBatch, *, solver_precision) -> list[np.ndarray]:
+    """Engstler et al. 2023 (after Deep Spectral Methods): the k = 2 bipartition of the token affinity; the side
+    touching the image border less is foreground. Soft map: 0.5 + 0.5 × generalised Fiedler vector / its max
+    magnitude, oriented by that border rule."""
+    if batch.first:
+        print(f"saliency: eigensolver passes in {pass_dtype(solver_precision, batch.device)} "
+              f"(solver_precision: {solver_precision})", file=sys.stderr)
+    spectra = grid_spectra(list(batch.grids), 2, device=batch.device, precision=solver_precision)
+    return [bipartition_saliency(grid, eigenvectors=vectors, degree=degree)[1]
+            for grid, (vectors, degree) in zip(batch.grids, spectra)]
+
+
+def run_saliency(
+    store_path: str | Path,
+    out_dir: str | Path,
+    settings: Mapping[str, Any],
+    device: str | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Saliency of every image by the variant's method → ``out_dir/{name}.png`` (written as one atomic folder).
+
+    Args:
+        settings: the saliency variant: ``method``, ``facet``, ``batch_size`` and the method's own settings.
+
+    Returns:
+        the image names.
+    """
+    method = REGISTRIES["saliency"].get(settings["method"])
+    method_settings = method.settings(settings)
+    store = FeatureStore(store_path)
+    with atomic_output(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        bar = tqdm(total=len(store.names), desc=f"saliency {method.name}", unit="img", disable=not progress)
+        for position, names in enumerate(store.name_batches(int(settings["batch_size"]))):
+            batch = SaliencyBatch(names, [store.facet(name, settings["facet"]) for name in names], device,
+                                  first=position == 0)
+            for name, soft in zip(names, method.function(batch, **method_settings)):
+                soft_pixels = np.clip(grid_to_image(np.asarray(soft, dtype=np.float32), store.geometry(name)), 0.0, 1.0)
+                Image.fromarray(np.round(soft_pixels * 255).astype(np.uint8), mode="L").save(tmp / f"{name}.png")
+            bar.update(len(names))
+        bar.close()
+    return store.names
