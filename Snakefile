@@ -4,7 +4,9 @@
 #      snakemake --cores 2 TARGET --configfile config/my-data.yaml   (targets before --configfile: it takes several)
 import os
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from unseg.config import ConfigError, load_methods, validate_config
 
 min_version("9.0")
 
@@ -16,7 +18,13 @@ if not workflow.overwrite_configfiles:
     configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-validate(config, schema="workflow/schemas/config.schema.yaml")
+# The schema is workflow/schemas/config.schema.yaml plus one branch per registered method (unseg.config); the
+# config's plugins (your own methods) are imported first, so their settings are validated like the built-ins'.
+try:
+    load_methods(config.get("plugins", []))
+    validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+except (ConfigError, ImportError) as error:
+    raise WorkflowError(f"config error: {error}")
 
 
 include: "workflow/rules/common.smk"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from helpers import variant
 from PIL import Image
 
 import unseg.train as train_module
@@ -16,7 +19,7 @@ from unseg.checkpoints import (
 )
 from unseg.features import extract_features
 from unseg.io import write_label_png
-from unseg.train import train_head
+from unseg.train import LinearHead, run_train
 
 NAMES = ["a", "b", "c"]
 
@@ -52,8 +55,8 @@ def weights(out_dir) -> dict[str, torch.Tensor]:
 
 
 def train(store, labels, out_dir, epochs=4):
-    return train_head(store, labels, out_dir, num_classes=3, epochs=epochs, learning_rate=0.05, progress=False,
-                      config={"method": "linear_head"})
+    folder = Path(next(iter(labels.values()))).parent
+    return run_train(store, folder, NAMES, out_dir, 3, variant("train", epochs=epochs, lr=0.05), progress=False)
 
 
 def test_changed_labels_after_a_finished_run_train_a_new_model(store, tmp_path, capsys):
@@ -119,3 +122,15 @@ def test_resume_key_covers_settings_and_every_input_value(tmp_path):
     assert load_resume_state(tmp_path / "last.pt", resume_key({"lr": 0.01}, "other")) is None
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     assert load_resume_state(tmp_path / "broken.pt", "key") is None
+
+
+
+def test_linear_head_standardises_then_classifies():
+    head = LinearHead(embed_dim=2, num_classes=2)
+    head.mean.copy_(torch.tensor([1.0, 2.0]))
+    head.std.copy_(torch.tensor([2.0, 4.0]))
+    with torch.no_grad():
+        head.classifier.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]])[:, :, None, None])
+        head.classifier.bias.zero_()
+    tokens = torch.tensor([3.0, 6.0]).view(1, 2, 1, 1)
+    np.testing.assert_allclose(head(tokens).detach().flatten().numpy(), [1.0, 1.0])

@@ -26,16 +26,6 @@ from .report import HEADLINE_LABELS, write_report
 # The evaluate stage: predictions and proposals of one pipeline branch against the dataset's ground truth.
 
 
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "crf": False,
-    "facet": "tokens",
-    "linear_probe": None,  # {"train_split": "train", "seeds": [0, 1, 2], "steps": 200}
-    "kmeans": None,  # {"seeds": [0, 1, 2, 3, 4]}
-    "retrieval": None,  # {"reference_split": "train", "num_neighbours": 1, "classes": {"7 classes": [...]}}
-    "num_examples": 3,
-}
-
-
 def run_evaluation(
     index_csv: str | os.PathLike,
     dataset_root: str | os.PathLike,
@@ -43,15 +33,13 @@ def run_evaluation(
     proposals_json: str | os.PathLike,
     out_metrics: str | os.PathLike,
     out_report: str | os.PathLike,
-    split: str = "val",
-    matching: str = "hungarian",
+    settings: Mapping[str, Any],
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
     provenance: Mapping[str, Any] | None = None,
     out_html: str | os.PathLike | None = None,
     saliency_dir: str | os.PathLike | None = None,
     features_store: str | os.PathLike | None = None,
-    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate one branch on an index split; write ``metrics.json``, ``report.md`` and optionally ``report.html``.
 
@@ -71,14 +59,16 @@ def run_evaluation(
     Args:
         num_classes: object classes without background; default: the largest ground-truth label.
         class_names: names of the object classes (background is prepended).
-        options: see :data:`DEFAULT_OPTIONS`.
+        settings: the evaluate variant as the config schema completes it: ``split``, ``matching``, ``crf``,
+            ``facet``, ``num_examples`` and, when present, ``kmeans``, ``linear_probe``, ``retrieval``.
     """
     import hashlib
     import json
 
     from .index import coco_ground_truth, index_split, read_index
 
-    options = {**DEFAULT_OPTIONS, **(options or {})}
+    options = settings
+    split, matching = settings["split"], settings["matching"]
     index = read_index(index_csv)
     rows = index_split(index, split)
     metrics: dict[str, Any] = {"title": f"Evaluation on split '{split}' ({len(rows)} images)", "split": split}
@@ -193,13 +183,13 @@ def _feature_evaluations(index, labelled, pred_paths, features_store, num_classe
     results: dict[str, Any] = {}
     if options.get("kmeans"):
         settings = options["kmeans"]
-        results["kmeans"] = probe.kmeans_evaluation(tokens, labels, num_classes, seeds=settings.get("seeds", [0, 1, 2, 3, 4]), class_names=names)
+        results["kmeans"] = probe.kmeans_evaluation(tokens, labels, num_classes, seeds=settings["seeds"], class_names=names)
     for key in ("linear_probe", "retrieval"):
         settings = options.get(key)
         if not settings:
             continue
         split_key = "train_split" if key == "linear_probe" else "reference_split"
-        reference_split = settings.get(split_key, "train")
+        reference_split = settings[split_key]
         reference_rows = labelled_split(reference_split)
         if reference_rows is None:
             results[key] = {"skipped": f"no labelled image in split {reference_split!r} (evaluate option {key}.{split_key})"}
@@ -212,13 +202,13 @@ def _feature_evaluations(index, labelled, pred_paths, features_store, num_classe
             note["leave_own_image_out"] = True
         if key == "linear_probe":
             results[key] = {**note, **probe.linear_probe(reference_tokens, reference_labels, tokens, labels, num_classes,
-                                                          seeds=settings.get("seeds", [0]), steps=settings.get("steps", 200), class_names=names)}
+                                                          seeds=settings["seeds"], steps=settings["steps"], class_names=names)}
         else:
             segments = [read_label_png(path) for path in pred_paths]
             own_images = {"query_ids": list(labelled["name"]), "reference_ids": list(reference_rows["name"])}
             results[key] = {**note, "all classes": _without_confusion(probe.segment_retrieval(
                 tokens, segments, labels, reference_tokens, reference_labels, num_classes,
-                num_neighbours=settings.get("num_neighbours", 1), class_names=names, **own_images))}
+                num_neighbours=settings["num_neighbours"], class_names=names, **own_images))}
             for subset_name, subset in (settings.get("class_subsets") or {}).items():
                 unknown = [c for c in subset if (c not in names) if isinstance(c, str)]
                 if unknown:
@@ -226,7 +216,7 @@ def _feature_evaluations(index, labelled, pred_paths, features_store, num_classe
                 kept = [names.index(c) if isinstance(c, str) else int(c) for c in subset]
                 results[key][subset_name] = _without_confusion(probe.segment_retrieval(
                     tokens, segments, labels, reference_tokens, reference_labels, num_classes,
-                    num_neighbours=settings.get("num_neighbours", 1), classes=kept, class_names=[names[c] for c in kept],
+                    num_neighbours=settings["num_neighbours"], classes=kept, class_names=[names[c] for c in kept],
                     **own_images))
             results[key]["miou"] = results[key]["all classes"]["miou"]
     return results

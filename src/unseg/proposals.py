@@ -10,14 +10,17 @@ Artifacts:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from .index import coco_ground_truth, index_split, read_index
+from .index import names_by_id as index_names_by_id
 from .io import (
     IGNORE_LABEL,
     decode_rle,
@@ -93,20 +96,23 @@ def refine_mask_with_crf(image: np.ndarray, mask: np.ndarray, confidence: float 
 def run_proposals(
     masks_json: str | Path,
     saliency_dir: str | Path,
-    names_by_id: dict[int, str],
+    index_csv: str | Path,
     out_json: str | Path,
-    min_salient_fraction: float = 0.5,
-    nms_iou: float = 0.5,
-    crf: bool = False,
-    image_paths: dict[str, str] | None = None,
+    settings: Mapping[str, Any],
     progress: bool = True,
 ) -> int:
     """Saliency filter + NMS over all images' masks → COCO results JSON. Returns the proposal count.
 
     Args:
-        crf: refine each kept proposal with :func:`refine_mask_with_crf` (needs ``image_paths``, name → image path,
-            and pydensecrf); refined proposals carry ``"crf": true``, their score is kept, empty results are dropped.
+        index_csv: the dataset index (image ids, names and paths).
+        settings: the proposals variant: ``min_salient_fraction``, ``nms_iou`` (see :func:`filter_proposals`) and
+            ``crf``: refine each kept proposal with :func:`refine_mask_with_crf` (needs pydensecrf); refined
+            proposals carry ``"crf": true``, their score is kept, empty results are dropped.
     """
+    index = read_index(index_csv)
+    names_by_id = index_names_by_id(index)
+    image_paths = dict(zip(index["name"], index["path"]))
+    min_salient_fraction, nms_iou, crf = settings["min_salient_fraction"], settings["nms_iou"], settings["crf"]
     if crf and not image_paths:
         raise ValueError("CRF refinement of proposals needs the image paths")
     by_image: dict[int, list[dict]] = {}
@@ -230,7 +236,6 @@ def evaluate_proposals(
     Args:
         split: index split to score ("all" for every image).
     """
-    from .index import coco_ground_truth, index_split, read_index
     from .instance_metrics import recall_by_instance_count, single_and_multi_ap
     from .metrics import object_segmentation_scores
     from .report import write_report

@@ -27,7 +27,14 @@ from tqdm.auto import tqdm
 
 from .cluster import kmeans
 from .geometry import image_to_grid
-from .io import atomic_output, decode_rle, read_json, read_saliency, write_json, write_label_png
+from .io import (
+    atomic_output,
+    decode_rle,
+    read_json,
+    read_saliency,
+    write_json,
+    write_label_png,
+)
 from .registry import REGISTRIES, register
 from .store import FeatureStore
 

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .registry import REGISTRIES, register
 from .checkpoints import data_digest, load_resume_state, resume_key, save_resume_state
 from .geometry import ResizeGeometry
 from .io import (
@@ -31,6 +30,7 @@ from .io import (
     atomic_output,
     read_label_png,
 )
+from .registry import REGISTRIES, register
 from .store import FeatureStore
 
 

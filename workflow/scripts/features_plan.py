@@ -1,9 +1,9 @@
 from unseg.features import shard_plan
 from unseg.index import read_index
 from unseg.io import write_json
-from unseg.provenance import log_to
+from unseg.jobs import stage_job
 
-with log_to(snakemake.log[0], threads=snakemake.threads):
+with stage_job(snakemake):
     s = snakemake.params.settings
     index = read_index(snakemake.input[0])
     write_json(snakemake.output[0], shard_plan(

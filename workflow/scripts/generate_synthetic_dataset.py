@@ -1,6 +1,6 @@
-from unseg.provenance import log_to
+from unseg.jobs import stage_job
 from unseg.synthetic import generate_synthetic_dataset
 
-with log_to(snakemake.log[0], threads=snakemake.threads):
+with stage_job(snakemake):
     settings = {k: v for k, v in snakemake.params.settings.items() if k != "kind"}
     generate_synthetic_dataset(snakemake.output[0], **settings)

@@ -1,5 +1,5 @@
 from unseg.index import build_index, write_index
-from unseg.provenance import log_to
+from unseg.jobs import stage_job
 
-with log_to(snakemake.log[0], threads=snakemake.threads):
+with stage_job(snakemake):
     write_index(build_index(snakemake.params.root), snakemake.output[0])

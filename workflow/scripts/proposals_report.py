@@ -1,8 +1,7 @@
+from unseg.jobs import stage_job
 from unseg.proposals import evaluate_proposals
-from unseg.provenance import log_to
 
-with log_to(snakemake.log[0], threads=snakemake.threads):
-    s = snakemake.params.settings
-    evaluate_proposals(snakemake.input.index, snakemake.params.root, snakemake.input.proposals, snakemake.input.saliency,
-                       snakemake.output.metrics, snakemake.output.report, split=s["report_split"],
-                       min_instance_area=s["min_instance_area"], provenance=snakemake.params.chain)
+with stage_job(snakemake) as job:
+    evaluate_proposals(job.input.index, job.params.root, job.input.proposals, job.input.saliency, job.output.metrics,
+                       job.output.report, split=job.params.settings["report_split"],
+                       min_instance_area=job.params.settings["min_instance_area"], provenance=job.params.chain)

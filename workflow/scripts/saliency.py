@@ -1,8 +1,5 @@
-from unseg.proposals import run_saliency
-from unseg.provenance import log_to, write_provenance
+from unseg.jobs import stage_job
+from unseg.saliency import run_saliency
 
-with log_to(snakemake.log[0], threads=snakemake.threads):
-    s = snakemake.params.settings
-    run_saliency(snakemake.input.features, snakemake.output[0], facet=s["facet"], batch_size=s["batch_size"],
-                 precision=s["solver_precision"])
-    write_provenance(snakemake.output[0], "saliency", snakemake.wildcards.variant, snakemake.params.chain, dict(snakemake.input))
+with stage_job(snakemake) as job:
+    run_saliency(job.input.features, job.output[0], job.params.settings)

@@ -1,0 +1,107 @@
+"""The pipeline's config: its JSON Schema and its validation.
+
+The schema is the workflow's base schema (``workflow/schemas/config.schema.yaml``: the stages, their variants and
+the settings every method of a stage shares) plus one ``if/then`` branch per registered method
+(:mod:`unseg.registry`), so that each method's settings are validated and their defaults, stated once in the
+method's registration, are filled in. A researcher's ``plugins`` are imported first, so their methods get branches
+too.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+from .registry import REGISTRIES, load_plugins
+
+
+class ConfigError(ValueError):
+    """A config that breaks the schema; the message names the offending key."""
+
+
+def load_methods(plugins: Iterable[str] = (), base: str | Path = ".") -> None:
+    """Register the built-in methods (by importing the stage modules) and those of ``plugins``."""
+    from . import masks, pseudolabels, saliency, train  # noqa: F401  (importing registers their methods)
+
+    load_plugins(plugins, base)
+
+
+def method_branch(method) -> dict[str, Any]:
+    """The ``if/then`` branch of one registered method: when ``method`` names it, its settings' schema applies."""
+    return {
+        "if": {"properties": {"method": {"const": method.name}}, "required": ["method"]},
+        "then": {"properties": copy.deepcopy(dict(method.schema)), "required": list(method.required)},
+    }
+
+
+def config_schema(base_schema: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """The full config schema: ``base_schema`` (a path or a loaded dict) with every registered method's branch.
+
+    In the base schema each stage with a registry describes its variants with ``properties`` (the settings all its
+    methods share, ``method`` among them); the branches add the method-specific ones, and
+    ``unevaluatedProperties: false`` rejects a key no branch knows.
+    """
+    schema = copy.deepcopy(base_schema) if isinstance(base_schema, Mapping) else yaml.safe_load(Path(base_schema).read_text())
+    for stage, registry in REGISTRIES.items():
+        variant = schema["properties"][stage]["additionalProperties"]
+        variant["properties"]["method"]["enum"] = registry.names()
+        variant["allOf"] = [method_branch(method) for method in registry]
+        variant.pop("additionalProperties", None)
+        variant["unevaluatedProperties"] = False
+    return schema
+
+
+def _with_defaults(validator_class):
+    """A validator class that fills in each missing property's ``default`` while it validates (jsonschema FAQ)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if isinstance(subschema, Mapping) and "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key(error) -> str:
+    path = ".".join(str(part) for part in error.absolute_path)
+    return path or "config"
+
+
+def validate_config(config: dict[str, Any], base_schema: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """Validate ``config`` in place against :func:`config_schema` and fill in every default; returns it.
+
+    Raises:
+        ConfigError: naming the first offending key (e.g. ``proposals.default.nms_iou: 2 is greater than ...``).
+    """
+    schema = config_schema(base_schema)
+    # A key's own error (a bad value, an unknown method) before the variant's "unexpected keys", which follows from
+    # it when a method's branch fails.
+    errors = sorted(_with_defaults(Draft202012Validator)(schema).iter_errors(config),
+                    key=lambda error: (error.validator == "unevaluatedProperties", list(map(str, error.absolute_path))))
+    if errors:
+        error = errors[0]
+        # A method's own key is reported by unevaluatedProperties at the variant: say which keys the method takes.
+        hint = ""
+        if error.validator == "unevaluatedProperties" and len(error.absolute_path) == 2:
+            stage, variant = error.absolute_path
+            method = config.get(stage, {}).get(variant, {}).get("method")
+            if stage in REGISTRIES and method in REGISTRIES[stage]:
+                shared = sorted(schema["properties"][stage]["additionalProperties"]["properties"])
+                own = sorted(REGISTRIES[stage].get(method).schema)
+                hint = f" (method {method!r} takes {own}; every {stage} method takes {shared})"
+        raise ConfigError(f"{_key(error)}: {error.message}{hint}")
+    return config
+
+
+def variant_settings(stage: str, settings: Mapping[str, Any], base_schema: str | Path | Mapping[str, Any]) -> dict:
+    """One variant's settings with the schema's defaults filled in (for calling a stage runner from Python)."""
+    config = {"dataset": {"name": "python", "root": "."}, stage: {"variant": dict(settings)}}
+    return validate_config(config, base_schema)[stage]["variant"]

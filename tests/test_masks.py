@@ -1,0 +1,94 @@
+"""The masks stage: registered methods, the runner, the COCO results it writes, and a method from outside."""
+
+import numpy as np
+import pytest
+from helpers import SCHEMA, variant
+from PIL import Image
+
+from unseg.config import ConfigError, validate_config
+from unseg.io import decode_rle, read_json
+from unseg.masks import MaskBatch, deep_spectral, grid_mask_to_image, run_masks
+from unseg.registry import REGISTRIES, register
+from unseg.saliency import run_saliency
+from unseg.spectral import GridMask
+from unseg.store import FeatureStore
+
+
+def test_deep_spectral_colour_term_separates_flat_features_by_colour(tmp_path):
+    grid = np.ones((12, 12, 8), dtype=np.float32)  # features carry no information
+    grid += 1e-3 * np.random.default_rng(1).standard_normal(grid.shape).astype(np.float32)
+    image = np.zeros((12, 12, 3), dtype=np.uint8)
+    image[3:9, 4:10] = (255, 0, 0)
+    Image.fromarray(image).save(tmp_path / "a.png")  # at grid size, so the area down-sampling keeps it
+    settings = REGISTRIES["masks"].get("deep_spectral").settings(
+        {"k": [2], "min_area_fraction": 0, "num_eigenvectors": 2, "eigen_masks": 1, "color_weight": 10.0})
+    [masks] = deep_spectral(MaskBatch(["a"], [grid], {"a": str(tmp_path / "a.png")}, "cpu"), **settings)
+    object_mask = image[..., 0] > 0
+    assert any(np.array_equal(m.mask, object_mask) and m.eigen_index == 1 for m in masks)
+    with pytest.raises(ValueError, match="needs the images"):
+        deep_spectral(MaskBatch(["a"], [grid], None, "cpu"), **settings)
+
+
+@pytest.mark.parametrize("method", ["spectral_multik", "deep_spectral"])
+def test_run_masks_writes_coco_results_with_provenance_of_each_mask(tiny_store, tmp_path, method):
+    store_path, paths = tiny_store
+    extra = {"color_weight": 1.0} if method == "deep_spectral" else {}
+    settings = variant("masks", method=method, k=[2, 3], batch_size=2, **extra)
+    count = run_masks(store_path, tmp_path / "masks.json", settings, image_paths=paths, progress=False)
+    masks = read_json(tmp_path / "masks.json")
+    assert count == len(masks) > 0 and {m["image_id"] for m in masks} <= {1, 2, 3}
+    assert all(m["segmentation"]["size"] == [64, 64] and m["k"] in (2, 3) for m in masks)
+    assert ("eigen_index" in masks[0]) == (method == "deep_spectral")
+    if method == "deep_spectral":  # the colour affinity reads the images: without their paths it says so
+        with pytest.raises(ValueError, match="needs the images"):
+            run_masks(store_path, tmp_path / "x.json", settings, progress=False)
+        assert not (tmp_path / "x.json").exists()
+
+
+def test_stage_runners_report_and_check_the_solver_precision(tiny_store, tmp_path, capsys):
+    store_path, _ = tiny_store
+    run_masks(store_path, tmp_path / "masks.json", variant("masks", k=[2], solver_precision="float32"), progress=False)
+    run_saliency(store_path, tmp_path / "saliency", variant("saliency", solver_precision="float32"), progress=False)
+    assert capsys.readouterr().err.count("eigensolver passes in torch.float32 (solver_precision: float32)") == 2
+    with pytest.raises(ConfigError, match=r"masks.variant.solver_precision: 'float16' is not one of"):
+        variant("masks", solver_precision="float16")
+
+
+# A throw-away method, registered from this test module: no project file knows it.
+@register("masks", "test_brightest_cells", schema={
+    "quantile": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
+                 "description": "cells whose first channel is above this quantile form the mask"},
+})
+def brightest_cells(batch, *, quantile):
+    """One mask per image: the token cells whose first feature channel lies above the given quantile."""
+    masks = []
+    for grid in batch.grids:
+        mask = grid[..., 0] > np.quantile(grid[..., 0], quantile)
+        masks.append([GridMask(mask, k=0, cluster=0, component=0, coherence=float(quantile))])
+    return masks
+
+
+def test_a_method_registered_outside_the_project_runs_from_a_config_alone(tiny_store, tmp_path):
+    store_path, _ = tiny_store
+    config = {"dataset": {"name": "d", "root": "."},
+              "masks": {"bright": {"method": "test_brightest_cells", "features": "f", "quantile": 0.75}}}
+    validate_config(config, SCHEMA)
+    assert config["masks"]["bright"] == {"method": "test_brightest_cells", "features": "f", "quantile": 0.75,
+                                         "facet": "keys", "batch_size": 64}
+    run_masks(store_path, tmp_path / "masks.json", config["masks"]["bright"], progress=False)
+
+    store = FeatureStore(store_path)
+    masks = read_json(tmp_path / "masks.json")
+    assert [m["image_id"] for m in masks] == [store.image_id(name) for name in store.names]
+    for name, result in zip(store.names, masks):
+        keys = store.facet(name, "keys")[..., 0]
+        expected = grid_mask_to_image(keys > np.quantile(keys, 0.75), store, name)
+        np.testing.assert_array_equal(decode_rle(result["segmentation"]), expected)
+        assert result["score"] == 0.75 and result["k"] == 0
+    # its schema branch validates its settings like a built-in's
+    with pytest.raises(ConfigError, match=r"masks.bright.quantile: 2 is greater than the maximum of 1"):
+        validate_config({"dataset": {"name": "d", "root": "."},
+                         "masks": {"bright": {"method": "test_brightest_cells", "features": "f", "quantile": 2}}}, SCHEMA)
+    with pytest.raises(ConfigError, match=r"'k' was unexpected"):
+        validate_config({"dataset": {"name": "d", "root": "."},
+                         "masks": {"bright": {"method": "test_brightest_cells", "features": "f", "k": [2]}}}, SCHEMA)
