@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from workflow_helpers import TINY, snakemake
 
 from unseg.features import extract_features
+
+from workflow_helpers import TINY, snakemake
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +28,7 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory):
-    """A store of 3 small images (a red box on grey, shifted per image) with random ViT-S/16 keys: (path, names→paths)."""
+    """3 small images (a red box on grey, shifted per image) and their random ViT-S/16 keys: (store, name → path)."""
     folder = tmp_path_factory.mktemp("store")
     rng = np.random.default_rng(0)
     paths = []

@@ -13,7 +13,9 @@ from unseg.crf import (
     labels_to_probabilities,
 )
 
-needs_crf = pytest.mark.skipif(not crf_available(), reason="pydensecrf is not installed (pip install 'pydensecrf2==1.1')")
+needs_crf = pytest.mark.skipif(
+    not crf_available(), reason="pydensecrf is not installed (pip install 'pydensecrf2==1.1')"
+)
 
 
 def test_labels_to_probabilities_by_hand():

@@ -467,7 +467,10 @@ def test_evaluate_semantic_arrays_per_image_miou_under_the_dataset_mapping():
     # Image b: cluster 1 on every pixel, truth [0, 0, 1, 1]. Dataset confusion (rows clusters, columns classes):
     # cluster 0: [0, 2]; cluster 1: [2 + 2, 2] → Hungarian 0→1, 1→0.
     # Image a under that mapping: perfect → 100. Image b: everything painted class 0; IoU_0 = 2/4, IoU_1 = 0/2 → 25.
-    pairs = [("a", np.array([1, 1, 0, 0]), np.array([0, 0, 1, 1])), ("b", np.array([1, 1, 1, 1]), np.array([0, 0, 1, 1]))]
+    pairs = [
+        ("a", np.array([1, 1, 0, 0]), np.array([0, 0, 1, 1])),
+        ("b", np.array([1, 1, 1, 1]), np.array([0, 0, 1, 1])),
+    ]
     result = evaluate_semantic_arrays(pairs, num_predicted=2, num_classes=2)
     assert result["mapping"] == [1, 0]
     assert result["per_image_miou"] == pytest.approx({"a": 100.0, "b": 25.0})

@@ -69,7 +69,9 @@ def test_store_round_trip_is_lazy_and_complete(tmp_path):
     from unseg.features import preprocess_image
     from unseg.io import read_image
 
-    direct = forward_facets(model, preprocess_image(read_image(paths[1]), store.geometry("b"), spec.mean, spec.std)[None], (2, 3))
+    direct = forward_facets(
+        model, preprocess_image(read_image(paths[1]), store.geometry("b"), spec.mean, spec.std)[None], (2, 3)
+    )
     np.testing.assert_allclose(store.facet("b", "keys"), direct["keys"][0].numpy(), atol=2e-2, rtol=1e-2)
     with pytest.raises(KeyError, match="queries"):
         store.facet("a", "queries")
@@ -93,7 +95,8 @@ def test_unreadable_image_names_the_file(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(Exception, match="broken.jpg"):
-        extract_features([str(bad)], ["broken"], [1], tmp_path / "f.zarr", "dino_vits16", "random", resolution=32, progress=False)
+        extract_features([str(bad)], ["broken"], [1], tmp_path / "f.zarr", "dino_vits16", "random", resolution=32,
+                         progress=False)
     assert not (tmp_path / "f.zarr").exists()
 
 

@@ -6,6 +6,7 @@ import importlib.metadata as metadata
 import re
 
 from packaging.requirements import Requirement
+
 from workflow_helpers import snakemake
 
 

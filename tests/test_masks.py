@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from helpers import SCHEMA, variant
 from PIL import Image
 
 from unseg.config import ConfigError, validate_config
@@ -12,6 +11,8 @@ from unseg.registry import REGISTRIES, register
 from unseg.saliency import run_saliency
 from unseg.spectral import GridMask
 from unseg.store import FeatureStore
+
+from helpers import SCHEMA, variant
 
 
 def test_deep_spectral_colour_term_separates_flat_features_by_colour(tmp_path):
@@ -88,7 +89,8 @@ def test_a_method_registered_outside_the_project_runs_from_a_config_alone(tiny_s
     # its schema branch validates its settings like a built-in's
     with pytest.raises(ConfigError, match=r"masks.bright.quantile: 2 is greater than the maximum of 1"):
         validate_config({"dataset": {"name": "d", "root": "."},
-                         "masks": {"bright": {"method": "test_brightest_cells", "features": "f", "quantile": 2}}}, SCHEMA)
+                         "masks": {"bright": {"method": "test_brightest_cells", "features": "f", "quantile": 2}}},
+                        SCHEMA)
     with pytest.raises(ConfigError, match=r"'k' was unexpected"):
         validate_config({"dataset": {"name": "d", "root": "."},
                          "masks": {"bright": {"method": "test_brightest_cells", "features": "f", "k": [2]}}}, SCHEMA)

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from helpers import box, det
 from PIL import Image
 
 from unseg.index import build_index, write_index
@@ -16,6 +15,8 @@ from unseg.proposals import (
     object_proposal_scores,
     semantic_component_instances,
 )
+
+from helpers import box, det
 
 
 def test_semantic_component_instances_split_by_void_outline():
@@ -90,7 +91,10 @@ def test_crf_snaps_a_proposal_to_the_colour_edge():
     refined = refine_mask_with_crf(image, rough)
     truth = np.zeros((64, 64), dtype=bool)
     truth[:, 32:] = True
-    iou = lambda a, b: (a & b).sum() / (a | b).sum()
+
+    def iou(a, b):
+        return (a & b).sum() / (a | b).sum()
+
     assert iou(rough, truth) < 0.85 and iou(refined, truth) > 0.97
 
 

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from slurm_cluster import SlurmCluster, SlurmUnavailable
 from snakemake.resources import Resource
+
+from slurm_cluster import SlurmCluster, SlurmUnavailable
 from workflow_helpers import ROOT, snakemake
 
 SLURM_PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
@@ -103,7 +104,8 @@ def test_profile_grows_memory_and_time_with_each_attempt():
     assert evaluate(features["gpu"], 1, input=extracting) == 1 and evaluate(features["gpu"], 1, input=joining) == 0
     assert evaluate(features["slurm_partition"], 1, input=extracting) == "gpu"
     assert evaluate(features["slurm_partition"], 1, input=joining) == "cpu"
-    assert evaluate(features["mem_mb"], 2, input=extracting) == 32000 and evaluate(features["mem_mb"], 2, input=joining) == 4000
+    assert (evaluate(features["mem_mb"], 2, input=extracting) == 32000
+            and evaluate(features["mem_mb"], 2, input=joining) == 4000)
     threads = profile["set-threads"]["features"]
     assert evaluate(threads, 1, input=extracting) == 4 and evaluate(threads, 1, input=joining) == 1
 
@@ -153,12 +155,14 @@ def test_tiny_workflow_on_slurm_matches_the_local_run(cluster, tiny_run, tmp_pat
     # Grouping: the light jobs shared SLURM jobs, so fewer submissions than rule jobs.
     rule_jobs = sum(int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", output.split("Job stats:")[1], re.M)
                     if rule not in ("total", "all"))
-    assert any(name.startswith("rule_spectral") for name in calls) and any(name.startswith("rule_report") for name in calls)
+    assert (any(name.startswith("rule_spectral") for name in calls)
+            and any(name.startswith("rule_report") for name in calls))
     assert len(calls) < rule_jobs
 
     # Same results as the local run. Paths in the index differ by the working directory only.
     local, remote = local_dir / "results" / "tiny", workdir / "results" / "tiny"
-    assert without_workdir(remote / "index/images.csv", workdir) == without_workdir(local / "index/images.csv", local_dir)
+    assert (without_workdir(remote / "index/images.csv", workdir)
+            == without_workdir(local / "index/images.csv", local_dir))
     assert len(list(csv.DictReader((remote / "index/images.csv").open()))) == 8
     for relative in ["masks/multik/masks.json", "proposals/default/proposals.json",
                      "pseudolabels/km3/pseudolabels.json", "predict/linear/instances.json"]:

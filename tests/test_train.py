@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import variant
 from PIL import Image
 
 import unseg.train as train_module
@@ -20,6 +19,8 @@ from unseg.checkpoints import (
 from unseg.features import extract_features
 from unseg.io import write_label_png
 from unseg.train import LinearHead, run_train
+
+from helpers import variant
 
 NAMES = ["a", "b", "c"]
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from workflow_helpers import ROOT, SNAKEMAKE
 
 from unseg.variants import VariantError, dataset_root, is_owned_path
+
+from workflow_helpers import ROOT, SNAKEMAKE
 
 SHARED_VOC_IMAGES = ROOT.parent / "shared" / "data" / "voc2012-val-crops" / "JPEGImages"
 CONFIGS = sorted([*(ROOT / "config").glob("*.yaml"), *(ROOT / "tests" / "configs").glob("*.yaml")])

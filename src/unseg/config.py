@@ -46,7 +46,10 @@ def config_schema(base_schema: str | Path | Mapping[str, Any]) -> dict[str, Any]
     methods share, ``method`` among them); the branches add the method-specific ones, and
     ``unevaluatedProperties: false`` rejects a key no branch knows.
     """
-    schema = copy.deepcopy(base_schema) if isinstance(base_schema, Mapping) else yaml.safe_load(Path(base_schema).read_text())
+    if isinstance(base_schema, Mapping):
+        schema = copy.deepcopy(dict(base_schema))
+    else:
+        schema = yaml.safe_load(Path(base_schema).read_text())
     for stage, registry in REGISTRIES.items():
         variant = schema["properties"][stage]["additionalProperties"]
         variant["properties"]["method"]["enum"] = registry.names()

@@ -16,7 +16,10 @@ import numpy as np
 
 __all__ = ["CrfParams", "crf_available", "dense_crf", "dense_crf_labels", "labels_to_probabilities"]
 
-INSTALL_HINT = "dense CRF needs pydensecrf: pip install 'pydensecrf2==1.1' (or the project's extra: pip install -e '.[crf]')"
+INSTALL_HINT = (
+    "dense CRF needs pydensecrf: pip install 'pydensecrf2==1.1' "
+    "(or the project's extra: pip install -e '.[crf]')"
+)
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,10 @@ def dense_crf(image: np.ndarray, probabilities: np.ndarray, params: CrfParams = 
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_weight)
     crf.addPairwiseBilateral(
-        sxy=params.bilateral_sxy, srgb=params.bilateral_srgb, rgbim=np.ascontiguousarray(image), compat=params.bilateral_weight
+        sxy=params.bilateral_sxy,
+        srgb=params.bilateral_srgb,
+        rgbim=np.ascontiguousarray(image),
+        compat=params.bilateral_weight,
     )
     marginals = np.asarray(crf.inference(params.iterations), dtype=np.float32)
     return marginals.reshape(num_labels, height, width)
@@ -85,7 +91,9 @@ def dense_crf_labels(image: np.ndarray, probabilities: np.ndarray, params: CrfPa
     return dense_crf(image, probabilities, params).argmax(axis=0).astype(np.int64)
 
 
-def labels_to_probabilities(labels: np.ndarray, num_labels: int, confidence: float = 0.8, ignore_label: int = 255) -> np.ndarray:
+def labels_to_probabilities(
+    labels: np.ndarray, num_labels: int, confidence: float = 0.8, ignore_label: int = 255
+) -> np.ndarray:
     """Soft probabilities from a hard label map, for refining predictions saved only as labels.
 
     Args:

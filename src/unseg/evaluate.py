@@ -84,25 +84,34 @@ def run_evaluation(
             num_classes = max(_max_label(path) for path in labelled["gt_semantic"])
         names = ["background", *(class_names or [f"class_{i}" for i in range(1, num_classes + 1)])]
         metrics.update(
-            evaluate_semantic(pred_paths, labelled["gt_semantic"].tolist(), num_predicted, num_classes + 1, matching, names)
+            evaluate_semantic(
+                pred_paths, labelled["gt_semantic"].tolist(), num_predicted, num_classes + 1, matching, names
+            )
         )
         if options["crf"]:
             metrics["crf"] = _crf_scores(labelled, pred_paths, num_predicted, num_classes + 1, matching, names)
         if saliency_dir is not None:
             metrics["object_segmentation"] = _saliency_scores(labelled, saliency_dir)
         if features_store is not None:
-            metrics.update(_feature_evaluations(index, labelled, pred_paths, features_store, num_classes + 1, names, options))
+            metrics.update(
+                _feature_evaluations(index, labelled, pred_paths, features_store, num_classes + 1, names, options)
+            )
     ground_truth = coco_ground_truth(rows, dataset_root)
     if ground_truth is not None and ground_truth["annotations"]:
         image_ids = {int(image_id) for image_id in rows["image_id"]}
-        for key, path in (("predicted_instances", Path(predictions_dir) / "instances.json"), ("proposals", proposals_json)):
+        for key, path in (
+            ("predicted_instances", Path(predictions_dir) / "instances.json"),
+            ("proposals", proposals_json),
+        ):
             detections = [det for det in read_json(path) if int(det["image_id"]) in image_ids]
             metrics[key] = {
                 **single_and_multi_ap(ground_truth, detections),
                 "recall_by_instance_count": recall_by_instance_count(ground_truth, detections),
             }
     metrics["provenance"] = dict(provenance or {})
-    metrics["config_digest"] = hashlib.sha256(json.dumps(provenance or {}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    metrics["config_digest"] = hashlib.sha256(
+        json.dumps(provenance or {}, sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
     write_json(out_metrics, metrics)
 
     section_titles = {
@@ -151,7 +160,8 @@ def _saliency_scores(labelled, saliency_dir: str | os.PathLike) -> dict[str, Any
         target = read_label_png(row.gt_semantic)
         saliency = read_saliency(saliency_dir, row.name)
         if saliency.shape != target.shape:
-            raise ValueError(f"saliency map of {row.name!r} in {str(saliency_dir)!r} has shape {saliency.shape}, ground truth {target.shape}")
+            raise ValueError(f"saliency map of {row.name!r} in {str(saliency_dir)!r} has shape {saliency.shape}, "
+                             f"ground truth {target.shape}")
         valid = target != IGNORE_LABEL
         targets.append(target[valid] > 0)  # 1-D: the scores are per-pixel, so flattening drops void pixels cleanly
         soft.append(saliency[valid])
@@ -159,7 +169,9 @@ def _saliency_scores(labelled, saliency_dir: str | os.PathLike) -> dict[str, Any
     return object_segmentation_scores(predicted, targets, soft)
 
 
-def _feature_evaluations(index, labelled, pred_paths, features_store, num_classes: int, names, options) -> dict[str, Any]:
+def _feature_evaluations(
+    index, labelled, pred_paths, features_store, num_classes: int, names, options
+) -> dict[str, Any]:
     """K-means evaluation, linear probe and segment retrieval on the store's token grids (each when configured)."""
     from . import probe
     from .index import index_split
@@ -169,7 +181,8 @@ def _feature_evaluations(index, labelled, pred_paths, features_store, num_classe
     facet = options["facet"]
 
     def load(rows):
-        return [store.facet(name, facet) for name in rows["name"]], [read_label_png(path) for path in rows["gt_semantic"]]
+        return ([store.facet(name, facet) for name in rows["name"]],
+                [read_label_png(path) for path in rows["gt_semantic"]])
 
     def labelled_split(split_name: str):
         try:
@@ -183,7 +196,8 @@ def _feature_evaluations(index, labelled, pred_paths, features_store, num_classe
     results: dict[str, Any] = {}
     if options.get("kmeans"):
         settings = options["kmeans"]
-        results["kmeans"] = probe.kmeans_evaluation(tokens, labels, num_classes, seeds=settings["seeds"], class_names=names)
+        results["kmeans"] = probe.kmeans_evaluation(tokens, labels, num_classes, seeds=settings["seeds"],
+                                                    class_names=names)
     for key in ("linear_probe", "retrieval"):
         settings = options.get(key)
         if not settings:
@@ -192,7 +206,9 @@ def _feature_evaluations(index, labelled, pred_paths, features_store, num_classe
         reference_split = settings[split_key]
         reference_rows = labelled_split(reference_split)
         if reference_rows is None:
-            results[key] = {"skipped": f"no labelled image in split {reference_split!r} (evaluate option {key}.{split_key})"}
+            results[key] = {
+                "skipped": f"no labelled image in split {reference_split!r} (evaluate option {key}.{split_key})"
+            }
             continue
         reference_tokens, reference_labels = load(reference_rows)
         note = {split_key: reference_split}
@@ -201,8 +217,11 @@ def _feature_evaluations(index, labelled, pred_paths, features_store, num_classe
         if key == "retrieval":
             note["leave_own_image_out"] = True
         if key == "linear_probe":
-            results[key] = {**note, **probe.linear_probe(reference_tokens, reference_labels, tokens, labels, num_classes,
-                                                          seeds=settings["seeds"], steps=settings["steps"], class_names=names)}
+            results[key] = {
+                **note,
+                **probe.linear_probe(reference_tokens, reference_labels, tokens, labels, num_classes,
+                                     seeds=settings["seeds"], steps=settings["steps"], class_names=names),
+            }
         else:
             segments = [read_label_png(path) for path in pred_paths]
             own_images = {"query_ids": list(labelled["name"]), "reference_ids": list(reference_rows["name"])}
@@ -212,7 +231,8 @@ def _feature_evaluations(index, labelled, pred_paths, features_store, num_classe
             for subset_name, subset in (settings.get("class_subsets") or {}).items():
                 unknown = [c for c in subset if (c not in names) if isinstance(c, str)]
                 if unknown:
-                    raise ValueError(f"evaluate option retrieval.class_subsets.{subset_name}: unknown classes {unknown} (known: {names})")
+                    raise ValueError(f"evaluate option retrieval.class_subsets.{subset_name}: "
+                                     f"unknown classes {unknown} (known: {names})")
                 kept = [names.index(c) if isinstance(c, str) else int(c) for c in subset]
                 results[key][subset_name] = _without_confusion(probe.segment_retrieval(
                     tokens, segments, labels, reference_tokens, reference_labels, num_classes,
@@ -245,7 +265,8 @@ def _write_evaluation_html(metrics, out_html, labelled, predictions_dir, num_exa
     )
 
     headline = [(label, metrics[key]) for key, label in HEADLINE_LABELS.items() if key in metrics]
-    for key, label in (("crf", "mIoU + CRF"), ("linear_probe", "Linear probe mIoU"), ("kmeans", "K-means mIoU"), ("retrieval", "Retrieval mIoU")):
+    for key, label in (("crf", "mIoU + CRF"), ("linear_probe", "Linear probe mIoU"), ("kmeans", "K-means mIoU"),
+                       ("retrieval", "Retrieval mIoU")):
         value = metrics.get(key, {})
         if isinstance(value, Mapping) and (value.get("miou") is not None or value.get("miou_mean") is not None):
             headline.append((label, value.get("miou", value.get("miou_mean"))))
@@ -260,9 +281,11 @@ def _write_evaluation_html(metrics, out_html, labelled, predictions_dir, num_exa
     per_class = metrics.get("per_class_iou")
     if per_class:
         figures.append(("Per-class IoU after matching", per_class_iou_figure(per_class)))
-        figures.append(("Confusion matrix after matching; each column normalised over the true class", confusion_figure(metrics["confusion"], list(per_class))))
+        figures.append(("Confusion matrix after matching; each column normalised over the true class",
+                        confusion_figure(metrics["confusion"], list(per_class))))
     html_sections = evaluation_sections(metrics)
-    details = {key: metrics[key] for key in ("split", "num_images", "num_labelled_pixels", "config_digest") if key in metrics}
+    details = {key: metrics[key] for key in ("split", "num_images", "num_labelled_pixels", "config_digest")
+               if key in metrics}
     html_sections.append(("Details", section_html(details)))
 
     examples = []
@@ -280,7 +303,8 @@ def _write_evaluation_html(metrics, out_html, labelled, predictions_dir, num_exa
             prediction = read_label_png(Path(predictions_dir) / f"{name}.png")
             mapped = mapping[prediction].astype(np.uint8)
             examples.append((f"{kind}: {name}", f"mIoU {per_image[name]:.1f} % (matched as over the whole split)",
-                             [("image", image), ("ground truth", overlay_labels(image, read_label_png(row.gt_semantic))),
+                             [("image", image),
+                              ("ground truth", overlay_labels(image, read_label_png(row.gt_semantic))),
                               ("prediction (matched to classes)", overlay_labels(image, mapped))]))
     legend = [(name, color) for name, color in zip(per_class or {}, voc_palette().tolist()) if name != "background"]
     write_html_report(out_html, metrics.get("title", "Evaluation report"), headline, html_sections, figures, examples,

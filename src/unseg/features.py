@@ -40,7 +40,9 @@ SHARED_ATTRS = ("backbone", "timm_name", "weights", "weights_digest", "resolutio
                 "embed_dim", "num_heads", "num_blocks", "facets")
 
 
-def normalize_batch(batch: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+def normalize_batch(
+    batch: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
+) -> torch.Tensor:
     """(B, 3, H, W) uint8 → float32 on the same device, scaled to [0, 1] and normalised per channel.
 
     ``mean``/``std`` may be float32 tensors already on the batch's device (no host → device copy per batch).
@@ -50,7 +52,9 @@ def normalize_batch(batch: torch.Tensor, mean: Sequence[float] | torch.Tensor, s
     return (batch.float() / 255.0 - mean_t) / std_t
 
 
-def preprocess_image(image: np.ndarray, geometry: ResizeGeometry, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def preprocess_image(
+    image: np.ndarray, geometry: ResizeGeometry, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
     """(H0, W0, 3) uint8 → (3, Hc, Wc) float32, resized bicubically, cropped and normalised."""
     return normalize_batch(resize_and_crop(image, geometry)[None], mean, std)[0]
 
@@ -203,7 +207,8 @@ def size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list
 
 
 def shard_slice(count: int, shards: int, shard: int) -> slice:
-    """Contiguous block ``shard`` of ``shards`` over ``count`` items (sizes differ by at most one, first ones larger)."""
+    """Contiguous block ``shard`` of ``shards`` over ``count`` items (sizes differ by at most one, first ones
+    larger)."""
     if not 0 <= shard < shards:
         raise ValueError(f"shard {shard} is out of range for {shards} shards")
     base, extra = divmod(count, shards)

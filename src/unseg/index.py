@@ -147,6 +147,12 @@ def names_by_id(df: pd.DataFrame) -> dict[int, str]:
     return {int(image_id): str(name) for image_id, name in zip(df["image_id"], df["name"])}
 
 
+def image_paths(index_csv: str | os.PathLike) -> dict[str, str]:
+    """image name -> image path, for every row of the index file."""
+    df = read_index(index_csv)
+    return {str(name): str(path) for name, path in zip(df["name"], df["path"])}
+
+
 def coco_ground_truth(df: pd.DataFrame, root: str | os.PathLike) -> dict[str, Any] | None:
     """COCO instance ground truth for the images of ``df``, keyed by the index's image_id.
 

@@ -200,9 +200,9 @@ def recall_by_instance_count(
 
     num_instances = dict.fromkeys(groups, 0)
     num_recalled = dict.fromkeys(groups, 0)
-    for image_id, annotations in gt_by_image.items():
+    for image_id, image_annotations in gt_by_image.items():
         height, width = sizes[image_id]
-        gt_rles = [_to_rle(annotation["segmentation"], height, width) for annotation in annotations]
+        gt_rles = [_to_rle(annotation["segmentation"], height, width) for annotation in image_annotations]
         detected_rles = detections_by_image.get(image_id, [])
         if detected_rles:
             ious = np.asarray(mask_utils.iou(detected_rles, gt_rles, [0] * len(gt_rles))).reshape(
@@ -212,7 +212,7 @@ def recall_by_instance_count(
         else:
             recalled = np.zeros(len(gt_rles), dtype=bool)
         per_category: dict[Any, list[int]] = defaultdict(list)
-        for index, annotation in enumerate(annotations):
+        for index, annotation in enumerate(image_annotations):
             per_category[annotation["category_id"]].append(index)
         for indices in per_category.values():
             group = str(len(indices)) if len(indices) <= len(buckets) else overflow

@@ -104,7 +104,8 @@ def spectral_multik(batch: MaskBatch, *, k, split_components, min_area_fraction,
     _log_precision(batch, solver_precision)
     ks = tuple(int(value) for value in k)
     spectra = grid_spectra(list(batch.grids), max(ks), device=batch.device, precision=solver_precision)
-    return [multik_masks(grid, ks, split_components, min_area_cells(min_area_fraction, grid), seed, eigenvectors=vectors)
+    return [multik_masks(grid, ks, split_components, min_area_cells(min_area_fraction, grid), seed,
+                         eigenvectors=vectors)
             for grid, (vectors, _) in zip(batch.grids, spectra)]
 
 

@@ -230,7 +230,8 @@ def evaluate_semantic_arrays(
         prediction = np.asarray(prediction)
         target = np.asarray(target)
         if prediction.shape != target.shape:
-            raise ValueError(f"{name}: prediction has shape {prediction.shape} but ground truth has shape {target.shape}")
+            raise ValueError(f"{name}: prediction has shape {prediction.shape} "
+                             f"but ground truth has shape {target.shape}")
         prediction = prediction.astype(np.int64)
         abstained = prediction == IGNORE_LABEL
         if (prediction[~abstained] >= num_predicted).any():
@@ -286,7 +287,9 @@ def evaluate_semantic(
     except ValueError as error:
         if not current:
             raise
-        raise ValueError(f"{error} (prediction {current['prediction']!r}, ground truth {current['ground_truth']!r})") from None
+        raise ValueError(
+            f"{error} (prediction {current['prediction']!r}, ground truth {current['ground_truth']!r})"
+        ) from None
 
 
 def _max_fbeta_curve(soft: np.ndarray, gt: np.ndarray, beta2: float) -> np.ndarray:

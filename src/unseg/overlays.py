@@ -14,7 +14,9 @@ def distinct_colors(count: int) -> np.ndarray:
     import colorsys
 
     hues = (np.arange(count) * 0.618033988749895) % 1.0
-    return np.array([[int(255 * c) for c in colorsys.hsv_to_rgb(h, 0.85, 0.95)] for h in hues], dtype=np.uint8).reshape(-1, 3)
+    return np.array(
+        [[int(255 * c) for c in colorsys.hsv_to_rgb(h, 0.85, 0.95)] for h in hues], dtype=np.uint8
+    ).reshape(-1, 3)
 
 
 def overlay_labels(image: np.ndarray, label_map: np.ndarray, alpha: float = 0.55) -> np.ndarray:

@@ -103,10 +103,15 @@ def linear_probe(
     """
     _check_pairs(train_tokens, train_labels, "linear probe train set")
     _check_pairs(test_tokens, test_labels, "linear probe test set")
-    features = torch.from_numpy(np.concatenate([np.asarray(g, np.float32).reshape(-1, g.shape[-1]) for g in train_tokens]))
+    features = torch.from_numpy(
+        np.concatenate([np.asarray(g, np.float32).reshape(-1, g.shape[-1]) for g in train_tokens])
+    )
     targets = torch.from_numpy(
         np.concatenate(
-            [_class_fractions(np.asarray(l), g.shape[:2], num_classes).reshape(-1, num_classes) for g, l in zip(train_tokens, train_labels)]
+            [
+                _class_fractions(np.asarray(label_map), g.shape[:2], num_classes).reshape(-1, num_classes)
+                for g, label_map in zip(train_tokens, train_labels)
+            ]
         )
     )
     weights = targets.sum(1)
@@ -184,7 +189,9 @@ def kmeans_evaluation(
     return result
 
 
-def segment_embeddings(grid: np.ndarray, segment_map: np.ndarray, ignore_label: int = IGNORE_LABEL) -> tuple[list[int], np.ndarray]:
+def segment_embeddings(
+    grid: np.ndarray, segment_map: np.ndarray, ignore_label: int = IGNORE_LABEL
+) -> tuple[list[int], np.ndarray]:
     """Mean token embedding of every segment of one image.
 
     Args:
@@ -295,5 +302,6 @@ def segment_retrieval(
             num_queries += len(values)
         confusion += confusion_matrix(painted, remap[np.asarray(label_map)], len(kept) + 1, len(kept))
     scores = segmentation_scores(confusion, np.append(np.arange(len(kept)), -1), class_names)
-    scores.update(num_query_segments=num_queries, num_reference_segments=int(len(reference_classes)), num_neighbours=neighbours_k)
+    scores.update(num_query_segments=num_queries, num_reference_segments=int(len(reference_classes)),
+                  num_neighbours=neighbours_k)
     return scores

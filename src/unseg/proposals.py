@@ -49,7 +49,8 @@ def mask_nms(detections: list[dict], iou_threshold: float) -> list[dict]:
     ordered = sorted(detections, key=lambda det: -det["score"])
     if not ordered:
         return []
-    rles = [{"size": det["segmentation"]["size"], "counts": det["segmentation"]["counts"].encode("ascii")} for det in ordered]
+    rles = [{"size": det["segmentation"]["size"], "counts": det["segmentation"]["counts"].encode("ascii")}
+            for det in ordered]
     ious = mask_utils.iou(rles, rles, [0] * len(rles))
     kept: list[int] = []
     for index in range(len(ordered)):
@@ -73,7 +74,8 @@ def filter_proposals(
         pixels = decode_rle(det["segmentation"])
         fraction = float(salient[pixels].mean()) if pixels.any() else 0.0
         if fraction >= min_salient_fraction:
-            kept.append({**det, "salient_fraction": round(fraction, 6), "score": round(fraction * max(det["score"], 0.0), 6)})
+            kept.append({**det, "salient_fraction": round(fraction, 6),
+                         "score": round(fraction * max(det["score"], 0.0), 6)})
     return mask_nms(kept, nms_iou)
 
 

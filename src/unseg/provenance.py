@@ -35,7 +35,11 @@ def code_version() -> str:
     """The package version, plus the git commit of the checkout when there is one."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
@@ -70,7 +74,10 @@ def write_provenance(artifact: str | Path, stage: str, variant: str, config_chai
             "config": config_chain,
             "code_version": code_version(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "inputs": {role: {"path": str(path), "digest": input_digest(path)} for role, path in _flatten_inputs(inputs).items()},
+            "inputs": {
+                role: {"path": str(path), "digest": input_digest(path)}
+                for role, path in _flatten_inputs(inputs).items()
+            },
         },
     )
     return sidecar

@@ -114,7 +114,8 @@ def _render_metrics(metrics: Mapping[str, Any], level: int = 2) -> list[str]:
     if ap_sets:
         keys = [key for key in metrics[ap_sets[0]] if key.startswith(("AP", "AR"))]
         lines += [f"{h} Class-agnostic mask AP (single / multi detections per image)", ""]
-        lines += markdown_table(["Protocol", *keys], [[name, *(metrics[name].get(key) for key in keys)] for name in ap_sets])
+        lines += markdown_table(["Protocol", *keys],
+                                [[name, *(metrics[name].get(key) for key in keys)] for name in ap_sets])
 
     per_class = metrics.get("per_class_iou")
     if isinstance(per_class, Mapping) and per_class:

@@ -32,8 +32,10 @@ __all__ = [
 ]
 
 STYLE = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
-h1{font-size:1.6rem;margin-bottom:.2rem} h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:1100px;color:#222;\
+padding:0 1rem}
+h1{font-size:1.6rem;margin-bottom:.2rem} \
+h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
 h3{font-size:1.05rem;margin-top:1.2rem} .sub{color:#666;margin-top:0}
 .cards{display:flex;flex-wrap:wrap;gap:.8rem;margin:1rem 0}
 .card{background:#f4f6fa;border-radius:8px;padding:.7rem 1rem;min-width:9rem}
@@ -41,7 +43,8 @@ h3{font-size:1.05rem;margin-top:1.2rem} .sub{color:#666;margin-top:0}
 table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.9rem}
 th,td{border:1px solid #ddd;padding:.25rem .6rem;text-align:right} th{background:#f4f6fa}
 td:first-child,th:first-child{text-align:left}
-img.fig{max-width:100%;height:auto;border:1px solid #eee} .figs{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-start}
+img.fig{max-width:100%;height:auto;border:1px solid #eee} \
+.figs{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-start}
 .figs figure{margin:0;flex:0 1 auto;max-width:100%}
 .mapping{display:flex;flex-wrap:wrap;gap:.3rem .6rem;font-size:.85rem;margin:0;padding:0;list-style:none}
 .mapping li{background:#f4f6fa;border-radius:4px;padding:.1rem .45rem} .note{color:#8a5a00;font-size:.85rem}
@@ -193,7 +196,8 @@ def write_html_report(
         parts.append("<h2>Examples</h2>")
         if legend:
             swatches = "".join(
-                f"<span class='swatch'><i style='background:rgb({int(r)},{int(g)},{int(b)})'></i>{html.escape(name)}</span>"
+                f"<span class='swatch'><i style='background:rgb({int(r)},{int(g)},{int(b)})'></i>"
+                f"{html.escape(name)}</span>"
                 for name, (r, g, b) in legend
             )
             parts.append(f"<p class='legend'>{swatches}</p>")
@@ -204,7 +208,8 @@ def write_html_report(
                 f"<figcaption>{html.escape(panel_caption)}</figcaption></figure>"
                 for panel_caption, picture in panels
             )
-            parts.append(f"<div class='example'><h3>{html.escape(heading)}</h3><p class='sub'>{html.escape(caption)}</p>{figures_html}</div>")
+            parts.append(f"<div class='example'><h3>{html.escape(heading)}</h3>"
+                         f"<p class='sub'>{html.escape(caption)}</p>{figures_html}</div>")
         parts.append("</div>")
     parts.append("</body></html>")
     with atomic_output(path_html) as tmp:
@@ -218,7 +223,9 @@ def section_html(values: Mapping[str, Any], table_keys: Sequence[str] = ()) -> s
     for key, value in values.items():
         if isinstance(value, Mapping) and value:
             if all(is_scalar(item) for item in value.values()):
-                parts.append(f"<h3>{html.escape(str(key))}</h3>" + _html_table(["Key", "Value (%)" if "iou" in str(key) else "Value"], list(value.items())))
+                parts.append(f"<h3>{html.escape(str(key))}</h3>"
+                             + _html_table(["Key", "Value (%)" if "iou" in str(key) else "Value"],
+                                           list(value.items())))
             else:
                 parts.append(f"<h3>{html.escape(str(key))}</h3>" + section_html(value))
     return "".join(parts)
@@ -244,7 +251,8 @@ def evaluation_sections(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
             names = list(per_class)
             items = "".join(f"<li>{cluster} → {html.escape('unmatched' if index < 0 else names[index])}</li>"
                             for cluster, index in enumerate(mapping))
-            sections.append((f"Cluster to class mapping ({metrics.get('matching', '')})", f"<ul class='mapping'>{items}</ul>"))
+            sections.append((f"Cluster to class mapping ({metrics.get('matching', '')})",
+                             f"<ul class='mapping'>{items}</ul>"))
 
     rows, notes = [], []
     for label, key, value_key, std_key in (("K-means of frozen features", "kmeans", "miou_mean", "miou_std"),
@@ -265,7 +273,9 @@ def evaluation_sections(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
         if key == "retrieval":
             for subset, scores in entry.items():
                 if isinstance(scores, Mapping) and subset != "all classes" and "miou" in scores:
-                    rows.append([f"Segment retrieval, {subset}", scores["miou"], None, scores.get("pixel_accuracy"), None])
+                    rows.append(
+                        [f"Segment retrieval, {subset}", scores["miou"], None, scores.get("pixel_accuracy"), None]
+                    )
     if rows or notes:
         fragment = _html_table(["Evaluation", "mIoU", "mIoU std", "Pixel acc.", "Seeds"], rows) if rows else ""
         fragment += "".join(f"<p class='note'>{html.escape(note)}</p>" for note in notes)
@@ -274,17 +284,20 @@ def evaluation_sections(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     saliency = metrics.get("object_segmentation")
     if isinstance(saliency, Mapping):
         threshold = saliency.get("max_fbeta_threshold")
-        header = ["IoU (mean over images)", "IoU (dataset)", "Pixel acc.", "max F-beta (β²=0.3)", "at threshold", "Images"]
-        row = [saliency.get("mean_iou"), saliency.get("dataset_iou"), saliency.get("pixel_accuracy"), saliency.get("max_fbeta"),
-               None if threshold is None else f"{threshold:.2f}", saliency.get("num_images")]
+        header = ["IoU (mean over images)", "IoU (dataset)", "Pixel acc.", "max F-beta (β²=0.3)", "at threshold",
+                  "Images"]
+        row = [saliency.get("mean_iou"), saliency.get("dataset_iou"), saliency.get("pixel_accuracy"),
+               saliency.get("max_fbeta"), None if threshold is None else f"{threshold:.2f}", saliency.get("num_images")]
         sections.append(("Object segmentation: saliency vs ground-truth foreground (%)", _html_table(header, [row])))
 
-    instance_sets = [(label, key) for label, key in (("Proposals", "proposals"), ("Predicted instances", "predicted_instances"))
+    instance_sets = [(label, key)
+                     for label, key in (("Proposals", "proposals"), ("Predicted instances", "predicted_instances"))
                      if isinstance(metrics.get(key), Mapping)]
     if instance_sets:
         ap_keys = ["AP", "AP50", "AP75", "AR1", "AR10", "AR100", "num_detections"]
         rows = [[f"{label}, {protocol}", *(_get(metrics, key, protocol, k) for k in ap_keys)]
-                for label, key in instance_sets for protocol in ("single", "multi") if _get(metrics, key, protocol) is not None]
+                for label, key in instance_sets for protocol in ("single", "multi")
+                if _get(metrics, key, protocol) is not None]
         fragment = _html_table(["Detections", "AP", "AP50", "AP75", "AR@1", "AR@10", "AR@100", "Count"], rows)
         sections.append(("Class-agnostic COCO mask AP / AR (%)", fragment))
         recall_sets = [(label, metrics[key]["recall_by_instance_count"]) for label, key in instance_sets
@@ -292,10 +305,12 @@ def evaluation_sections(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
         if recall_sets:
             groups = list(recall_sets[0][1]["recall"])
             counts = recall_sets[0][1].get("num_instances", {})
-            rows = [[group, *(recall["recall"].get(group) for _, recall in recall_sets), counts.get(group)] for group in groups]
+            rows = [[group, *(recall["recall"].get(group) for _, recall in recall_sets), counts.get(group)]
+                    for group in groups]
             threshold = recall_sets[0][1].get("iou_threshold")
             sections.append((f"Recall by number of same-class instances in the image (mask IoU ≥ {threshold}) (%)",
-                             _html_table(["Instances per image", *(label for label, _ in recall_sets), "Ground-truth instances"], rows)))
+                             _html_table(["Instances per image", *(label for label, _ in recall_sets),
+                                          "Ground-truth instances"], rows)))
     return sections
 
 
@@ -335,12 +350,16 @@ def comparison_rows(metrics_by_variant: Mapping[str, Mapping[str, Any]]) -> tupl
     columns = [(label, keys) for label, keys in COMPARISON_METRICS
                if any(_lookup(metrics, keys) is not None for metrics in metrics_by_variant.values())]
     header = ["Variant", *(label for label, _ in columns)]
-    rows = [[variant, *(_lookup(metrics, keys) for _, keys in columns)] for variant, metrics in metrics_by_variant.items()]
+    rows = [[variant, *(_lookup(metrics, keys) for _, keys in columns)]
+            for variant, metrics in metrics_by_variant.items()]
     return header, rows
 
 
 def write_comparison(
-    metrics_by_variant: Mapping[str, Mapping[str, Any]], out_md: str | os.PathLike, out_html: str | os.PathLike, title: str = "Comparison of evaluations"
+    metrics_by_variant: Mapping[str, Mapping[str, Any]],
+    out_md: str | os.PathLike,
+    out_html: str | os.PathLike,
+    title: str = "Comparison of evaluations",
 ) -> None:
     """Write the comparison table as Markdown and as a self-contained HTML page (atomically)."""
     header, rows = comparison_rows(metrics_by_variant)

@@ -98,7 +98,8 @@ def build_linear_head(config: Mapping[str, Any]) -> LinearHead:
     "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.01, "description": "AdamW learning rate"},
     "weight_decay": {"type": "number", "minimum": 0, "default": 1e-4, "description": "AdamW weight decay"},
     "label_scale": {"type": "integer", "minimum": 1, "default": 4,
-                    "description": "the loss is computed at this many times the token grid (labels resized by nearest)"},
+                    "description": "the loss is computed at this many times the token grid (labels resized by "
+                                   "nearest)"},
     "seed": {"type": "integer", "default": 0},
 })
 def linear_head(inputs: TrainingInputs, *, epochs, lr, weight_decay, label_scale, seed) -> dict:
@@ -162,7 +163,8 @@ def train_head(
     key = resume_key(
         {**checkpoint_config, "weight_decay": weight_decay, "label_scale": label_scale, "seed": seed,
          "epochs": epochs, "learning_rate": learning_rate},
-        data_digest([item for name in names for item in ((f"{name}/tokens", tokens[name]), (f"{name}/labels", labels[name]))]),
+        data_digest([item for name in names
+                     for item in ((f"{name}/tokens", tokens[name]), (f"{name}/labels", labels[name]))]),
     )
     start_epoch, rows = 0, []
     last_path = out_dir / "last.pt"
@@ -188,7 +190,8 @@ def train_head(
             total_loss += loss.item() * int(valid.sum())
             correct += int((logits.argmax(1) == target)[valid].sum())
             counted += int(valid.sum())
-        rows.append({"epoch": epoch + 1, "loss": total_loss / max(counted, 1), "pseudo_label_accuracy": correct / max(counted, 1)})
+        rows.append({"epoch": epoch + 1, "loss": total_loss / max(counted, 1),
+                     "pseudo_label_accuracy": correct / max(counted, 1)})
         save_resume_state(last_path, key, {"state_dict": head.state_dict(), "optimizer": optimizer.state_dict(),
                                            "epoch": epoch + 1, "log": rows, "rng_state": torch.get_rng_state()})
 

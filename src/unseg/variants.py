@@ -72,11 +72,6 @@ def check_variants(config: dict) -> None:
                     )
 
 
-def upstream_variant(config: dict, stage: str, variant: str, key: str) -> str:
-    """The upstream variant that ``config[stage][variant][key]`` names."""
-    return config[stage][variant][key]
-
-
 def resolve_chain(config: dict, stage: str, variant: str) -> dict[str, dict[str, dict]]:
     """The resolved config of a variant and of all its upstream variants: {stage: {variant: settings}}."""
     chain: dict[str, dict[str, dict]] = {}

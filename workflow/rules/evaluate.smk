@@ -1,20 +1,20 @@
 rule evaluate:
     input:
-        index=index_csv(),
-        predictions=upstream("evaluate", "predictions", f"{RESULTS}/predict/{{variant}}"),
-        proposals=along("evaluate", ["predictions", "pseudolabels", "proposals"], f"{RESULTS}/proposals/{{variant}}/proposals.json"),
-        saliency=along("evaluate", ["predictions", "pseudolabels", "proposals", "saliency"], f"{RESULTS}/saliency/{{variant}}"),
-        features=along("evaluate", ["predictions", "features"], f"{RESULTS}/features/{{variant}}.zarr"),
+        index=PATHS["index"],
+        predictions=upstream("evaluate", "predictions", "predict"),
+        proposals=along("evaluate", ["predictions", "pseudolabels", "proposals"], "proposals"),
+        saliency=along("evaluate", ["predictions", "pseudolabels", "proposals", "saliency"], "saliency"),
+        features=along("evaluate", ["predictions", "features"], "features"),
     output:
-        metrics=f"{RESULTS}/evaluate/{{variant}}/metrics.json",
+        metrics=PATHS["metrics"],
         report=report(
-            f"{RESULTS}/evaluate/{{variant}}/report.md",
+            PATHS["report_md"],
             caption="../report/evaluate.rst",
             category="Evaluation",
             subcategory="{variant}",
         ),
         html=report(
-            f"{RESULTS}/evaluate/{{variant}}/report.html",
+            PATHS["report_html"],
             caption="../report/evaluate_html.rst",
             category="Evaluation",
             subcategory="{variant}",
@@ -36,11 +36,11 @@ rule evaluate:
 
 rule compare:
     input:
-        metrics=expand(f"{RESULTS}/evaluate/{{variant}}/metrics.json", variant=list(config["evaluate"])),
+        metrics=expand(PATHS["metrics"], variant=list(config["evaluate"])),
     output:
-        md=f"{RESULTS}/evaluate/comparison.md",
+        md=PATHS["comparison_md"],
         html=report(
-            f"{RESULTS}/evaluate/comparison.html",
+            PATHS["comparison_html"],
             caption="../report/compare.rst",
             category="Evaluation",
             subcategory="comparison",

@@ -11,9 +11,9 @@ wildcard_constraints:
 
 checkpoint features_plan:
     input:
-        index_csv(),
+        PATHS["index"],
     output:
-        f"{RESULTS}/features/{{variant}}.shards/plan.json",
+        PATHS["feature_plan"],
     params:
         settings=variant_settings("features"),
     threads: 1
@@ -28,11 +28,11 @@ checkpoint features_plan:
 rule features_shard:
     input:
         # ancient: a rewritten index reruns a shard only through its own images (inputs) or names (params)
-        index=ancient(index_csv()),
+        index=ancient(PATHS["index"]),
         weights=weights_inputs,
         images=feature_shard_images,
     output:
-        directory(f"{RESULTS}/features/{{variant}}.shards/{{shard}}.zarr"),
+        directory(PATHS["feature_shard"]),
     params:
         settings=variant_settings("features"),
         images=feature_shard_names,
@@ -50,7 +50,7 @@ rule features:
     input:
         unpack(features_inputs),
     output:
-        directory(f"{RESULTS}/features/{{variant}}.zarr"),
+        directory(PATHS["features"]),
     params:
         settings=variant_settings("features"),
         chain=config_chain("features"),

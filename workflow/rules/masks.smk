@@ -1,9 +1,9 @@
 rule masks:
     input:
-        index=index_csv(),
-        features=upstream("masks", "features", f"{RESULTS}/features/{{variant}}.zarr"),
+        index=PATHS["index"],
+        features=upstream("masks", "features", "features"),
     output:
-        f"{RESULTS}/masks/{{variant}}/masks.json",
+        PATHS["masks"],
     params:
         settings=variant_settings("masks"),
         chain=config_chain("masks"),

@@ -1,11 +1,11 @@
 # One prediction folder per train variant, over every indexed image.
 rule predict:
     input:
-        index=index_csv(),
-        model=f"{RESULTS}/train/{{variant}}/model.pt",
-        features=upstream("train", "features", f"{RESULTS}/features/{{variant}}.zarr"),
+        index=PATHS["index"],
+        model=PATHS["model"],
+        features=upstream("train", "features", "features"),
     output:
-        directory(f"{RESULTS}/predict/{{variant}}"),
+        directory(PATHS["predict"]),
     params:
         chain=config_chain("train"),
     threads: 4

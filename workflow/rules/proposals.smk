@@ -1,10 +1,10 @@
 rule proposals:
     input:
-        index=index_csv(),
-        masks=upstream("proposals", "masks", f"{RESULTS}/masks/{{variant}}/masks.json"),
-        saliency=upstream("proposals", "saliency", f"{RESULTS}/saliency/{{variant}}"),
+        index=PATHS["index"],
+        masks=upstream("proposals", "masks", "masks"),
+        saliency=upstream("proposals", "saliency", "saliency"),
     output:
-        f"{RESULTS}/proposals/{{variant}}/proposals.json",
+        PATHS["proposals"],
     params:
         settings=variant_settings("proposals"),
         chain=config_chain("proposals"),
@@ -19,13 +19,13 @@ rule proposals:
 
 rule proposals_report:
     input:
-        index=index_csv(),
-        proposals=f"{RESULTS}/proposals/{{variant}}/proposals.json",
-        saliency=upstream("proposals", "saliency", f"{RESULTS}/saliency/{{variant}}"),
+        index=PATHS["index"],
+        proposals=PATHS["proposals"],
+        saliency=upstream("proposals", "saliency", "saliency"),
     output:
-        metrics=f"{RESULTS}/proposals/{{variant}}/metrics.json",
+        metrics=PATHS["proposals_metrics"],
         report=report(
-            f"{RESULTS}/proposals/{{variant}}/report.md",
+            PATHS["proposals_report"],
             caption="../report/proposals.rst",
             category="Proposals",
         ),

@@ -1,11 +1,11 @@
 rule pseudolabels:
     input:
-        index=index_csv(),
-        proposals=upstream("pseudolabels", "proposals", f"{RESULTS}/proposals/{{variant}}/proposals.json"),
-        features=upstream("pseudolabels", "features", f"{RESULTS}/features/{{variant}}.zarr"),
-        saliency=along("pseudolabels", ["proposals", "saliency"], f"{RESULTS}/saliency/{{variant}}"),
+        index=PATHS["index"],
+        proposals=upstream("pseudolabels", "proposals", "proposals"),
+        features=upstream("pseudolabels", "features", "features"),
+        saliency=along("pseudolabels", ["proposals", "saliency"], "saliency"),
     output:
-        directory(f"{RESULTS}/pseudolabels/{{variant}}"),
+        directory(PATHS["pseudolabels"]),
     params:
         settings=variant_settings("pseudolabels"),
         chain=config_chain("pseudolabels"),

@@ -1,8 +1,8 @@
 rule saliency:
     input:
-        features=upstream("saliency", "features", f"{RESULTS}/features/{{variant}}.zarr"),
+        features=upstream("saliency", "features", "features"),
     output:
-        directory(f"{RESULTS}/saliency/{{variant}}"),
+        directory(PATHS["saliency"]),
     params:
         settings=variant_settings("saliency"),
         chain=config_chain("saliency"),

@@ -1,11 +1,11 @@
 rule train:
     input:
-        index=index_csv(),
-        pseudolabels=upstream("train", "pseudolabels", f"{RESULTS}/pseudolabels/{{variant}}"),
-        features=upstream("train", "features", f"{RESULTS}/features/{{variant}}.zarr"),
+        index=PATHS["index"],
+        pseudolabels=upstream("train", "pseudolabels", "pseudolabels"),
+        features=upstream("train", "features", "features"),
     output:
-        model=f"{RESULTS}/train/{{variant}}/model.pt",
-        log_csv=f"{RESULTS}/train/{{variant}}/log.csv",
+        model=PATHS["model"],
+        log_csv=PATHS["train_log"],
     params:
         settings=variant_settings("train"),
         chain=config_chain("train"),

@@ -1,5 +1,5 @@
 from unseg.audit import audit_stage
 from unseg.jobs import stage_job
 
-with stage_job(snakemake):
-    audit_stage(snakemake.rule.removeprefix("audit_"), dict(snakemake.input), snakemake.output[0], snakemake.params.max_images)
+with stage_job(snakemake) as job:
+    audit_stage(job.rule.removeprefix("audit_"), dict(job.input), job.output[0], job.params.max_images)
