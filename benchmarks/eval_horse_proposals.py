@@ -22,10 +22,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from unseg.config import load_methods, variant_settings  # noqa: E402
 from unseg.features import extract_features  # noqa: E402
-from unseg.index import build_index, names_by_id, write_index  # noqa: E402
-from unseg.proposals import evaluate_proposals, run_masks, run_proposals, run_saliency  # noqa: E402
+from unseg.index import build_index, write_index  # noqa: E402
+from unseg.masks import run_masks  # noqa: E402
+from unseg.proposals import evaluate_proposals, run_proposals  # noqa: E402
+from unseg.saliency import run_saliency  # noqa: E402
 from unseg.store import FeatureStore  # noqa: E402
+
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def settings(stage: str, **given) -> dict:
+    """A variant's settings with the config schema's defaults (upstream names are placeholders)."""
+    upstream = {"proposals": {"masks": "m", "saliency": "s"}}.get(stage, {"features": "f"})
+    return variant_settings(stage, {**upstream, **given}, SCHEMA)
 
 
 def main() -> None:
@@ -53,19 +64,22 @@ def main() -> None:
     write_index(subset, args.work / "subset.csv")
     masks_by_name = {name: str(args.data / "masks" / f"{name}.png") for name in subset["name"]}
 
+    load_methods()
     start = time.perf_counter()
-    run_saliency(store_path, args.work / "saliency", progress=False)
+    run_saliency(store_path, args.work / "saliency", settings("saliency"), progress=False)
     print(f"saliency: {len(subset)} images in {time.perf_counter() - start:.1f} s")
     variants = {"multik": {"method": "spectral_multik"}, "dsm": {"method": "deep_spectral"},
-                "dsm-color": {"method": "deep_spectral", "color_weight": args.color_weight,
-                              "image_paths": dict(zip(subset["name"], subset["path"]))}}
-    for variant, settings in variants.items():
+                "dsm-color": {"method": "deep_spectral", "color_weight": args.color_weight}}
+    image_paths = dict(zip(subset["name"], subset["path"]))
+    for variant, given in variants.items():
         folder = args.work / variant
         folder.mkdir(exist_ok=True)
         start = time.perf_counter()
-        count = run_masks(store_path, folder / "masks.json", progress=False, **settings)
+        count = run_masks(store_path, folder / "masks.json", settings("masks", **given), image_paths=image_paths,
+                          progress=False)
         seconds = time.perf_counter() - start
-        run_proposals(folder / "masks.json", args.work / "saliency", names_by_id(subset), folder / "proposals.json")
+        run_proposals(folder / "masks.json", args.work / "saliency", args.work / "subset.csv",
+                      folder / "proposals.json", settings("proposals"))
         metrics = evaluate_proposals(args.work / "subset.csv", args.data, folder / "proposals.json",
                                      args.work / "saliency", folder / "metrics.json", folder / "report.md",
                                      foreground_masks=masks_by_name)
