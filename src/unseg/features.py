@@ -25,12 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from . import __version__
 from .geometry import LAYOUTS, ResizeGeometry, resize_and_crop, resize_geometry
-from .io import ImageReadError, atomic_output, read_image
+from .io import atomic_output, image_size, read_image
 
 GRID_FACETS = ("keys", "queries", "values", "tokens")
 BASE_FACETS = GRID_FACETS + ("cls", "attn")
@@ -168,14 +167,8 @@ class _ImageItem:
 
 
 def read_image_size(path: str) -> tuple[int, int]:
-    """(H0, W0) from the image header, without decoding the pixels; the error names the file."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            image.verify()  # cheap structural check so a corrupt file fails before any job output appears
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
-        raise ImageReadError(f"cannot read image {str(path)!r}: {error}") from None
-    return height, width
+    """(H0, W0) of the upright image from its header, without decoding the pixels (:func:`unseg.io.image_size`)."""
+    return image_size(path)
 
 
 class _DecodedImages(torch.utils.data.Dataset):

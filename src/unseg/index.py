@@ -11,12 +11,12 @@ Layouts understood by :func:`build_index`:
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from unseg.io import (
@@ -24,6 +24,7 @@ from unseg.io import (
     ImageReadError,
     atomic_output,
     encode_rle,
+    image_size,
     read_image,
     read_json,
     read_label_png,
@@ -48,6 +49,7 @@ def build_index(
     root: str | os.PathLike,
     image_dir: str | os.PathLike | None = None,
     splits: Iterable[str] | None = None,
+    skipped: list[dict[str, str]] | None = None,
 ) -> pd.DataFrame:
     """Index and verify every image of a dataset.
 
@@ -59,6 +61,13 @@ def build_index(
     image in none of them is ``"unassigned"``; without any split file every image is ``"all"``. ``splits`` keeps
     only the images of those splits (image ids are then numbered over the kept images).
 
+    Sizes are those of the upright image (EXIF orientation applied, as :func:`unseg.io.read_image` reads it); a
+    ground-truth PNG must have that size.
+
+    Args:
+        skipped: when given, an image that cannot be read (or whose ground truth does not match it) is left out and
+            ``{"path", "reason"}`` appended here instead of raising; the others are numbered without gaps.
+
     Returns:
         DataFrame with columns :data:`INDEX_COLUMNS`: image_id (int, 1..N in name order), name (file stem),
         path (absolute), width, height (ints), split, sha256 (hex of the file bytes), gt_semantic and gt_instance
@@ -68,7 +77,8 @@ def build_index(
         FileNotFoundError: ``root`` (or ``image_dir``) does not exist.
         ValueError: no images in the folder, two images with the same stem, an image in two splits, or no image
             left after the ``splits`` filter.
-        ImageReadError: an image cannot be decoded; the message names the file.
+        ImageReadError: an image cannot be decoded, or its ground truth has another size; the message names the
+            file (only without ``skipped``).
     """
     root = Path(root)
     if not root.is_dir():
@@ -91,14 +101,28 @@ def build_index(
             )
 
     rows = []
-    for image_id, name in enumerate(names, start=1):
+    for name in names:
         path = image_paths[name]
-        width, height = _verified_size(path)
         semantic_path = root / "SegmentationClass" / f"{name}.png"
         instance_path = root / "SegmentationObject" / f"{name}.png"
+        try:
+            width, height = _verified_size(path)
+            for label_path in (semantic_path, instance_path):
+                if label_path.is_file():
+                    label_height, label_width = image_size(label_path)
+                    if (label_height, label_width) != (height, width):
+                        raise ImageReadError(
+                            f"ground truth {str(label_path)!r} is {label_width}x{label_height}, its image "
+                            f"{str(path)!r} is {width}x{height} (upright)"
+                        )
+        except ImageReadError as error:
+            if skipped is None:
+                raise
+            skipped.append({"path": os.path.abspath(path), "reason": str(error)})
+            continue
         rows.append(
             {
-                "image_id": image_id,
+                "image_id": len(rows) + 1,
                 "name": name,
                 "path": os.path.abspath(path),
                 "width": width,
@@ -109,7 +133,29 @@ def build_index(
                 "gt_instance": os.path.abspath(instance_path) if instance_path.is_file() else "",
             }
         )
+    if not rows:
+        raise ValueError(f"no readable image in {str(image_folder)!r}: all {len(names)} were skipped")
     return pd.DataFrame(rows, columns=list(INDEX_COLUMNS)).astype(_COLUMN_DTYPES)
+
+
+def run_index(root: str | os.PathLike, out_csv: str | os.PathLike, out_skipped: str | os.PathLike,
+              settings: dict[str, Any]) -> pd.DataFrame:
+    """The index stage: :func:`build_index` of ``root`` → ``out_csv``, and the images left out → ``out_skipped``
+    (CSV: path, reason; only a header when none was).
+
+    Args:
+        settings: the config's ``dataset`` section; ``unreadable: skip`` leaves unreadable images out (each listed in
+            ``out_skipped`` and on stderr), ``error`` stops at the first one.
+    """
+    skipped: list[dict[str, str]] | None = [] if settings["unreadable"] == "skip" else None
+    df = build_index(root, skipped=skipped)
+    for row in skipped or []:
+        print(f"index: skipped {row['path']}: {row['reason']}", file=sys.stderr)
+    write_index(df, out_csv)
+    with atomic_output(out_skipped) as tmp:
+        pd.DataFrame(skipped or [], columns=["path", "reason"]).to_csv(tmp, index=False)
+    print(f"index: {len(df)} images, {len(skipped or [])} skipped", file=sys.stderr)
+    return df
 
 
 def write_index(df: pd.DataFrame, path: str | os.PathLike) -> None:
@@ -232,12 +278,8 @@ def _read_split_files(root: Path) -> dict[str, str]:
 
 
 def _verified_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header, after decoding the whole image once (ImageReadError if it fails)."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
-        raise ImageReadError(f"cannot read image {str(path)!r}: {error}") from None
+    """(width, height) of the upright image, after decoding the whole image once (ImageReadError if it fails)."""
+    height, width = image_size(path)
     pixels = read_image(path)
     if pixels.shape[:2] != (height, width):
         raise ImageReadError(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 IGNORE_LABEL = 255
@@ -25,8 +25,62 @@ class ImageReadError(RuntimeError):
     """An input image (or label map) could not be decoded; the message names the file."""
 
 
+# EXIF orientations 5-8 rotate by 90 degrees: the upright picture has the header's width and height swapped.
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_EXIF_ORIENTATION = 0x0112
+_READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a malformed EXIF block is no reason to refuse the pixels
+        return 1
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of the image as it is displayed (EXIF orientation applied), from the header only.
+
+    Raises:
+        ImageReadError: naming ``path`` when it is missing or not an image.
+    """
+    try:
+        with Image.open(path) as image:
+            image.verify()  # a cheap structural check, so that a corrupt file fails before any job output appears
+        with Image.open(path) as image:  # verify() leaves the image unusable; reading the EXIF needs a fresh one
+            width, height = image.size
+            if _orientation(image) in _TRANSPOSING_ORIENTATIONS:
+                width, height = height, width
+    except _READ_ERRORS as error:
+        raise ImageReadError(f"cannot read image {str(path)!r}: {error}") from None
+    return int(height), int(width)
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """A decoded PIL image of any mode as (H, W, 3) uint8 RGB.
+
+    16-bit and 32-bit integer grayscale are scaled to 8 bits (65535 → 255; a 32-bit image whose values stay within
+    0..255 is taken as 8-bit), float images in [0, 1] are scaled by 255 (others clipped to 0..255), alpha (RGBA, LA,
+    palette transparency) is dropped, CMYK is converted by PIL.
+    """
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if mode.startswith("I;16") or (mode == "I" and values.max(initial=0) > 255):
+            values = values / 257.0  # 16-bit range onto 8 bits
+        elif mode == "F" and values.max(initial=0) <= 1.0:
+            values = values * 255.0
+        gray = np.clip(np.round(values), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode in ("P", "PA", "LA", "La", "RGBa") or "transparency" in image.info:
+        image = image.convert("RGBA")
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as RGB.
+    """Read an image as RGB, upright (its EXIF orientation applied, as viewers show it).
+
+    Any mode is accepted (:func:`to_rgb`): grayscale, 16-bit, palette, RGBA, CMYK.
 
     Returns:
         (H, W, 3) uint8 array.
@@ -36,8 +90,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+            upright = ImageOps.exif_transpose(image) if _orientation(image) != 1 else image
+            return to_rgb(upright)
+    except _READ_ERRORS as error:
         raise ImageReadError(f"cannot read image {str(path)!r}: {error}") from None
 
 

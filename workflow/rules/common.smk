@@ -20,6 +20,7 @@ VARIANT = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 # are derived from SUMMARY below. {variant} is the variant of the stage that writes the artifact.
 PATHS = {
     "index": f"{RESULTS}/index/images.csv",
+    "index_skipped": f"{RESULTS}/index/skipped.csv",
     "features": f"{RESULTS}/features/{{variant}}.zarr",
     "feature_plan": f"{RESULTS}/features/{{variant}}.shards/plan.json",
     "feature_shard": f"{RESULTS}/features/{{variant}}.shards/{{shard}}.zarr",

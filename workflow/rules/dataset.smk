@@ -16,9 +16,11 @@ rule index:
     input:
         dataset_inputs(),
     output:
-        PATHS["index"],
+        index=PATHS["index"],
+        skipped=PATHS["index_skipped"],
     params:
         root=lambda wildcards: DATASET_ROOT,
+        settings=lambda wildcards: config["dataset"],
     threads: 2
     log:
         f"{LOGS}/index.log",

@@ -1,5 +1,5 @@
-from unseg.index import build_index, write_index
+from unseg.index import run_index
 from unseg.jobs import stage_job
 
-with stage_job(snakemake):
-    write_index(build_index(snakemake.params.root), snakemake.output[0])
+with stage_job(snakemake) as job:
+    run_index(job.params.root, job.output.index, job.output.skipped, job.params.settings)
