@@ -10,6 +10,7 @@ chunk files into the final store and only then marks it complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -279,12 +280,13 @@ def _write_image(folder: Path, item: _ImageItem, arrays: dict[str, np.ndarray]) 
         "crop_box": list(geometry.box),
         "grid_size": list(geometry.grid_size),
     }
-    (group / "zarr.json").write_text(json.dumps({"attributes": attributes, "zarr_format": 3, "node_type": "group"}))
     for facet, array in arrays.items():
         chunk = group / facet / "c" / Path(*["0"] * array.ndim)
         chunk.parent.mkdir(parents=True)
         (group / facet / "zarr.json").write_text(json.dumps(zarr_array_metadata(array.shape)))
         chunk.write_bytes(np.ascontiguousarray(array, dtype="<f2").tobytes())
+    # The group's metadata last: an image directory without it is one a killed writer did not finish.
+    (group / "zarr.json").write_text(json.dumps({"attributes": attributes, "zarr_format": 3, "node_type": "group"}))
 
 
 class _Writer:
@@ -365,6 +367,7 @@ def extract_features(
     shard: tuple[int, int] | None = None,
     image_sizes: Sequence[tuple[int, int]] | None = None,
     threads: int | None = None,
+    image_digests: Sequence[str] | None = None,
 ) -> Path:
     """Extract ViT facets for a list of images into a new zarr v3 store (written atomically).
 
@@ -385,6 +388,11 @@ def extract_features(
             :func:`assemble_shards` (its ``complete`` attribute stays false).
         image_sizes: (H0, W0) per image when known (the index has them); else read from the image headers.
         threads: the CPUs this job was given (the workflow's ``threads:``); default all cores.
+        image_digests: per image a digest of its file (the index's sha256), for the resume key; default the files'
+            size and modification time.
+
+    A killed extraction leaves its temporary store beside ``store_path``; the next call with the same settings and
+    images continues it (the batches written completely are kept), any other leftover is removed.
     """
     from .backbones import create_backbone, weights_digest
 
@@ -420,37 +428,62 @@ def extract_features(
         items += [_ImageItem(str(image_paths[p]), str(image_names[p]), int(image_ids[p]),
                              resize_geometry(tuple(image_sizes[p]), resolution, spec.patch_size, layout))
                   for p in batch]
-    workers = min(default_workers(threads) if workers is None else workers, len(loader_batches))
-    print(f"features: {workers} DataLoader workers decoding, torch threads {torch.get_num_threads()}", file=sys.stderr)
-    loader = torch.utils.data.DataLoader(
-        _DecodedImages(items), batch_sampler=loader_batches, num_workers=workers, pin_memory=on_cuda,
-        prefetch_factor=4 if workers else None,
+    attributes = dict(
+        backbone=backbone,
+        timm_name=spec.timm_name,
+        weights=str(weights),
+        weights_digest=weights_digest(weights),
+        resolution=resolution,
+        layout=layout,
+        patch_size=spec.patch_size,
+        embed_dim=spec.embed_dim,
+        num_heads=spec.num_heads,
+        num_blocks=num_blocks,
+        facets=list(facets),
+        num_images=len(items),
+        complete=False,
+        unseg_version=__version__,
     )
+    if shard is not None:
+        attributes["shard"] = {"index": shard[0], "count": shard[1]}
+    attributes["resume_key"] = _resume_key(attributes, items, image_digests)
 
-    with atomic_output(store_path) as tmp:
-        root = zarr.open_group(str(tmp), mode="w")
-        root.attrs.update(
-            backbone=backbone,
-            timm_name=spec.timm_name,
-            weights=str(weights),
-            weights_digest=weights_digest(weights),
-            resolution=resolution,
-            layout=layout,
-            patch_size=spec.patch_size,
-            embed_dim=spec.embed_dim,
-            num_heads=spec.num_heads,
-            num_blocks=num_blocks,
-            facets=list(facets),
-            num_images=len(items),
-            complete=False,
-            unseg_version=__version__,
+    def resumable(leftover: Path) -> bool:  # a killed run of this very extraction, on the same images
+        try:
+            return json.loads((leftover / "zarr.json").read_text())["attributes"].get("resume_key") == \
+                attributes["resume_key"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+    with atomic_output(store_path, reuse=resumable) as tmp:
+        done = set()
+        if tmp.exists():
+            root = zarr.open_group(str(tmp), mode="r+")
+            done = {entry.name for entry in tmp.iterdir() if entry.is_dir() and (entry / "zarr.json").is_file()}
+        else:
+            root = zarr.open_group(str(tmp), mode="w")
+            root.attrs.update(attributes)
+        # A batch is redone whole unless all its images were written, so every image is computed in the same batch
+        # as in an uninterrupted run (identical numbers); what a killed writer left half-done is removed first.
+        pending = [batch for batch in loader_batches if not all(items[p].name in done for p in batch)]
+        for batch in pending:
+            for position in batch:
+                shutil.rmtree(Path(tmp) / items[position].name, ignore_errors=True)
+        finished = len(items) - sum(len(batch) for batch in pending)
+        if finished:
+            print(f"features: resuming a killed run: {finished} of {len(items)} images already written",
+                  file=sys.stderr)
+        workers = min(default_workers(threads) if workers is None else workers, len(pending))
+        print(f"features: {workers} DataLoader workers decoding, torch threads {torch.get_num_threads()}",
+              file=sys.stderr)
+        loader = torch.utils.data.DataLoader(
+            _DecodedImages(items), batch_sampler=pending, num_workers=workers, pin_memory=on_cuda,
+            prefetch_factor=4 if workers else None,
         )
-        if shard is not None:
-            root.attrs["shard"] = {"index": shard[0], "count": shard[1]}
         mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
         std = torch.tensor(spec.std, dtype=torch.float32, device=device)
         writer = _Writer(Path(tmp), writers, max_pending=2 * max(1, writers))
-        bar = tqdm(total=len(items), desc=f"features {backbone}", unit="img", disable=not progress)
+        bar = tqdm(total=len(items), initial=finished, desc=f"features {backbone}", unit="img", disable=not progress)
         try:
             for batch_positions, pixels in loader:
                 batch_items = [items[p] for p in batch_positions.tolist()]
@@ -473,6 +506,20 @@ def extract_features(
         else:
             root.attrs["shard_written"] = True
     return Path(store_path)
+
+
+def _resume_key(attributes: Mapping[str, Any], items: Sequence[_ImageItem], image_digests: Sequence[str] | None) -> str:
+    """sha256 naming one extraction: the store's settings and, per image, name, id, path, geometry and content."""
+    images = []
+    for position, item in enumerate(items):
+        if image_digests is not None:
+            content = image_digests[position]
+        else:
+            stat = os.stat(item.path)
+            content = f"{stat.st_size}:{stat.st_mtime_ns}"
+        images.append([item.name, item.image_id, item.path, list(item.geometry.box), content])
+    text = json.dumps({"store": dict(attributes), "images": images}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _link_tree(source: Path, target: Path) -> None:
@@ -523,7 +570,7 @@ def assemble_shards(shard_paths: Sequence[str | Path], store_path: str | Path) -
                     raise ValueError(f"image {entry.name!r} is in shards {str(owner[entry.name])!r} and {str(path)!r}")
                 owner[entry.name] = path
                 _link_tree(entry, tmp / entry.name)
-        attrs = {key: value for key, value in first.items() if key not in ("shard", "shard_written")}
+        attrs = {key: value for key, value in first.items() if key not in ("shard", "shard_written", "resume_key")}
         attrs.update(num_images=len(owner), shards=len(shard_roots), complete=True)
         root.attrs.update(attrs)
     return Path(store_path)
@@ -554,5 +601,5 @@ def run_features(
         batch_size=settings["batch_size"], layout=settings["layout"], workers=settings.get("workers"),
         writers=settings["writers"], device=settings.get("device"),
         shard=None if shard is None else (int(shard), int(settings["shards"])),
-        image_sizes=list(zip(index.height, index.width)), threads=threads,
+        image_sizes=list(zip(index.height, index.width)), threads=threads, image_digests=index.sha256.tolist(),
     )

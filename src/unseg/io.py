@@ -11,8 +11,9 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -149,16 +150,40 @@ def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     return mask_utils.decode(compressed).astype(bool)
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """The temporary siblings that killed writers of ``path`` left behind (``.{name}.tmp-*``), oldest first."""
+    final = Path(path)
+    if not final.parent.is_dir():
+        return []
+    prefix = f".{final.name}.tmp-"
+    found = [entry for entry in final.parent.iterdir() if entry.name.startswith(prefix)]
+    return sorted(found, key=lambda entry: entry.stat().st_mtime)
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike, reuse: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary sibling path; on success move it onto ``path`` (file or folder), else remove it.
 
     The final name appears only after the whole artifact is written, so no half-written artifact is ever
-    mistaken for a complete one.
+    mistaken for a complete one. What earlier, killed writers of ``path`` left (:func:`stale_temporaries`) is
+    removed first, so a re-run leaves no leftovers; with ``reuse``, the newest leftover for which ``reuse(leftover)``
+    is true is instead moved to the yielded path (which then exists), for a writer that can continue it.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}{final.suffix}")
+    for leftover in reversed(stale_temporaries(final)):
+        if reuse is not None and not tmp.exists() and reuse(leftover):
+            os.replace(leftover, tmp)
+        else:
+            _remove(leftover)
     try:
         yield tmp
         if final.is_dir() and not final.is_symlink():

@@ -1,0 +1,106 @@
+"""Faults: a job killed with SIGKILL at any moment loses nothing (issue 17, faults)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from unseg.io import atomic_output, stale_temporaries
+from unseg.store import FeatureStore
+
+# The child extracts 16 images in batches of 2 and, so that the parent can kill it mid-way, sleeps a little after
+# writing each image (the writer of the real code, wrapped).
+CHILD = """
+import sys, time
+import unseg.features as features
+real_write = features._write_image
+def slow_write(*args):
+    real_write(*args)
+    time.sleep(float(sys.argv[3]))
+features._write_image = slow_write
+folder, store = sys.argv[1], sys.argv[2]
+names = [f"img{i:02d}" for i in range(16)]
+features.extract_features([f"{folder}/{name}.png" for name in names], names, list(range(1, 17)), store,
+                          backbone="dino_vits16", weights="random", resolution=48, facets=["keys", "cls"],
+                          batch_size=2, workers=0, writers=1, progress=False)
+"""
+
+
+def images(folder: Path) -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        pixels = rng.integers(0, 255, (40 + 4 * (i % 2), 48, 3), dtype=np.uint8)  # two sizes: two batch groups
+        Image.fromarray(pixels).save(folder / f"img{i:02d}.png")
+    return folder
+
+
+def extraction(folder: Path, store: Path, pause: float = 0.0) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(folder), str(store), str(pause)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def written_images(store: Path) -> int:
+    return sum(len([d for d in leftover.iterdir() if (d / "zarr.json").is_file() and d.is_dir()])
+               for leftover in stale_temporaries(store))
+
+
+def test_a_killed_feature_extraction_resumes_to_the_uninterrupted_store(tmp_path):
+    folder = images(tmp_path / "photos")
+    whole = tmp_path / "whole" / "f.zarr"
+    assert extraction(folder, whole).wait(timeout=300) == 0
+
+    store = tmp_path / "killed" / "f.zarr"
+    child = extraction(folder, store, pause=0.15)
+    kill_after = random.Random(17).randint(3, 11)  # a seeded "random moment": after 3..11 of 16 images
+    deadline = time.monotonic() + 300
+    while not (store.parent.is_dir() and written_images(store) >= kill_after) and time.monotonic() < deadline:
+        assert child.poll() is None, child.communicate()[1][-2000:]
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    [leftover] = stale_temporaries(store)
+    assert not store.exists() and written_images(store) >= kill_after
+    # An unrelated leftover (another extraction's) is removed, not continued.
+    foreign = store.with_name(f".{store.name}.tmp-00000000.zarr")
+    shutil.copytree(leftover, foreign)
+    meta = json.loads((foreign / "zarr.json").read_text())
+    meta["attributes"]["resume_key"] = "another extraction"
+    (foreign / "zarr.json").write_text(json.dumps(meta))
+    os.utime(foreign, (0, 0))  # older than the real leftover
+
+    again = extraction(folder, store)
+    _, log = again.communicate(timeout=300)
+    assert again.returncode == 0, log[-2000:]
+    resumed = int(log.split("resuming a killed run: ")[1].split(" of 16")[0])
+    assert resumed >= kill_after - 1 and resumed % 2 == 0  # whole batches kept; a half-written one is redone
+    assert stale_temporaries(store) == []  # nothing left beside the finished store
+
+    a, b = FeatureStore(whole), FeatureStore(store)
+    assert a.names == b.names and len(a.names) == 16
+    assert {k: v for k, v in a.attrs.items()} == {k: v for k, v in b.attrs.items()}
+    for name in a.names:
+        assert a.geometry(name) == b.geometry(name) and a.image_id(name) == b.image_id(name)
+        for facet in ("keys", "cls"):
+            assert np.array_equal(a.facet(name, facet), b.facet(name, facet)), (name, facet)
+
+
+def test_a_rewrite_removes_what_killed_writers_left(tmp_path):
+    target = tmp_path / "masks.json"
+    for stale in (f".{target.name}.tmp-1234abcd.json", f".{target.name}.tmp-deadbeef.json"):
+        (tmp_path / stale).write_text("half")
+    (tmp_path / ".other.json.tmp-1234abcd.json").write_text("someone else's")
+    with atomic_output(target) as tmp:
+        tmp.write_text("[]")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.tmp-1234abcd.json", "masks.json"]
