@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .geometry import LAYOUTS, ResizeGeometry, resize_and_crop, resize_geometry
 from .io import atomic_output, image_size, read_image
+from .retry import in_halves_on_oom
 
 GRID_FACETS = ("keys", "queries", "values", "tokens")
 BASE_FACETS = GRID_FACETS + ("cls", "attn")
@@ -488,15 +489,21 @@ def extract_features(
             for batch_positions, pixels in loader:
                 batch_items = [items[p] for p in batch_positions.tolist()]
                 pixels = pixels.to(device, non_blocking=True)
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
-                    outputs = forward_facets(model, normalize_batch(pixels, mean, std),
-                                             batch_items[0].geometry.grid_size, facets)
-                host = _to_host(outputs, pinned=on_cuda)
-                event = None
-                if on_cuda:
-                    event = torch.cuda.Event()
-                    event.record()
-                writer.submit(batch_items, host, event)
+
+                def forward(positions: Sequence[int]) -> list[int]:
+                    # one sub-batch (all of it unless the GPU ran out of memory); written as soon as computed
+                    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
+                        outputs = forward_facets(model, normalize_batch(pixels[list(positions)], mean, std),
+                                                 batch_items[0].geometry.grid_size, facets)
+                    host = _to_host(outputs, pinned=on_cuda)
+                    event = None
+                    if on_cuda:
+                        event = torch.cuda.Event()
+                        event.record()
+                    writer.submit([batch_items[p] for p in positions], host, event)
+                    return list(positions)
+
+                in_halves_on_oom(forward, list(range(len(batch_items))), "features batch")
                 bar.update(len(batch_items))
         finally:
             writer.close()

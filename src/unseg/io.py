@@ -7,6 +7,7 @@ file (or folder) under its final name that a later run would trust.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -189,6 +190,11 @@ def atomic_output(path: str | os.PathLike, reuse: Callable[[Path], bool] | None 
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:  # say which artifact, and that nothing half-written stays under its name
+            raise OSError(errno.ENOSPC, f"no space left on the device while writing {str(final)!r}; the partial "
+                          "output was removed, free space and re-run") from error
+        raise
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

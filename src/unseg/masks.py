@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .geometry import grid_to_image
 from .io import encode_rle, read_image, write_json
 from .registry import REGISTRIES, register
+from .retry import in_halves_on_oom
 from .spectral import (
     SOLVER_PRECISION,
     GridMask,
@@ -162,9 +163,14 @@ def run_masks(
     results = []
     bar = tqdm(total=len(store.names), desc=f"masks {method.name}", unit="img", disable=not progress)
     for position, names in enumerate(store.name_batches(int(settings["batch_size"]))):
-        batch = MaskBatch(names, [store.facet(name, settings["facet"]) for name in names], image_paths, device,
-                          first=position == 0)
-        for name, grid_masks in zip(names, method.function(batch, **method_settings)):
+        grids = {name: store.facet(name, settings["facet"]) for name in names}
+
+        def run(part: Sequence[str], first: bool = position == 0) -> list[list[GridMask]]:
+            batch = MaskBatch(part, [grids[name] for name in part], image_paths, device,
+                              first=first and part[0] == names[0])
+            return method.function(batch, **method_settings)
+
+        for name, grid_masks in zip(names, in_halves_on_oom(run, names, "masks batch")):
             image_id = store.image_id(name)
             for grid_mask in grid_masks:
                 pixels = grid_mask_to_image(grid_mask.mask, store, name)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .geometry import grid_to_image
 from .io import atomic_output
 from .registry import REGISTRIES, register
+from .retry import in_halves_on_oom
 from .spectral import SOLVER_PRECISION, bipartition_saliency, grid_spectra, pass_dtype
 from .store import FeatureStore
 
@@ -73,9 +74,13 @@ def run_saliency(
         tmp.mkdir(parents=True)
         bar = tqdm(total=len(store.names), desc=f"saliency {method.name}", unit="img", disable=not progress)
         for position, names in enumerate(store.name_batches(int(settings["batch_size"]))):
-            batch = SaliencyBatch(names, [store.facet(name, settings["facet"]) for name in names], device,
-                                  first=position == 0)
-            for name, soft in zip(names, method.function(batch, **method_settings)):
+            grids = {name: store.facet(name, settings["facet"]) for name in names}
+
+            def run(part: Sequence[str], first: bool = position == 0) -> list[np.ndarray]:
+                batch = SaliencyBatch(part, [grids[name] for name in part], device, first=first and part[0] == names[0])
+                return method.function(batch, **method_settings)
+
+            for name, soft in zip(names, in_halves_on_oom(run, names, "saliency batch")):
                 soft_pixels = np.clip(grid_to_image(np.asarray(soft, dtype=np.float32), store.geometry(name)), 0.0, 1.0)
                 Image.fromarray(np.round(soft_pixels * 255).astype(np.uint8), mode="L").save(tmp / f"{name}.png")
             bar.update(len(names))

@@ -104,3 +104,69 @@ def test_a_rewrite_removes_what_killed_writers_left(tmp_path):
     with atomic_output(target) as tmp:
         tmp.write_text("[]")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.tmp-1234abcd.json", "masks.json"]
+
+
+def test_out_of_gpu_memory_halves_the_batch_and_says_so(tmp_path, monkeypatch, capsys):
+    # An injected OOM on the CPU: the model "fits" one image at a time, and the masks method two grids at a time.
+    import torch
+
+    import unseg.features as features
+    from unseg.features import extract_features
+    from unseg.masks import run_masks
+    from unseg.registry import register
+
+    folder = images(tmp_path / "photos")
+    paths = [str(folder / f"img{i:02d}.png") for i in range(4)]
+    names = [f"img{i:02d}" for i in range(4)]
+    settings = dict(backbone="dino_vits16", weights="random", resolution=48, facets=["keys"], workers=0,
+                    progress=False)
+    extract_features(paths, names, [1, 2, 3, 4], tmp_path / "one.zarr", batch_size=1, **settings)
+    real_forward = features.forward_facets
+
+    def small_card(model, pixels, grid_size, facets):
+        if pixels.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_forward(model, pixels, grid_size, facets)
+
+    monkeypatch.setattr(features, "forward_facets", small_card)
+    extract_features(paths, names, [1, 2, 3, 4], tmp_path / "halved.zarr", batch_size=4, **settings)
+    assert "out of GPU memory on a features batch of 2: running it as 1 + 1" in capsys.readouterr().err
+    one, halved = FeatureStore(tmp_path / "one.zarr"), FeatureStore(tmp_path / "halved.zarr")
+    for name in names:
+        assert np.array_equal(one.facet(name, "keys"), halved.facet(name, "keys"))
+
+    @register("masks", "test_two_at_a_time", schema={})
+    def two_at_a_time(batch):
+        if len(batch.names) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        from unseg.spectral import GridMask
+
+        return [[GridMask(grid[..., 0] > 0, 0, 0, 0, 1.0)] for grid in batch.grids]
+
+    count = run_masks(tmp_path / "one.zarr", tmp_path / "masks.json",
+                      {"method": "test_two_at_a_time", "facet": "keys", "batch_size": 4}, progress=False)
+    assert count == 4 and "out of GPU memory on a masks batch of 4: running it as 2 + 2" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_no_artifact(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    from unseg.io import write_json
+
+    (tmp_path / "masks.json").write_text("[1]")  # the previous, complete artifact
+    real_write_text = Path.write_text
+
+    def full_disk(self, *args, **kwargs):
+        if ".tmp-" in self.name:
+            real_write_text(self, "[half")  # a part made it to disk, then the device filled up
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match=r"no space left on the device while writing .*masks.json.*removed") as error:
+        write_json(tmp_path / "masks.json", [1, 2, 3])
+    assert error.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["masks.json"]  # no temporary left
+    assert (tmp_path / "masks.json").read_text() == "[1]"  # and the old artifact untouched, not half-replaced
