@@ -47,7 +47,14 @@ def resume_key(settings: Mapping[str, Any], inputs_digest: str) -> str:
 def save_resume_state(path: str | Path, key: str, state: Mapping[str, Any]) -> None:
     """Write ``state`` (state dicts, epoch, log rows, RNG state, ...) with its key, atomically."""
     with atomic_output(path) as tmp:
-        torch.save({"resume_key": key, **state}, tmp)
+        save_checkpoint({"resume_key": key, **state}, tmp)
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> None:
+    """``torch.save`` through a file handle: the archive's inner folder is then always "archive", not the (random,
+    temporary) file name, so the same state gives the same bytes."""
+    with open(path, "wb") as handle:
+        torch.save(dict(state), handle)
 
 
 def load_resume_state(path: str | Path, key: str) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoints import data_digest, load_resume_state, resume_key, save_resume_state
+from .checkpoints import data_digest, load_resume_state, resume_key, save_checkpoint, save_resume_state
 from .geometry import ResizeGeometry
 from .io import (
     IGNORE_LABEL,
@@ -201,7 +201,7 @@ def train_head(
             writer.writeheader()
             writer.writerows(rows)
     with atomic_output(out_dir / "model.pt") as tmp:
-        torch.save({"state_dict": head.state_dict(), "config": checkpoint_config, "log": rows}, tmp)
+        save_checkpoint({"state_dict": head.state_dict(), "config": checkpoint_config, "log": rows}, tmp)
     return rows[-1] if rows else {}
 
 

