@@ -12,6 +12,7 @@ Nothing here imports Snakemake: ``job`` is any object with ``log``, ``threads``,
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,8 +28,11 @@ def stage_job(job: Any, stage: str | None = None) -> Iterator[Any]:
     Args:
         stage: the stage named in the sidecar (default: the rule's name).
     """
+    start = time.perf_counter()
     with log_to(job.log[0] if job.log else None, threads=job.threads):
         load_methods(job.config.get("plugins", []))
         yield job
         if "chain" in job.params.keys():
-            write_provenance(job.output[0], stage or job.rule, job.wildcards.variant, job.params.chain, dict(job.input))
+            run = {"wall_time_s": round(time.perf_counter() - start, 3), "threads": job.threads}
+            write_provenance(job.output[0], stage or job.rule, job.wildcards.variant, job.params.chain, dict(job.input),
+                             run=run)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import subprocess
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from . import __version__
 from .io import write_json
@@ -57,15 +59,48 @@ def _flatten_inputs(inputs: dict) -> dict[str, str]:
     return flat
 
 
-def write_provenance(artifact: str | Path, stage: str, variant: str, config_chain: dict, inputs: dict) -> Path:
+LIBRARIES = ("numpy", "scipy", "torch", "torchvision", "timm", "zarr", "pycocotools", "faiss-cpu", "pillow",
+             "snakemake")
+
+
+def environment() -> dict[str, Any]:
+    """Python, platform, the versions of the libraries that compute the artifacts, and the torch device."""
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if torch.cuda.is_available():
+        device = f"cuda ({torch.cuda.get_device_name(0)})"
+    else:
+        device = f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+    return {"python": platform.python_version(), "platform": platform.platform(), "libraries": versions,
+            "device": device}
+
+
+def sidecar_path(artifact: str | Path) -> Path:
+    """Where an artifact's provenance sidecar is: inside a folder artifact, beside a file artifact."""
+    artifact = Path(artifact)
+    return artifact / "provenance.json" if artifact.is_dir() else Path(f"{artifact}.provenance.json")
+
+
+def write_provenance(artifact: str | Path, stage: str, variant: str, config_chain: dict, inputs: dict,
+                     run: Mapping[str, Any] | None = None) -> Path:
     """Write the provenance sidecar: ``{artifact}/provenance.json`` inside a folder artifact (a zarr store, a
     folder of PNGs), else ``{artifact}.provenance.json`` beside a file artifact.
 
     Args:
         config_chain: the resolved config of this variant and of its upstream variants, keyed by stage.
         inputs: input role → path (or list of paths); each is digested.
+        run: facts of the job that made it (``wall_time_s``, ``threads``).
     """
-    sidecar = Path(artifact) / "provenance.json" if Path(artifact).is_dir() else Path(f"{artifact}.provenance.json")
+    sidecar = sidecar_path(artifact)
     write_json(
         sidecar,
         {
@@ -74,6 +109,8 @@ def write_provenance(artifact: str | Path, stage: str, variant: str, config_chai
             "config": config_chain,
             "code_version": code_version(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "run": dict(run or {}),
+            "environment": environment(),
             "inputs": {
                 role: {"path": str(path), "digest": input_digest(path)}
                 for role, path in _flatten_inputs(inputs).items()

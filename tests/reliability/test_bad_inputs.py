@@ -182,3 +182,22 @@ def test_an_image_smaller_than_one_patch_still_gets_a_token_grid(tmp_path):
     geometry = store.geometry("tiny")
     assert geometry.original_size == (3, 5) and min(geometry.grid_size) >= 1
     assert store.facet("tiny", "keys").shape[:2] == geometry.grid_size
+
+
+def test_a_pseudo_label_outside_the_class_range_is_refused_naming_the_file(tiny_store, tmp_path):
+    from unseg.train import run_train
+
+    from helpers import variant
+
+    store_path, _ = tiny_store
+    store = FeatureStore(store_path)
+    (tmp_path / "labels").mkdir()
+    for name in store.names:
+        labels = np.zeros(store.geometry(name).original_size, dtype=np.uint8)
+        labels[0, 0] = 7 if name == store.names[1] else 1  # 7 >= 3 classes; 255 (ignore) would be fine
+        labels[1, 1] = 255
+        write_label_png(tmp_path / "labels" / f"{name}.png", labels)
+    with pytest.raises(ValueError, match=rf"{store.names[1]}.png: label 7 ≥ num_classes=3"):
+        run_train(store_path, tmp_path / "labels", store.names, tmp_path / "train", 3,
+                  variant("train", epochs=1, facet="keys"), progress=False)
+    assert not (tmp_path / "train" / "model.pt").exists()

@@ -173,10 +173,13 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_artifact(tmp_path, monkeypat
     assert (tmp_path / "masks.json").read_text() == "[1]"  # and the old artifact untouched, not half-replaced
 
 
+TIMINGS = ("created", "wall_time_s")  # provenance facts of a run that differ between runs
+
+
 def without_created(node):
-    """A JSON value without its "created" timestamps."""
+    """A JSON value without its creation timestamps and wall times."""
     if isinstance(node, dict):
-        return {key: without_created(item) for key, item in node.items() if key != "created"}
+        return {key: without_created(item) for key, item in node.items() if key not in TIMINGS}
     if isinstance(node, list):
         return [without_created(item) for item in node]
     return node
@@ -193,7 +196,7 @@ def test_a_workflow_killed_mid_way_finishes_with_the_uninterrupted_results(tmp_p
     # SIGKILL of Snakemake and of every job it runs, at a seeded moment between the feature store and the trained
     # model; after `--unlock`, the re-run (with the local profile's --rerun-incomplete) ends with the same artifacts
     # as an uninterrupted run in the same folder. Every artifact of the two is computed by separate processes, so
-    # this is also the determinism check: same config and seeds, byte-identical files ("created" stamps aside). (One
+    # this is also the determinism check: same config and seeds, byte-identical files (run times aside). (One
     # folder for both: the index holds absolute image paths, and the provenance their digests.)
     import yaml
 

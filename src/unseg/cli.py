@@ -1,0 +1,90 @@
+"""The ``unseg`` command: quick looks at artifacts without a browser.
+
+    unseg provenance results/voc/masks/multik/masks.json      what made this artifact, upstream to the dataset
+    unseg provenance results/voc/features/dinov2-s14.zarr --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .io import read_json
+from .provenance import sidecar_path
+from .variants import UPSTREAM
+
+# Upstream first: the order a reader follows a chain in.
+STAGE_ORDER = ("dataset", *UPSTREAM)
+
+
+def _settings(settings: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key}={json.dumps(value, default=str)}" for key, value in settings.items())
+
+
+def find_provenance(path: str | Path) -> Path:
+    """The sidecar of an artifact (a file or a folder), or the sidecar itself.
+
+    Raises:
+        FileNotFoundError: naming the artifact and where its sidecar would be.
+    """
+    path = Path(path)
+    if path.name.endswith("provenance.json") and path.is_file():
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"no artifact {str(path)!r}")
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"{str(path)!r} has no provenance sidecar (looked for {str(sidecar)!r}); the "
+                                "workflow writes one beside every stage artifact")
+    return sidecar
+
+
+def describe_provenance(record: Mapping[str, Any], artifact: str) -> list[str]:
+    """Lines for a person: what made the artifact, on what, and from which upstream variants."""
+    run, environment = record.get("run", {}), record.get("environment", {})
+    lines = [artifact, f"  made by    stage {record['stage']}, variant {record['variant']}, "
+                       f"on {record.get('created')}, code {record.get('code_version')}"]
+    if run or environment:
+        facts = [f"{run['wall_time_s']:.1f} s" if "wall_time_s" in run else None,
+                 f"{run['threads']} threads" if "threads" in run else None, environment.get("device")]
+        lines.append("  ran        " + ", ".join(fact for fact in facts if fact))
+    if environment:
+        libraries = ", ".join(f"{name} {version}" for name, version in environment.get("libraries", {}).items())
+        lines.append(f"  software   python {environment.get('python')}; {libraries}")
+    lines.append("  config     (upstream first)")
+    chain = record.get("config", {})
+    for stage in [*[s for s in STAGE_ORDER if s in chain], *[s for s in chain if s not in STAGE_ORDER]]:
+        for variant, settings in chain[stage].items():
+            lines.append(f"    {stage:<13}{variant}: {_settings(settings)}")
+    lines.append("  inputs")
+    for role, entry in record.get("inputs", {}).items():
+        lines.append(f"    {role:<13}{entry['path']}  {entry['digest']}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="unseg", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    provenance = commands.add_parser("provenance", help="print what made an artifact (its provenance sidecar)")
+    provenance.add_argument("path", help="an artifact (file or folder) under results/, or its sidecar")
+    provenance.add_argument("--json", action="store_true", help="print the sidecar as JSON")
+    args = parser.parse_args(argv)
+    try:
+        sidecar = find_provenance(args.path)
+    except FileNotFoundError as error:
+        print(f"unseg: {error}", file=sys.stderr)
+        return 2
+    record = read_json(sidecar)
+    if args.json:
+        print(json.dumps(record, indent=1))
+    else:
+        print("\n".join(describe_provenance(record, args.path)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

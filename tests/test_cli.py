@@ -1,0 +1,43 @@
+"""The `unseg` command: `unseg provenance PATH` tells what made an artifact."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from unseg.cli import main
+from unseg.provenance import input_digest
+
+
+def test_provenance_prints_the_chain_upstream_first_with_digests(tiny_run, capsys):
+    workdir, config, _ = tiny_run
+    masks = workdir / "results/tiny/masks/multik/masks.json"
+    assert main(["provenance", str(masks)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == str(masks) and "stage masks, variant multik" in out[1]
+    assert out[2].startswith("  ran") and "threads" in out[2] and "cpu" in out[2]
+    assert "torch " in out[3] and "numpy " in out[3]
+    stages = [line.split()[0] for line in out if line.startswith("    ") and ":" in line and "results/" not in line]
+    assert stages == ["dataset", "features", "masks"]  # upstream first, nothing else
+    assert "k=[2, 3]" in next(line for line in out if line.startswith("    masks"))
+    features_line = next(line for line in out if line.strip().startswith("features ") and "results/" in line)
+    assert features_line.split()[-1] == input_digest(workdir / "results/tiny/features/vits16.zarr")
+
+
+def test_provenance_as_json_and_for_folders_and_missing_artifacts(tiny_run, capsys):
+    workdir, _, _ = tiny_run
+    store = workdir / "results/tiny/features/vits16.zarr"
+    assert main(["provenance", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads((store / "provenance.json").read_text())
+    assert main(["provenance", str(workdir / "results/tiny/masks/nope/masks.json")]) == 2
+    assert "no artifact" in capsys.readouterr().err
+    assert main(["provenance", str(workdir / "results/tiny/index/images.csv")]) == 2  # the index has no sidecar
+    assert "has no provenance sidecar" in capsys.readouterr().err
+
+
+def test_the_command_runs_as_a_program(tiny_run):
+    workdir, _, _ = tiny_run
+    result = subprocess.run([sys.executable, "-m", "unseg.cli", "provenance",
+                             str(workdir / "results/tiny/pseudolabels/km3")], capture_output=True, text=True)
+    assert result.returncode == 0 and "stage pseudolabels, variant km3" in result.stdout
