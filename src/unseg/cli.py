@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -79,10 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unseg: {error}", file=sys.stderr)
         return 2
     record = read_json(sidecar)
-    if args.json:
-        print(json.dumps(record, indent=1))
-    else:
-        print("\n".join(describe_provenance(record, args.path)))
+    text = json.dumps(record, indent=1) if args.json else "\n".join(describe_provenance(record, args.path))
+    try:
+        print(text)
+    except BrokenPipeError:  # `unseg provenance X | head`: the reader had enough
+        sys.stdout = open(os.devnull, "w")
     return 0
 
 
