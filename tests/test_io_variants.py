@@ -67,3 +67,15 @@ def test_check_variants_names_the_key():
         check_variants(broken)
     with pytest.raises(VariantError, match="variant name"):
         check_variants({**CONFIG, "masks": {"bad/name": {"features": "f"}}})
+
+
+def test_a_folders_digest_ignores_its_own_sidecar_but_not_its_content(tmp_path):
+    from unseg.provenance import input_digest
+
+    (tmp_path / "a.png").write_bytes(b"12345")
+    (tmp_path / "provenance.json").write_text('{"run": {"wall_time_s": 0.1}}')
+    before = input_digest(tmp_path)
+    (tmp_path / "provenance.json").write_text('{"run": {"wall_time_s": 0.125}}')  # another run's times
+    assert input_digest(tmp_path) == before
+    (tmp_path / "a.png").write_bytes(b"123456")
+    assert input_digest(tmp_path) != before

@@ -25,11 +25,14 @@ def file_digest(path: str | Path, chunk_size: int = 1 << 20) -> str:
 
 
 def input_digest(path: str | Path) -> str:
-    """A file's sha256, or for a folder the sha256 of its sorted (relative path, size, mtime-free) listing."""
+    """A file's sha256, or for a folder the sha256 of its sorted (relative path, size, mtime-free) listing, without
+    the folder's own ``provenance.json``."""
     path = Path(path)
     if path.is_file():
         return file_digest(path)
-    listing = "\n".join(f"{p.relative_to(path)}\t{p.stat().st_size}" for p in sorted(path.rglob("*")) if p.is_file())
+    # The folder's own sidecar is about the folder, not part of it (and holds run times, which differ per run).
+    listing = "\n".join(f"{p.relative_to(path)}\t{p.stat().st_size}" for p in sorted(path.rglob("*"))
+                         if p.is_file() and p != path / "provenance.json")
     return "listing:" + hashlib.sha256(listing.encode()).hexdigest()
 
 
