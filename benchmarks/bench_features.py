@@ -38,11 +38,10 @@ from unseg.backbones import create_backbone  # noqa: E402
 from unseg.features import (  # noqa: E402
     extract_features,
     normalize_batch,
-    read_image_size,
     shard_batches,
 )
 from unseg.geometry import resize_and_crop, resize_geometry  # noqa: E402
-from unseg.io import read_image  # noqa: E402
+from unseg.io import image_size, read_image  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -99,7 +98,7 @@ def main(argv=None) -> int:
     # The bare forward's input: the same images, decoded and resized once, in the stage's own batches.
     model, spec = create_backbone(args.backbone, args.weights)
     model = model.to(device).eval()
-    sizes = [read_image_size(path) for path in paths]
+    sizes = [image_size(path) for path in paths]
     batches_of_positions = shard_batches(sizes, args.resolution, spec.patch_size, args.layout, args.batch_size)[0]
     # Each distinct image resized once: with --repeat the same pictures recur, and preparing thousands of them on
     # one thread would take longer than the GPU work being timed.

@@ -34,9 +34,8 @@ SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def settings(stage: str, **given) -> dict:
-    """A variant's settings with the config schema's defaults (upstream names are placeholders)."""
-    upstream = {"proposals": {"masks": "m", "saliency": "s"}}.get(stage, {"features": "f"})
-    return variant_settings(stage, {**upstream, **given}, SCHEMA)
+    """A variant's settings with the config schema's defaults."""
+    return variant_settings(stage, given, SCHEMA)
 
 
 def main() -> None:

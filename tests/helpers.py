@@ -22,8 +22,6 @@ def det(mask, score, **extra):
 
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-UPSTREAM_NAMES = {"masks": {"features": "f"}, "saliency": {"features": "f"},
-                  "pseudolabels": {"proposals": "p", "features": "f"}, "train": {"pseudolabels": "k", "features": "f"}}
 
 
 def variant(stage: str, **given):
@@ -31,4 +29,4 @@ def variant(stage: str, **given):
     from unseg.config import load_methods, variant_settings
 
     load_methods()
-    return variant_settings(stage, {**UPSTREAM_NAMES.get(stage, {}), **given}, SCHEMA)
+    return variant_settings(stage, given, SCHEMA)

@@ -105,6 +105,14 @@ def validate_config(config: dict[str, Any], base_schema: str | Path | Mapping[st
 
 
 def variant_settings(stage: str, settings: Mapping[str, Any], base_schema: str | Path | Mapping[str, Any]) -> dict:
-    """One variant's settings with the schema's defaults filled in (for calling a stage runner from Python)."""
-    config = {"dataset": {"name": "python", "root": "."}, stage: {"variant": dict(settings)}}
-    return validate_config(config, base_schema)[stage]["variant"]
+    """One variant's settings with the schema's defaults filled in, for calling a stage runner from Python.
+
+    The upstream references a config needs (``features``, ``proposals``, ...) are not needed here: the runner is
+    given its inputs' paths, so missing ones are validated as placeholders and left out of the result.
+    """
+    from .variants import UPSTREAM
+
+    placeholders = {key: "-" for key in UPSTREAM.get(stage, {}) if key not in settings}
+    config = {"dataset": {"name": "python", "root": "."}, stage: {"variant": {**settings, **placeholders}}}
+    completed = validate_config(config, base_schema)[stage]["variant"]
+    return {key: value for key, value in completed.items() if key not in placeholders}

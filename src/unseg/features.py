@@ -168,11 +168,6 @@ class _ImageItem:
     geometry: ResizeGeometry
 
 
-def read_image_size(path: str) -> tuple[int, int]:
-    """(H0, W0) of the upright image from its header, without decoding the pixels (:func:`unseg.io.image_size`)."""
-    return image_size(path)
-
-
 class _DecodedImages(torch.utils.data.Dataset):
     """Items → (position, (3, Hc, Wc) uint8 tensor); runs in DataLoader workers (decode + resize + crop)."""
 
@@ -417,7 +412,7 @@ def extract_features(
         raise ValueError("image names must be unique within a feature store")
 
     if image_sizes is None:  # read headers first: fail early, naming any unreadable file
-        image_sizes = [read_image_size(path) for path in image_paths]
+        image_sizes = [image_size(path) for path in image_paths]
     elif len(image_sizes) != len(image_paths):
         raise ValueError("image_sizes must have one (height, width) per image")
     index, count = shard if shard is not None else (0, 1)
@@ -493,7 +488,8 @@ def extract_features(
                 def forward(positions: Sequence[int]) -> list[int]:
                     # one sub-batch (all of it unless the GPU ran out of memory); written as soon as computed
                     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
-                        outputs = forward_facets(model, normalize_batch(pixels[list(positions)], mean, std),
+                        part = pixels if len(positions) == len(batch_items) else pixels[list(positions)]
+                        outputs = forward_facets(model, normalize_batch(part, mean, std),
                                                  batch_items[0].geometry.grid_size, facets)
                     host = _to_host(outputs, pinned=on_cuda)
                     event = None

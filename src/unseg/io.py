@@ -196,10 +196,7 @@ def atomic_output(path: str | os.PathLike, reuse: Callable[[Path], bool] | None 
                           "output was removed, free space and re-run") from error
         raise
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+        _remove(tmp)
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:

@@ -165,9 +165,9 @@ def run_masks(
     for position, names in enumerate(store.name_batches(int(settings["batch_size"]))):
         grids = {name: store.facet(name, settings["facet"]) for name in names}
 
-        def run(part: Sequence[str], first: bool = position == 0) -> list[list[GridMask]]:
+        def run(part: Sequence[str]) -> list[list[GridMask]]:  # the batch, or a half of it after an OOM
             batch = MaskBatch(part, [grids[name] for name in part], image_paths, device,
-                              first=first and part[0] == names[0])
+                              first=position == 0 and part[0] == names[0])
             return method.function(batch, **method_settings)
 
         for name, grid_masks in zip(names, in_halves_on_oom(run, names, "masks batch")):

@@ -76,8 +76,9 @@ def run_saliency(
         for position, names in enumerate(store.name_batches(int(settings["batch_size"]))):
             grids = {name: store.facet(name, settings["facet"]) for name in names}
 
-            def run(part: Sequence[str], first: bool = position == 0) -> list[np.ndarray]:
-                batch = SaliencyBatch(part, [grids[name] for name in part], device, first=first and part[0] == names[0])
+            def run(part: Sequence[str]) -> list[np.ndarray]:  # the batch, or a half of it after an OOM
+                batch = SaliencyBatch(part, [grids[name] for name in part], device,
+                                      first=position == 0 and part[0] == names[0])
                 return method.function(batch, **method_settings)
 
             for name, soft in zip(names, in_halves_on_oom(run, names, "saliency batch")):
