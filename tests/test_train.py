@@ -71,7 +71,7 @@ def test_changed_labels_after_a_finished_run_train_a_new_model(store, tmp_path, 
     train(store, new_labels, out)
     assert "training from scratch" in capsys.readouterr().err
     changed = weights(out)
-    assert not torch.allclose(changed["classifier.bias"], old["classifier.bias"])
+    assert not torch.allclose(changed["decode.bias"], old["decode.bias"])
     fresh = tmp_path / "fresh"
     train(store, new_labels, fresh)  # what a run on the new labels alone gives
     for key, value in weights(fresh).items():
@@ -128,10 +128,9 @@ def test_resume_key_covers_settings_and_every_input_value(tmp_path):
 
 def test_linear_head_standardises_then_classifies():
     head = LinearHead(embed_dim=2, num_classes=2)
-    head.mean.copy_(torch.tensor([1.0, 2.0]))
-    head.std.copy_(torch.tensor([2.0, 4.0]))
+    head.set_statistics(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0]))
     with torch.no_grad():
-        head.classifier.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]])[:, :, None, None])
-        head.classifier.bias.zero_()
+        head.decode.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]])[:, :, None, None])
+        head.decode.bias.zero_()
     tokens = torch.tensor([3.0, 6.0]).view(1, 2, 1, 1)
     np.testing.assert_allclose(head(tokens).detach().flatten().numpy(), [1.0, 1.0])

@@ -32,11 +32,18 @@ def load_methods(plugins: Iterable[str] = (), base: str | Path = ".") -> None:
 
 
 def method_branch(method) -> dict[str, Any]:
-    """The ``if/then`` branch of one registered method: when ``method`` names it, its settings' schema applies."""
-    return {
-        "if": {"properties": {"method": {"const": method.name}}, "required": ["method"]},
-        "then": {"properties": copy.deepcopy(dict(method.schema)), "required": list(method.required)},
-    }
+    """The ``if/then`` branch of one registered method: when ``method`` names it, its settings' schema applies.
+
+    A trainer's branch also checks the per-round overrides (``round_settings``) against its settings, without
+    defaults: an override holds only what differs in that round.
+    """
+    properties = copy.deepcopy(dict(method.schema))
+    then: dict[str, Any] = {"properties": properties, "required": list(method.required)}
+    if method.stage == "train":
+        overrides = {key: {k: v for k, v in prop.items() if k != "default"} for key, prop in method.schema.items()}
+        properties["round_settings"] = {
+            "additionalProperties": {"type": "object", "properties": overrides, "additionalProperties": False}}
+    return {"if": {"properties": {"method": {"const": method.name}}, "required": ["method"]}, "then": then}
 
 
 def config_schema(base_schema: str | Path | Mapping[str, Any]) -> dict[str, Any]:

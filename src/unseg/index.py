@@ -199,6 +199,19 @@ def image_paths(index_csv: str | os.PathLike) -> dict[str, str]:
     return {str(name): str(path) for name, path in zip(df["name"], df["path"])}
 
 
+def split_ground_truth(df: pd.DataFrame, split: str | None) -> dict[str, str]:
+    """image name -> ground-truth semantic PNG of the images of ``split`` that have one; {} when ``split`` is None.
+
+    Raises:
+        ValueError: ``split`` names no split of the index (see :func:`index_split`).
+    """
+    if split is None:
+        return {}
+    rows = index_split(df, split)
+    rows = rows[rows["gt_semantic"] != ""]
+    return {str(name): str(path) for name, path in zip(rows["name"], rows["gt_semantic"])}
+
+
 def coco_ground_truth(df: pd.DataFrame, root: str | os.PathLike) -> dict[str, Any] | None:
     """COCO instance ground truth for the images of ``df``, keyed by the index's image_id.
 

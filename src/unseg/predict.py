@@ -3,11 +3,14 @@
 Artifact: ``{name}.png`` label maps (palette PNG, the model's classes) and ``instances.json`` (COCO results: the
 connected components of each predicted foreground class, ``category_id`` = that class, score = its mean
 probability). The model is rebuilt by the ``build_model`` of the trainer its checkpoint names (:mod:`unseg.train`).
+
+:func:`refine_labels` makes the training labels of a self-training round: the previous round's predictions, refined
+by a dense CRF on the image (:mod:`unseg.crf`) when asked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +19,12 @@ import torch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from .crf import CrfParams, dense_crf
 from .geometry import grid_to_image
-from .io import atomic_output, encode_rle, write_json, write_label_png
+from .io import atomic_output, encode_rle, read_image, write_json, write_label_png
 from .registry import REGISTRIES
 from .store import FeatureStore
-from .train import token_tensor  # importing train registers the built-in trainers
+from .train import resolve_device, token_tensor  # importing train registers the built-in trainers
 
 
 def load_model(model_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -60,6 +64,16 @@ def instances_from_probabilities(probabilities: np.ndarray, min_area: int) -> li
 
 
 @torch.inference_mode()
+def image_probabilities(model: torch.nn.Module, config: dict[str, Any], store: FeatureStore, name: str,
+                        device: torch.device | None = None) -> np.ndarray:
+    """The model's class probabilities of one stored image at its original size: (C, H0, W0) float32 (softmax of
+    the logits interpolated from the token grid)."""
+    device = device or torch.device("cpu")
+    logits = model(token_tensor(store, name, config["facet"]).to(device))[0].float().cpu().numpy()
+    return torch.from_numpy(grid_to_image(logits, store.geometry(name))).softmax(0).numpy()
+
+
+@torch.inference_mode()
 def predict(
     model_path: str | Path,
     store_path: str | Path,
@@ -71,14 +85,14 @@ def predict(
     """Predict label PNGs (``out_dir/{name}.png``) and instances (``out_dir/instances.json``, COCO results with
     ``category_id`` = predicted class) for the named images. Returns the instance count."""
     model, config = load_model(model_path)
+    device = resolve_device(None)
+    model.to(device)
     store = FeatureStore(store_path)
     detections = []
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
         for name in tqdm(names, desc="predict", unit="img", disable=not progress):
-            geometry = store.geometry(name)
-            logits = model(token_tensor(store, name, config["facet"]))[0].numpy()
-            probabilities = torch.from_numpy(grid_to_image(logits, geometry)).softmax(0).numpy()
+            probabilities = image_probabilities(model, config, store, name, device)
             write_label_png(tmp / f"{name}.png", probabilities.argmax(0).astype(np.uint8))
             min_area = max(1, int(min_instance_area_fraction * probabilities.shape[1] * probabilities.shape[2]))
             for mask, class_index, score in instances_from_probabilities(probabilities, min_area):
@@ -86,3 +100,41 @@ def predict(
                                    "segmentation": encode_rle(mask), "score": round(score, 6), "area": int(mask.sum())})
         write_json(tmp / "instances.json", detections, indent=None)
     return len(detections)
+
+
+@torch.inference_mode()
+def refine_labels(
+    model_path: str | Path,
+    store_path: str | Path,
+    image_paths: Mapping[str, str | Path],
+    out_dir: str | Path,
+    crf: bool = True,
+    crf_params: CrfParams = CrfParams(),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The next self-training round's labels: each image's predicted classes, refined by a dense CRF on the image
+    when ``crf`` (MaskDistill, Part 2), as ``out_dir/{name}.png`` (one atomic folder).
+
+    Args:
+        image_paths: image name → image file (for the CRF's colour kernel), every image to label.
+
+    Returns:
+        {"num_images", "changed_by_crf"}: the fraction of pixels whose label the CRF changed.
+    """
+    model, config = load_model(model_path)
+    device = resolve_device(None)
+    model.to(device)
+    store = FeatureStore(store_path)
+    changed = total = 0
+    with atomic_output(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for name in tqdm(sorted(image_paths), desc="refine labels", unit="img", disable=not progress):
+            probabilities = image_probabilities(model, config, store, name, device)
+            labels = probabilities.argmax(0)
+            if crf:
+                refined = dense_crf(read_image(image_paths[name]), probabilities, crf_params).argmax(0)
+                changed += int((refined != labels).sum())
+                labels = refined
+            total += labels.size
+            write_label_png(tmp / f"{name}.png", labels.astype(np.uint8))
+    return {"num_images": len(image_paths), "changed_by_crf": changed / max(total, 1)}

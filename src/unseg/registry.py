@@ -78,10 +78,11 @@ class Registry:
         def decorator(function: Callable) -> Callable:
             method_name = name or function.__name__
             properties = dict(schema or {})
-            keywords = {p.name for p in inspect.signature(function).parameters.values()
-                        if p.kind is inspect.Parameter.KEYWORD_ONLY}
+            parameters = inspect.signature(function).parameters.values()
+            keywords = {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)  # settings passed on whole
             unknown = sorted(set(properties) - keywords)
-            if unknown:
+            if unknown and not takes_any:
                 raise TypeError(f"{self.stage} method {method_name!r}: schema names {unknown}, which are not "
                                 f"keyword-only parameters of {function.__qualname__}")
             description = inspect.getdoc(function) or ""

@@ -1,18 +1,33 @@
-"""The train stage: a segmentation model trained on the pseudo-labels → ``train/{variant}/model.pt``.
+"""The train stage: a segmentation head trained on pseudo-labels → ``train/{variant}/round-{r}/model.pt``.
 
 Trainers are registered with ``@register("train", name, schema=..., build_model=...)`` (:mod:`unseg.registry`): the
-function takes :class:`TrainingInputs` and its settings as keywords, writes ``model.pt`` (a checkpoint whose
+function takes :class:`TrainingInputs` and its settings as keywords and writes ``model.pt`` (a checkpoint whose
 ``config`` names its ``method``), ``last.pt`` and ``log.csv``; ``build_model(config)`` rebuilds the model from a
 checkpoint's config, so prediction (:mod:`unseg.predict`) builds the right model for any trainer.
 
-``linear_head``: a per-token linear classifier (a 1×1 convolution) over standardised frozen tokens; its logits are
-upsampled bilinearly to the label resolution for the loss and to the original image size for prediction (the
-linear-probe-style head of MaskContrast / MaskDistill).
+The built-in trainers are one loop (:func:`fit`) around the heads of :mod:`unseg.heads` on frozen tokens:
+``linear_head``, ``mask_transformer`` (Segmenter) and ``deeplab_aspp`` (DeepLab-v3's ASPP head). The loop
+
+* streams (tokens, labels) pairs from the zarr feature store one batch at a time (:class:`TokenLabelDataset`), so
+  peak memory does not grow with the number of images; the token statistics and the resume digest come from one
+  streaming pass (:func:`scan`);
+* runs on CUDA when present, with bfloat16 autocast and pinned memory, else on the CPU in float32;
+* writes ``last.pt`` after every epoch (resumed only for the same settings and the same tokens and labels, see
+  :mod:`unseg.checkpoints`), and ``model.pt`` at the end: the last epoch, or (``keep: lowest_loss``) the epoch with
+  the lowest loss against the training labels;
+* logs per epoch the loss, the agreement with the pseudo-labels and, when a ``monitor_split`` is set, the mIoU
+  (Hungarian) of its held-out images against their ground truth: monitoring only, never used to choose a model.
+
+Self-training rounds (``rounds``): round 1 trains on the pseudo-labels, round r on round r-1's predictions refined by
+a dense CRF (MaskDistill, Part 2: "iteratively updating the segmentation maps and model weights"); each round is its
+own folder and job (:func:`unseg.predict.refine_labels` makes its labels).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,48 +38,262 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoints import data_digest, load_resume_state, resume_key, save_checkpoint, save_resume_state
+from .checkpoints import load_resume_state, resume_key, save_checkpoint, save_resume_state
 from .geometry import ResizeGeometry
-from .io import (
-    IGNORE_LABEL,
-    atomic_output,
-    read_label_png,
-)
+from .heads import AsppHead, LinearHead, MaskTransformerHead, TokenHead, build_head
+from .io import IGNORE_LABEL, atomic_output, read_label_png
+from .metrics import evaluate_semantic_arrays
 from .registry import REGISTRIES, register
 from .store import FeatureStore
 
-
-class LinearHead(torch.nn.Module):
-    """Standardise tokens, then a 1×1 convolution to class logits.
-
-    Input (B, D, h, w) float32 → logits (B, C, h, w).
-    """
-
-    def __init__(self, embed_dim: int, num_classes: int):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(embed_dim))
-        self.register_buffer("std", torch.ones(embed_dim))
-        self.classifier = torch.nn.Conv2d(embed_dim, num_classes, kernel_size=1)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        tokens = (tokens - self.mean[None, :, None, None]) / self.std[None, :, None, None]
-        return self.classifier(tokens)
+__all__ = ["AsppHead", "LinearHead", "MaskTransformerHead", "TokenLabelDataset", "TrainingInputs", "fit",
+           "run_train", "scan", "settings_of_round", "token_tensor"]
 
 
 def token_tensor(store: FeatureStore, name: str, facet: str) -> torch.Tensor:
     """(1, D, h, w) float32 from the store's (h, w, D) grid."""
-    return torch.from_numpy(store.facet(name, facet)).permute(2, 0, 1)[None]
+    return torch.from_numpy(np.ascontiguousarray(store.facet(name, facet), dtype=np.float32)).permute(2, 0, 1)[None]
 
 
-def _label_tensor(label_map: np.ndarray, geometry: ResizeGeometry, scale: int) -> torch.Tensor:
+def label_tensor(label_map: np.ndarray, geometry: ResizeGeometry, scale: int) -> torch.Tensor:
     """An (H0, W0) uint8 label map seen through the feature geometry: nearest-resized to the ViT input, cropped to
-    the crop box (``"crop"`` layout), then nearest-resized to ``scale`` × the token grid; (1, h·s, w·s) int64."""
+    the crop box (``"crop"`` layout), then nearest-resized to ``scale`` × the token grid; (h·s, w·s) int64."""
     labels = torch.from_numpy(label_map.astype(np.int64))[None, None].float()
     labels = F.interpolate(labels, size=tuple(geometry.resized_size), mode="nearest")
     top, left, crop_h, crop_w = geometry.box
     labels = labels[..., top : top + crop_h, left : left + crop_w]
     grid_h, grid_w = geometry.grid_size
-    return F.interpolate(labels, size=(grid_h * scale, grid_w * scale), mode="nearest")[0].long()
+    return F.interpolate(labels, size=(grid_h * scale, grid_w * scale), mode="nearest")[0, 0].long()
+
+
+class TokenLabelDataset(torch.utils.data.Dataset):
+    """(tokens (D, h, w) float32, labels (h·s, w·s) int64) of each named image, read from the store on demand.
+
+    Args:
+        label_paths: image name → label PNG (0 background, 1..num_classes-1 classes, 255 ignored), in the order
+            of the items.
+        num_classes: labels must lie below it (or be 255); ``None`` skips the check (ground truth).
+        label_scale: s, labels are resized by nearest to s × the token grid.
+    """
+
+    def __init__(self, store_path: str | Path, facet: str, label_paths: Mapping[str, str | Path],
+                 num_classes: int | None, label_scale: int):
+        self.store_path, self.facet = Path(store_path), facet
+        self.label_scale, self.num_classes = label_scale, num_classes
+        self.names = list(label_paths)
+        self.label_paths = {name: Path(path) for name, path in label_paths.items()}
+        self._store: FeatureStore | None = None
+
+    @property
+    def store(self) -> FeatureStore:
+        if self._store is None:  # opened lazily, so that DataLoader workers open their own
+            self._store = FeatureStore(self.store_path)
+        return self._store
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_store": None}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        name = self.names[index]
+        label_map = read_label_png(self.label_paths[name])
+        if self.num_classes is not None:
+            too_large = (label_map >= self.num_classes) & (label_map != IGNORE_LABEL)
+            if too_large.any():
+                raise ValueError(f"{self.label_paths[name]}: label {label_map[too_large].max()} ≥ "
+                                 f"num_classes={self.num_classes}")
+        tokens = token_tensor(self.store, name, self.facet)[0]
+        return tokens, label_tensor(label_map, self.store.geometry(name), self.label_scale)
+
+
+@dataclass(frozen=True)
+class DatasetScan:
+    """One streaming pass over a :class:`TokenLabelDataset`: per-channel token statistics and the data digest."""
+
+    mean: torch.Tensor  # (D,) float32
+    std: torch.Tensor  # (D,) float32
+    embed_dim: int
+    digest: str  # sha256 over (name, tokens, labels) of every item, in order
+
+
+def scan(dataset: TokenLabelDataset, progress: bool = True) -> DatasetScan:
+    """Mean and standard deviation of every token of the dataset (float64 sums) and the digest of its items, one
+    item in memory at a time."""
+    total = squares = None
+    count = 0
+    digest = hashlib.sha256()
+    for index in tqdm(range(len(dataset)), desc="scan tokens", unit="img", disable=not progress):
+        tokens, labels = dataset[index]
+        flat = tokens.flatten(1).double()  # (D, h·w)
+        total = flat.sum(1) if total is None else total + flat.sum(1)
+        squares = (flat**2).sum(1) if squares is None else squares + (flat**2).sum(1)
+        count += flat.shape[1]
+        for part, array in (("tokens", tokens), ("labels", labels)):
+            values = array.numpy()
+            digest.update(f"{dataset.names[index]}/{part}\0{values.dtype.str}\0{values.shape}\0".encode())
+            digest.update(values.tobytes())
+    if total is None:
+        raise ValueError("no image to train on")
+    mean = total / count
+    std = (squares / count - mean**2).clamp(min=0).sqrt() * (count / max(count - 1, 1)) ** 0.5
+    return DatasetScan(mean.float(), std.float(), int(mean.shape[0]), digest.hexdigest())
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """The configured torch device; default: CUDA when present, else the CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def batch_logits(model: torch.nn.Module, tokens: Sequence[torch.Tensor], label_sizes: Sequence[tuple[int, int]],
+                 device: torch.device, autocast_dtype: torch.dtype | None) -> list[torch.Tensor]:
+    """The model's logits of each item, bilinearly upsampled to its label size: (C, H, W) float32 each.
+
+    Items of equal grid size are stacked into one forward pass; a dataset whose images differ in aspect ratio
+    runs one pass per size.
+    """
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for position, item in enumerate(tokens):
+        by_shape.setdefault(tuple(item.shape), []).append(position)
+    outputs: list[torch.Tensor | None] = [None] * len(tokens)
+    for positions in by_shape.values():
+        stacked = torch.stack([tokens[p] for p in positions]).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(stacked)
+        logits = F.interpolate(logits.float(), size=label_sizes[positions[0]], mode="bilinear", align_corners=False)
+        for offset, position in enumerate(positions):
+            outputs[position] = logits[offset]
+    return outputs
+
+
+@torch.no_grad()
+def monitor_miou(model: torch.nn.Module, dataset: TokenLabelDataset, num_classes: int, device: torch.device,
+                 autocast_dtype: torch.dtype | None) -> float:
+    """mIoU (Hungarian, percent) of the model's predictions on ``dataset``'s ground truth, at its label resolution."""
+    model.eval()
+    pairs, num_gt = [], 1
+    for index in range(len(dataset)):
+        tokens, target = dataset[index]
+        logits = batch_logits(model, [tokens], [tuple(target.shape)], device, autocast_dtype)[0]
+        valid = target[target != IGNORE_LABEL]
+        num_gt = max(num_gt, int(valid.max()) + 1 if len(valid) else 1)
+        pairs.append((dataset.names[index], logits.argmax(0).cpu().numpy(), target.numpy()))
+    model.train()
+    return float(evaluate_semantic_arrays(pairs, num_classes, num_gt)["miou"])
+
+
+LOG_FIELDS = ("epoch", "loss", "pseudo_label_accuracy", "monitor_miou")
+
+
+def fit(
+    model: TokenHead,
+    dataset: TokenLabelDataset,
+    out_dir: str | Path,
+    *,
+    config: Mapping[str, Any],
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int,
+    device: str | None = None,
+    workers: int = 0,
+    keep: str = "last",
+    monitor: TokenLabelDataset | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train ``model`` on ``dataset`` with AdamW (cosine learning-rate decay over all steps) and cross-entropy
+    (255 ignored); write ``last.pt`` every epoch, then ``model.pt`` (see ``keep``) and ``log.csv``.
+
+    Args:
+        model: an untrained head; its token statistics are set from the dataset here.
+        config: stored in ``model.pt`` (must name the ``method`` and what ``build_model`` needs); it and the data
+            digest key the resume.
+        batch_size: images per optimiser step.
+        workers: DataLoader processes reading the store.
+        keep: which epoch's weights become ``model.pt``: ``"last"``, or ``"lowest_loss"`` (the epoch whose mean
+            loss against the training labels was lowest). Never the ground truth's choice.
+        monitor: held-out images with their ground truth, scored after every epoch (``monitor_miou``, logging only).
+
+    Returns:
+        the log row of the epoch kept as ``model.pt``.
+    """
+    torch.manual_seed(seed)
+    device_ = resolve_device(device)
+    autocast_dtype = torch.bfloat16 if device_.type == "cuda" else None
+    statistics = scan(dataset, progress)
+    model.set_statistics(statistics.mean, statistics.std)
+    model.to(device_).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = -(-len(dataset) // batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = resume_key({**config, "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
+                      "seed": seed, "keep": keep, "monitor": monitor.names if monitor else None}, statistics.digest)
+    start_epoch, rows, best = 0, [], None
+    last_path = out_dir / "last.pt"
+    state = load_resume_state(last_path, key)
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng_state"])  # dropout draws as in an uninterrupted run
+        start_epoch, rows, best = state["epoch"], state["log"], state["best"]
+
+    pin = device_.type == "cuda"
+    for epoch in tqdm(range(start_epoch, epochs), desc=f"train {config.get('method', '')}", unit="epoch",
+                      disable=not progress):
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=list, num_workers=workers,
+                                             pin_memory=pin)
+        total_loss, correct, counted = 0.0, 0, 0
+        for items in loader:
+            targets = [target.to(device_, non_blocking=True) for _, target in items]
+            logits = batch_logits(model, [tokens for tokens, _ in items], [tuple(t.shape) for t in targets], device_,
+                                  autocast_dtype)
+            valid = sum(int((target != IGNORE_LABEL).sum()) for target in targets)
+            loss = sum(F.cross_entropy(item[None], target[None], ignore_index=IGNORE_LABEL, reduction="sum")
+                       for item, target in zip(logits, targets)) / max(valid, 1)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += float(loss.detach()) * valid
+            counted += valid
+            correct += sum(int(((item.argmax(0) == target) & (target != IGNORE_LABEL)).sum())
+                           for item, target in zip(logits, targets))
+        row = {"epoch": epoch + 1, "loss": total_loss / max(counted, 1),
+               "pseudo_label_accuracy": correct / max(counted, 1),
+               "monitor_miou": monitor_miou(model, monitor, config["num_classes"], device_, autocast_dtype)
+               if monitor is not None and len(monitor) else None}
+        rows.append(row)
+        if best is None or keep == "last" or row["loss"] < best["row"]["loss"]:
+            best = {"row": row, "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        save_resume_state(last_path, key, {
+            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(), "rng_state": torch.get_rng_state(), "epoch": epoch + 1, "log": rows,
+            "best": best, "config": dict(config)})
+
+    with atomic_output(out_dir / "log.csv") as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+    with atomic_output(out_dir / "model.pt") as tmp:
+        save_checkpoint({"state_dict": best["state_dict"], "config": dict(config), "log": rows,
+                         "best_epoch": best["row"]["epoch"]}, tmp)
+    if monitor is not None and len(monitor):
+        print(f"monitor ({len(monitor)} held-out images, ground truth; not used for training or model choice): "
+              f"mIoU {rows[-1]['monitor_miou']:.2f} after epoch {rows[-1]['epoch']}", file=sys.stderr)
+    return best["row"]
 
 
 @dataclass(frozen=True)
@@ -73,10 +302,12 @@ class TrainingInputs:
 
     Attributes:
         store_path: the feature store of the variant's ``features``; ``facet`` is the facet trained on.
-        label_paths: image name → pseudo-label PNG (0 background, 1..num_classes-1 pseudo-classes, 255 ignored).
-        out_dir: the variant's folder (``model.pt``, ``last.pt``, ``log.csv``).
+        label_paths: image name → label PNG to train on (0 background, 1..num_classes-1 pseudo-classes, 255
+            ignored).
+        out_dir: the round's folder (``model.pt``, ``last.pt``, ``log.csv``).
         num_classes: output classes including background.
         config: the variant's settings, stored in the checkpoint (with ``method``).
+        monitor_paths: held-out image name → ground-truth PNG, scored every epoch for the log only.
     """
 
     store_path: Path
@@ -86,123 +317,102 @@ class TrainingInputs:
     facet: str
     config: Mapping[str, Any]
     progress: bool = True
+    monitor_paths: Mapping[str, Path] | None = None
 
 
-def build_linear_head(config: Mapping[str, Any]) -> LinearHead:
-    """The (untrained) model a ``linear_head`` checkpoint's config describes."""
-    return LinearHead(int(config["embed_dim"]), int(config["num_classes"]))
+def training_schema(epochs: int, lr: float) -> dict[str, dict]:
+    """The loop's settings (:func:`fit`), with a trainer's own default epochs and learning rate."""
+    return {
+        "epochs": {"type": "integer", "minimum": 1, "default": epochs},
+        "lr": {"type": "number", "exclusiveMinimum": 0, "default": lr,
+               "description": "AdamW peak learning rate (cosine decay to 0 over all steps)"},
+        "weight_decay": {"type": "number", "minimum": 0, "default": 1e-4, "description": "AdamW weight decay"},
+        "batch_size": {"type": "integer", "minimum": 1, "default": 8, "description": "images per optimiser step"},
+        "label_scale": {"type": "integer", "minimum": 1, "default": 4,
+                        "description": "the loss is computed at this many times the token grid (labels resized by "
+                                       "nearest)"},
+        "seed": {"type": "integer", "default": 0},
+        "device": {"type": ["string", "null"], "default": None,
+                   "description": "torch device; null: cuda when available (bfloat16 autocast), else cpu"},
+        "workers": {"type": "integer", "minimum": 0, "default": 0, "description": "DataLoader processes"},
+        "keep": {"enum": ["last", "lowest_loss"], "default": "last",
+                 "description": "model.pt: the last epoch, or the epoch with the lowest loss against the training "
+                                "labels (never chosen on ground truth)"},
+    }
 
 
-@register("train", "linear_head", build_model=build_linear_head, schema={
-    "epochs": {"type": "integer", "minimum": 1, "default": 60},
-    "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.01, "description": "AdamW learning rate"},
-    "weight_decay": {"type": "number", "minimum": 0, "default": 1e-4, "description": "AdamW weight decay"},
-    "label_scale": {"type": "integer", "minimum": 1, "default": 4,
-                    "description": "the loss is computed at this many times the token grid (labels resized by "
-                                   "nearest)"},
-    "seed": {"type": "integer", "default": 0},
-})
-def linear_head(inputs: TrainingInputs, *, epochs, lr, weight_decay, label_scale, seed) -> dict:
+def train_head(inputs: TrainingInputs, kind: str, head_options: Mapping[str, Any], *, epochs, lr, weight_decay,
+               batch_size, label_scale, seed, device, workers, keep) -> dict:
+    """Build the ``kind`` head (:mod:`unseg.heads`) and :func:`fit` it on the inputs' labels."""
+    dataset = TokenLabelDataset(inputs.store_path, inputs.facet, inputs.label_paths, inputs.num_classes, label_scale)
+    monitor = (TokenLabelDataset(inputs.store_path, inputs.facet, inputs.monitor_paths, None, label_scale)
+               if inputs.monitor_paths else None)
+    embed_dim = dataset[0][0].shape[0] if len(dataset) else 0
+    config = {**inputs.config, "num_classes": inputs.num_classes, "facet": inputs.facet, "embed_dim": embed_dim,
+              "label_scale": label_scale}
+    torch.manual_seed(seed)  # the head's initial weights
+    model = build_head(kind, embed_dim, inputs.num_classes, head_options)
+    return fit(model, dataset, inputs.out_dir, config=config, epochs=epochs, lr=lr, weight_decay=weight_decay,
+               batch_size=batch_size, seed=seed, device=device, workers=workers, keep=keep, monitor=monitor,
+               progress=inputs.progress)
+
+
+def _builder(kind: str, option_keys: Sequence[str]):
+    """build_model for a head trainer: the head its checkpoint config describes, untrained."""
+    def build_model(config: Mapping[str, Any]) -> TokenHead:
+        return build_head(kind, config["embed_dim"], config["num_classes"], {key: config[key] for key in option_keys})
+    return build_model
+
+
+@register("train", "linear_head", build_model=_builder("linear", ()), schema=training_schema(epochs=60, lr=0.01))
+def linear_head(inputs: TrainingInputs, **loop) -> dict:
     """A linear 1×1 head on frozen standardised tokens, trained with AdamW and cross-entropy on the pseudo-labels."""
-    return train_head(inputs.store_path, inputs.label_paths, inputs.out_dir, inputs.num_classes, facet=inputs.facet,
-                      epochs=epochs, learning_rate=lr, weight_decay=weight_decay, label_scale=label_scale, seed=seed,
-                      config=inputs.config, progress=inputs.progress)
+    return train_head(inputs, "linear", {}, **loop)
 
 
-def train_head(
-    store_path: str | Path,
-    label_paths: Mapping[str, str | Path],
-    out_dir: str | Path,
-    num_classes: int,
-    *,
-    facet: str,
-    epochs: int,
-    learning_rate: float,
-    weight_decay: float,
-    label_scale: int,
-    seed: int,
-    config: Mapping[str, Any],
-    progress: bool = True,
-) -> dict:
-    """Train a :class:`LinearHead` on pseudo-label PNGs; write ``model.pt``, ``last.pt`` and ``log.csv``.
+MASK_TRANSFORMER_OPTIONS = ("width", "layers", "heads", "dropout")
 
-    ``last.pt`` (written after every epoch) is resumed only when it was saved for the same settings *and* the same
-    tokens and labels (:mod:`unseg.checkpoints`); anything else trains from scratch.
 
-    Args:
-        label_paths: image name → label PNG (0 = background, 1..num_classes-1 pseudo-classes, 255 ignored).
-        num_classes: number of output classes including background.
-        label_scale: the loss is computed at ``label_scale`` × the token grid (labels resized by nearest).
+@register("train", "mask_transformer", build_model=_builder("mask_transformer", MASK_TRANSFORMER_OPTIONS), schema={
+    **training_schema(epochs=40, lr=1e-3),
+    "width": {"type": "integer", "minimum": 8, "default": 384,
+              "description": "decoder width (Segmenter: the encoder's, 384 for ViT-S)"},
+    "layers": {"type": "integer", "minimum": 1, "default": 2, "description": "decoder layers (Segmenter: 2)"},
+    "heads": {"type": "integer", "minimum": 1, "default": 6, "description": "attention heads (must divide width)"},
+    "dropout": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.1, "description": "Segmenter: 0.1"},
+})
+def mask_transformer(inputs: TrainingInputs, *, width, layers, heads, dropout, **loop) -> dict:
+    """Segmenter's mask transformer (class embeddings decoded with the patch tokens) on frozen tokens."""
+    if width % heads:
+        raise ValueError(f"train.mask_transformer: heads={heads} must divide width={width}")
+    return train_head(inputs, "mask_transformer", {"width": width, "layers": layers, "heads": heads,
+                                                   "dropout": dropout}, **loop)
 
-    Returns:
-        the final epoch's log row.
+
+@register("train", "deeplab_aspp", build_model=_builder("aspp", ("atrous_rates",)), schema={
+    **training_schema(epochs=40, lr=1e-3),
+    "atrous_rates": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1,
+                     "default": [6, 12, 18], "description": "DeepLab-v3 (sec. 3.3) rates at output stride 16"},
+})
+def deeplab_aspp(inputs: TrainingInputs, *, atrous_rates, **loop) -> dict:
+    """DeepLab-v3's ASPP head (torchvision's DeepLabHead) on frozen tokens."""
+    return train_head(inputs, "aspp", {"atrous_rates": list(atrous_rates)}, **loop)
+
+
+ROUND_KEYS = ("rounds", "crf", "round_settings")  # the variant's settings about rounds, not about one training
+
+
+def settings_of_round(settings: Mapping[str, Any], round_index: int) -> dict[str, Any]:
+    """The settings one round trains with: the variant's, without the round keys, with ``round_settings[r]`` on top.
+
+    Raises:
+        ValueError: ``round_index`` outside 1..rounds.
     """
-    torch.manual_seed(seed)
-    store = FeatureStore(store_path)
-    names = sorted(label_paths)
-    tokens = {name: token_tensor(store, name, facet) for name in names}
-    labels = {}
-    for name in names:
-        label_map = read_label_png(label_paths[name])
-        too_large = (label_map >= num_classes) & (label_map != IGNORE_LABEL)
-        if too_large.any():
-            raise ValueError(f"{label_paths[name]}: label {label_map[too_large].max()} ≥ num_classes={num_classes}")
-        labels[name] = _label_tensor(label_map, store.geometry(name), label_scale)
-
-    all_tokens = torch.cat([t.flatten(2)[0].T for t in tokens.values()])  # (total tokens, D)
-    head = LinearHead(all_tokens.shape[1], num_classes)
-    head.mean.copy_(all_tokens.mean(0))
-    head.std.copy_(all_tokens.std(0).clamp(min=1e-6))
-    optimizer = torch.optim.AdamW(head.parameters(), lr=learning_rate, weight_decay=weight_decay)
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_config = {"method": "linear_head", **config, "num_classes": num_classes, "facet": facet,
-                         "embed_dim": all_tokens.shape[1]}
-    # Resume only the same experiment on the same data: the key digests the settings and every array trained on.
-    key = resume_key(
-        {**checkpoint_config, "weight_decay": weight_decay, "label_scale": label_scale, "seed": seed,
-         "epochs": epochs, "learning_rate": learning_rate},
-        data_digest([item for name in names
-                     for item in ((f"{name}/tokens", tokens[name]), (f"{name}/labels", labels[name]))]),
-    )
-    start_epoch, rows = 0, []
-    last_path = out_dir / "last.pt"
-    state = load_resume_state(last_path, key)
-    if state is not None:
-        head.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_state"])  # the same shuffles as an uninterrupted run
-        start_epoch, rows = state["epoch"], state["log"]
-
-    for epoch in tqdm(range(start_epoch, epochs), desc="train head", unit="epoch", disable=not progress):
-        order = torch.randperm(len(names)).tolist()
-        total_loss, correct, counted = 0.0, 0, 0
-        for index in order:
-            name = names[index]
-            target = labels[name]
-            logits = F.interpolate(head(tokens[name]), size=target.shape[-2:], mode="bilinear", align_corners=False)
-            loss = F.cross_entropy(logits, target, ignore_index=IGNORE_LABEL)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            valid = target != IGNORE_LABEL
-            total_loss += loss.item() * int(valid.sum())
-            correct += int((logits.argmax(1) == target)[valid].sum())
-            counted += int(valid.sum())
-        rows.append({"epoch": epoch + 1, "loss": total_loss / max(counted, 1),
-                     "pseudo_label_accuracy": correct / max(counted, 1)})
-        save_resume_state(last_path, key, {"state_dict": head.state_dict(), "optimizer": optimizer.state_dict(),
-                                           "epoch": epoch + 1, "log": rows, "rng_state": torch.get_rng_state()})
-
-    with atomic_output(out_dir / "log.csv") as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["epoch", "loss", "pseudo_label_accuracy"])
-            writer.writeheader()
-            writer.writerows(rows)
-    with atomic_output(out_dir / "model.pt") as tmp:
-        save_checkpoint({"state_dict": head.state_dict(), "config": checkpoint_config, "log": rows}, tmp)
-    return rows[-1] if rows else {}
+    rounds = int(settings.get("rounds", 1))
+    if not 1 <= round_index <= rounds:
+        raise ValueError(f"round {round_index} does not exist: the variant trains rounds 1..{rounds} ('rounds')")
+    override = dict((settings.get("round_settings") or {}).get(str(round_index), {}))
+    return {**{key: value for key, value in settings.items() if key not in ROUND_KEYS}, **override}
 
 
 def run_train(
@@ -213,18 +423,22 @@ def run_train(
     num_classes: int,
     settings: Mapping[str, Any],
     progress: bool = True,
+    monitor_paths: Mapping[str, str | Path] | None = None,
 ) -> dict:
-    """Train the variant's method on the pseudo-labels ``label_dir/{name}.png`` of ``names``.
+    """Train the variant's method on the labels ``label_dir/{name}.png`` of ``names``.
 
     Args:
         num_classes: output classes including background (the pseudolabels variant's ``clusters`` + 1).
         settings: the train variant: ``method``, ``facet`` and the method's own settings.
+        monitor_paths: held-out image name → ground-truth PNG, scored each epoch for the log (not trained on).
 
     Returns:
-        the trainer's final log row.
+        the trainer's log row of the kept epoch.
     """
     method = REGISTRIES["train"].get(settings["method"])
     config = {"method": method.name, "facet": settings["facet"], **method.settings(settings)}
-    inputs = TrainingInputs(Path(store_path), {name: Path(label_dir) / f"{name}.png" for name in names}, Path(out_dir),
-                            int(num_classes), settings["facet"], config, progress)
+    monitor = {name: Path(path) for name, path in (monitor_paths or {}).items()}
+    inputs = TrainingInputs(Path(store_path),
+                            {name: Path(label_dir) / f"{name}.png" for name in names if name not in monitor},
+                            Path(out_dir), int(num_classes), settings["facet"], config, progress, monitor or None)
     return method(inputs, settings=settings)

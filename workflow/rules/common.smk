@@ -30,8 +30,9 @@ PATHS = {
     "proposals_metrics": f"{RESULTS}/proposals/{{variant}}/metrics.json",
     "proposals_report": f"{RESULTS}/proposals/{{variant}}/report.md",
     "pseudolabels": f"{RESULTS}/pseudolabels/{{variant}}",
-    "model": f"{RESULTS}/train/{{variant}}/model.pt",
-    "train_log": f"{RESULTS}/train/{{variant}}/log.csv",
+    "round_labels": f"{RESULTS}/train/{{variant}}/round-{{round}}/labels",
+    "model": f"{RESULTS}/train/{{variant}}/round-{{round}}/model.pt",
+    "train_log": f"{RESULTS}/train/{{variant}}/round-{{round}}/log.csv",
     "predict": f"{RESULTS}/predict/{{variant}}",
     "metrics": f"{RESULTS}/evaluate/{{variant}}/metrics.json",
     "report_md": f"{RESULTS}/evaluate/{{variant}}/report.md",
@@ -61,11 +62,17 @@ SUMMARY = [
 
 wildcard_constraints:
     variant=VARIANT,
+    round="[1-9][0-9]*",
 
 
 def variant_settings(stage):
     """Params function: the variant's own settings, so editing them re-runs that stage (params rerun trigger)."""
     return lambda wildcards: config[stage][wildcards.variant]
+
+
+def final_model(wildcards):
+    """Input function: the model of a train variant's last round."""
+    return PATHS["model"].format(variant=wildcards.variant, round=config["train"][wildcards.variant]["rounds"])
 
 
 def config_chain(stage):

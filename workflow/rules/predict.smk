@@ -2,7 +2,7 @@
 rule predict:
     input:
         index=PATHS["index"],
-        model=PATHS["model"],
+        model=final_model,
         features=upstream("train", "features", "features"),
     output:
         directory(PATHS["predict"]),

@@ -1,19 +1,62 @@
+# Self-training rounds: round 1 trains on the pseudo-labels, round r on round r-1's predictions (CRF-refined when the
+# variant's crf is true). Each round is a folder and a job of its own, so editing round 3's settings re-runs round 3
+# and what follows it only.
+from unseg.train import settings_of_round
+
+
+def round_settings(wildcards):
+    """Params function: the settings of this round (the variant's, with its round_settings override)."""
+    return settings_of_round(config["train"][wildcards.variant], int(wildcards.round))
+
+
+def round_labels(wildcards):
+    """Input function: what a round trains on."""
+    round_index = int(wildcards.round)
+    settings_of_round(config["train"][wildcards.variant], round_index)  # a round beyond 'rounds' is an error
+    if round_index == 1:
+        return PATHS["pseudolabels"].format(variant=config["train"][wildcards.variant]["pseudolabels"])
+    return PATHS["round_labels"].format(variant=wildcards.variant, round=round_index)
+
+
 rule train:
     input:
         index=PATHS["index"],
-        pseudolabels=upstream("train", "pseudolabels", "pseudolabels"),
+        labels=round_labels,
         features=upstream("train", "features", "features"),
     output:
         model=PATHS["model"],
         log_csv=PATHS["train_log"],
     params:
-        settings=variant_settings("train"),
+        settings=round_settings,
+        monitor_split=lambda wildcards: config["train"][wildcards.variant].get("monitor_split"),
         chain=config_chain("train"),
         num_classes=lambda wildcards: config["pseudolabels"][config["train"][wildcards.variant]["pseudolabels"]]["clusters"] + 1,
     threads: 8
+    resources:
+        gpu=lambda wildcards: 1 if "cuda" in str(config["train"][wildcards.variant].get("device") or "") else 0,
     log:
-        f"{LOGS}/train/{{variant}}.log",
+        f"{LOGS}/train/{{variant}}/round-{{round}}.log",
     conda:
         "../envs/unseg.yaml"
     script:
         "../scripts/train.py"
+
+
+# The labels of round r >= 2: round r-1's predictions of every image, refined by a dense CRF on the image.
+rule refine_labels:
+    input:
+        index=PATHS["index"],
+        model=lambda wildcards: PATHS["model"].format(variant=wildcards.variant, round=int(wildcards.round) - 1),
+        features=upstream("train", "features", "features"),
+    output:
+        directory(PATHS["round_labels"]),
+    params:
+        crf=lambda wildcards: config["train"][wildcards.variant]["crf"],
+        chain=config_chain("train"),
+    threads: 4
+    log:
+        f"{LOGS}/train/{{variant}}/round-{{round}}-labels.log",
+    conda:
+        "../envs/unseg.yaml"
+    script:
+        "../scripts/refine_labels.py"
