@@ -1,9 +1,10 @@
 """The pseudolabels stage: mask features, k-means labels, painting, registered methods and the runner."""
 
 import numpy as np
+import pytest
 
 from unseg.config import validate_config
-from unseg.io import decode_rle, read_json, read_label_png, write_json
+from unseg.io import decode_rle, read_json, read_label_png, write_json, write_label_png
 from unseg.pseudolabels import PseudoLabels, mask_feature, paint_label_map, run_pseudolabels
 from unseg.registry import register
 from unseg.store import FeatureStore
@@ -71,3 +72,52 @@ def test_a_method_registered_outside_the_project_runs_from_a_config_alone(tiny_s
     np.testing.assert_array_equal(first, np.where(square, 2, 0))
     assert not read_label_png(tmp_path / "labels" / f"{names_by_id[2]}.png").any()
     assert read_json(tmp_path / "labels" / "pseudolabels.json")[0]["category_id"] == 2
+
+
+def test_torch_kmeans_matches_faiss_on_the_same_points():
+    from unseg.cluster import kmeans, kmeans_over_seeds, torch_kmeans
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (5, 8)) * 6
+    points = (centres[rng.integers(0, 5, 400)] + rng.normal(0, 1, (400, 8))).astype(np.float32)
+    faiss_labels, _, faiss_inertia = kmeans(points, 5, seed=0, num_restarts=5)
+    torch_runs = [torch_kmeans(points, 5, seed=seed) for seed in range(5)]
+    torch_labels, centroids, torch_inertia = min(torch_runs, key=lambda run: run[2])
+    assert torch_inertia == pytest.approx(faiss_inertia, rel=1e-3)
+    # the same partition up to the cluster numbering
+    pairs = set(zip(faiss_labels.tolist(), torch_labels.tolist()))
+    assert len(pairs) == 5
+    # inertia is what it says: the squared distances to the assigned centroids
+    assert torch_inertia == pytest.approx(float(((points - centroids[torch_labels]) ** 2).sum()), rel=1e-4)
+    labels, _, inertias = kmeans_over_seeds(points, 5, [3, 4, 5])
+    assert set(inertias) == {3, 4, 5} and len(set(zip(labels.tolist(), faiss_labels.tolist()))) == 5
+
+
+def test_the_support_set_changes_the_clustering_but_never_the_painted_images(tiny_store, tmp_path):
+    store_path, _ = tiny_store
+    store = FeatureStore(store_path)
+    names_by_id = {store.image_id(name): name for name in store.names}  # 1, 2, 3
+    for name in store.names:  # an all-salient map: every proposal passes, the background prototype is defined
+        write_label_png(tmp_path / f"{name}.png", np.full(store.geometry(name).original_size, 128, np.uint8))
+    proposals = [det(box((64, 64), top, left, top + 20, left + 24), 0.9, image_id=image_id)
+                 for image_id in (1, 2, 3) for top, left in ((4, 4), (30, 30), (10, 36))]
+    write_json(tmp_path / "proposals.json", proposals)
+    settings = {"method": "mask_kmeans", "facet": "keys", "clusters": 2, "background_clusters": 0, "min_score": 0.5,
+                "seed": 0, "num_restarts": 3, "device": None}
+
+    def run(out, names, support=()):
+        summary = run_pseudolabels(tmp_path / "proposals.json", store_path, tmp_path, names, out, settings,
+                                   progress=False, support_ids=set(support))
+        return summary, sorted(path.stem for path in out.glob("*.png")), read_json(out / "pseudolabels.json")
+
+    painted_only = {1: names_by_id[1], 2: names_by_id[2]}
+    alone, alone_names, alone_detections = run(tmp_path / "alone", painted_only)
+    helped, helped_names, helped_detections = run(tmp_path / "helped", names_by_id, support=[3])
+    assert alone_names == helped_names == sorted(painted_only.values())  # image 3 is never painted
+    assert {d["image_id"] for d in helped_detections} == {1, 2}
+    assert (alone["num_clustered"], helped["num_clustered"]) == (6, 9)  # but its proposals were clustered
+    assert helped["num_support_images"] == 1 and helped["inertia"] != alone["inertia"]
+    with pytest.raises(ValueError, match="painted support-set images"):
+        run_pseudolabels(tmp_path / "proposals.json", store_path, tmp_path, names_by_id, tmp_path / "bad",
+                         {"method": "test_one_class_per_image", "facet": "keys", "clusters": 2, "label": 1},
+                         progress=False, support_ids={3})

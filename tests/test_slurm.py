@@ -136,7 +136,8 @@ def test_tiny_workflow_on_slurm_matches_the_local_run(cluster, tiny_run, tmp_pat
     # GPU rules were submitted with a GPU request to the GPU partition, the others with neither.
     calls = sbatch_calls(output)
     gpu_calls = {name: call for name, call in calls.items() if name.split("_wildcards_")[0][len("rule_"):] in GPU_RULES}
-    assert set(gpu_calls) == {"rule_features_wildcards_vits16", "rule_train_wildcards_linear"}, sorted(calls)
+    assert set(gpu_calls) == {"rule_features_wildcards_vits16", "rule_train_wildcards_linear_1",
+                              "rule_train_wildcards_linear_2"}, sorted(calls)
     for name, call in calls.items():
         asks_gpu = "--gpus=1" in call.split() and "-p gpu" in call
         assert asks_gpu == (name in gpu_calls), call

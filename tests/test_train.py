@@ -134,3 +134,41 @@ def test_linear_head_standardises_then_classifies():
         head.decode.bias.zero_()
     tokens = torch.tensor([3.0, 6.0]).view(1, 2, 1, 1)
     np.testing.assert_allclose(head(tokens).detach().flatten().numpy(), [1.0, 1.0])
+
+
+def test_a_round_trains_with_the_variants_settings_and_its_own_override():
+    from unseg.train import settings_of_round
+
+    settings = variant("train", epochs=10, rounds=3, round_settings={"3": {"epochs": 2, "lr": 0.5}})
+    first, third = settings_of_round(settings, 1), settings_of_round(settings, 3)
+    assert first["epochs"] == 10 and third["epochs"] == 2 and third["lr"] == 0.5
+    assert first["lr"] == settings["lr"] == variant("train")["lr"]  # the override holds no defaults
+    assert not {"rounds", "crf", "round_settings", "init_from_previous"} & set(first)  # rounds 1-2 ignore them
+    assert settings_of_round({**settings, "rounds": 4}, 2) == settings_of_round(settings, 2)
+    with pytest.raises(ValueError, match="round 4 does not exist"):
+        settings_of_round(settings, 4)
+
+
+def test_a_round_started_from_the_previous_model_resumes_only_from_that_model(store, tmp_path, capsys):
+    (tmp_path / "labels").mkdir()
+    label_maps(tmp_path / "labels")
+    folder = tmp_path / "labels"
+    settings = variant("train", epochs=2, lr=0.05)
+    run_train(store, folder, NAMES, tmp_path / "round-1", 3, settings, progress=False)
+    first = weights(tmp_path / "round-1")
+    run_train(store, folder, NAMES, tmp_path / "round-2", 3, settings, progress=False,
+              initial_model=tmp_path / "round-1" / "model.pt")
+    continued = weights(tmp_path / "round-2")
+    run_train(store, folder, NAMES, tmp_path / "scratch", 3, settings, progress=False)
+    assert not torch.allclose(continued["decode.weight"], weights(tmp_path / "scratch")["decode.weight"])
+    # A new round-1 model (other settings) makes round 2's last.pt stale: it trains again from the new model.
+    run_train(store, folder, NAMES, tmp_path / "round-1", 3, {**settings, "lr": 0.01}, progress=False)
+    capsys.readouterr()
+    run_train(store, folder, NAMES, tmp_path / "round-2", 3, settings, progress=False,
+              initial_model=tmp_path / "round-1" / "model.pt")
+    assert "training from scratch" in capsys.readouterr().err
+    assert not torch.allclose(weights(tmp_path / "round-2")["decode.weight"], continued["decode.weight"])
+    assert not torch.allclose(first["decode.weight"], continued["decode.weight"])
+    with pytest.raises(ValueError, match="cannot start"):
+        run_train(store, folder, NAMES, tmp_path / "other", 2, settings, progress=False,
+                  initial_model=tmp_path / "round-1" / "model.pt")

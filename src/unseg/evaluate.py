@@ -40,6 +40,7 @@ def run_evaluation(
     out_html: str | os.PathLike | None = None,
     saliency_dir: str | os.PathLike | None = None,
     features_store: str | os.PathLike | None = None,
+    training_labels: Mapping[str, str | os.PathLike] | None = None,
 ) -> dict[str, Any]:
     """Evaluate one branch on an index split; write ``metrics.json``, ``report.md`` and optionally ``report.html``.
 
@@ -52,6 +53,9 @@ def run_evaluation(
       exists;
     - ``saliency_dir``: the branch's saliency maps vs ground-truth foreground (label > 0, void ignored): key
       ``object_segmentation`` (foreground IoU, accuracy, max F-beta; hard masks at soft >= 0.5);
+    - ``training_labels`` (label → folder of PNGs): what the branch's model was trained on (the pseudo-labels, each
+      self-training round's refined labels), scored like the predictions (key ``training_labels``), so a report
+      shows whether the trained model beats its own inputs;
     - ``features_store`` with options ``kmeans``, ``linear_probe``, ``retrieval``: the feature evaluations of
       :mod:`unseg.probe` on the option ``facet`` (the probe and retrieval train on / retrieve from the option's
       ``train_split`` / ``reference_split``, evaluate on ``split``).
@@ -88,6 +92,9 @@ def run_evaluation(
                 pred_paths, labelled["gt_semantic"].tolist(), num_predicted, num_classes + 1, matching, names
             )
         )
+        if training_labels:
+            metrics["training_labels"] = _training_label_scores(labelled, training_labels, num_classes + 1, matching,
+                                                                names)
         if options["crf"]:
             metrics["crf"] = _crf_scores(labelled, pred_paths, num_predicted, num_classes + 1, matching, names)
         if saliency_dir is not None:
@@ -117,6 +124,7 @@ def run_evaluation(
     section_titles = {
         "crf": "After dense-CRF post-processing",
         "object_segmentation": "Object segmentation: saliency vs ground-truth foreground",
+        "training_labels": "What the model was trained on (same matching)",
         "kmeans": "K-means of frozen features (Hungarian, mean over seeds)",
         "linear_probe": "Linear probe on frozen features",
         "retrieval": "Segment retrieval",
@@ -130,6 +138,18 @@ def run_evaluation(
     if out_html is not None:
         _write_evaluation_html(metrics, out_html, labelled, predictions_dir, int(options["num_examples"]))
     return metrics
+
+
+def _training_label_scores(labelled, folders: Mapping[str, str | os.PathLike], num_classes: int, matching: str,
+                           names) -> dict[str, Any]:
+    """mIoU and pixel accuracy of each training-label folder on the labelled images: {label: {miou, ...}}."""
+    scores = {}
+    for label, folder in folders.items():
+        paths = [Path(folder) / f"{name}.png" for name in labelled["name"]]
+        num_predicted = max(_max_label(path) for path in paths) + 1
+        result = evaluate_semantic(paths, labelled["gt_semantic"].tolist(), num_predicted, num_classes, matching, names)
+        scores[label] = {"miou": result["miou"], "pixel_accuracy": result["pixel_accuracy"]}
+    return scores
 
 
 def _crf_scores(labelled, pred_paths, num_predicted: int, num_classes: int, matching: str, names) -> dict[str, Any]:

@@ -199,6 +199,12 @@ def image_paths(index_csv: str | os.PathLike) -> dict[str, str]:
     return {str(name): str(path) for name, path in zip(df["name"], df["path"])}
 
 
+def split_names(df: pd.DataFrame, split: str | None) -> set[str]:
+    """Names of the images of ``split`` (none when ``split`` is None; an unknown split raises, see
+    :func:`index_split`)."""
+    return set() if split is None else set(index_split(df, split)["name"])
+
+
 def split_ground_truth(df: pd.DataFrame, split: str | None) -> dict[str, str]:
     """image name -> ground-truth semantic PNG of the images of ``split`` that have one; {} when ``split`` is None.
 

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
-from .cluster import kmeans
+from .cluster import kmeans_over_seeds
 from .geometry import image_to_grid
 from .io import (
     atomic_output,
@@ -98,7 +99,8 @@ class PseudolabelInputs:
         proposals: the proposals variant's COCO results (RLE segmentations, ``score``), of every image.
         store: the feature store of the variant's ``features``; ``facet`` is the facet to read from it.
         saliency_dir: the saliency maps the proposals were filtered with (:func:`unseg.io.read_saliency`).
-        names_by_id: image id → name, of every image to label.
+        names_by_id: image id → name, of every image whose proposals are clustered.
+        support_ids: the ids among them of the support set (MaskDistill): clustered, never painted.
         clusters: number of pseudo-classes (object classes; background, label 0, comes on top).
         source: where the proposals came from, for messages.
     """
@@ -111,6 +113,12 @@ class PseudolabelInputs:
     clusters: int
     source: str = "proposals"
     progress: bool = True
+    support_ids: frozenset[int] = frozenset()
+
+    @property
+    def painted(self) -> dict[int, str]:
+        """image id → name of the images that get a label map: all but the support set."""
+        return {image_id: name for image_id, name in self.names_by_id.items() if image_id not in self.support_ids}
 
 
 @dataclass
@@ -130,15 +138,20 @@ class PseudoLabels:
                                            "as background"},
     "min_score": {"type": "number", "minimum": 0, "default": 0.8,
                   "description": "proposals scoring lower are neither clustered nor painted"},
-    "seed": {"type": "integer", "default": 0, "description": "k-means seed"},
+    "seed": {"type": "integer", "default": 0, "description": "first k-means seed"},
     "num_restarts": {"type": "integer", "minimum": 1, "default": 5,
-                     "description": "k-means restarts; the lowest inertia wins"},
+                     "description": "k-means runs, seeds seed..seed+num_restarts-1; the lowest inertia wins (every "
+                                    "run's inertia is in the summary)"},
+    "device": {"type": ["string", "null"], "default": None,
+               "description": "k-means device: null = cuda when available (torch k-means), else faiss on the cpu"},
 })
-def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, seed, num_restarts) -> PseudoLabels:
+def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, seed, num_restarts,
+                device) -> PseudoLabels:
     """MaskDistill-style: k-means of coverage-weighted proposal features into pseudo-classes, background-like
     clusters painted as background, the most confident mask on top (module docstring)."""
     store, facet = inputs.store, inputs.facet
-    proposals = [det for det in inputs.proposals if det["score"] >= min_score]
+    proposals = [det for det in inputs.proposals if det["score"] >= min_score and int(det["image_id"]) in
+                 inputs.names_by_id]
     total_clusters = inputs.clusters + background_clusters
     if len(proposals) < total_clusters:
         raise ValueError(
@@ -154,14 +167,16 @@ def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, se
         name = inputs.names_by_id[int(det["image_id"])]
         coverage = image_to_grid(decode_rle(det["segmentation"]), store.geometry(name))
         features.append(mask_feature(store.facet(name, facet), coverage))
-    clusters, centroids, inertia = kmeans(np.stack(features), total_clusters, seed=seed, num_restarts=num_restarts)
+    device = device or ("cuda" if torch.cuda.is_available() else None)
+    clusters, centroids, inertias = kmeans_over_seeds(np.stack(features), total_clusters,
+                                                      range(seed, seed + num_restarts), device)
     labels = assign_background_clusters(centroids, np.mean(background, axis=0), background_clusters)[clusters]
 
     by_image: dict[int, list[int]] = {}
     for position, det in enumerate(proposals):
         by_image.setdefault(int(det["image_id"]), []).append(position)
     label_maps = {}
-    for image_id, name in sorted(inputs.names_by_id.items()):
+    for image_id, name in sorted(inputs.painted.items()):
         positions = by_image.get(image_id, [])
         label_maps[name] = paint_label_map(
             [decode_rle(proposals[p]["segmentation"]) for p in positions],
@@ -171,9 +186,13 @@ def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, se
         )
     return PseudoLabels(
         label_maps,
-        [{**det, "category_id": int(labels[i])} for i, det in enumerate(proposals)],
+        [{**det, "category_id": int(labels[i])} for i, det in enumerate(proposals)
+         if int(det["image_id"]) not in inputs.support_ids],
         {"num_proposals": len(inputs.proposals), "num_clustered": len(proposals),
-         "label_sizes": np.bincount(labels, minlength=inputs.clusters + 1).tolist(), "inertia": inertia},
+         "num_support_images": len(inputs.support_ids),
+         "label_sizes": np.bincount(labels, minlength=inputs.clusters + 1).tolist(),
+         "inertia": min(inertias.values()), "inertia_by_seed": inertias, "kept_seed": min(inertias, key=inertias.get),
+         "kmeans": "torch" if device and torch.device(device).type == "cuda" else "faiss"},
     )
 
 
@@ -185,12 +204,16 @@ def run_pseudolabels(
     out_dir: str | Path,
     settings: Mapping[str, Any],
     progress: bool = True,
+    support_ids: frozenset[int] | set[int] = frozenset(),
 ) -> dict:
-    """Pseudo-labels of every image by the variant's method → ``out_dir/{name}.png`` and ``out_dir/pseudolabels.json``
-    (the labelled detections: ``category_id`` 0 background, 1..clusters), written as one atomic folder.
+    """Pseudo-labels of every image by the variant's method → ``out_dir/{name}.png``, ``out_dir/pseudolabels.json``
+    (the labelled detections: ``category_id`` 0 background, 1..clusters) and ``out_dir/summary.json`` (the method's
+    summary: counts, cluster sizes, every k-means seed's inertia), written as one atomic folder.
 
     Args:
         settings: the pseudolabels variant: ``method``, ``facet``, ``clusters`` and the method's own settings.
+        support_ids: ids (of ``names_by_id``) of the support set: their proposals join the clustering, but they get
+            no label map (MaskDistill's support set, "used in the clustering only").
 
     Returns:
         the method's summary (counts, cluster sizes, ...).
@@ -198,14 +221,19 @@ def run_pseudolabels(
     method = REGISTRIES["pseudolabels"].get(settings["method"])
     inputs = PseudolabelInputs(read_json(proposals_json), FeatureStore(store_path), settings["facet"],
                                Path(saliency_dir), dict(names_by_id), int(settings["clusters"]), str(proposals_json),
-                               progress)
+                               progress, frozenset(support_ids))
     result = method(inputs, settings=settings)
-    missing = sorted(set(names_by_id.values()) - set(result.label_maps))
+    painted = set(inputs.painted.values())
+    missing = sorted(painted - set(result.label_maps))
+    extra = sorted(set(result.label_maps) - painted)
+    if extra:
+        raise ValueError(f"pseudolabels method {method.name!r} painted support-set images {extra[:3]}")
     if missing:
         raise ValueError(f"pseudolabels method {method.name!r} gave no label map for {missing[:3]}")
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        for name in sorted(names_by_id.values()):
+        for name in sorted(painted):
             write_label_png(tmp / f"{name}.png", result.label_maps[name])
         write_json(tmp / "pseudolabels.json", result.detections, indent=None)
+        write_json(tmp / "summary.json", result.summary)
     return result.summary

@@ -19,8 +19,9 @@ The built-in trainers are one loop (:func:`fit`) around the heads of :mod:`unseg
   (Hungarian) of its held-out images against their ground truth: monitoring only, never used to choose a model.
 
 Self-training rounds (``rounds``): round 1 trains on the pseudo-labels, round r on round r-1's predictions refined by
-a dense CRF (MaskDistill, Part 2: "iteratively updating the segmentation maps and model weights"); each round is its
-own folder and job (:func:`unseg.predict.refine_labels` makes its labels).
+a dense CRF, starting from round r-1's weights (MaskDistill, Part 2: "iteratively updating the segmentation maps and
+model weights"; its CRF configs start from the previous model); each round is its own folder and job
+(:func:`unseg.predict.refine_labels` makes its labels).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoints import load_resume_state, resume_key, save_checkpoint, save_resume_state
+from .checkpoints import data_digest, load_resume_state, resume_key, save_checkpoint, save_resume_state
 from .geometry import ResizeGeometry
 from .heads import AsppHead, LinearHead, MaskTransformerHead, TokenHead, build_head
 from .io import IGNORE_LABEL, atomic_output, read_label_png
@@ -308,6 +309,7 @@ class TrainingInputs:
         num_classes: output classes including background.
         config: the variant's settings, stored in the checkpoint (with ``method``).
         monitor_paths: held-out image name → ground-truth PNG, scored every epoch for the log only.
+        initial_model: a checkpoint of the same trainer to start from (the previous self-training round's).
     """
 
     store_path: Path
@@ -318,6 +320,7 @@ class TrainingInputs:
     config: Mapping[str, Any]
     progress: bool = True
     monitor_paths: Mapping[str, Path] | None = None
+    initial_model: Path | None = None
 
 
 def training_schema(epochs: int, lr: float) -> dict[str, dict]:
@@ -352,6 +355,14 @@ def train_head(inputs: TrainingInputs, kind: str, head_options: Mapping[str, Any
               "label_scale": label_scale}
     torch.manual_seed(seed)  # the head's initial weights
     model = build_head(kind, embed_dim, inputs.num_classes, head_options)
+    if inputs.initial_model is not None:
+        checkpoint = torch.load(inputs.initial_model, map_location="cpu", weights_only=False)
+        previous = {key: checkpoint["config"].get(key) for key in ("method", "num_classes", "embed_dim")}
+        if previous != {"method": inputs.config["method"], "num_classes": inputs.num_classes, "embed_dim": embed_dim}:
+            raise ValueError(f"{inputs.initial_model}: a {previous} model cannot start a {inputs.config['method']} "
+                             f"training with {inputs.num_classes} classes on {embed_dim}-dim tokens")
+        model.load_state_dict(checkpoint["state_dict"])
+        config["initial_model_digest"] = data_digest(sorted(checkpoint["state_dict"].items()))  # keys the resume
     return fit(model, dataset, inputs.out_dir, config=config, epochs=epochs, lr=lr, weight_decay=weight_decay,
                batch_size=batch_size, seed=seed, device=device, workers=workers, keep=keep, monitor=monitor,
                progress=inputs.progress)
@@ -399,7 +410,8 @@ def deeplab_aspp(inputs: TrainingInputs, *, atrous_rates, **loop) -> dict:
     return train_head(inputs, "aspp", {"atrous_rates": list(atrous_rates)}, **loop)
 
 
-ROUND_KEYS = ("rounds", "crf", "round_settings")  # the variant's settings about rounds, not about one training
+# The variant's settings about its rounds, not about one round's training.
+ROUND_KEYS = ("rounds", "crf", "round_settings", "init_from_previous")
 
 
 def settings_of_round(settings: Mapping[str, Any], round_index: int) -> dict[str, Any]:
@@ -424,6 +436,7 @@ def run_train(
     settings: Mapping[str, Any],
     progress: bool = True,
     monitor_paths: Mapping[str, str | Path] | None = None,
+    initial_model: str | Path | None = None,
 ) -> dict:
     """Train the variant's method on the labels ``label_dir/{name}.png`` of ``names``.
 
@@ -431,6 +444,7 @@ def run_train(
         num_classes: output classes including background (the pseudolabels variant's ``clusters`` + 1).
         settings: the train variant: ``method``, ``facet`` and the method's own settings.
         monitor_paths: held-out image name → ground-truth PNG, scored each epoch for the log (not trained on).
+        initial_model: start from this checkpoint of the same trainer (a previous round's ``model.pt``).
 
     Returns:
         the trainer's log row of the kept epoch.
@@ -440,5 +454,6 @@ def run_train(
     monitor = {name: Path(path) for name, path in (monitor_paths or {}).items()}
     inputs = TrainingInputs(Path(store_path),
                             {name: Path(label_dir) / f"{name}.png" for name in names if name not in monitor},
-                            Path(out_dir), int(num_classes), settings["facet"], config, progress, monitor or None)
+                            Path(out_dir), int(num_classes), settings["facet"], config, progress, monitor or None,
+                            Path(initial_model) if initial_model else None)
     return method(inputs, settings=settings)

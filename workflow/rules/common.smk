@@ -2,6 +2,7 @@
 from unseg.io import read_json
 from unseg.variants import VariantError, check_variants, dataset_root, follow, generated_dataset_root, is_owned_path
 from unseg.variants import resolve_chain
+from unseg.train import settings_of_round
 
 try:
     check_variants(config)
@@ -9,6 +10,17 @@ try:
 except VariantError as error:
     raise WorkflowError(f"config error: {error}")
 
+def check_crf_available():
+    """Stop before any job when a train variant's rounds need the dense CRF and pydensecrf is not installed."""
+    from unseg.crf import INSTALL_HINT, crf_available
+
+    for variant, settings in config["train"].items():
+        if settings["rounds"] > 1 and settings["crf"] and not crf_available():
+            raise WorkflowError(f"config error: train.{variant}.crf: rounds {settings['rounds']} refine each round's "
+                                f"predictions with a dense CRF, and {INSTALL_HINT}; or set crf: false")
+
+
+check_crf_available()
 DATASET = config["dataset"]["name"]
 GENERATED_ROOT = generated_dataset_root(DATASET)
 RESULTS = f"results/{DATASET}"
@@ -164,3 +176,40 @@ def where_to_look():
         if label:
             lines.append(f"  {label:<11} {path}" + (f"  ({note})" if note else ""))
     return lines
+
+
+# Self-training rounds (train.smk) and what the evaluation scores beside the predictions (evaluate.smk).
+def round_settings(wildcards):
+    """Params function: the settings of this round (the variant's, with its round_settings override)."""
+    return settings_of_round(config["train"][wildcards.variant], int(wildcards.round))
+
+
+def round_labels(wildcards):
+    """Input function: what a round trains on."""
+    round_index = int(wildcards.round)
+    settings_of_round(config["train"][wildcards.variant], round_index)  # a round beyond 'rounds' is an error
+    if round_index == 1:
+        return PATHS["pseudolabels"].format(variant=config["train"][wildcards.variant]["pseudolabels"])
+    return PATHS["round_labels"].format(variant=wildcards.variant, round=round_index)
+
+
+def previous_model(wildcards):
+    """Input function: the previous round's model when this round starts from it, else nothing."""
+    round_index = int(wildcards.round)
+    if round_index == 1 or not config["train"][wildcards.variant]["init_from_previous"]:
+        return {}
+    return {"previous": PATHS["model"].format(variant=wildcards.variant, round=round_index - 1)}
+
+
+def support_split(wildcards):
+    """Params function: the support split of the pseudo-labels (its images are clustered, never trained on)."""
+    return config["pseudolabels"][config["train"][wildcards.variant]["pseudolabels"]].get("support_split")
+
+
+def training_label_sources(wildcards):
+    """(label, folder) of what the evaluated train variant trained on: its pseudo-labels, then each later round's."""
+    train = config["evaluate"][wildcards.variant]["predictions"]
+    sources = [("pseudo-labels", PATHS["pseudolabels"].format(variant=config["train"][train]["pseudolabels"]))]
+    for round_index in range(2, config["train"][train]["rounds"] + 1):
+        sources.append((f"round {round_index} labels", PATHS["round_labels"].format(variant=train, round=round_index)))
+    return sources

@@ -5,6 +5,7 @@ rule evaluate:
         proposals=along("evaluate", ["predictions", "pseudolabels", "proposals"], "proposals"),
         saliency=along("evaluate", ["predictions", "pseudolabels", "proposals", "saliency"], "saliency"),
         features=along("evaluate", ["predictions", "features"], "features"),
+        training_labels=lambda wildcards: [folder for _, folder in training_label_sources(wildcards)],
     output:
         metrics=PATHS["metrics"],
         report=report(
@@ -21,6 +22,7 @@ rule evaluate:
         ),
     params:
         settings=variant_settings("evaluate"),
+        training_labels=lambda wildcards: [label for label, _ in training_label_sources(wildcards)],
         chain=config_chain("evaluate"),
         root=lambda wildcards: DATASET_ROOT,
         num_classes=config["dataset"].get("num_classes"),

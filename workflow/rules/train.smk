@@ -1,25 +1,9 @@
 # Self-training rounds: round 1 trains on the pseudo-labels, round r on round r-1's predictions (CRF-refined when the
 # variant's crf is true). Each round is a folder and a job of its own, so editing round 3's settings re-runs round 3
 # and what follows it only.
-from unseg.train import settings_of_round
-
-
-def round_settings(wildcards):
-    """Params function: the settings of this round (the variant's, with its round_settings override)."""
-    return settings_of_round(config["train"][wildcards.variant], int(wildcards.round))
-
-
-def round_labels(wildcards):
-    """Input function: what a round trains on."""
-    round_index = int(wildcards.round)
-    settings_of_round(config["train"][wildcards.variant], round_index)  # a round beyond 'rounds' is an error
-    if round_index == 1:
-        return PATHS["pseudolabels"].format(variant=config["train"][wildcards.variant]["pseudolabels"])
-    return PATHS["round_labels"].format(variant=wildcards.variant, round=round_index)
-
-
 rule train:
     input:
+        unpack(previous_model),
         index=PATHS["index"],
         labels=round_labels,
         features=upstream("train", "features", "features"),
@@ -29,6 +13,7 @@ rule train:
     params:
         settings=round_settings,
         monitor_split=lambda wildcards: config["train"][wildcards.variant].get("monitor_split"),
+        support_split=support_split,
         chain=config_chain("train"),
         num_classes=lambda wildcards: config["pseudolabels"][config["train"][wildcards.variant]["pseudolabels"]]["clusters"] + 1,
     threads: 8
@@ -52,6 +37,7 @@ rule refine_labels:
         directory(PATHS["round_labels"]),
     params:
         crf=lambda wildcards: config["train"][wildcards.variant]["crf"],
+        support_split=support_split,
         chain=config_chain("train"),
     threads: 4
     log:

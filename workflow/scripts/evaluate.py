@@ -5,4 +5,5 @@ with stage_job(snakemake) as job:
     run_evaluation(job.input.index, job.params.root, job.input.predictions, job.input.proposals, job.output.metrics,
                    job.output.report, job.params.settings, num_classes=job.params.num_classes,
                    class_names=job.params.class_names, provenance=job.params.chain, out_html=job.output.html,
-                   saliency_dir=job.input.saliency, features_store=job.input.features)
+                   saliency_dir=job.input.saliency, features_store=job.input.features,
+                   training_labels=dict(zip(job.params.training_labels, job.input.training_labels)))

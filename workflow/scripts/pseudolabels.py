@@ -1,7 +1,10 @@
-from unseg.index import names_by_id, read_index
+from unseg.index import names_by_id, read_index, split_names
 from unseg.jobs import stage_job
 from unseg.pseudolabels import run_pseudolabels
 
 with stage_job(snakemake) as job:
-    run_pseudolabels(job.input.proposals, job.input.features, job.input.saliency,
-                     names_by_id(read_index(job.input.index)), job.output[0], job.params.settings)
+    index = read_index(job.input.index)
+    names = names_by_id(index)
+    support = split_names(index, job.params.settings.get("support_split"))  # clustered, never painted
+    run_pseudolabels(job.input.proposals, job.input.features, job.input.saliency, names, job.output[0],
+                     job.params.settings, support_ids={image_id for image_id, name in names.items() if name in support})

@@ -1,8 +1,9 @@
-from unseg.index import image_paths
+from unseg.index import image_paths, read_index, split_names
 from unseg.jobs import stage_job
 from unseg.predict import refine_labels
 
 with stage_job(snakemake) as job:
-    summary = refine_labels(job.input.model, job.input.features, image_paths(job.input.index),
-                            job.output[0], crf=job.params.crf)
+    support = split_names(read_index(job.input.index), job.params.support_split)  # never trained on
+    paths = {name: path for name, path in image_paths(job.input.index).items() if name not in support}
+    summary = refine_labels(job.input.model, job.input.features, paths, job.output[0], crf=job.params.crf)
     print(f"refine_labels: {summary}")
