@@ -184,6 +184,21 @@ def round_settings(wildcards):
     return settings_of_round(config["train"][wildcards.variant], int(wildcards.round))
 
 
+def round_chain(offset=0, keys=()):
+    """Params function: the provenance chain of a round's artifact, the train variant's settings being those of round
+    ``round + offset`` (plus the variant's ``keys``): editing another round's settings leaves it alone."""
+
+    def chain(wildcards):
+        resolved = resolve_chain(config, "train", wildcards.variant)
+        settings = config["train"][wildcards.variant]
+        round_index = int(wildcards.round) + offset
+        resolved["train"][wildcards.variant] = {**settings_of_round(settings, round_index), "round": round_index,
+                                                **{key: settings[key] for key in keys}}
+        return resolved
+
+    return chain
+
+
 def round_labels(wildcards):
     """Input function: what a round trains on."""
     round_index = int(wildcards.round)

@@ -14,7 +14,7 @@ rule train:
         settings=round_settings,
         monitor_split=lambda wildcards: config["train"][wildcards.variant].get("monitor_split"),
         support_split=support_split,
-        chain=config_chain("train"),
+        chain=round_chain(),
         num_classes=lambda wildcards: config["pseudolabels"][config["train"][wildcards.variant]["pseudolabels"]]["clusters"] + 1,
     threads: 8
     resources:
@@ -38,7 +38,7 @@ rule refine_labels:
     params:
         crf=lambda wildcards: config["train"][wildcards.variant]["crf"],
         support_split=support_split,
-        chain=config_chain("train"),
+        chain=round_chain(offset=-1, keys=("crf",)),
     threads: 4
     log:
         f"{LOGS}/train/{{variant}}/round-{{round}}-labels.log",
