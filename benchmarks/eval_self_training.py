@@ -19,8 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -66,7 +64,7 @@ def main() -> None:
     print(f"{args.results.name} / train {args.train}: mIoU on split {args.split!r} ({len(rows)} images)")
     for label, value in table:
         print(f"  {label:<24} {value:6.2f}")
-    print(yaml.safe_dump({"train": chain["train"][args.train]}, default_flow_style=True).strip())
+    print("  settings: " + json.dumps(chain["train"][args.train], sort_keys=True))
 
 
 if __name__ == "__main__":

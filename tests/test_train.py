@@ -172,3 +172,18 @@ def test_a_round_started_from_the_previous_model_resumes_only_from_that_model(st
     with pytest.raises(ValueError, match="cannot start"):
         run_train(store, folder, NAMES, tmp_path / "other", 2, settings, progress=False,
                   initial_model=tmp_path / "round-1" / "model.pt")
+
+
+def test_a_monitor_split_is_held_out_and_scored_every_epoch(store, tmp_path):
+    (tmp_path / "labels").mkdir()
+    labels = label_maps(tmp_path / "labels")
+    settings = variant("train", epochs=3, lr=0.05)
+    run_train(store, tmp_path / "labels", NAMES, tmp_path / "monitored", 3, settings, progress=False,
+              monitor_paths={"c": labels["c"]})  # the pseudo-label map stands in for c's ground truth
+    run_train(store, tmp_path / "labels", ["a", "b"], tmp_path / "without_c", 3, settings, progress=False)
+    for key, value in weights(tmp_path / "without_c").items():  # c was not trained on
+        torch.testing.assert_close(weights(tmp_path / "monitored")[key], value)
+    rows = (tmp_path / "monitored" / "log.csv").read_text().splitlines()[1:]
+    scores = [float(row.split(",")[3]) for row in rows]
+    assert len(scores) == 3 and all(0 <= score <= 100 for score in scores)
+    assert (tmp_path / "without_c" / "log.csv").read_text().splitlines()[1].endswith(",")  # no monitor: empty
