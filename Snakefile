@@ -2,6 +2,7 @@
 # Run: snakemake --cores 2                                   the demo: config/config.yaml (synthetic dataset)
 #      snakemake --cores 2 --configfile config/my-data.yaml  your run: your config alone, nothing of the demo
 #      snakemake --cores 2 TARGET --configfile config/my-data.yaml   (targets before --configfile: it takes several)
+import json
 import os
 
 from snakemake.utils import min_version
@@ -25,6 +26,11 @@ try:
     validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
 except (ConfigError, ImportError) as error:
     raise WorkflowError(f"config error: {error}")
+# Every mapping in key order: Snakemake compares a rule's params as serialised, so the same settings written in
+# another order (a config re-saved by a YAML tool) would otherwise re-run every stage.
+canonical_config = json.loads(json.dumps(config, sort_keys=True))
+config.clear()
+config.update(canonical_config)
 
 
 include: "workflow/rules/common.smk"

@@ -24,6 +24,13 @@ def planned_jobs(dry_run_output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in rows if m.group(1) != "total"}
 
 
+def reversed_mappings(value):
+    """``value`` with the keys of every mapping in it in reverse order."""
+    if isinstance(value, dict):
+        return {key: reversed_mappings(item) for key, item in reversed(list(value.items()))}
+    return [reversed_mappings(item) for item in value] if isinstance(value, list) else value
+
+
 def planned_rules(dry_run_output: str) -> set[str]:
     return set(planned_jobs(dry_run_output))
 
@@ -98,6 +105,12 @@ def test_mae_masks_with_dino_saliency(tmp_path):
 def test_editing_one_variant_reruns_only_its_descendants(tiny_run):
     workdir, config, _ = tiny_run
     assert planned_rules(snakemake(workdir, config, "-n").stdout) == set()  # everything up to date
+    # The same settings with every mapping in reverse order (a config re-saved by another tool) plan nothing either.
+    config_path = workdir / "reordered.yaml"
+    config_path.write_text(yaml.safe_dump(reversed_mappings(config), sort_keys=False))
+    result = subprocess.run([*SNAKEMAKE, "-n", "--directory", str(workdir), "--configfile", str(config_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and planned_rules(result.stdout) == set(), result.stdout[-2000:]
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["proposals"]["default"]["nms_iou"] = 0.4
     planned = planned_rules(snakemake(workdir, edited, "-n").stdout)
