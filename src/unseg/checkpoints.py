@@ -31,11 +31,17 @@ def data_digest(items: Iterable[tuple[str, np.ndarray | torch.Tensor]]) -> str:
     """
     digest = hashlib.sha256()
     for name, array in items:
-        values = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
-        values = np.ascontiguousarray(values)
-        digest.update(f"{name}\0{values.dtype.str}\0{values.shape}\0".encode())
-        digest.update(values.tobytes())
+        digest_array(digest, name, array)
     return digest.hexdigest()
+
+
+def digest_array(digest: Any, name: str, array: np.ndarray | torch.Tensor) -> None:
+    """Add (name, dtype, shape, bytes) of one array to a running ``hashlib`` digest (what :func:`data_digest`
+    does per item, for callers that stream their arrays)."""
+    values = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    values = np.ascontiguousarray(values)
+    digest.update(f"{name}\0{values.dtype.str}\0{values.shape}\0".encode())
+    digest.update(values.tobytes())
 
 
 def resume_key(settings: Mapping[str, Any], inputs_digest: str) -> str:

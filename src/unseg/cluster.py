@@ -17,7 +17,7 @@ SMALL_PROBLEM_SIZE = 1 << 20  # points × dimensions below which k-means runs si
 
 def kmeans(
     points: np.ndarray, num_clusters: int, seed: int = 0, num_restarts: int = 3, iterations: int = 50,
-    device: str | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Lloyd's k-means, best of ``num_restarts`` by inertia: faiss, or :func:`torch_kmeans` when ``device`` is a
     CUDA device.

@@ -29,6 +29,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from . import __version__
+from .devices import resolve_device
 from .geometry import LAYOUTS, ResizeGeometry, resize_and_crop, resize_geometry
 from .io import atomic_output, image_size, read_image
 from .retry import in_halves_on_oom
@@ -401,7 +402,7 @@ def extract_features(
         raise ValueError(f"unknown layout {layout!r}; choose from {list(LAYOUTS)}")
     if not (len(image_paths) == len(image_names) == len(image_ids)):
         raise ValueError("image_paths, image_names and image_ids must have the same length")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(device))
     on_cuda = device.startswith("cuda")
     model, spec = create_backbone(backbone, weights)
     model = model.to(device).eval()

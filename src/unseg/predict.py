@@ -20,11 +20,12 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .crf import CrfParams, dense_crf
+from .devices import resolve_device
 from .geometry import grid_to_image
 from .io import atomic_output, encode_rle, read_image, write_json, write_label_png
 from .registry import REGISTRIES
 from .store import FeatureStore
-from .train import resolve_device, token_tensor  # importing train registers the built-in trainers
+from .train import token_tensor  # importing train registers the built-in trainers
 
 
 def load_model(model_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .cluster import kmeans_over_seeds
+from .devices import resolve_device
 from .geometry import image_to_grid
 from .io import (
     atomic_output,
@@ -167,7 +167,7 @@ def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, se
         name = inputs.names_by_id[int(det["image_id"])]
         coverage = image_to_grid(decode_rle(det["segmentation"]), store.geometry(name))
         features.append(mask_feature(store.facet(name, facet), coverage))
-    device = device or ("cuda" if torch.cuda.is_available() else None)
+    device = resolve_device(device)
     clusters, centroids, inertias = kmeans_over_seeds(np.stack(features), total_clusters,
                                                       range(seed, seed + num_restarts), device)
     labels = assign_background_clusters(centroids, np.mean(background, axis=0), background_clusters)[clusters]
@@ -192,7 +192,7 @@ def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, se
          "num_support_images": len(inputs.support_ids),
          "label_sizes": np.bincount(labels, minlength=inputs.clusters + 1).tolist(),
          "inertia": min(inertias.values()), "inertia_by_seed": inertias, "kept_seed": min(inertias, key=inertias.get),
-         "kmeans": "torch" if device and torch.device(device).type == "cuda" else "faiss"},
+         "kmeans": "torch" if device.type == "cuda" else "faiss"},
     )
 
 

@@ -22,6 +22,7 @@ import torch
 from scipy import ndimage
 
 from .cluster import kmeans
+from .devices import resolve_device
 
 
 def cosine_affinity(features: np.ndarray) -> np.ndarray:
@@ -159,10 +160,6 @@ def _fix_signs(vectors: torch.Tensor) -> torch.Tensor:
     return vectors * torch.where(torch.gather(vectors, 1, index) < 0, -1.0, 1.0)
 
 
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _as_batch(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """A float32 tensor on ``device`` with a leading batch axis (added to a 2-D input)."""
     tensor = array if torch.is_tensor(array) else torch.as_tensor(np.asarray(array, dtype=np.float32))
@@ -190,7 +187,7 @@ def normalized_laplacian_spectrum(
     Returns:
         a :class:`Spectrum` with (B, ·) arrays (B = 1 for a 2-D input).
     """
-    device = torch.device(device) if device is not None else _default_device()
+    device = torch.device(device) if device is not None else resolve_device()
     weights = _as_batch(affinity, device).clamp(min=0)
     degree = weights.sum(dim=-1)
     inv_sqrt = degree.clamp(min=1e-12).rsqrt()
@@ -274,7 +271,7 @@ SOLVER_PRECISION = {
 
 def pass_dtype(precision: str, device: str | torch.device | None = None) -> torch.dtype:
     """The dtype of the feature passes for ``LowRankSettings.precision`` on ``device`` (default: CUDA if present)."""
-    device = torch.device(device) if device is not None else _default_device()
+    device = torch.device(device) if device is not None else resolve_device()
     if precision == "auto":
         native = torch.cuda.is_bf16_supported() if device.type == "cuda" else _cpu_has_native_bfloat16()
         return torch.bfloat16 if native else torch.float32
@@ -443,7 +440,7 @@ def feature_laplacian_spectrum(
     Returns:
         a :class:`Spectrum`.
     """
-    device = torch.device(device) if device is not None else _default_device()
+    device = torch.device(device) if device is not None else resolve_device()
     tokens = torch.as_tensor(features)
     tokens = (tokens if tokens.is_floating_point() else tokens.float()).to(device)  # float16 stays float16
     tokens = tokens[None] if tokens.ndim == 2 else tokens

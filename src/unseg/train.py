@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoints import data_digest, load_resume_state, resume_key, save_checkpoint, save_resume_state
+from .checkpoints import data_digest, digest_array, load_resume_state, resume_key, save_checkpoint, save_resume_state
+from .devices import resolve_device
 from .geometry import ResizeGeometry
 from .heads import AsppHead, LinearHead, MaskTransformerHead, TokenHead, build_head
 from .io import IGNORE_LABEL, atomic_output, read_label_png
@@ -131,22 +132,13 @@ def scan(dataset: TokenLabelDataset, progress: bool = True) -> DatasetScan:
         total = flat.sum(1) if total is None else total + flat.sum(1)
         squares = (flat**2).sum(1) if squares is None else squares + (flat**2).sum(1)
         count += flat.shape[1]
-        for part, array in (("tokens", tokens), ("labels", labels)):
-            values = array.numpy()
-            digest.update(f"{dataset.names[index]}/{part}\0{values.dtype.str}\0{values.shape}\0".encode())
-            digest.update(values.tobytes())
+        digest_array(digest, f"{dataset.names[index]}/tokens", tokens)
+        digest_array(digest, f"{dataset.names[index]}/labels", labels)
     if total is None:
         raise ValueError("no image to train on")
     mean = total / count
     std = (squares / count - mean**2).clamp(min=0).sqrt() * (count / max(count - 1, 1)) ** 0.5
     return DatasetScan(mean.float(), std.float(), int(mean.shape[0]), digest.hexdigest())
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """The configured torch device; default: CUDA when present, else the CPU."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def batch_logits(model: torch.nn.Module, tokens: Sequence[torch.Tensor], label_sizes: Sequence[tuple[int, int]],
@@ -276,7 +268,7 @@ def fit(
                "monitor_miou": monitor_miou(model, monitor, config["num_classes"], device_, autocast_dtype)
                if monitor is not None and len(monitor) else None}
         rows.append(row)
-        if best is None or keep == "last" or row["loss"] < best["row"]["loss"]:
+        if keep == "lowest_loss" and (best is None or row["loss"] < best["row"]["loss"]):
             best = {"row": row, "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         save_resume_state(last_path, key, {
             "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -288,6 +280,8 @@ def fit(
             writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
             writer.writeheader()
             writer.writerows(rows)
+    if keep == "last":
+        best = {"row": rows[-1], "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     with atomic_output(out_dir / "model.pt") as tmp:
         save_checkpoint({"state_dict": best["state_dict"], "config": dict(config), "log": rows,
                          "best_epoch": best["row"]["epoch"]}, tmp)
