@@ -59,7 +59,7 @@ def main() -> None:
                 table.append((f"{round_dir.name} labels", score(round_dir / "labels", rows, num_predicted,
                                                                   num_classes)))
             out = Path(tmp) / round_dir.name
-            predict(round_dir / "model.pt", store, rows["name"].tolist(), out, progress=False)
+            predict(round_dir / "model.pt", store, dict(zip(rows["name"], rows["path"])), out, progress=False)
             table.append((f"{round_dir.name} predictions", score(out, rows, num_predicted, num_classes)))
     print(f"{args.results.name} / train {args.train}: mIoU on split {args.split!r} ({len(rows)} images)")
     for label, value in table:

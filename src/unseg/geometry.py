@@ -77,6 +77,15 @@ def resize_and_crop(image: np.ndarray, geometry: ResizeGeometry) -> torch.Tensor
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
+def labels_at_input(label_map: np.ndarray, geometry: ResizeGeometry) -> torch.Tensor:
+    """An (H0, W0) integer label map as the ViT sees its image: nearest-resized to ``resized_size``, then the crop
+    box; (Hc, Wc) int64."""
+    labels = torch.from_numpy(label_map.astype(np.int64))[None, None].float()
+    labels = F.interpolate(labels, size=tuple(geometry.resized_size), mode="nearest")
+    top, left, crop_h, crop_w = geometry.box
+    return labels[0, 0, top : top + crop_h, left : left + crop_w].long()
+
+
 def _cell_coordinates(original: int, resized: int, offset: int, cell: int) -> np.ndarray:
     """Continuous grid coordinate of each original pixel centre along one axis (cell centres at 0, 1, ...)."""
     centres = (np.arange(original, dtype=np.float64) + 0.5) * resized / original  # resized pixels

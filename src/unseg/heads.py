@@ -47,6 +47,10 @@ class TokenHead(torch.nn.Module):
         self.standardise.mean.copy_(mean)
         self.standardise.std.copy_(std.clamp(min=1e-6))
 
+    def parameter_groups(self, lr: float) -> list[dict]:
+        """The optimiser's parameter groups: every parameter at ``lr``."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) float → (B, num_classes, h, w) logits."""
         return self.decode(self.standardise(tokens))

@@ -10,7 +10,7 @@ by a dense CRF on the image (:mod:`unseg.crf`) when asked.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from .geometry import grid_to_image
 from .io import atomic_output, encode_rle, read_image, write_json, write_label_png
 from .registry import REGISTRIES
 from .store import FeatureStore
-from .train import token_tensor  # importing train registers the built-in trainers
+from .train import model_input  # importing train registers the built-in trainers
 
 
 def load_model(model_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -66,11 +66,11 @@ def instances_from_probabilities(probabilities: np.ndarray, min_area: int) -> li
 
 @torch.inference_mode()
 def image_probabilities(model: torch.nn.Module, config: dict[str, Any], store: FeatureStore, name: str,
-                        device: torch.device | None = None) -> np.ndarray:
+                        device: torch.device | None = None, image_path: str | Path | None = None) -> np.ndarray:
     """The model's class probabilities of one stored image at its original size: (C, H0, W0) float32 (softmax of
-    the logits interpolated from the token grid)."""
+    the logits interpolated from the token grid). A model that fine-tuned the backbone reads ``image_path``."""
     device = device or torch.device("cpu")
-    logits = model(token_tensor(store, name, config["facet"]).to(device))[0].float().cpu().numpy()
+    logits = model(model_input(config, store, name, image_path).to(device))[0].float().cpu().numpy()
     return torch.from_numpy(grid_to_image(logits, store.geometry(name))).softmax(0).numpy()
 
 
@@ -78,13 +78,14 @@ def image_probabilities(model: torch.nn.Module, config: dict[str, Any], store: F
 def predict(
     model_path: str | Path,
     store_path: str | Path,
-    names: Sequence[str],
+    image_paths: Mapping[str, str | Path],
     out_dir: str | Path,
     min_instance_area_fraction: float = 0.002,
     progress: bool = True,
 ) -> int:
     """Predict label PNGs (``out_dir/{name}.png``) and instances (``out_dir/instances.json``, COCO results with
-    ``category_id`` = predicted class) for the named images. Returns the instance count."""
+    ``category_id`` = predicted class) for the images ``image_paths`` names (the files are read only by a model
+    that fine-tuned the backbone). Returns the instance count."""
     model, config = load_model(model_path)
     device = resolve_device(None)
     model.to(device)
@@ -92,8 +93,8 @@ def predict(
     detections = []
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        for name in tqdm(names, desc="predict", unit="img", disable=not progress):
-            probabilities = image_probabilities(model, config, store, name, device)
+        for name in tqdm(list(image_paths), desc="predict", unit="img", disable=not progress):
+            probabilities = image_probabilities(model, config, store, name, device, image_paths[name])
             write_label_png(tmp / f"{name}.png", probabilities.argmax(0).astype(np.uint8))
             min_area = max(1, int(min_instance_area_fraction * probabilities.shape[1] * probabilities.shape[2]))
             for mask, class_index, score in instances_from_probabilities(probabilities, min_area):
@@ -130,7 +131,7 @@ def refine_labels(
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
         for name in tqdm(sorted(image_paths), desc="refine labels", unit="img", disable=not progress):
-            probabilities = image_probabilities(model, config, store, name, device)
+            probabilities = image_probabilities(model, config, store, name, device, image_paths[name])
             labels = probabilities.argmax(0)
             if crf:
                 refined = dense_crf(read_image(image_paths[name]), probabilities, crf_params).argmax(0)

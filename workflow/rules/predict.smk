@@ -4,6 +4,7 @@ rule predict:
         index=PATHS["index"],
         model=final_model,
         features=upstream("train", "features", "features"),
+        weights=finetuned_weights(lambda wildcards: config["train"][wildcards.variant]["rounds"]),
     output:
         directory(PATHS["predict"]),
     params:

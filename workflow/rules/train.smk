@@ -7,6 +7,7 @@ rule train:
         index=PATHS["index"],
         labels=round_labels,
         features=upstream("train", "features", "features"),
+        weights=finetuned_weights(lambda wildcards: int(wildcards.round)),
     output:
         model=PATHS["model"],
         log_csv=PATHS["train_log"],
@@ -33,6 +34,7 @@ rule refine_labels:
         index=PATHS["index"],
         model=lambda wildcards: PATHS["model"].format(variant=wildcards.variant, round=int(wildcards.round) - 1),
         features=upstream("train", "features", "features"),
+        weights=finetuned_weights(lambda wildcards: int(wildcards.round) - 1),
     output:
         directory(PATHS["round_labels"]),
     params:

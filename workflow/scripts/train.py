@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from unseg.index import read_index, split_ground_truth, split_names
+from unseg.index import image_paths, read_index, split_ground_truth, split_names
 from unseg.jobs import stage_job
 from unseg.train import run_train
 
@@ -10,4 +10,4 @@ with stage_job(snakemake) as job:
     run_train(job.input.features, job.input.labels, [name for name in index.name if name not in support],
               Path(job.output.model).parent, job.params.num_classes, job.params.settings,
               monitor_paths=split_ground_truth(index, job.params.monitor_split),
-              initial_model=job.input.get("previous"))
+              initial_model=job.input.get("previous"), image_paths=image_paths(job.input.index))
