@@ -187,3 +187,17 @@ def test_a_monitor_split_is_held_out_and_scored_every_epoch(store, tmp_path):
     scores = [float(row.split(",")[3]) for row in rows]
     assert len(scores) == 3 and all(0 <= score <= 100 for score in scores)
     assert (tmp_path / "without_c" / "log.csv").read_text().splitlines()[1].endswith(",")  # no monitor: empty
+
+
+def test_a_fine_tuned_round_cannot_start_a_frozen_one():
+    from unseg.train import check_round_chain
+
+    frozen_then_tuned = {"rounds": 3, "finetune_blocks": 0, "round_settings": {"2": {"finetune_blocks": 2},
+                                                                             "3": {"finetune_blocks": 2}}}
+    check_round_chain(frozen_then_tuned, "v")  # round 2 starts from round 1's head, round 3 from round 2
+    tuned_then_frozen = {**frozen_then_tuned, "round_settings": {"2": {"finetune_blocks": 2}}}
+    with pytest.raises(ValueError, match=r"train\.v\.round_settings: round 3 \(finetune_blocks 0\)"):
+        check_round_chain(tuned_then_frozen, "v")
+    check_round_chain({**tuned_then_frozen, "init_from_previous": False}, "v")  # round 3 starts afresh
+    with pytest.raises(ValueError, match="round 2"):
+        check_round_chain({"rounds": 2, "finetune_blocks": 1, "round_settings": {"2": {"finetune_blocks": 2}}}, "v")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from pycocotools.coco import COCO
 
@@ -133,7 +134,12 @@ def test_each_self_training_round_is_its_own_artifact(tiny_run):
     round_two = workdir / "results/tiny/train/linear/round-2"
     assert len(list((round_two / "labels").glob("*.png"))) == 8  # round 1's CRF-refined predictions
     log = (round_two / "log.csv").read_text().splitlines()
-    assert log[0] == "epoch,loss,pseudo_label_accuracy,monitor_miou" and len(log) == 1 + 5
+    assert log[0] == "epoch,loss,pseudo_label_accuracy,monitor_miou" and len(log) == 1 + 2
+    # Round 2 fine-tuned the ViT's last block (round_settings), starting from round 1's head.
+    checkpoint = torch.load(round_two / "model.pt", weights_only=False)
+    assert checkpoint["config"]["finetune_blocks"] == 1
+    assert "backbone.blocks.11.attn.qkv.weight" in checkpoint["state_dict"]
+    assert "backbone.blocks.10.attn.qkv.weight" not in checkpoint["state_dict"]
     # Editing the last round's settings re-plans that round and what reads it, not round 1 nor its labels.
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["train"]["linear"]["round_settings"] = {"2": {"epochs": 3}}
@@ -144,8 +150,13 @@ def test_each_self_training_round_is_its_own_artifact(tiny_run):
     # One more round trains round 3 on round 2's refined predictions; rounds 1 and 2 stay.
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["train"]["linear"]["rounds"] = 3
+    edited["train"]["linear"]["round_settings"]["3"] = {"finetune_blocks": 1, "epochs": 2}
     jobs = planned_jobs(snakemake(workdir, edited, "-n").stdout)
     assert jobs["train"] == 1 and jobs["refine_labels"] == 1, jobs
+    # Round 3 on frozen tokens cannot start from round 2's fine-tuned model: a config error before any job.
+    del edited["train"]["linear"]["round_settings"]["3"]
+    result = snakemake(workdir, edited, "-n", check=False)
+    assert result.returncode != 0 and "train.linear.round_settings: round 3" in result.stdout + result.stderr
     # A round override naming a setting the trainer does not have is a config error naming the key.
     edited = yaml.safe_load(yaml.safe_dump(config))
     edited["train"]["linear"]["round_settings"] = {"2": {"epochs": 3, "learning_rate": 0.1}}

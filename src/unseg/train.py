@@ -5,8 +5,10 @@ function takes :class:`TrainingInputs` and its settings as keywords and writes `
 ``config`` names its ``method``), ``last.pt`` and ``log.csv``; ``build_model(config)`` rebuilds the model from a
 checkpoint's config, so prediction (:mod:`unseg.predict`) builds the right model for any trainer.
 
-The built-in trainers are one loop (:func:`fit`) around the heads of :mod:`unseg.heads` on frozen tokens:
-``linear_head``, ``mask_transformer`` (Segmenter) and ``deeplab_aspp`` (DeepLab-v3's ASPP head). The loop
+The built-in trainers are one loop (:func:`fit`) around the heads of :mod:`unseg.heads`: ``linear_head``,
+``mask_transformer`` (Segmenter) and ``deeplab_aspp`` (DeepLab-v3's ASPP head), each on frozen tokens or, with
+``finetune_blocks: N``, over the ViT whose last N blocks are fine-tuned on augmented images (:mod:`unseg.finetune`;
+the token statistics and the resume digest still come from the store). The loop
 
 * streams (tokens, labels) pairs from the zarr feature store one batch at a time (:class:`TokenLabelDataset`), so
   peak memory does not grow with the number of images; the token statistics and the resume digest come from one
@@ -487,6 +489,22 @@ def settings_of_round(settings: Mapping[str, Any], round_index: int) -> dict[str
         raise ValueError(f"round {round_index} does not exist: the variant trains rounds 1..{rounds} ('rounds')")
     override = dict((settings.get("round_settings") or {}).get(str(round_index), {}))
     return {**{key: value for key, value in settings.items() if key not in ROUND_KEYS}, **override}
+
+
+def check_round_chain(settings: Mapping[str, Any], variant: str) -> None:
+    """Raise a ValueError naming ``train.{variant}.round_settings`` when a round that starts from the previous one
+    cannot: a fine-tuned round's model (backbone blocks and head) does not start a frozen-token round, nor one that
+    fine-tunes another number of blocks. (A frozen round does start a fine-tuning one: its head.)"""
+    if not settings.get("init_from_previous", True):
+        return
+    blocks = [int(settings_of_round(settings, r).get("finetune_blocks", 0))
+              for r in range(1, int(settings.get("rounds", 1)) + 1)]
+    for round_index in range(2, len(blocks) + 1):
+        previous, current = blocks[round_index - 2], blocks[round_index - 1]
+        if previous not in (0, current):
+            raise ValueError(f"train.{variant}.round_settings: round {round_index} (finetune_blocks {current}) starts "
+                             f"from round {round_index - 1}, which fine-tunes {previous} blocks; give both rounds the "
+                             "same finetune_blocks, or set init_from_previous: false")
 
 
 def run_train(

@@ -2,7 +2,7 @@
 from unseg.io import read_json
 from unseg.variants import VariantError, check_variants, dataset_root, follow, generated_dataset_root, is_owned_path
 from unseg.variants import resolve_chain
-from unseg.train import settings_of_round
+from unseg.train import check_round_chain, settings_of_round
 
 try:
     check_variants(config)
@@ -21,6 +21,11 @@ def check_crf_available():
 
 
 check_crf_available()
+try:
+    for _variant, _settings in config["train"].items():
+        check_round_chain(_settings, _variant)
+except ValueError as error:
+    raise WorkflowError(f"config error: {error}")
 DATASET = config["dataset"]["name"]
 GENERATED_ROOT = generated_dataset_root(DATASET)
 RESULTS = f"results/{DATASET}"
