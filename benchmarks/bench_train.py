@@ -1,4 +1,5 @@
-"""Training speed and memory on frozen features: images/s per trainer, and peak RSS at 1× and 10× the images.
+"""Training speed and memory: images/s per trainer (frozen features, and the last ViT blocks fine-tuned on augmented
+images), and peak RSS at 1× and 10× the images on frozen features.
 
 Reads a finished demo run (``snakemake --cores 2``: results/synthetic/features/dinov2-s14.zarr and the km3
 pseudo-labels). The 10× dataset is the same store with every image linked under ten names (hard links, no copy),
@@ -55,6 +56,7 @@ def repeated_store(store: Path, labels: Path, times: int, work: Path) -> tuple[P
 def child(args: argparse.Namespace) -> None:
     """One training run in this process; prints a JSON line."""
     from unseg.config import load_methods, variant_settings
+    from unseg.index import image_paths
     from unseg.store import FeatureStore
     from unseg.train import run_train
 
@@ -66,17 +68,20 @@ def child(args: argparse.Namespace) -> None:
     settings = variant_settings("train", {"method": args.method, "epochs": args.epochs, "batch_size": args.batch_size,
                                           "device": args.device, **json.loads(args.options)},
                                 ROOT / "workflow" / "schemas" / "config.schema.yaml")
-    run_train(args.store, args.labels, names, args.out, 4, settings, progress=False)
+    originals = image_paths(args.index)  # the repeated stores name each image "{name}-r{copy}"
+    paths = {name: originals[name.rsplit("-r", 1)[0]] for name in names}
+    run_train(args.store, args.labels, names, args.out, 4, settings, progress=False, image_paths=paths)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"images": len(names), "seconds": seconds, "images_per_s": len(names) * args.epochs / seconds,
                       "peak_rss_mb": peak / 1024, "growth_mb": (peak - before) / 1024}))
 
 
-def measure(store: Path, labels: Path, method: str, epochs: int, batch_size: int, device: str | None,
+def measure(store: Path, labels: Path, index: Path, method: str, epochs: int, batch_size: int, device: str | None,
             options: str, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, __file__, "--child", "--store", str(store), "--labels", str(labels), "--method", method,
+               "--index", str(index),
                "--epochs", str(epochs), "--batch-size", str(batch_size), "--options", options, "--out", str(out)]
     if device:
         command += ["--device", device]
@@ -100,9 +105,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help=argparse.SUPPRESS)
     parser.add_argument("--options", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--index", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
+    index = args.results / "index" / "images.csv"
 
     store = args.results / "features" / f"{args.features}.zarr"
     labels = args.results / "pseudolabels" / args.pseudolabels
@@ -113,8 +120,8 @@ def main() -> None:
     ten, ten_labels = repeated_store(store, labels, 10, args.work)
 
     print(f"memory: linear_head, 2 epochs, batch 8, device {args.device or 'default'}")
-    small = measure(one, one_labels, "linear_head", 2, 8, args.device, "{}", args.work / "out")
-    large = measure(ten, ten_labels, "linear_head", 2, 8, args.device, "{}", args.work / "out")
+    small = measure(one, one_labels, index, "linear_head", 2, 8, args.device, "{}", args.work / "out")
+    large = measure(ten, ten_labels, index, "linear_head", 2, 8, args.device, "{}", args.work / "out")
     for label, row in (("1x", small), ("10x", large)):
         print(f"  {label:>4} {row['images']:4d} images  peak RSS {row['peak_rss_mb']:7.0f} MB  "
               f"growth over imports {row['growth_mb']:6.0f} MB")
@@ -122,10 +129,11 @@ def main() -> None:
           f"(growth {large['growth_mb'] / max(small['growth_mb'], 1e-9):.2f})")
 
     print(f"speed: images/s over 2 epochs of {small['images']} images (scan pass included)")
-    for method, options in (("linear_head", "{}"), ("deeplab_aspp", "{}"), ("mask_transformer", "{}")):
+    for method, options in (("linear_head", "{}"), ("deeplab_aspp", "{}"), ("mask_transformer", "{}"),
+                            ("linear_head", '{"finetune_blocks": 1}'), ("linear_head", '{"finetune_blocks": 2}')):
         for batch_size in args.batch_sizes:
-            row = measure(one, one_labels, method, 2, batch_size, args.device, options, args.work / "out")
-            print(f"  {method:<17} batch {batch_size:3d}: {row['images_per_s']:7.1f} images/s")
+            row = measure(one, one_labels, index, method, 2, batch_size, args.device, options, args.work / "out")
+            print(f"  {method:<17} {options:<22} batch {batch_size:3d}: {row['images_per_s']:7.1f} images/s")
 
 
 if __name__ == "__main__":

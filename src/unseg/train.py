@@ -199,6 +199,29 @@ def monitor_miou(model: torch.nn.Module, dataset: TokenLabelDataset, num_classes
     return float(evaluate_semantic_arrays(pairs, num_classes, num_gt)["miou"])
 
 
+def accumulate_gradients(model: torch.nn.Module, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+                         valid: int, micro_batch: int, device: torch.device, autocast_dtype: torch.dtype | None,
+                         ) -> tuple[float, int]:
+    """Back-propagate the batch's cross-entropy (summed over its ``valid`` labelled pixels, 255 ignored, divided by
+    ``valid``) in sub-batches of ``micro_batch`` items; gradients add up in the parameters' ``.grad``.
+
+    Returns:
+        (the batch's mean loss, its number of correctly predicted labelled pixels).
+    """
+    loss_total, correct = 0.0, 0
+    for start in range(0, len(inputs), micro_batch):
+        chunk_targets = targets[start : start + micro_batch]
+        logits = batch_logits(model, inputs[start : start + micro_batch], [tuple(t.shape) for t in chunk_targets],
+                              device, autocast_dtype)
+        loss = sum(F.cross_entropy(item[None], target[None], ignore_index=IGNORE_LABEL, reduction="sum")
+                   for item, target in zip(logits, chunk_targets)) / max(valid, 1)
+        loss.backward()
+        loss_total += float(loss.detach())
+        correct += sum(int(((item.argmax(0) == target) & (target != IGNORE_LABEL)).sum())
+                       for item, target in zip(logits, chunk_targets))
+    return loss_total, correct
+
+
 LOG_FIELDS = ("epoch", "loss", "pseudo_label_accuracy", "monitor_miou")
 
 
@@ -268,6 +291,7 @@ def fit(
         start_epoch, rows, best = state["epoch"], state["log"], state["best"]
 
     pin = device_.type == "cuda"
+    micro_batch = batch_size  # halved for the rest of the run when a batch runs out of GPU memory
     for epoch in tqdm(range(start_epoch, epochs), desc=f"train {config.get('method', '')}", unit="epoch",
                       disable=not progress):
         if hasattr(dataset, "set_epoch"):
@@ -279,19 +303,27 @@ def fit(
         total_loss, correct, counted = 0.0, 0, 0
         for items in loader:
             targets = [target.to(device_, non_blocking=True) for _, target in items]
-            logits = batch_logits(model, [tokens for tokens, _ in items], [tuple(t.shape) for t in targets], device_,
-                                  autocast_dtype)
             valid = sum(int((target != IGNORE_LABEL).sum()) for target in targets)
-            loss = sum(F.cross_entropy(item[None], target[None], ignore_index=IGNORE_LABEL, reduction="sum")
-                       for item, target in zip(logits, targets)) / max(valid, 1)
-            optimizer.zero_grad()
-            loss.backward()
+            while True:
+                optimizer.zero_grad()
+                try:
+                    loss, step_correct = accumulate_gradients(model, [tokens for tokens, _ in items], targets, valid,
+                                                              micro_batch, device_, autocast_dtype)
+                    break
+                except torch.cuda.OutOfMemoryError:
+                    # Halve the sub-batch and redo the step: the summed gradient is the same, only smaller pieces.
+                    if min(micro_batch, len(items)) <= 1:
+                        raise
+                    micro_batch = min(micro_batch, len(items)) // 2
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    print(f"out of GPU memory on a training batch of {len(items)}: accumulating its gradient over "
+                          f"sub-batches of {micro_batch}", file=sys.stderr)
             optimizer.step()
             scheduler.step()
-            total_loss += float(loss.detach()) * valid
+            total_loss += loss * valid
             counted += valid
-            correct += sum(int(((item.argmax(0) == target) & (target != IGNORE_LABEL)).sum())
-                           for item, target in zip(logits, targets))
+            correct += step_correct
         row = {"epoch": epoch + 1, "loss": total_loss / max(counted, 1),
                "pseudo_label_accuracy": correct / max(counted, 1),
                "monitor_miou": monitor_miou(model, monitor, config["num_classes"], device_, autocast_dtype)

@@ -228,3 +228,114 @@ def test_a_workflow_killed_mid_way_finishes_with_the_uninterrupted_results(tmp_p
                            if p.is_file())
     assert [str(f) for f in files if normalised(reference / f) != normalised(tmp_path / "results" / f)] == []
     assert not list((tmp_path / "results").rglob(".*.tmp-*"))  # nothing a killed writer left
+
+
+# The child trains a mask transformer (dropout: the resume must restore the RNG too) on planted tokens for 6 epochs
+# and, so that the parent can kill it mid-way, sleeps after each epoch's last.pt (the real writer, wrapped).
+TRAIN_CHILD = """
+import sys, time
+import numpy as np, torch
+import unseg.train as train
+real_save = train.save_resume_state
+def slow_save(*args, **kwargs):
+    real_save(*args, **kwargs)
+    time.sleep(float(sys.argv[2]))
+train.save_resume_state = slow_save
+
+class Planted(torch.utils.data.Dataset):
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.names, self.items = [f"img{i}" for i in range(8)], []
+        for _ in self.names:
+            labels = rng.integers(0, 3, (4, 5))
+            tokens = np.eye(3)[labels].transpose(2, 0, 1).repeat(4, 0) + rng.normal(0, 0.5, (12, 4, 5))
+            self.items.append((torch.tensor(tokens, dtype=torch.float32), torch.from_numpy(labels)))
+    def __len__(self):
+        return len(self.items)
+    def __getitem__(self, index):
+        return self.items[index]
+
+torch.manual_seed(0)
+model = train.build_head("mask_transformer", 12, 3, {"width": 16, "layers": 1, "heads": 2, "dropout": 0.3})
+train.fit(model, Planted(), sys.argv[1], config={"method": "mask_transformer", "num_classes": 3}, epochs=6, lr=0.01,
+          weight_decay=0.0, batch_size=4, seed=0, progress=False)
+"""
+
+
+def training(out: Path, pause: float = 0.0) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-c", TRAIN_CHILD, str(out), str(pause)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_training_killed_with_sigkill_resumes_to_the_uninterrupted_model(tmp_path):
+    import torch
+
+    whole = training(tmp_path / "whole")
+    assert whole.wait() == 0, whole.stderr.read()
+    killed = training(tmp_path / "killed", pause=0.5)
+    deadline = time.monotonic() + 120
+    while killed.poll() is None and time.monotonic() < deadline:
+        last = tmp_path / "killed" / "last.pt"
+        if last.exists() and torch.load(last, weights_only=False)["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    assert killed.poll() is None, "the training ended before the moment chosen to kill it"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "model.pt").exists()
+    resumed = training(tmp_path / "killed")
+    assert resumed.wait() == 0, resumed.stderr.read()
+    assert "resume: continuing" in resumed.stderr.read()
+    expected = torch.load(tmp_path / "whole" / "model.pt", weights_only=False)
+    got = torch.load(tmp_path / "killed" / "model.pt", weights_only=False)
+    assert [row["loss"] for row in got["log"]] == [row["loss"] for row in expected["log"]]
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][key], value), key
+
+
+def test_out_of_gpu_memory_in_training_accumulates_the_gradient_over_halves(tmp_path, monkeypatch, capsys):
+    # An injected OOM on the CPU: the "card" fits two images at a time; the batch of 4 becomes 2 + 2 with the same
+    # summed gradient, so the weights end as an unconstrained run's (up to float summation order).
+    import torch
+
+    import unseg.train as train
+
+    rng = np.random.default_rng(0)
+    items = []
+    for _ in range(8):
+        labels = rng.integers(0, 3, (4, 5))
+        tokens = np.eye(3)[labels].transpose(2, 0, 1).repeat(4, 0) + rng.normal(0, 0.5, (12, 4, 5))
+        items.append((torch.tensor(tokens, dtype=torch.float32), torch.from_numpy(labels)))
+
+    class Planted(torch.utils.data.Dataset):
+        names = [f"img{i}" for i in range(8)]
+
+        def __len__(self):
+            return len(items)
+
+        def __getitem__(self, index):
+            return items[index]
+
+    def run(out):
+        torch.manual_seed(0)
+        model = train.build_head("linear", 12, 3)
+        train.fit(model, Planted(), out, config={"method": "linear_head", "num_classes": 3}, epochs=3, lr=0.05,
+                  weight_decay=0.0, batch_size=4, seed=0, progress=False)
+        return torch.load(out / "model.pt", weights_only=False)
+
+    reference = run(tmp_path / "reference")
+    real_logits = train.batch_logits
+
+    def small_card(model, inputs, *args, **kwargs):
+        if len(inputs) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_logits(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(train, "batch_logits", small_card)
+    halved = run(tmp_path / "halved")
+    assert capsys.readouterr().err.count("out of GPU memory on a training batch of 4: accumulating its gradient "
+                                         "over sub-batches of 2") == 1  # said once, then kept for the run
+    for key, value in reference["state_dict"].items():
+        torch.testing.assert_close(halved["state_dict"][key], value, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose([r["loss"] for r in halved["log"]], [r["loss"] for r in reference["log"]], rtol=1e-5)
