@@ -1,5 +1,8 @@
-"""Small array builders shared by the unit tests."""
+"""Small array builders and child processes shared by the unit tests."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,3 +33,47 @@ def variant(stage: str, **given):
 
     load_methods()
     return variant_settings(stage, given, SCHEMA)
+
+
+# The child trains a mask transformer (dropout: the resume must restore the RNG too) on planted tokens for 6 epochs
+# and, so that the parent can kill it mid-way, sleeps after each epoch's last.pt (the real writer, wrapped).
+TRAIN_CHILD = """
+import sys, time
+import numpy as np, torch
+import unseg.train as train
+real_save = train.save_resume_state
+def slow_save(*args, **kwargs):
+    real_save(*args, **kwargs)
+    time.sleep(float(sys.argv[2]))
+train.save_resume_state = slow_save
+
+class Planted(torch.utils.data.Dataset):
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.names, self.items = [f"img{i}" for i in range(8)], []
+        for _ in self.names:
+            labels = rng.integers(0, 3, (4, 5))
+            tokens = np.eye(3)[labels].transpose(2, 0, 1).repeat(4, 0) + rng.normal(0, 0.5, (12, 4, 5))
+            self.items.append((torch.tensor(tokens, dtype=torch.float32), torch.from_numpy(labels)))
+    def __len__(self):
+        return len(self.items)
+    def __getitem__(self, index):
+        return self.items[index]
+
+torch.manual_seed(0)
+model = train.build_head("mask_transformer", 12, 3, {"width": 16, "layers": 1, "heads": 2, "dropout": 0.3})
+train.fit(model, Planted(), sys.argv[1], config={"method": "mask_transformer", "num_classes": 3}, epochs=6, lr=0.01,
+          weight_decay=0.0, batch_size=4, seed=0, progress=False)
+"""
+
+
+def training_command(out: Path, pause: float = 0.0) -> list[str]:
+    """The command line of :data:`TRAIN_CHILD` writing to ``out``, sleeping ``pause`` s after each epoch."""
+    return [sys.executable, "-c", TRAIN_CHILD, str(out), str(pause)]
+
+
+def training(out: Path, pause: float = 0.0) -> subprocess.Popen:
+    """:data:`TRAIN_CHILD` in a subprocess (one torch thread), its output captured as text."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(training_command(out, pause), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)

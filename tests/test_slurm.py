@@ -196,3 +196,48 @@ def test_failed_job_is_resubmitted_with_more_memory_and_time(cluster, tmp_path):
     submitted = re.findall(r"^sbatch call: .* -t (\d+) --mem (\d+) .*--attempt (\d)", output, re.M)
     assert submitted == [("60", "4000", "1"), ("120", "8000", "2")]
     assert (tmp_path / "done.txt").read_text().split() == ["8000", "120"]
+
+
+def test_a_requeued_training_resumes_from_its_last_checkpoint(cluster, tmp_path):
+    # A preempted job, as SLURM sees it: `scontrol requeue` of a running training submitted with --requeue (as the
+    # profile's slurm-requeue does) kills it and starts it again; it continues last.pt and ends with the model an
+    # uninterrupted run gives.
+    import time
+
+    import torch
+
+    from helpers import TRAIN_CHILD, training
+
+    whole = training(tmp_path / "whole")
+    assert whole.wait() == 0, whole.stderr.read()
+    script = tmp_path / "train_child.py"
+    script.write_text(TRAIN_CHILD)
+    out = tmp_path / "requeued"
+    submitted = cluster.run("sbatch", "--parsable", "--requeue", "-p", "cpu", "-c", "1", "-o",
+                            str(tmp_path / "job-%j.log"), "--export=ALL,OMP_NUM_THREADS=1,PYTHONWARNINGS=ignore",
+                            "--wrap", f"{sys.executable} {script} {out} 0.5")
+    job_id = submitted.stdout.strip().split(";")[0]
+
+    def state() -> dict[str, str]:
+        return next(job for job in cluster.jobs() if job["JobId"] == job_id)
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        last = out / "last.pt"
+        if last.exists() and torch.load(last, weights_only=False)["epoch"] >= 2:
+            break
+        time.sleep(0.1)
+    assert state()["JobState"] == "RUNNING", state()
+    cluster.run("scontrol", "requeue", job_id)
+    while state()["JobState"] not in ("COMPLETED", "FAILED", "CANCELLED") and time.monotonic() < deadline + 300:
+        if state()["JobState"] == "PENDING" and "BeginTime" in state().get("Reason", ""):
+            cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)  # no requeue delay
+        time.sleep(0.5)
+    job = state()
+    log = (tmp_path / f"job-{job_id}.log").read_text()
+    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", (job, log[-3000:])
+    assert "resume: continuing" in log, log[-3000:]
+    expected = torch.load(tmp_path / "whole" / "model.pt", weights_only=False)
+    got = torch.load(out / "model.pt", weights_only=False)
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][key], value), key

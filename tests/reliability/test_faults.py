@@ -19,6 +19,8 @@ from PIL import Image
 from unseg.io import atomic_output, stale_temporaries
 from unseg.store import FeatureStore
 
+from helpers import training
+
 # The child extracts 16 images in batches of 2 and, so that the parent can kill it mid-way, sleeps a little after
 # writing each image (the writer of the real code, wrapped).
 CHILD = """
@@ -228,44 +230,6 @@ def test_a_workflow_killed_mid_way_finishes_with_the_uninterrupted_results(tmp_p
                            if p.is_file())
     assert [str(f) for f in files if normalised(reference / f) != normalised(tmp_path / "results" / f)] == []
     assert not list((tmp_path / "results").rglob(".*.tmp-*"))  # nothing a killed writer left
-
-
-# The child trains a mask transformer (dropout: the resume must restore the RNG too) on planted tokens for 6 epochs
-# and, so that the parent can kill it mid-way, sleeps after each epoch's last.pt (the real writer, wrapped).
-TRAIN_CHILD = """
-import sys, time
-import numpy as np, torch
-import unseg.train as train
-real_save = train.save_resume_state
-def slow_save(*args, **kwargs):
-    real_save(*args, **kwargs)
-    time.sleep(float(sys.argv[2]))
-train.save_resume_state = slow_save
-
-class Planted(torch.utils.data.Dataset):
-    def __init__(self):
-        rng = np.random.default_rng(0)
-        self.names, self.items = [f"img{i}" for i in range(8)], []
-        for _ in self.names:
-            labels = rng.integers(0, 3, (4, 5))
-            tokens = np.eye(3)[labels].transpose(2, 0, 1).repeat(4, 0) + rng.normal(0, 0.5, (12, 4, 5))
-            self.items.append((torch.tensor(tokens, dtype=torch.float32), torch.from_numpy(labels)))
-    def __len__(self):
-        return len(self.items)
-    def __getitem__(self, index):
-        return self.items[index]
-
-torch.manual_seed(0)
-model = train.build_head("mask_transformer", 12, 3, {"width": 16, "layers": 1, "heads": 2, "dropout": 0.3})
-train.fit(model, Planted(), sys.argv[1], config={"method": "mask_transformer", "num_classes": 3}, epochs=6, lr=0.01,
-          weight_decay=0.0, batch_size=4, seed=0, progress=False)
-"""
-
-
-def training(out: Path, pause: float = 0.0) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([sys.executable, "-c", TRAIN_CHILD, str(out), str(pause)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_a_training_killed_with_sigkill_resumes_to_the_uninterrupted_model(tmp_path):
