@@ -128,7 +128,9 @@ def test_fine_tuning_the_last_block_fits_the_labels_better_than_the_frozen_head(
     for blocks in (0, 1):
         out = tmp_path / f"blocks-{blocks}" / "train"
         out.parent.mkdir()
-        fine_tune(photos, out, epochs=15, lr=0.01, finetune_blocks=blocks, **NO_AUGMENTATION)
+        # Random weights: the block must move a lot to help (no probe, a large block learning rate).
+        fine_tune(photos, out, epochs=15, lr=0.01, finetune_blocks=blocks, backbone_lr=1e-3, probe_epochs=0,
+                  **NO_AUGMENTATION)
         predict(out / "model.pt", store_path, paths, out.parent / "predict", progress=False)
         scores[blocks] = agreement(out.parent / "predict", labels)
     checkpoint = torch.load(tmp_path / "blocks-1" / "train" / "model.pt", weights_only=False)
@@ -151,23 +153,23 @@ def test_fine_tuning_needs_the_output_tokens(photos, tmp_path):
 def test_a_resumed_fine_tuning_ends_as_the_uninterrupted_one(photos, tmp_path, monkeypatch):
     whole_dir = tmp_path / "whole" / "train"
     whole_dir.parent.mkdir()
-    fine_tune(photos, whole_dir)
+    fine_tune(photos, whole_dir, probe_epochs=2)
     whole = torch.load(whole_dir / "model.pt", weights_only=False)
     real_save, saves = train_module.save_resume_state, []
 
     def killed_after_the_second_epoch(*args, **kwargs):
         real_save(*args, **kwargs)
         saves.append(1)
-        if len(saves) == 2:
+        if len(saves) == 4:  # the probe's 2 epochs, then 2 of fine-tuning
             raise KeyboardInterrupt
 
     resumed_dir = tmp_path / "resumed" / "train"
     resumed_dir.parent.mkdir()
     monkeypatch.setattr(train_module, "save_resume_state", killed_after_the_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        fine_tune(photos, resumed_dir)
+        fine_tune(photos, resumed_dir, probe_epochs=2)
     monkeypatch.setattr(train_module, "save_resume_state", real_save)
-    fine_tune(photos, resumed_dir)
+    fine_tune(photos, resumed_dir, probe_epochs=2)
     resumed = torch.load(resumed_dir / "model.pt", weights_only=False)
     assert [row["loss"] for row in resumed["log"]] == [row["loss"] for row in whole["log"]]
     for key, value in whole["state_dict"].items():
@@ -196,3 +198,21 @@ def test_a_frozen_round_starts_a_fine_tuning_round_with_its_head_but_not_the_rev
     back.parent.mkdir()
     with pytest.raises(ValueError, match="fine-tuning 1 blocks, cannot start"):
         fine_tune(photos, back, epochs=1, finetune_blocks=0, initial_model=tuned / "model.pt")
+
+
+def test_fine_tuning_first_probes_the_head_on_the_stored_tokens(photos, tmp_path, monkeypatch):
+    started = {}
+    real_fit = train_module.fit
+
+    def recording_fit(model, *args, **kwargs):
+        if isinstance(model, ImageSegmenter):
+            started.update({key: value.clone() for key, value in model.head.state_dict().items()})
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit", recording_fit)
+    (tmp_path / "round").mkdir()
+    fine_tune(photos, tmp_path / "round" / "train", epochs=1, probe_epochs=3)
+    probe = torch.load(tmp_path / "round" / "train" / "probe" / "model.pt", weights_only=False)
+    assert probe["config"]["finetune_blocks"] == 0 and len(probe["log"]) == 3
+    for key, value in probe["state_dict"].items():
+        torch.testing.assert_close(started[key], value)  # fine-tuning starts from the probed head

@@ -425,10 +425,11 @@ def load_initial_model(model: TokenHead | ImageSegmenter, path: Path, config: Ma
 
 
 def train_head(inputs: TrainingInputs, kind: str, head_options: Mapping[str, Any], *, epochs, lr, weight_decay,
-               batch_size, label_scale, seed, device, workers, keep, finetune_blocks, backbone_lr_scale,
-               **augment) -> dict:
+               batch_size, label_scale, seed, device, workers, keep, finetune_blocks, backbone_lr,
+               probe_epochs, **augment) -> dict:
     """Build the ``kind`` head (:mod:`unseg.heads`) and :func:`fit` it on the inputs' labels: on the stored tokens,
-    or (``finetune_blocks`` > 0) under the backbone's last blocks on augmented images (:mod:`unseg.finetune`)."""
+    or (``finetune_blocks`` > 0) under the backbone's last blocks on augmented images (:mod:`unseg.finetune`), after
+    ``probe_epochs`` of the head alone on the stored tokens (``out_dir/probe/``) unless an initial model is given."""
     tokens = TokenLabelDataset(inputs.store_path, inputs.facet, inputs.label_paths, inputs.num_classes, label_scale)
     monitor = (TokenLabelDataset(inputs.store_path, inputs.facet, inputs.monitor_paths, None, label_scale)
                if inputs.monitor_paths else None)
@@ -448,7 +449,7 @@ def train_head(inputs: TrainingInputs, kind: str, head_options: Mapping[str, Any
         store = tokens.store
         config.update({key: store.attrs[key] for key in ("backbone", "weights", "weights_digest")})
         backbone, spec = load_store_backbone(config["backbone"], config["weights"], config["weights_digest"])
-        model = ImageSegmenter(backbone, finetune_blocks, model, spec.patch_size, backbone_lr_scale)
+        model = ImageSegmenter(backbone, finetune_blocks, model, spec.patch_size, backbone_lr)
         statistics = scan(tokens, inputs.progress)  # of the stored tokens: what the unchanged backbone gives
         dataset = ImageLabelDataset(inputs.store_path, inputs.image_paths, inputs.label_paths, inputs.num_classes,
                                     label_scale, spec.mean, spec.std, {key: augment[key] for key in AUGMENT_KEYS},
@@ -457,6 +458,13 @@ def train_head(inputs: TrainingInputs, kind: str, head_options: Mapping[str, Any
                                      spec.mean, spec.std, None) if inputs.monitor_paths else None)
     if inputs.initial_model is not None:
         load_initial_model(model, inputs.initial_model, config)
+        config["initial_model_digest"] = data_digest(sorted(model.state_dict().items()))  # keys the resume
+    elif finetune_blocks and probe_epochs:
+        # Linear probing, then fine-tuning (LP-FT): the head first learns on the frozen tokens.
+        fit(model.head, tokens, inputs.out_dir / "probe", config={**config, "finetune_blocks": 0}, epochs=probe_epochs,
+            lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=device, workers=workers,
+            keep="last", progress=inputs.progress, statistics=statistics)
+        model.head.to("cpu")
         config["initial_model_digest"] = data_digest(sorted(model.state_dict().items()))  # keys the resume
     return fit(model, dataset, inputs.out_dir, config=config, epochs=epochs, lr=lr, weight_decay=weight_decay,
                batch_size=batch_size, seed=seed, device=device, workers=workers, keep=keep, monitor=monitor,
