@@ -9,12 +9,13 @@ from PIL import Image
 
 import unseg.train as train_module
 from unseg.features import extract_features
-from unseg.finetune import ImageSegmenter, augment_pair, build_image_segmenter, item_seed
+from unseg.finetune import ImageSegmenter, build_image_segmenter
 from unseg.heads import build_head
 from unseg.io import read_label_png, write_label_png
 from unseg.predict import load_model, predict
 from unseg.store import FeatureStore
 from unseg.train import model_input, run_train
+from unseg.training_data import augment_pair, item_seed
 
 from helpers import variant
 

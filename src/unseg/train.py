@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -45,28 +44,16 @@ from .backbones import get_backbone_spec
 from .checkpoints import data_digest, digest_array, load_resume_state, resume_key, save_checkpoint, save_resume_state
 from .devices import resolve_device
 from .features import preprocess_image
-from .finetune import (
-    AUGMENT_KEYS,
-    FINETUNE_SCHEMA,
-    ImageLabelDataset,
-    ImageSegmenter,
-    build_image_segmenter,
-    load_store_backbone,
-)
-from .geometry import ResizeGeometry, labels_at_input
+from .finetune import FINETUNE_SCHEMA, ImageSegmenter, build_image_segmenter, load_store_backbone
 from .heads import AsppHead, LinearHead, MaskTransformerHead, TokenHead, build_head
-from .io import IGNORE_LABEL, atomic_output, read_image, read_label_png
+from .io import IGNORE_LABEL, atomic_output, read_image
 from .metrics import evaluate_semantic_arrays
 from .registry import REGISTRIES, register
 from .store import FeatureStore
+from .training_data import AUGMENT_KEYS, ImageLabelDataset, TokenLabelDataset, token_tensor
 
 __all__ = ["AsppHead", "LinearHead", "MaskTransformerHead", "TokenLabelDataset", "TrainingInputs", "fit",
            "run_train", "scan", "settings_of_round", "token_tensor"]
-
-
-def token_tensor(store: FeatureStore, name: str, facet: str) -> torch.Tensor:
-    """(1, D, h, w) float32 from the store's (h, w, D) grid."""
-    return torch.from_numpy(np.ascontiguousarray(store.facet(name, facet), dtype=np.float32)).permute(2, 0, 1)[None]
 
 
 def model_input(config: Mapping[str, Any], store: FeatureStore, name: str, image_path: str | Path | None,
@@ -79,56 +66,6 @@ def model_input(config: Mapping[str, Any], store: FeatureStore, name: str, image
         raise ValueError(f"a model that fine-tunes the backbone reads images; no image path given for {name!r}")
     spec = get_backbone_spec(config["backbone"])
     return preprocess_image(read_image(image_path), store.geometry(name), spec.mean, spec.std)[None]
-
-
-def label_tensor(label_map: np.ndarray, geometry: ResizeGeometry, scale: int) -> torch.Tensor:
-    """An (H0, W0) uint8 label map seen through the feature geometry (:func:`unseg.geometry.labels_at_input`), then
-    nearest-resized to ``scale`` × the token grid; (h·s, w·s) int64."""
-    grid_h, grid_w = geometry.grid_size
-    labels = labels_at_input(label_map, geometry)[None, None].float()
-    return F.interpolate(labels, size=(grid_h * scale, grid_w * scale), mode="nearest")[0, 0].long()
-
-
-class TokenLabelDataset(torch.utils.data.Dataset):
-    """(tokens (D, h, w) float32, labels (h·s, w·s) int64) of each named image, read from the store on demand.
-
-    Args:
-        label_paths: image name → label PNG (0 background, 1..num_classes-1 classes, 255 ignored), in the order
-            of the items.
-        num_classes: labels must lie below it (or be 255); ``None`` skips the check (ground truth).
-        label_scale: s, labels are resized by nearest to s × the token grid.
-    """
-
-    def __init__(self, store_path: str | Path, facet: str, label_paths: Mapping[str, str | Path],
-                 num_classes: int | None, label_scale: int):
-        self.store_path, self.facet = Path(store_path), facet
-        self.label_scale, self.num_classes = label_scale, num_classes
-        self.names = list(label_paths)
-        self.label_paths = {name: Path(path) for name, path in label_paths.items()}
-        self._store: FeatureStore | None = None
-
-    @property
-    def store(self) -> FeatureStore:
-        if self._store is None:  # opened lazily, so that DataLoader workers open their own
-            self._store = FeatureStore(self.store_path)
-        return self._store
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_store": None}
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        name = self.names[index]
-        label_map = read_label_png(self.label_paths[name])
-        if self.num_classes is not None:
-            too_large = (label_map >= self.num_classes) & (label_map != IGNORE_LABEL)
-            if too_large.any():
-                raise ValueError(f"{self.label_paths[name]}: label {label_map[too_large].max()} ≥ "
-                                 f"num_classes={self.num_classes}")
-        tokens = token_tensor(self.store, name, self.facet)[0]
-        return tokens, label_tensor(label_map, self.store.geometry(name), self.label_scale)
 
 
 @dataclass(frozen=True)
