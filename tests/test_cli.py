@@ -1,10 +1,13 @@
-"""The `unseg` command: `unseg provenance PATH` tells what made an artifact."""
+"""The `unseg` command: `unseg provenance PATH` tells what made an artifact; `unseg trail IMAGE` shows one image's
+artifacts of every stage in one PNG."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+
+import numpy as np
 
 from unseg.cli import main
 from unseg.provenance import input_digest
@@ -41,3 +44,30 @@ def test_the_command_runs_as_a_program(tiny_run):
     result = subprocess.run([sys.executable, "-m", "unseg.cli", "provenance",
                              str(workdir / "results/tiny/pseudolabels/km3")], capture_output=True, text=True)
     assert result.returncode == 0 and "stage pseudolabels, variant km3" in result.stdout
+
+
+def test_the_trail_of_a_tiny_run_image_has_a_panel_per_stage_artifact(tiny_run, tmp_path, capsys):
+    from PIL import Image
+
+    from unseg.io import read_image, read_label_png
+    from unseg.overlays import overlay_labels
+    from unseg.trail import trail_panels
+
+    workdir, _, _ = tiny_run
+    results = workdir / "results/tiny"
+    name = (results / "index/images.csv").read_text().splitlines()[1].split(",")[1]
+    panels = trail_panels(results, name)
+    assert [panel.stage for panel in panels] == ["image", "ground truth", "saliency", "saliency", "masks",
+                                                 "proposals", "pseudolabels", "train", "predict"]
+    assert [panel.caption for panel in panels][6:] == ["pseudo-labels km3", "train linear round-2 labels",
+                                                       "predict linear"]
+    image = read_image(next(path for path in (workdir / "resources/datasets/tiny/JPEGImages").iterdir()
+                            if path.stem == name))
+    assert np.array_equal(panels[0].picture, image)
+    expected = overlay_labels(image, read_label_png(results / "predict/linear" / f"{name}.png"))
+    assert np.array_equal(panels[-1].picture, expected)  # the prediction panel shows this image's prediction
+    assert main(["trail", name, "--results", str(results), "--out", str(tmp_path / "trail.png")]) == 0
+    assert f"{len(panels)} panels" in capsys.readouterr().out
+    assert Image.open(tmp_path / "trail.png").size == (6 * 256, 2 * (256 + 18))
+    assert main(["trail", "no-such-image", "--results", str(results)]) == 2
+    assert "is not in" in capsys.readouterr().err

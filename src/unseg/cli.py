@@ -2,6 +2,7 @@
 
     unseg provenance results/voc/masks/multik/masks.json      what made this artifact, upstream to the dataset
     unseg provenance results/voc/features/dinov2-s14.zarr --json
+    unseg trail 2007_000129 --results results/voc            every stage's artifact of one image, in one PNG
 """
 
 from __future__ import annotations
@@ -73,7 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     provenance = commands.add_parser("provenance", help="print what made an artifact (its provenance sidecar)")
     provenance.add_argument("path", help="an artifact (file or folder) under results/, or its sidecar")
     provenance.add_argument("--json", action="store_true", help="print the sidecar as JSON")
+    trail = commands.add_parser("trail", help="render every stage's artifact of one image into one PNG")
+    trail.add_argument("image", help="the image's name (its file stem, as in results/{dataset}/index/images.csv)")
+    trail.add_argument("--results", required=True, help="the run's results/{dataset} folder")
+    trail.add_argument("--out", help="the PNG to write (default: trail-{image}.png in the current folder)")
     args = parser.parse_args(argv)
+    if args.command == "trail":
+        return _trail(args)
     try:
         sidecar = find_provenance(args.path)
     except FileNotFoundError as error:
@@ -85,6 +92,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text)
     except BrokenPipeError:  # `unseg provenance X | head`: the reader had enough
         sys.stdout = open(os.devnull, "w")
+    return 0
+
+
+def _trail(args: argparse.Namespace) -> int:
+    from .trail import render_trail, trail_panels
+
+    try:
+        panels = trail_panels(args.results, args.image)
+    except (FileNotFoundError, KeyError) as error:
+        print(f"unseg: {error.args[0] if error.args else error}", file=sys.stderr)
+        return 2
+    out = render_trail(panels, args.out or f"trail-{args.image}.png")
+    print(f"{out}: {len(panels)} panels ({', '.join(panel.caption for panel in panels)})")
     return 0
 
 
