@@ -358,3 +358,15 @@ def test_a_plugin_module_adds_a_method_without_forking(tmp_path):
     result = snakemake(tmp_path, config, "-n", check=False)
     assert result.returncode != 0
     assert "masks.top.rows: 2 is greater than the maximum of 1" in result.stdout + result.stderr
+
+
+def test_each_gallery_links_the_provenance_of_what_it_shows(tiny_run):
+    workdir, _, _ = tiny_run
+    results = workdir / "results" / "tiny"
+    for page, artifact in [("audit/masks/multik", "masks/multik/masks.json.provenance.json"),
+                           ("audit/proposals/default", "proposals/default/proposals.json.provenance.json"),
+                           ("audit/pseudolabels/km3", "pseudolabels/km3/provenance.json"),
+                           ("audit/predict/linear", "predict/linear/provenance.json")]:
+        text = (results / page / "index.html").read_text()
+        link = re.search(r"<a href='([^']+)'>provenance</a>", text).group(1)
+        assert (results / page / link).resolve() == (results / artifact).resolve(), (page, link)

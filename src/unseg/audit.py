@@ -6,6 +6,7 @@ Each page is a folder with ``index.html`` and its PNG panels; it opens in a brow
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +22,7 @@ from .io import (
     read_saliency,
 )
 from .overlays import overlay_heatmap, overlay_labels, overlay_masks
+from .provenance import sidecar_path
 
 Panel = tuple[str, np.ndarray]  # (caption, (H, W, 3) uint8 picture)
 
@@ -32,12 +34,15 @@ def _thumbnail(picture: np.ndarray, max_side: int) -> Image.Image:
 
 
 def write_gallery(
-    out_dir: str | Path, title: str, rows: Sequence[tuple[str, Sequence[Panel]]], notes: str = "", max_side: int = 256
+    out_dir: str | Path, title: str, rows: Sequence[tuple[str, Sequence[Panel]]], notes: str = "", max_side: int = 256,
+    provenance: str | Path | None = None,
 ) -> Path:
     """Write ``out_dir/index.html`` with one row of captioned panels per image (atomically, as a folder).
 
     Args:
         rows: (image name, panels) per image; each panel is (caption, (H, W, 3) uint8).
+        provenance: the audited artifact's provenance sidecar, linked (relative, so the page still opens from disk)
+            from the page's header.
     """
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
@@ -50,6 +55,13 @@ def write_gallery(
                 cells.append(f'<figure><img src="{file_name}" loading="lazy">'
                              f'<figcaption>{html.escape(caption)}</figcaption></figure>')
             body.append(f'<section><h2>{html.escape(name)}</h2><div class="row">{"".join(cells)}</div></section>')
+        if provenance is not None:
+            link = os.path.relpath(provenance, Path(out_dir).resolve())
+            notes_html = (f"<p>{html.escape(notes)}</p><p class='provenance'>What made it: <a href="
+                          f"'{html.escape(link)}'>provenance</a> (in a terminal: <code>unseg provenance "
+                          f"{html.escape(str(provenance))}</code>)</p>")
+        else:
+            notes_html = f"<p>{html.escape(notes)}</p>"
         (tmp / "index.html").write_text(
             "<!doctype html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>"
@@ -57,7 +69,7 @@ def write_gallery(
             ".row{display:flex;flex-wrap:wrap;gap:8px}"
             "figure{margin:0;background:#fff;padding:4px;border:1px solid #ddd}"
             "figcaption{font-size:12px;text-align:center;max-width:256px}h2{font-size:15px;margin:1em 0 .3em}"
-            f"</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(notes)}</p>{''.join(body)}</body></html>"
+            f"</style></head><body><h1>{html.escape(title)}</h1>{notes_html}{''.join(body)}</body></html>"
         )
     return Path(out_dir) / "index.html"
 
@@ -80,7 +92,8 @@ def _origin_caption(det: dict) -> str:
     return f"eigenvector {value}" if kind else f"k={value}"
 
 
-def audit_masks(images: Sequence[tuple[int, str, str]], masks_json: str | Path, out_dir: str | Path) -> Path:
+def audit_masks(images: Sequence[tuple[int, str, str]], masks_json: str | Path, out_dir: str | Path,
+                provenance: str | Path | None = None) -> Path:
     """Masks per k (and, for deep_spectral, per eigenvector): for each image (image_id, name, path), one panel per
     clustering k with that clustering's masks, then one per eigenvector index with its sign-split masks."""
     by_image = _detections_by_image(masks_json)
@@ -96,11 +109,12 @@ def audit_masks(images: Sequence[tuple[int, str, str]], masks_json: str | Path, 
         rows.append((name, panels))
     notes = ("Each colour is one mask (a connected component of one cluster, or of the border-rule side of one "
              "eigenvector's sign split).")
-    return write_gallery(out_dir, "Spectral masks per k and per eigenvector", rows, notes)
+    return write_gallery(out_dir, "Spectral masks per k and per eigenvector", rows, notes, provenance=provenance)
 
 
 def audit_proposals(
-    images: Sequence[tuple[int, str, str]], proposals_json: str | Path, saliency_dir: str | Path, out_dir: str | Path
+    images: Sequence[tuple[int, str, str]], proposals_json: str | Path, saliency_dir: str | Path, out_dir: str | Path,
+    provenance: str | Path | None = None,
 ) -> Path:
     """Saliency heat map and the surviving proposals (with scores) per image."""
 
@@ -118,7 +132,7 @@ def audit_proposals(
                            f"salient {det.get('salient_fraction', 0):.2f})",
                            overlay_masks(image, [decode_rle(det["segmentation"])])))
         rows.append((name, panels))
-    return write_gallery(out_dir, "Proposals after the saliency filter and NMS", rows)
+    return write_gallery(out_dir, "Proposals after the saliency filter and NMS", rows, provenance=provenance)
 
 
 def audit_label_maps(
@@ -127,6 +141,7 @@ def audit_label_maps(
     out_dir: str | Path,
     title: str,
     ground_truth: dict[str, str] | None = None,
+    provenance: str | Path | None = None,
 ) -> Path:
     """Label maps (pseudo-labels, predictions) beside the ground truth when known.
 
@@ -144,7 +159,8 @@ def audit_label_maps(
             panels.append(("ground truth", overlay_labels(image, read_label_png(ground_truth[name]))))
         rows.append((name, panels))
     return write_gallery(out_dir, title, rows,
-                         "Colours are cluster ids; they match ground-truth classes only after Hungarian matching.")
+                         "Colours are cluster ids; they match ground-truth classes only after Hungarian matching.",
+                         provenance=provenance)
 
 
 def audit_stage(stage: str, inputs: dict[str, str], out_html: str | Path, max_images: int = 12) -> Path:
@@ -161,13 +177,17 @@ def audit_stage(stage: str, inputs: dict[str, str], out_html: str | Path, max_im
     images = list(zip(index.image_id.tolist(), index.name.tolist(), index.path.tolist()))
     ground_truth = {name: path for name, path in zip(index.name, index.gt_semantic) if isinstance(path, str) and path}
     out_dir = Path(out_html).parent
+    audited = {"masks": "masks", "proposals": "proposals", "pseudolabels": "labels", "predict": "labels"}
+    sidecar = sidecar_path(inputs[audited[stage]]).resolve() if stage in audited else None
+    provenance = sidecar if sidecar is not None and sidecar.is_file() else None
     if stage == "masks":
-        return audit_masks(images, inputs["masks"], out_dir)
+        return audit_masks(images, inputs["masks"], out_dir, provenance)
     if stage == "proposals":
-        return audit_proposals(images, inputs["proposals"], inputs["saliency"], out_dir)
+        return audit_proposals(images, inputs["proposals"], inputs["saliency"], out_dir, provenance)
     if stage == "pseudolabels":
-        return audit_label_maps(images, [("pseudo-labels", inputs["labels"])], out_dir, "Pseudo-labels", ground_truth)
+        return audit_label_maps(images, [("pseudo-labels", inputs["labels"])], out_dir, "Pseudo-labels", ground_truth,
+                                provenance)
     if stage == "predict":
         panels = [("pseudo-labels", inputs["pseudolabels"]), ("prediction", inputs["labels"])]
-        return audit_label_maps(images, panels, out_dir, "Predictions of the trained head", ground_truth)
+        return audit_label_maps(images, panels, out_dir, "Predictions of the trained head", ground_truth, provenance)
     raise ValueError(f"no audit page for stage {stage!r}")
