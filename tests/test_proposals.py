@@ -121,3 +121,25 @@ def test_filter_proposals_keeps_salient_and_rescores():
     kept = filter_proposals([det(inside, 0.8), det(half, 0.6), det(outside, 0.9)], saliency, 0.5, nms_iou=1.0)
     assert [d["salient_fraction"] for d in kept] == [1.0, 0.5]
     assert [d["score"] for d in kept] == [0.8, 0.3]
+
+
+def test_every_dropped_mask_is_kept_with_its_reason_and_numbers(tmp_path):
+    from unseg.proposals import filter_proposals_explained
+
+    saliency = np.zeros((10, 10), dtype=np.float32)
+    saliency[:, :5] = 1.0
+    big = box((10, 10), 0, 0, 5, 5)  # 25 px, salient
+    inner = box((10, 10), 0, 0, 5, 4)  # 20 px, IoU 0.8 with big, salient
+    outside = box((10, 10), 6, 6, 9, 9)  # not salient
+    masks = [det(big, 0.9, k=2, cluster=0), det(inner, 0.5, k=3, cluster=1), det(outside, 0.9, k=3, cluster=2)]
+    kept, rejected = filter_proposals_explained(masks, saliency, 0.5, nms_iou=0.5)
+    assert [d["k"] for d in kept] == [2]
+    by_reason = {d["rejected"]: d for d in rejected}
+    assert set(by_reason) == {"saliency", "nms"} and len(rejected) == 2
+    assert by_reason["saliency"]["k"] == 3 and by_reason["saliency"]["salient_fraction"] == 0.0
+    assert by_reason["saliency"]["reason"] == "salient fraction 0.00 < 0.5"
+    assert by_reason["nms"]["suppressed_by"] == {"score": 0.9, "iou": 0.8, "k": 2, "cluster": 0}
+    assert by_reason["nms"]["reason"].startswith("IoU 0.80 > 0.5 with a kept mask of score 0.90 (k 2, cluster 0)")
+    # kept + rejected account for every mask exactly once
+    assert len(kept) + len(rejected) == len(masks)
+    assert filter_proposals(masks, saliency, 0.5, nms_iou=0.5) == kept

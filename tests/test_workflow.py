@@ -370,3 +370,14 @@ def test_each_gallery_links_the_provenance_of_what_it_shows(tiny_run):
         text = (results / page / "index.html").read_text()
         link = re.search(r"<a href='([^']+)'>provenance</a>", text).group(1)
         assert (results / page / link).resolve() == (results / artifact).resolve(), (page, link)
+
+
+def test_the_proposals_keep_account_of_every_mask_they_drop(tiny_run):
+    workdir, _, _ = tiny_run
+    results = workdir / "results" / "tiny"
+    masks = json.loads((results / "masks/multik/masks.json").read_text())
+    kept = json.loads((results / "proposals/default/proposals.json").read_text())
+    rejected = json.loads((results / "proposals/default/rejected.json").read_text())
+    assert len(kept) + len(rejected) == len(masks) and rejected
+    assert {d["rejected"] for d in rejected} <= {"saliency", "nms"} and all(d["reason"] for d in rejected)
+    assert "dropped by" in (results / "audit/proposals/default/index.html").read_text()

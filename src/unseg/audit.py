@@ -114,11 +114,13 @@ def audit_masks(images: Sequence[tuple[int, str, str]], masks_json: str | Path, 
 
 def audit_proposals(
     images: Sequence[tuple[int, str, str]], proposals_json: str | Path, saliency_dir: str | Path, out_dir: str | Path,
-    provenance: str | Path | None = None,
+    provenance: str | Path | None = None, rejected_json: str | Path | None = None,
 ) -> Path:
-    """Saliency heat map and the surviving proposals (with scores) per image."""
+    """Saliency heat map, the surviving proposals (with scores) and, from ``rejected_json``, the masks that were
+    dropped, by reason (saliency fraction, NMS, CRF), each of the first ones with its reason and numbers."""
 
     by_image = _detections_by_image(proposals_json)
+    rejected_by_image = _detections_by_image(rejected_json) if rejected_json else {}
     rows = []
     for image_id, name, path in images:
         image = read_image(path)
@@ -131,8 +133,20 @@ def audit_proposals(
             panels.append((f"score {det['score']:.2f} ({_origin_caption(det)}, "
                            f"salient {det.get('salient_fraction', 0):.2f})",
                            overlay_masks(image, [decode_rle(det["segmentation"])])))
+        rejected = rejected_by_image.get(image_id, [])
+        for reason in ("saliency", "nms", "crf"):
+            dropped = [det for det in rejected if det["rejected"] == reason]
+            if dropped:
+                panels.append((f"dropped by {reason}: {len(dropped)}",
+                               overlay_masks(image, [decode_rle(d["segmentation"]) for d in dropped])))
+        for det in sorted(rejected, key=lambda det: -det["score"])[:3]:
+            panels.append((f"dropped ({_origin_caption(det)}, score {det['score']:.2f}): {det['reason']}",
+                           overlay_masks(image, [decode_rle(det["segmentation"])])))
         rows.append((name, panels))
-    return write_gallery(out_dir, "Proposals after the saliency filter and NMS", rows, provenance=provenance)
+    notes = ("Kept proposals, then the masks the filter dropped: 'saliency' (too little of the mask is salient), "
+             "'nms' (overlaps a higher-scoring kept mask), 'crf' (CRF refinement left nothing)."
+             if rejected_json else "")
+    return write_gallery(out_dir, "Proposals after the saliency filter and NMS", rows, notes, provenance=provenance)
 
 
 def audit_label_maps(
@@ -183,7 +197,8 @@ def audit_stage(stage: str, inputs: dict[str, str], out_html: str | Path, max_im
     if stage == "masks":
         return audit_masks(images, inputs["masks"], out_dir, provenance)
     if stage == "proposals":
-        return audit_proposals(images, inputs["proposals"], inputs["saliency"], out_dir, provenance)
+        return audit_proposals(images, inputs["proposals"], inputs["saliency"], out_dir, provenance,
+                               inputs.get("rejected"))
     if stage == "pseudolabels":
         return audit_label_maps(images, [("pseudo-labels", inputs["labels"])], out_dir, "Pseudo-labels", ground_truth,
                                 provenance)

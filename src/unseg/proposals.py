@@ -46,17 +46,28 @@ def mask_nms(detections: list[dict], iou_threshold: float) -> list[dict]:
         the kept detections, highest score first; a mask is dropped when its IoU with a kept one exceeds the
         threshold.
     """
+    return mask_nms_explained(detections, iou_threshold)[0]
+
+
+def mask_nms_explained(detections: list[dict], iou_threshold: float
+                       ) -> tuple[list[dict], list[tuple[dict, dict, float]]]:
+    """:func:`mask_nms`, and for each suppressed detection the kept one that suppressed it (the first, by score,
+    whose IoU exceeds the threshold) and that IoU: (kept, [(suppressed, suppressor, iou), ...])."""
     ordered = sorted(detections, key=lambda det: -det["score"])
     if not ordered:
-        return []
+        return [], []
     rles = [{"size": det["segmentation"]["size"], "counts": det["segmentation"]["counts"].encode("ascii")}
             for det in ordered]
     ious = mask_utils.iou(rles, rles, [0] * len(rles))
     kept: list[int] = []
+    suppressed: list[tuple[dict, dict, float]] = []
     for index in range(len(ordered)):
-        if all(ious[index, other] <= iou_threshold for other in kept):
+        by = next((other for other in kept if ious[index, other] > iou_threshold), None)
+        if by is None:
             kept.append(index)
-    return [ordered[index] for index in kept]
+        else:
+            suppressed.append((ordered[index], ordered[by], float(ious[index, by])))
+    return [ordered[index] for index in kept], suppressed
 
 
 def filter_proposals(
@@ -68,15 +79,39 @@ def filter_proposals(
         detections: that image's masks (COCO results dicts).
         saliency: (H0, W0) float soft foreground; a pixel is salient when > 0.5.
     """
+    return filter_proposals_explained(detections, saliency, min_salient_fraction, nms_iou)[0]
+
+
+def _origin(det: dict) -> str:
+    return ", ".join(f"{key} {det[key]}" for key in ("k", "cluster", "component", "eigen_index") if key in det)
+
+
+def filter_proposals_explained(
+    detections: list[dict], saliency: np.ndarray, min_salient_fraction: float = 0.5, nms_iou: float = 0.5
+) -> tuple[list[dict], list[dict]]:
+    """:func:`filter_proposals`, and the masks it dropped, each with why: ``rejected`` (``"saliency"`` or
+    ``"nms"``), ``reason`` (a sentence with the numbers), its ``salient_fraction``, and for NMS ``suppressed_by``
+    (score, origin and IoU of the kept mask that won)."""
     salient = saliency > 0.5
-    kept = []
+    candidates, rejected = [], []
     for det in detections:
         pixels = decode_rle(det["segmentation"])
         fraction = float(salient[pixels].mean()) if pixels.any() else 0.0
         if fraction >= min_salient_fraction:
-            kept.append({**det, "salient_fraction": round(fraction, 6),
-                         "score": round(fraction * max(det["score"], 0.0), 6)})
-    return mask_nms(kept, nms_iou)
+            candidates.append({**det, "salient_fraction": round(fraction, 6),
+                               "score": round(fraction * max(det["score"], 0.0), 6)})
+        else:
+            rejected.append({**det, "salient_fraction": round(fraction, 6), "rejected": "saliency",
+                             "reason": f"salient fraction {fraction:.2f} < {min_salient_fraction:g}"})
+    kept, suppressed = mask_nms_explained(candidates, nms_iou)
+    for det, by, iou in suppressed:
+        rejected.append({**det, "rejected": "nms",
+                         "reason": f"IoU {iou:.2f} > {nms_iou:g} with a kept mask of score {by['score']:.2f} "
+                                   f"({_origin(by)})",
+                         "suppressed_by": {"score": by["score"], "iou": round(iou, 6),
+                                           **{key: by[key] for key in ("k", "cluster", "component", "eigen_index")
+                                              if key in by}}})
+    return kept, rejected
 
 
 def refine_mask_with_crf(image: np.ndarray, mask: np.ndarray, confidence: float = 0.8) -> np.ndarray:
@@ -102,8 +137,12 @@ def run_proposals(
     out_json: str | Path,
     settings: Mapping[str, Any],
     progress: bool = True,
+    out_rejected: str | Path | None = None,
 ) -> int:
     """Saliency filter + NMS over all images' masks → COCO results JSON. Returns the proposal count.
+
+    ``out_rejected``: the masks that were dropped, as COCO results each with ``rejected`` (``saliency``, ``nms``
+    or ``crf``: the CRF emptied it), ``reason`` and its numbers (:func:`filter_proposals_explained`), for the audit.
 
     Args:
         index_csv: the dataset index (image ids, names and paths).
@@ -120,10 +159,11 @@ def run_proposals(
     by_image: dict[int, list[dict]] = {}
     for det in read_json(masks_json):
         by_image.setdefault(int(det["image_id"]), []).append(det)
-    proposals = []
+    proposals, dropped = [], []
     for image_id, detections in tqdm(sorted(by_image.items()), desc="proposals", unit="img", disable=not progress):
         name = names_by_id[image_id]
-        kept = filter_proposals(detections, read_saliency(saliency_dir, name), min_salient_fraction, nms_iou)
+        kept, rejected = filter_proposals_explained(detections, read_saliency(saliency_dir, name),
+                                                    min_salient_fraction, nms_iou)
         if crf:
             image = read_image(image_paths[name])
             refined = []
@@ -131,9 +171,14 @@ def run_proposals(
                 mask = refine_mask_with_crf(image, decode_rle(det["segmentation"]))
                 if mask.any():
                     refined.append({**det, "segmentation": encode_rle(mask), "area": int(mask.sum()), "crf": True})
+                else:
+                    rejected.append({**det, "rejected": "crf", "reason": "the dense CRF left no pixel"})
             kept = refined
         proposals.extend(kept)
+        dropped.extend(rejected)
     write_json(out_json, proposals, indent=None)
+    if out_rejected is not None:
+        write_json(out_rejected, dropped, indent=None)
     return len(proposals)
 
 

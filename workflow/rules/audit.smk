@@ -25,6 +25,7 @@ rule audit_proposals:
     input:
         index=PATHS["index"],
         proposals=PATHS["proposals"],
+        rejected=PATHS["proposals_rejected"],
         saliency=upstream("proposals", "saliency", "saliency"),
     output:
         report(

@@ -44,6 +44,7 @@ PATHS = {
     "masks": f"{RESULTS}/masks/{{variant}}/masks.json",
     "saliency": f"{RESULTS}/saliency/{{variant}}",
     "proposals": f"{RESULTS}/proposals/{{variant}}/proposals.json",
+    "proposals_rejected": f"{RESULTS}/proposals/{{variant}}/rejected.json",
     "proposals_metrics": f"{RESULTS}/proposals/{{variant}}/metrics.json",
     "proposals_report": f"{RESULTS}/proposals/{{variant}}/report.md",
     "pseudolabels": f"{RESULTS}/pseudolabels/{{variant}}",

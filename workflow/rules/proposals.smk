@@ -5,6 +5,7 @@ rule proposals:
         saliency=upstream("proposals", "saliency", "saliency"),
     output:
         PATHS["proposals"],
+        rejected=PATHS["proposals_rejected"],
     params:
         settings=variant_settings("proposals"),
         chain=config_chain("proposals"),

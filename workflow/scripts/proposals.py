@@ -2,4 +2,5 @@ from unseg.jobs import stage_job
 from unseg.proposals import run_proposals
 
 with stage_job(snakemake) as job:
-    run_proposals(job.input.masks, job.input.saliency, job.input.index, job.output[0], job.params.settings)
+    run_proposals(job.input.masks, job.input.saliency, job.input.index, job.output[0], job.params.settings,
+                  out_rejected=job.output.rejected)
