@@ -30,10 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .cluster import kmeans_over_seeds
 from .devices import resolve_device
+from .features import normalize_batch
 from .geometry import image_to_grid
 from .io import (
     IGNORE_LABEL,
@@ -101,11 +104,8 @@ class MaskedCropEncoder:
     """
 
     def __init__(self, store: FeatureStore, resolution: int, margin: float, batch_size: int, device):
-        import torch
-
         from .finetune import load_store_backbone
 
-        self.torch = torch
         model, self.spec = load_store_backbone(store.attrs["backbone"], store.attrs["weights"],
                                                store.attrs["weights_digest"])
         self.device = device
@@ -115,11 +115,7 @@ class MaskedCropEncoder:
         self.fill = np.round(np.array(self.spec.mean) * 255).astype(np.uint8)
 
     def encode(self, crops: list[np.ndarray]) -> np.ndarray:
-        from PIL import Image
-
-        from .features import normalize_batch
-
-        torch, rows = self.torch, []
+        rows = []
         for start in range(0, len(crops), self.batch_size):
             batch = np.stack([np.asarray(Image.fromarray(crop).resize((self.resolution,) * 2, Image.BICUBIC))
                               for crop in crops[start : start + self.batch_size]])
