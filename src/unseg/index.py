@@ -6,33 +6,45 @@ Layouts understood by :func:`build_index`:
   ``root/SegmentationObject/{name}.png``, splits in ``root/ImageSets/Segmentation/{train,val}.txt``;
 * a VOC-like folder with bare split files, e.g. ``root/val.txt`` next to ``root/JPEGImages``;
 * a plain folder of images (``root`` itself, or ``image_dir``), no splits: every image gets split ``"all"``.
+
+Very large images: with a pixel budget (``dataset.max_pixels``), an image of more pixels is downscaled once, here, to
+the largest size within the budget that keeps its aspect ratio (:func:`working_size`); the copy (and its ground truth,
+resampled nearest with the same pixel-centre mapping) is written under the index's ``resized/`` folder and every later
+stage reads the copy. The row keeps the file it came from (``source_path``, ``source_width``, ``source_height``), so
+a mask maps back onto the original exactly: x_source = (x + 0.5) · source_width / width − 0.5, likewise for y.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from unseg.io import (
     IGNORE_LABEL,
     ImageReadError,
     atomic_output,
+    decode_rle,
     encode_rle,
     image_size,
     read_image,
     read_json,
     read_label_png,
+    write_label_png,
 )
 from unseg.provenance import file_digest
 
 INDEX_COLUMNS: tuple[str, ...] = (
     "image_id", "name", "path", "width", "height", "split", "sha256", "gt_semantic", "gt_instance",
+    "source_path", "source_width", "source_height",
 )
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 SPLIT_NAMES: tuple[str, ...] = ("train", "val")
@@ -42,7 +54,8 @@ SUPPORT_SPLIT = "support"
 
 _COLUMN_DTYPES: dict[str, Any] = {
     "image_id": "int64", "name": str, "path": str, "width": "int64", "height": "int64", "split": str,
-    "sha256": str, "gt_semantic": str, "gt_instance": str,
+    "sha256": str, "gt_semantic": str, "gt_instance": str, "source_path": str, "source_width": "int64",
+    "source_height": "int64",
 }
 
 
@@ -51,6 +64,8 @@ def build_index(
     image_dir: str | os.PathLike | None = None,
     splits: Iterable[str] | None = None,
     skipped: list[dict[str, str]] | None = None,
+    max_pixels: int | None = None,
+    resized_dir: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Index and verify every image of a dataset.
 
@@ -68,11 +83,17 @@ def build_index(
     Args:
         skipped: when given, an image that cannot be read (or whose ground truth does not match it) is left out and
             ``{"path", "reason"}`` appended here instead of raising; the others are numbered without gaps.
+        max_pixels: the pixel budget; an image of more pixels is downscaled (LANCZOS) to :func:`working_size`, its
+            copy written as ``resized_dir/{name}.png`` and its ground truth (nearest) as
+            ``resized_dir/SegmentationClass/{name}.png`` / ``SegmentationObject/``; None: no budget.
+        resized_dir: where the downscaled copies go (required with ``max_pixels``).
 
     Returns:
         DataFrame with columns :data:`INDEX_COLUMNS`: image_id (int, 1..N in name order), name (file stem),
-        path (absolute), width, height (ints), split, sha256 (hex of the file bytes), gt_semantic and gt_instance
-        (absolute path of ``root/SegmentationClass/{name}.png`` / ``root/SegmentationObject/{name}.png``, or "").
+        path (absolute; the downscaled copy for an image over the budget), width, height (ints, of ``path``),
+        split, sha256 (hex of the source file's bytes), gt_semantic and gt_instance (absolute path of
+        ``root/SegmentationClass/{name}.png`` / ``root/SegmentationObject/{name}.png`` or their downscaled copies,
+        or ""), source_path, source_width, source_height (the file as found in the dataset, upright).
 
     Raises:
         FileNotFoundError: ``root`` (or ``image_dir``) does not exist.
@@ -82,6 +103,8 @@ def build_index(
             file (only without ``skipped``).
     """
     root = Path(root)
+    if max_pixels is not None and resized_dir is None:
+        raise ValueError("build_index: a pixel budget (max_pixels) needs a resized_dir for the downscaled copies")
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root not found (or not a folder): {str(root)!r}")
     image_folder = _image_folder(root, image_dir)
@@ -107,10 +130,12 @@ def build_index(
         semantic_path = root / "SegmentationClass" / f"{name}.png"
         instance_path = root / "SegmentationObject" / f"{name}.png"
         try:
-            width, height = _verified_size(path)
+            pixels = _verified_pixels(path)
+            height, width = pixels.shape[:2]
             for label_path in (semantic_path, instance_path):
                 if label_path.is_file():
-                    label_height, label_width = image_size(label_path)
+                    with _bomb_guard_lifted():
+                        label_height, label_width = image_size(label_path)
                     if (label_height, label_width) != (height, width):
                         raise ImageReadError(
                             f"ground truth {str(label_path)!r} is {label_width}x{label_height}, its image "
@@ -121,28 +146,36 @@ def build_index(
                 raise
             skipped.append({"path": os.path.abspath(path), "reason": str(error)})
             continue
-        rows.append(
-            {
-                "image_id": len(rows) + 1,
-                "name": name,
-                "path": os.path.abspath(path),
-                "width": width,
-                "height": height,
-                "split": rows_split[name],
-                "sha256": file_digest(path),
-                "gt_semantic": os.path.abspath(semantic_path) if semantic_path.is_file() else "",
-                "gt_instance": os.path.abspath(instance_path) if instance_path.is_file() else "",
-            }
-        )
+        row = {
+            "image_id": len(rows) + 1,
+            "name": name,
+            "path": os.path.abspath(path),
+            "width": width,
+            "height": height,
+            "split": rows_split[name],
+            "sha256": file_digest(path),
+            "gt_semantic": os.path.abspath(semantic_path) if semantic_path.is_file() else "",
+            "gt_instance": os.path.abspath(instance_path) if instance_path.is_file() else "",
+            "source_path": os.path.abspath(path),
+            "source_width": width,
+            "source_height": height,
+        }
+        if max_pixels is not None and height * width > max_pixels:
+            row.update(_downscaled_copies(name, pixels, row, max_pixels, Path(resized_dir)))
+        del pixels  # a large image's decoded pixels are not kept beyond its row
+        rows.append(row)
     if not rows:
         raise ValueError(f"no readable image in {str(image_folder)!r}: all {len(names)} were skipped")
     return pd.DataFrame(rows, columns=list(INDEX_COLUMNS)).astype(_COLUMN_DTYPES)
 
 
 def run_index(root: str | os.PathLike, out_csv: str | os.PathLike, out_skipped: str | os.PathLike,
-              settings: dict[str, Any]) -> pd.DataFrame:
+              settings: dict[str, Any], resized_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """The index stage: :func:`build_index` of ``root`` (and of ``settings["support_root"]``) → ``out_csv``, and the
     images left out → ``out_skipped`` (CSV: path, reason; only a header when none was).
+
+    With ``settings["max_pixels"]``, images over that many pixels are downscaled into ``resized_dir`` (created,
+    possibly empty; support images under ``resized_dir/support``).
 
     Args:
         settings: the config's ``dataset`` section; ``unreadable: skip`` leaves unreadable images out (each listed in
@@ -151,17 +184,25 @@ def run_index(root: str | os.PathLike, out_csv: str | os.PathLike, out_skipped: 
             dropped), for MaskDistill's support set (``pseudolabels.*.support_split: support``).
     """
     skipped: list[dict[str, str]] | None = [] if settings["unreadable"] == "skip" else None
-    df = build_index(root, skipped=skipped)
+    budget = {"max_pixels": settings.get("max_pixels"), "resized_dir": resized_dir}
+    df = build_index(root, skipped=skipped, **budget)
     if settings.get("support_root"):
-        df = with_support_images(df, build_index(settings["support_root"], skipped=skipped))
+        support_dir = None if resized_dir is None else Path(resized_dir) / SUPPORT_SPLIT
+        df = with_support_images(df, build_index(settings["support_root"], skipped=skipped,
+                                                 max_pixels=budget["max_pixels"], resized_dir=support_dir))
     for row in skipped or []:
         print(f"index: skipped {row['path']}: {row['reason']}", file=sys.stderr)
+    if resized_dir is not None:
+        Path(resized_dir).mkdir(parents=True, exist_ok=True)
     write_index(df, out_csv)
     with atomic_output(out_skipped) as tmp:
         pd.DataFrame(skipped or [], columns=["path", "reason"]).to_csv(tmp, index=False)
     support = int((df["split"] == SUPPORT_SPLIT).sum()) if settings.get("support_root") else 0
+    downscaled = int((df["path"] != df["source_path"]).sum())
     print(f"index: {len(df) - support} images" + (f" + {support} support images" if support else "")
-          + f", {len(skipped or [])} skipped", file=sys.stderr)
+          + f", {len(skipped or [])} skipped"
+          + (f", {downscaled} downscaled to at most {settings['max_pixels']} pixels" if downscaled else ""),
+          file=sys.stderr)
     return df
 
 
@@ -324,15 +365,72 @@ def _read_split_files(root: Path) -> dict[str, str]:
     return split_of
 
 
-def _verified_size(path: Path) -> tuple[int, int]:
-    """(width, height) of the upright image, after decoding the whole image once (ImageReadError if it fails)."""
-    height, width = image_size(path)
-    pixels = read_image(path)
+def _verified_pixels(path: Path) -> np.ndarray:
+    """The upright (H, W, 3) uint8 image, decoded whole once to prove it is readable (ImageReadError if it fails).
+
+    PIL's decompression-bomb guard is lifted for this read only: the pixel budget, not PIL's default, decides what
+    happens to a very large photo (it is downscaled before any other stage reads it).
+    """
+    with _bomb_guard_lifted():
+        height, width = image_size(path)
+        pixels = read_image(path)
     if pixels.shape[:2] != (height, width):
         raise ImageReadError(
             f"image {str(path)!r} decodes to {pixels.shape[1]}x{pixels.shape[0]}, its header says {width}x{height}"
         )
-    return int(width), int(height)
+    return pixels
+
+
+@contextlib.contextmanager
+def _bomb_guard_lifted() -> Iterator[None]:
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def working_size(height: int, width: int, max_pixels: int) -> tuple[int, int]:
+    """The (height, width) an image is downscaled to under a budget of ``max_pixels``.
+
+    Unchanged within the budget; else the largest size with height · width <= max_pixels whose aspect ratio is the
+    source's to within one pixel: scale s = sqrt(max_pixels / (H · W)), sides floor(H · s), floor(W · s) (at least 1).
+    """
+    if height * width <= max_pixels:
+        return int(height), int(width)
+    scale = (max_pixels / (height * width)) ** 0.5
+    resized = max(1, int(height * scale)), max(1, int(width * scale))
+    while resized[0] * resized[1] > max_pixels:  # guards float rounding at the boundary
+        resized = (max(1, resized[0] - 1), resized[1]) if resized[0] >= resized[1] else (resized[0], resized[1] - 1)
+    return resized
+
+
+def resample_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An (H, W) uint8 label map resampled nearest to ``size`` = (height, width), with PIL's pixel-centre mapping
+    (the same as the image's LANCZOS resize), so that labels stay on the pixels they were drawn on."""
+    picture = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8))
+    return np.asarray(picture.resize((size[1], size[0]), Image.Resampling.NEAREST))
+
+
+def _downscaled_copies(name: str, pixels: np.ndarray, row: dict[str, Any], max_pixels: int,
+                       resized_dir: Path) -> dict[str, Any]:
+    """Write the image (and its ground truth) at :func:`working_size` under ``resized_dir``; the row's new path,
+    size and ground-truth paths."""
+    height, width = working_size(row["source_height"], row["source_width"], max_pixels)
+    copy = resized_dir / f"{name}.png"
+    resized = Image.fromarray(pixels).resize((width, height), Image.Resampling.LANCZOS)
+    with atomic_output(copy) as tmp:
+        resized.save(tmp, format="PNG")
+    update: dict[str, Any] = {"path": os.path.abspath(copy), "width": width, "height": height}
+    for column, folder in (("gt_semantic", "SegmentationClass"), ("gt_instance", "SegmentationObject")):
+        if row[column]:
+            label_copy = resized_dir / folder / f"{name}.png"
+            with _bomb_guard_lifted():
+                labels = read_label_png(row[column])
+            write_label_png(label_copy, resample_labels(labels, (height, width)))
+            update[column] = os.path.abspath(label_copy)
+    return update
 
 
 def _coco_from_json(df: pd.DataFrame, json_path: Path) -> dict[str, Any]:
@@ -345,18 +443,23 @@ def _coco_from_json(df: pd.DataFrame, json_path: Path) -> dict[str, Any]:
         row = rows_by_name.get(stem)
         if row is None:
             continue
-        if (int(image["width"]), int(image["height"])) != (row.width, row.height):
+        if (int(image["width"]), int(image["height"])) != (row.source_width, row.source_height):
             raise ValueError(
                 f"{str(json_path)!r} gives {image['width']}x{image['height']} for {stem!r}, "
-                f"the image {row.path!r} is {row.width}x{row.height}"
+                f"the image {row.source_path!r} is {row.source_width}x{row.source_height}"
             )
         new_image_id[image["id"]] = int(row.image_id)
-        images.append({**image, "id": int(row.image_id)})
-    annotations = [
-        {**annotation, "image_id": new_image_id[annotation["image_id"]]}
-        for annotation in coco.get("annotations", [])
-        if annotation["image_id"] in new_image_id
-    ]
+        images.append({**image, "id": int(row.image_id), "width": int(row.width), "height": int(row.height)})
+    rows_by_id = {int(row.image_id): row for row in df.itertuples(index=False)}
+    annotations = []
+    for annotation in coco.get("annotations", []):
+        if annotation["image_id"] not in new_image_id:
+            continue
+        annotation = {**annotation, "image_id": new_image_id[annotation["image_id"]]}
+        row = rows_by_id[annotation["image_id"]]
+        if (row.width, row.height) != (row.source_width, row.source_height):
+            annotation = _downscaled_annotation(annotation, row)
+        annotations.append(annotation)
     result: dict[str, Any] = {
         "images": sorted(images, key=lambda image: image["id"]),
         "annotations": annotations,
@@ -365,6 +468,23 @@ def _coco_from_json(df: pd.DataFrame, json_path: Path) -> dict[str, Any]:
     if "info" in coco:
         result["info"] = coco["info"]
     return result
+
+
+def _downscaled_annotation(annotation: dict[str, Any], row: Any) -> dict[str, Any]:
+    """A COCO annotation drawn on the source image, moved onto the downscaled copy: its mask (polygons or RLE,
+    decoded at the source size) resampled like the ground-truth PNGs, then RLE, area and bbox recomputed."""
+    segmentation = annotation["segmentation"]
+    height, width = int(row.source_height), int(row.source_width)
+    if isinstance(segmentation, list):  # polygons
+        mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width)))
+    elif isinstance(segmentation["counts"], list):  # uncompressed RLE
+        mask = mask_utils.decode(mask_utils.frPyObjects(segmentation, height, width))
+    else:
+        mask = decode_rle(segmentation)
+    resized = resample_labels(mask, (int(row.height), int(row.width))).astype(bool)
+    rle = encode_rle(resized)
+    bbox = mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode("ascii")})
+    return {**annotation, "segmentation": rle, "area": int(resized.sum()), "bbox": [float(v) for v in bbox]}
 
 
 def _coco_from_pngs(df: pd.DataFrame, root: Path) -> dict[str, Any]:
@@ -385,7 +505,7 @@ def _coco_from_pngs(df: pd.DataFrame, root: Path) -> dict[str, Any]:
         if semantic_labels.size:
             max_label = max(max_label, int(semantic_labels.max()))
         images.append(
-            {"id": int(row.image_id), "file_name": _relative_or_absolute(row.path, root),
+            {"id": int(row.image_id), "file_name": _relative_or_absolute(row.source_path, root),
              "width": int(row.width), "height": int(row.height)}
         )
         for instance_id in np.unique(instance_map):

@@ -12,8 +12,17 @@ import yaml
 from PIL import Image
 
 from unseg.features import extract_features
-from unseg.index import build_index, run_index
-from unseg.io import ImageReadError, image_size, read_image, write_label_png
+from unseg.index import build_index, coco_ground_truth, resample_labels, run_index, working_size
+from unseg.io import (
+    ImageReadError,
+    decode_rle,
+    encode_rle,
+    image_size,
+    read_image,
+    read_label_png,
+    write_json,
+    write_label_png,
+)
 from unseg.store import FeatureStore
 
 from workflow_helpers import TINY, snakemake
@@ -164,14 +173,123 @@ def test_a_folder_with_nothing_readable_is_an_error_not_an_empty_index(tmp_path)
         build_index(folder, skipped=[])
 
 
-def test_the_workflow_skips_and_lists_unreadable_files_when_configured(tmp_path):
+def test_the_workflow_skips_unreadable_files_and_downscales_large_ones_when_configured(tmp_path):
     folder = photo_folder(tmp_path / "photos", {"empty.jpg": b""})
+    Image.fromarray(marked_picture(40, 60)).save(folder / "large.png")  # 2400 pixels, over a budget of 1024
     config = yaml.safe_load(TINY.read_text())
-    config["dataset"] = {"name": "photos", "root": str(folder), "unreadable": "skip"}
+    config["dataset"] = {"name": "photos", "root": str(folder), "unreadable": "skip", "max_pixels": 1024}
     snakemake(tmp_path, config, "results/photos/index/images.csv")
-    assert len(pd.read_csv(tmp_path / "results/photos/index/images.csv")) == 2
+    index = pd.read_csv(tmp_path / "results/photos/index/images.csv").set_index("name")
+    assert len(index) == 3
     assert pd.read_csv(tmp_path / "results/photos/index/skipped.csv")["path"].str.endswith("empty.jpg").all()
-    assert "skipped" in (tmp_path / "logs/photos/index.log").read_text()
+    log = (tmp_path / "logs/photos/index.log").read_text()
+    assert "1 skipped" in log and "1 downscaled to at most 1024 pixels" in log
+    copy = tmp_path / "results/photos/index/resized/large.png"
+    assert index.loc["large", "path"] == str(copy) and index.loc["large", "source_path"] == str(folder / "large.png")
+    assert (index.loc["large", ["height", "width", "source_height", "source_width"]].tolist() == [26, 39, 40, 60])
+    assert read_image(copy).shape == (26, 39, 3)
+    assert (index.loc["good0", "path"] == index.loc["good0", "source_path"])  # within the budget: read in place
+
+
+def test_working_size_is_the_largest_within_the_budget_at_the_same_aspect_ratio():
+    assert working_size(3000, 4000, 1_000_000) == (866, 1154)  # s = sqrt(1e6 / 12e6) = 0.288675...
+    assert working_size(300, 400, 30_000) == (150, 200)  # s = 1/2 exactly
+    assert working_size(20, 30, 600) == (20, 30)  # within the budget: unchanged
+    for height, width, budget in ((4001, 3, 1024), (7, 100_003, 5000), (6000, 8000, 16_777_216), (1, 9999, 1024)):
+        resized = working_size(height, width, budget)
+        assert resized[0] * resized[1] <= budget
+        assert abs(resized[1] / resized[0] - width / height) <= width / height / min(resized) + 1e-12
+        assert (resized[0] + 1) * (resized[1] + 1) > budget  # one more row and column would not fit
+
+
+def boxed_photo(height: int, width: int, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A grey (H, W, 3) picture with a red box (top, left, bottom, right) and its (H, W) uint8 label map."""
+    top, left, bottom, right = box
+    picture = np.full((height, width, 3), 120, dtype=np.uint8)
+    picture[top:bottom, left:right] = (230, 20, 20)
+    labels = np.zeros((height, width), dtype=np.uint8)
+    labels[top:bottom, left:right] = 1
+    return picture, labels
+
+
+@pytest.mark.parametrize("size,budget", [((300, 400), 30_000), ((301, 399), 20_000), ((97, 1003), 9_000)])
+def test_a_large_photo_and_its_ground_truth_are_downscaled_onto_the_same_pixels(tmp_path, size, budget):
+    height, width = size
+    picture, labels = boxed_photo(height, width, (height // 5, width // 4, height * 3 // 5, width * 2 // 3))
+    root = tmp_path / "voc"
+    for folder in ("JPEGImages", "SegmentationClass", "SegmentationObject"):
+        (root / folder).mkdir(parents=True)
+    Image.fromarray(picture).save(root / "JPEGImages" / "big.png")
+    Image.fromarray(picture[:10, :12]).save(root / "JPEGImages" / "small.png")
+    write_label_png(root / "SegmentationClass" / "big.png", labels)
+    write_label_png(root / "SegmentationObject" / "big.png", labels)
+    df = build_index(root, max_pixels=budget, resized_dir=tmp_path / "resized").set_index("name")
+    big = df.loc["big"]
+    working = working_size(height, width, budget)
+    assert (big.height, big.width) == working and (big.source_height, big.source_width) == size
+    assert big.path == str(tmp_path / "resized" / "big.png") and big.source_path == str(root / "JPEGImages" / "big.png")
+    assert big.gt_semantic == str(tmp_path / "resized" / "SegmentationClass" / "big.png")
+    assert df.loc["small", "path"] == df.loc["small", "source_path"] and df.loc["small", "width"] == 12
+    copy, truth = read_image(big.path), read_label_png(big.gt_semantic)
+    assert copy.shape == (*working, 3) and truth.shape == working
+    # the box in the copy (red pixels) is where the resampled ground truth says it is, to one boundary pixel
+    red = (copy[..., 0] > 175) & (copy[..., 1] < 75)
+    assert np.logical_xor(red, truth == 1).sum() <= 2 * (working[0] + working[1]) * 0.5
+    assert (red & (truth == 1)).sum() / (red | (truth == 1)).sum() > 0.9
+    # the ground truth equals the source's, sampled at the copy's pixel centres mapped back onto the source
+    rows = np.minimum(((np.arange(working[0]) + 0.5) * height / working[0]).astype(int), height - 1)
+    cols = np.minimum(((np.arange(working[1]) + 0.5) * width / working[1]).astype(int), width - 1)
+    np.testing.assert_array_equal(truth, labels[np.ix_(rows, cols)])
+    # the instance ground truth built from the PNGs is in the copy's coordinates
+    coco = coco_ground_truth(df.reset_index(), root)
+    image = next(item for item in coco["images"] if item["id"] == big.image_id)
+    assert (image["height"], image["width"]) == working and image["file_name"] == "JPEGImages/big.png"
+    assert coco["annotations"][0]["area"] == int((truth == 1).sum())
+
+
+def test_instance_annotations_drawn_on_a_large_photo_move_onto_its_copy(tmp_path):
+    picture, labels = boxed_photo(200, 300, (40, 60, 120, 210))
+    root = tmp_path / "data"
+    (root / "annotations").mkdir(parents=True)
+    Image.fromarray(picture).save(root / "big.png")
+    polygon = [60, 40, 210, 40, 210, 120, 60, 120]  # x, y corners of the box
+    rle = encode_rle(labels == 1)
+    write_json(root / "annotations" / "instances.json", {
+        "images": [{"id": 7, "file_name": "big.png", "width": 300, "height": 200}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 1, "segmentation": [polygon], "area": 12000, "iscrowd": 0,
+             "bbox": [60, 40, 150, 80]},
+            {"id": 2, "image_id": 7, "category_id": 1, "segmentation": rle, "area": 12000, "iscrowd": 0,
+             "bbox": [60, 40, 150, 80]},
+        ],
+        "categories": [{"id": 1, "name": "box"}],
+    })
+    df = build_index(root, max_pixels=6_000, resized_dir=tmp_path / "resized")
+    working = working_size(200, 300, 6_000)
+    coco = coco_ground_truth(df, root)
+    assert (coco["images"][0]["height"], coco["images"][0]["width"]) == working
+    expected = resample_labels(labels, working) == 1
+    for annotation in coco["annotations"]:
+        mask = decode_rle(annotation["segmentation"])
+        assert mask.shape == working
+        assert np.logical_xor(mask, expected).sum() <= working[0] + working[1]  # a polygon's edge pixels may differ
+        assert annotation["area"] == int(mask.sum())
+    np.testing.assert_array_equal(decode_rle(coco["annotations"][1]["segmentation"]), expected)
+    bbox = coco["annotations"][1]["bbox"]
+    rows, cols = np.nonzero(expected)
+    assert bbox == [float(cols.min()), float(rows.min()), float(cols.max() - cols.min() + 1),
+                    float(rows.max() - rows.min() + 1)]
+
+
+def test_a_photo_beyond_pil_s_bomb_limit_is_downscaled_not_refused(tmp_path, monkeypatch):
+    Image.fromarray(marked_picture(120, 200)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)  # PIL refuses images over twice this
+    with pytest.raises(ImageReadError, match="huge.png"):
+        read_image(tmp_path / "huge.png")  # what every stage after the index would meet
+    df = build_index(tmp_path, max_pixels=4_000, resized_dir=tmp_path / "resized")
+    assert (df.loc[0, "height"], df.loc[0, "width"]) == working_size(120, 200, 4_000)
+    assert read_image(df.loc[0, "path"]).shape[:2] == working_size(120, 200, 4_000)
+    assert Image.MAX_IMAGE_PIXELS == 5_000  # the guard is back for everyone else
 
 
 def test_an_image_smaller_than_one_patch_still_gets_a_token_grid(tmp_path):

@@ -38,6 +38,7 @@ VARIANT = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 PATHS = {
     "index": f"{RESULTS}/index/images.csv",
     "index_skipped": f"{RESULTS}/index/skipped.csv",
+    "index_resized": f"{RESULTS}/index/resized",
     "features": f"{RESULTS}/features/{{variant}}.zarr",
     "feature_plan": f"{RESULTS}/features/{{variant}}.shards/plan.json",
     "feature_shard": f"{RESULTS}/features/{{variant}}.shards/{{shard}}.zarr",

@@ -18,6 +18,7 @@ rule index:
     output:
         index=PATHS["index"],
         skipped=PATHS["index_skipped"],
+        resized=directory(PATHS["index_resized"]),
     params:
         root=lambda wildcards: DATASET_ROOT,
         settings=lambda wildcards: config["dataset"],
