@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 
 def load_methods(plugins: Iterable[str] = (), base: str | Path = ".") -> None:
     """Register the built-in methods (by importing the stage modules) and those of ``plugins``."""
-    from . import masks, pseudolabels, saliency, train  # noqa: F401  (importing registers their methods)
+    from . import contrast, masks, pseudolabels, saliency, train  # noqa: F401  (importing registers their methods)
 
     load_plugins(plugins, base)
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .instance_metrics import recall_by_instance_count, single_and_multi_ap
-from .io import IGNORE_LABEL, read_json, read_label_png, write_json
+from .io import IGNORE_LABEL, read_json, read_label_png, read_saliency, write_json
 from .metrics import (
     evaluate_semantic,
     evaluate_semantic_arrays,
@@ -101,7 +101,8 @@ def run_evaluation(
             metrics["object_segmentation"] = _saliency_scores(labelled, saliency_dir)
         if features_store is not None:
             metrics.update(
-                _feature_evaluations(index, labelled, pred_paths, features_store, num_classes + 1, names, options)
+                _feature_evaluations(index, labelled, pred_paths, features_store, num_classes + 1, names, options,
+                                     saliency_dir)
             )
     ground_truth = coco_ground_truth(rows, dataset_root)
     if ground_truth is not None and ground_truth["annotations"]:
@@ -126,6 +127,7 @@ def run_evaluation(
         "object_segmentation": "Object segmentation: saliency vs ground-truth foreground",
         "training_labels": "What the model was trained on (same matching)",
         "kmeans": "K-means of frozen features (Hungarian, mean over seeds)",
+        "kmeans_objects": "K-means of per-image foreground prototypes (MaskContrast's protocol)",
         "linear_probe": "Linear probe on frozen features",
         "retrieval": "Segment retrieval",
         "proposals": "Proposals (class-agnostic)",
@@ -173,7 +175,6 @@ def _crf_scores(labelled, pred_paths, num_predicted: int, num_classes: int, matc
 
 def _saliency_scores(labelled, saliency_dir: str | os.PathLike) -> dict[str, Any]:
     """Object-segmentation scores of the saliency maps over the labelled images; void pixels left out."""
-    from .io import read_saliency
 
     predicted, targets, soft = [], [], []
     for row in labelled.itertuples():
@@ -190,9 +191,10 @@ def _saliency_scores(labelled, saliency_dir: str | os.PathLike) -> dict[str, Any
 
 
 def _feature_evaluations(
-    index, labelled, pred_paths, features_store, num_classes: int, names, options
+    index, labelled, pred_paths, features_store, num_classes: int, names, options, saliency_dir=None
 ) -> dict[str, Any]:
-    """K-means evaluation, linear probe and segment retrieval on the store's token grids (each when configured)."""
+    """K-means evaluation, linear probe and segment retrieval on the store's token grids (each when configured);
+    MaskContrast's object k-means and saliency-segment retrieval use the branch's saliency maps."""
     from . import probe
     from .index import index_split
     from .store import FeatureStore
@@ -218,6 +220,13 @@ def _feature_evaluations(
         settings = options["kmeans"]
         results["kmeans"] = probe.kmeans_evaluation(tokens, labels, num_classes, seeds=settings["seeds"],
                                                     class_names=names)
+        if settings["objects"] and saliency_dir is None:
+            results["kmeans_objects"] = {"skipped": "the branch has no saliency maps (kmeans.objects)"}
+        elif settings["objects"]:
+            foregrounds = [read_saliency(saliency_dir, name) > 0.5 for name in labelled["name"]]
+            results["kmeans_objects"] = {"foreground": "saliency > 0.5", **probe.object_kmeans_evaluation(
+                tokens, foregrounds, labels, num_classes, seeds=settings["seeds"],
+                pca_components=settings["pca_components"], class_names=names)}
     for key in ("linear_probe", "retrieval"):
         settings = options.get(key)
         if not settings:
@@ -243,7 +252,12 @@ def _feature_evaluations(
                                      seeds=settings["seeds"], steps=settings["steps"], class_names=names),
             }
         else:
-            segments = [read_label_png(path) for path in pred_paths]
+            if settings["segments"] == "saliency" and saliency_dir is None:
+                results[key] = {"skipped": "the branch has no saliency maps (retrieval.segments: saliency)"}
+                continue
+            segments = ([(read_saliency(saliency_dir, name) > 0.5).astype(np.uint8) for name in labelled["name"]]
+                        if settings["segments"] == "saliency" else [read_label_png(path) for path in pred_paths])
+            note["segments"] = settings["segments"]
             own_images = {"query_ids": list(labelled["name"]), "reference_ids": list(reference_rows["name"])}
             results[key] = {**note, "all classes": _without_confusion(probe.segment_retrieval(
                 tokens, segments, labels, reference_tokens, reference_labels, num_classes,
@@ -286,7 +300,7 @@ def _write_evaluation_html(metrics, out_html, labelled, predictions_dir, num_exa
 
     headline = [(label, metrics[key]) for key, label in HEADLINE_LABELS.items() if key in metrics]
     for key, label in (("crf", "mIoU + CRF"), ("linear_probe", "Linear probe mIoU"), ("kmeans", "K-means mIoU"),
-                       ("retrieval", "Retrieval mIoU")):
+                       ("kmeans_objects", "K-means mIoU (objects)"), ("retrieval", "Retrieval mIoU")):
         value = metrics.get(key, {})
         if isinstance(value, Mapping) and (value.get("miou") is not None or value.get("miou_mean") is not None):
             headline.append((label, value.get("miou", value.get("miou_mean"))))

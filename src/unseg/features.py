@@ -17,7 +17,7 @@ import re
 import shutil
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -577,6 +577,33 @@ def assemble_shards(shard_paths: Sequence[str | Path], store_path: str | Path) -
         attrs = {key: value for key, value in first.items() if key not in ("shard", "shard_written", "resume_key")}
         attrs.update(num_images=len(owner), shards=len(shard_roots), complete=True)
         root.attrs.update(attrs)
+    return Path(store_path)
+
+
+def write_derived_store(
+    store_path: str | Path,
+    base: Any,
+    attributes: Mapping[str, Any],
+    arrays_of: Callable[[str], Mapping[str, np.ndarray]],
+    progress: bool = True,
+    desc: str = "derived features",
+) -> Path:
+    """A feature store of new facets computed from another store's images (e.g. learned embeddings), atomically.
+
+    Every image of ``base`` (a :class:`unseg.store.FeatureStore`) keeps its id and geometry; ``arrays_of(name)``
+    gives its facets ((h, w, D) grids, stored float16). The root attributes are ``base``'s (backbone, resolution,
+    patch size, ...) updated by ``attributes`` (which must name the ``facets``); ``complete`` is set last.
+    """
+    inherited = {key: value for key, value in base.attrs.items()
+                 if key not in ("complete", "resume_key", "shard", "shard_written", "shards")}
+    with atomic_output(store_path) as tmp:
+        root = zarr.open_group(str(tmp), mode="w")
+        root.attrs.update({**inherited, **dict(attributes), "complete": False, "unseg_version": __version__})
+        for name in tqdm(base.names, desc=desc, unit="img", disable=not progress):
+            item = _ImageItem("", name, base.image_id(name), base.geometry(name))
+            _write_image(Path(tmp), item, dict(arrays_of(name)))
+        root.attrs["num_images"] = len(base.names)
+        root.attrs["complete"] = True
     return Path(store_path)
 
 

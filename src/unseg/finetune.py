@@ -77,11 +77,13 @@ class ImageSegmenter(torch.nn.Module):
         super().__init__()
         self.backbone_lr = float(backbone_lr)
         num_blocks = len(backbone.blocks)
-        if not 1 <= trainable_blocks <= num_blocks:
+        if not 0 <= trainable_blocks <= num_blocks:
             raise ValueError(f"finetune_blocks={trainable_blocks}: the backbone has {num_blocks} blocks")
         self.backbone, self.head, self.patch_size = backbone, head, int(patch_size)
         self.first_trained = num_blocks - trainable_blocks
-        trained_prefixes = tuple(f"blocks.{i}." for i in range(self.first_trained, num_blocks)) + ("norm.",)
+        # 0 trained blocks: the whole ViT frozen (the head alone trains, on images, e.g. under augmentations)
+        trained_prefixes = tuple(f"blocks.{i}." for i in range(self.first_trained, num_blocks)) + \
+            (("norm.",) if trainable_blocks else ())
         self.frozen_keys = set()
         for key, parameter in backbone.named_parameters():
             parameter.requires_grad_(key.startswith(trained_prefixes))
@@ -107,7 +109,7 @@ class ImageSegmenter(torch.nn.Module):
     def parameter_groups(self, lr: float) -> list[dict]:
         """AdamW groups: the head at ``lr``, the fine-tuned blocks at ``backbone_lr``."""
         tail = [parameter for parameter in self.backbone.parameters() if parameter.requires_grad]
-        return [*self.head.parameter_groups(lr), {"params": tail, "lr": self.backbone_lr}]
+        return [*self.head.parameter_groups(lr), *([{"params": tail, "lr": self.backbone_lr}] if tail else [])]
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, Hc, Wc) → (B, D, h, w): the last block's patch tokens after the final norm (the store's
@@ -118,9 +120,13 @@ class ImageSegmenter(torch.nn.Module):
             x = backbone.norm_pre(backbone.patch_drop(backbone._pos_embed(backbone.patch_embed(images))))
             for block in backbone.blocks[: self.first_trained]:
                 x = block(x)
+            if self.first_trained == len(backbone.blocks):
+                x = backbone.norm(x)
         for block in backbone.blocks[self.first_trained :]:
             x = block(x)
-        x = backbone.norm(x)[:, backbone.num_prefix_tokens :]
+        if self.first_trained < len(backbone.blocks):
+            x = backbone.norm(x)
+        x = x[:, backbone.num_prefix_tokens :]
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *grid)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

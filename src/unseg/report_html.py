@@ -256,6 +256,8 @@ def evaluation_sections(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
 
     rows, notes = [], []
     for label, key, value_key, std_key in (("K-means of frozen features", "kmeans", "miou_mean", "miou_std"),
+                                           ("K-means of foreground prototypes", "kmeans_objects", "miou_mean",
+                                            "miou_std"),
                                            ("Linear probe (1×1 conv)", "linear_probe", "miou_mean", "miou_std"),
                                            ("Segment retrieval, all classes", "retrieval", "miou", None),
                                            ("Dense CRF on the predictions", "crf", "miou", None)):
@@ -322,6 +324,7 @@ COMPARISON_METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Linear probe mIoU", ("linear_probe", "miou_mean")),
     ("K-means mIoU", ("kmeans", "miou_mean")),
     ("K-means std", ("kmeans", "miou_std")),
+    ("K-means (objects) mIoU", ("kmeans_objects", "miou_mean")),
     ("Retrieval mIoU", ("retrieval", "miou")),
     ("Saliency IoU", ("object_segmentation", "mean_iou")),
     ("Saliency max F-beta", ("object_segmentation", "max_fbeta")),

@@ -5,7 +5,8 @@ Artifact: one PNG per image, uint8 = round(255 × soft foreground), at the origi
 
 Methods are registered with ``@register("saliency", name, schema=...)`` (:mod:`unseg.registry`). A method takes a
 :class:`SaliencyBatch` and its settings as keywords and returns, per image, an
-(h, w) float map in [0, 1] on the token grid; the runner upsamples it bilinearly to the image.
+(h, w) float map in [0, 1] on the token grid; the runner upsamples it bilinearly to the image. A method registered
+with ``pixel_maps=True`` returns maps at the image's own size instead (``mask_folder``: masks made elsewhere).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .geometry import grid_to_image
-from .io import atomic_output
+from .io import atomic_output, read_label_png
 from .registry import REGISTRIES, register
 from .retry import in_halves_on_oom
 from .spectral import SOLVER_PRECISION, bipartition_saliency, grid_spectra, pass_dtype
@@ -37,6 +38,7 @@ class SaliencyBatch:
     grids: Sequence[np.ndarray]
     device: str | None = None
     first: bool = True
+    image_sizes: Sequence[tuple[int, int]] = ()  # (H0, W0) per image, as the index has it
 
 
 @register("saliency", "spectral_bipartition", schema={"solver_precision": SOLVER_PRECISION})
@@ -50,6 +52,37 @@ def spectral_bipartition(batch: SaliencyBatch, *, solver_precision) -> list[np.n
     spectra = grid_spectra(list(batch.grids), 2, device=batch.device, precision=solver_precision)
     return [bipartition_saliency(grid, eigenvectors=vectors, degree=degree)[1]
             for grid, (vectors, degree) in zip(batch.grids, spectra)]
+
+
+@register("saliency", "mask_folder", pixel_maps=True, required=["path"], schema={
+    "path": {"type": "string", "description": "a folder of {image name}.png masks at each image's size (read only): "
+                                               "grey 0-255 (soft, foreground > 127) or 0/1 binary, e.g. the "
+                                               "precomputed saliency masks MaskContrast trains on"}})
+def mask_folder(batch: SaliencyBatch, *, path) -> list[np.ndarray]:
+    """Masks made elsewhere, one PNG per image: grey values / 255, or a 0/1 (or palette 0/1) mask as is."""
+    maps = []
+    for name, size in zip(batch.names, batch.image_sizes):
+        file = Path(path) / f"{name}.png"
+        if not file.is_file():
+            raise FileNotFoundError(f"saliency.mask_folder: no mask {str(file)!r} for image {name!r}")
+        values = read_label_png(file).astype(np.float32)
+        if values.shape != tuple(size):
+            raise ValueError(f"saliency.mask_folder: {str(file)} is {values.shape[1]}x{values.shape[0]}, its image "
+                             f"{size[1]}x{size[0]}")
+        maps.append(values if values.max(initial=0) <= 1 else values / 255.0)
+    return maps
+
+
+def folder_listing_digest(path: str | Path) -> str:
+    """sha256 of the (name, size, mtime) of every PNG in ``path``: a params value that changes when a mask does, so
+    that the workflow re-runs a ``mask_folder`` variant whose masks were edited."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).glob("*.png")):
+        stat = file.stat()
+        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def run_saliency(
@@ -70,6 +103,7 @@ def run_saliency(
     method = REGISTRIES["saliency"].get(settings["method"])
     method_settings = method.settings(settings)
     store = FeatureStore(store_path)
+    pixel_maps = bool(method.attributes.get("pixel_maps"))
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
         bar = tqdm(total=len(store.names), desc=f"saliency {method.name}", unit="img", disable=not progress)
@@ -78,11 +112,13 @@ def run_saliency(
 
             def run(part: Sequence[str]) -> list[np.ndarray]:  # the batch, or a half of it after an OOM
                 batch = SaliencyBatch(part, [grids[name] for name in part], device,
-                                      first=position == 0 and part[0] == names[0])
+                                      first=position == 0 and part[0] == names[0],
+                                      image_sizes=[store.geometry(name).original_size for name in part])
                 return method.function(batch, **method_settings)
 
             for name, soft in zip(names, in_halves_on_oom(run, names, "saliency batch")):
-                soft_pixels = np.clip(grid_to_image(np.asarray(soft, dtype=np.float32), store.geometry(name)), 0.0, 1.0)
+                soft = np.asarray(soft, dtype=np.float32)
+                soft_pixels = np.clip(soft if pixel_maps else grid_to_image(soft, store.geometry(name)), 0.0, 1.0)
                 Image.fromarray(np.round(soft_pixels * 255).astype(np.uint8), mode="L").save(tmp / f"{name}.png")
             bar.update(len(names))
         bar.close()

@@ -33,6 +33,7 @@ from .io import IGNORE_LABEL, read_image, read_label_png
 from .store import FeatureStore
 
 AUGMENT_KEYS = ("crop_scale", "hflip", "color_jitter", "grayscale", "blur")
+DINO_JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue of DINO's global crops
 
 
 def token_tensor(store: FeatureStore, name: str, facet: str) -> torch.Tensor:
@@ -58,7 +59,8 @@ def augment_pair(image: torch.Tensor, labels: torch.Tensor, settings: Mapping[st
     """One random augmentation of a (3, Hc, Wc) uint8 image and its (Hc, Wc) int64 labels, both back at (Hc, Wc).
 
     Crop and flip move image and labels together (labels resampled by nearest neighbour); jitter, grayscale and
-    blur change the image only. ``settings`` holds :data:`AUGMENT_KEYS`; ``seed`` fixes every draw.
+    blur change the image only. ``settings`` holds :data:`AUGMENT_KEYS` (and optionally ``jitter``: the colour
+    jitter's brightness, contrast, saturation and hue, default :data:`DINO_JITTER`); ``seed`` fixes every draw.
     """
     from torchvision import tv_tensors
     from torchvision.transforms import v2
@@ -70,7 +72,7 @@ def augment_pair(image: torch.Tensor, labels: torch.Tensor, settings: Mapping[st
         steps.append(v2.RandomResizedCrop(size, scale=(low, high), antialias=True))
     steps += [
         v2.RandomHorizontalFlip(settings["hflip"]),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=settings["color_jitter"]),
+        v2.RandomApply([v2.ColorJitter(*settings.get("jitter", DINO_JITTER))], p=settings["color_jitter"]),
         v2.RandomGrayscale(settings["grayscale"]),
         v2.RandomApply([v2.GaussianBlur(23, sigma=(0.1, 2.0))], p=settings["blur"]),
     ]

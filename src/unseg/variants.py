@@ -15,11 +15,15 @@ UPSTREAM: dict[str, dict[str, str]] = {
     "features": {},
     "masks": {"features": "features"},
     "saliency": {"features": "features"},
+    "contrast": {"features": "features", "saliency": "saliency"},
     "proposals": {"masks": "masks", "saliency": "saliency"},
     "pseudolabels": {"proposals": "proposals", "features": "features"},
     "train": {"pseudolabels": "pseudolabels", "features": "features"},
     "evaluate": {"predictions": "train"},
 }
+# A reference to a features variant may name a contrast variant instead: its store of learned embeddings is read as
+# any features variant's is.
+FEATURE_SOURCES = ("features", "contrast")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -56,8 +60,21 @@ def is_owned_path(path: str) -> bool:
     return not Path(path).is_absolute() and len(parts) > 1 and parts[0] in OWNED_FOLDERS
 
 
+def stage_of(config: dict, upstream: str, variant: str) -> str:
+    """The stage whose variant ``variant`` a reference to ``upstream`` reaches: ``"contrast"`` for a features
+    reference naming a contrast variant, else ``upstream``."""
+    if upstream == "features" and variant not in (config.get("features") or {}) and \
+            variant in (config.get("contrast") or {}):
+        return "contrast"
+    return upstream
+
+
 def check_variants(config: dict) -> None:
     """Check every variant name and every upstream reference; the message names the offending config key."""
+    shared = sorted(set(config.get("features") or {}) & set(config.get("contrast") or {}))
+    if shared:
+        raise VariantError(f"contrast.{shared[0]}: a features variant has that name too; both name a feature store "
+                           "(features: ...), so they need different names")
     for stage, references in UPSTREAM.items():
         for variant, settings in (config.get(stage) or {}).items():
             if not VARIANT_NAME.match(str(variant)):
@@ -65,10 +82,12 @@ def check_variants(config: dict) -> None:
             for key, upstream in references.items():
                 if key not in settings:
                     raise VariantError(f"{stage}.{variant}.{key}: missing (name a variant of '{upstream}')")
-                if settings[key] not in (config.get(upstream) or {}):
-                    known = sorted(config.get(upstream) or {})
+                sources = FEATURE_SOURCES if upstream == "features" and stage != "contrast" else (upstream,)
+                known = sorted(name for source in sources for name in (config.get(source) or {}))
+                if settings[key] not in known:
+                    what = " or ".join(f"'{source}'" for source in sources)
                     raise VariantError(
-                        f"{stage}.{variant}.{key}: no '{upstream}' variant named {settings[key]!r} (known: {known})"
+                        f"{stage}.{variant}.{key}: no {what} variant named {settings[key]!r} (known: {known})"
                     )
 
 
@@ -81,7 +100,7 @@ def resolve_chain(config: dict, stage: str, variant: str) -> dict[str, dict[str,
         settings = config[current_stage][current_variant]
         chain.setdefault(current_stage, {})[current_variant] = settings
         for key, upstream in UPSTREAM[current_stage].items():
-            pending.append((upstream, settings[key]))
+            pending.append((stage_of(config, upstream, settings[key]), settings[key]))
     chain["dataset"] = {config["dataset"]["name"]: config["dataset"]}
     return chain
 
@@ -90,5 +109,6 @@ def follow(config: dict, stage: str, variant: str, *keys: str) -> str:
     """Follow upstream references: ``follow(cfg, "evaluate", "val", "predictions", "pseudolabels", "proposals")``
     returns the proposals variant behind evaluate variant ``val``."""
     for key in keys:
-        stage, variant = UPSTREAM[stage][key], config[stage][variant][key]
+        variant = config[stage][variant][key]
+        stage = stage_of(config, UPSTREAM[stage][key], variant)
     return variant

