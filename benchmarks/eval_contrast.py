@@ -45,7 +45,10 @@ def scores(store: FeatureStore, facet: str, rows, reference_rows, saliency: Path
     reference_tokens = [store.facet(name, facet) for name in reference_rows["name"]]
     reference_labels = [read_label_png(path) for path in reference_rows["gt_semantic"]]
     token_kmeans = probe.kmeans_evaluation(tokens, labels, num_classes)
-    object_kmeans = probe.object_kmeans_evaluation(tokens, foregrounds, labels, num_classes)
+    try:
+        object_kmeans = probe.object_kmeans_evaluation(tokens, foregrounds, labels, num_classes)
+    except ValueError:  # fewer images than object classes
+        object_kmeans = {"miou_mean": float("nan"), "miou_std": float("nan")}
     retrieval = probe.segment_retrieval(tokens, [f.astype(np.uint8) for f in foregrounds], labels, reference_tokens,
                                         reference_labels, num_classes, query_ids=list(rows["name"]),
                                         reference_ids=list(reference_rows["name"]))
@@ -66,6 +69,7 @@ def main() -> None:
     parser.add_argument("--reference-split", default=None, help="default: --split (leave-own-image-out)")
     parser.add_argument("--set", nargs="*", default=[], help="contrast settings, key=value (YAML values)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--reuse", action="store_true", help="score the embeddings already in --out, no training")
     args = parser.parse_args()
 
     load_methods()
@@ -82,7 +86,7 @@ def main() -> None:
     inputs = ContrastInputs(store_path, dict(zip(index["name"], index["path"])), saliency, args.out / "model",
                             args.out / "embeddings.zarr", settings)
     start = time.perf_counter()
-    last = run_contrast(inputs, settings)
+    last = None if args.reuse else run_contrast(inputs, settings)
     seconds = time.perf_counter() - start
     num_classes = args.num_classes + 1
     result = {

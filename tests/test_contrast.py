@@ -284,14 +284,16 @@ def test_config_errors_about_contrast_variants_name_the_key(tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["contrast"] = {"vits16": {"features": "vits16", "saliency": "bipart"}}
     failed = snakemake(tmp_path, config, "-n", check=False)
-    assert failed.returncode != 0 and "contrast.vits16: a features variant has that name too" in failed.stdout + failed.stderr
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0 and "contrast.vits16: a features variant has that name too" in output
     config["contrast"] = {"mc": {"features": "vits16", "saliency": "nope"}}
     failed = snakemake(tmp_path, config, "-n", check=False)
     assert "contrast.mc.saliency: no 'saliency' variant named 'nope'" in failed.stdout + failed.stderr
     config["contrast"] = {"mc": {"features": "vits16", "saliency": "bipart"}}
     config["train"]["linear"].update(features="mc", facet="embeddings")
     failed = snakemake(tmp_path, config, "-n", check=False)
-    assert "features 'mc' is a contrast variant (learned embeddings): it has no backbone to fine-tune" in failed.stdout + failed.stderr
+    output = failed.stdout + failed.stderr
+    assert "features 'mc' is a contrast variant (learned embeddings): it has no backbone to fine-tune" in output
 
 
 def test_masks_made_elsewhere_are_a_saliency_variant_at_full_resolution(contrast_run, tmp_path):
@@ -332,3 +334,10 @@ def test_settings_made_for_ten_thousand_images_warn_on_a_few_dozen():
     assert len(warnings) == 2 and "89% of its random start" in warnings[0] and "queue_size 256" in warnings[1]
     assert warn_small_dataset(24, 40, 8, 16, 0.99) == []  # 0.99^120 = 0.30; 16 < 24 - 8
     assert warn_small_dataset(10582, 40, 128, 256, 0.999) == []  # the paper's VOC train_aug run
+
+
+def test_object_kmeans_needs_an_image_per_cluster():
+    grid = np.ones((2, 2, 3), dtype=np.float32)
+    foreground, labels = np.ones((4, 4), dtype=bool), np.ones((4, 4), dtype=np.uint8)
+    with pytest.raises(ValueError, match="2 images with foreground for 3 object clusters"):
+        object_kmeans_evaluation([grid, grid], [foreground, foreground], [labels, labels], num_classes=4)

@@ -224,9 +224,12 @@ def _feature_evaluations(
             results["kmeans_objects"] = {"skipped": "the branch has no saliency maps (kmeans.objects)"}
         elif settings["objects"]:
             foregrounds = [read_saliency(saliency_dir, name) > 0.5 for name in labelled["name"]]
-            results["kmeans_objects"] = {"foreground": "saliency > 0.5", **probe.object_kmeans_evaluation(
-                tokens, foregrounds, labels, num_classes, seeds=settings["seeds"],
-                pca_components=settings["pca_components"], class_names=names)}
+            try:
+                results["kmeans_objects"] = {"foreground": "saliency > 0.5", **probe.object_kmeans_evaluation(
+                    tokens, foregrounds, labels, num_classes, seeds=settings["seeds"],
+                    pca_components=settings["pca_components"], class_names=names)}
+            except ValueError as error:  # fewer images with foreground than object classes
+                results["kmeans_objects"] = {"skipped": str(error)}
     for key in ("linear_probe", "retrieval"):
         settings = options.get(key)
         if not settings:
