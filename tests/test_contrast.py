@@ -23,24 +23,41 @@ TINY_SETTINGS = {"epochs": 3, "batch_size": 2, "embedding_dim": 8, "head": "line
                  "label_scale": 2, "lr": 0.05}
 
 
-def planted_images(folder, count: int = 6, size: int = 64):
-    """``count`` pictures of a red or a blue box on grey noise, and their saliency maps (the box): name → path."""
+def planted_images(folder, count: int = 6, size: int = 64, tinted: bool = False):
+    """``count`` pictures of a red box (even index) or a blue box (odd) on noise, grey or (``tinted``) of a random
+    colour per image, their saliency maps (the box) and planted labels (0 background, 1 red, 2 blue):
+    (name → path, name → (foreground, labels))."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     (folder / "saliency").mkdir(parents=True)
-    paths = {}
+    paths, truth = {}, {}
     for index in range(count):
-        picture = rng.integers(90, 140, (size, size, 3)).astype(np.uint8)
-        top, left = 8 + 2 * (index % 3), 10 + 3 * (index % 4)
-        picture[top : top + 36, left : left + 36] = (220, 40, 40) if index % 2 == 0 else (40, 60, 220)
+        if tinted:
+            tint = rng.integers(40, 200, 3)
+            picture = np.clip(tint + rng.integers(-20, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+            side = size * 9 // 16
+            top, left = rng.integers(2, size - side - 2, 2)
+        else:
+            picture = rng.integers(90, 140, (size, size, 3)).astype(np.uint8)
+            side, top, left = 36, 8 + 2 * (index % 3), 10 + 3 * (index % 4)
+        picture[top : top + side, left : left + side] = (220, 40, 40) if index % 2 == 0 else (40, 60, 220)
         saliency = np.zeros((size, size), dtype=np.uint8)
-        saliency[top : top + 36, left : left + 36] = 255
+        saliency[top : top + side, left : left + side] = 255
         name = f"img{index}"
         Image.fromarray(picture).save(folder / f"{name}.png")
         Image.fromarray(saliency, mode="L").save(folder / "saliency" / f"{name}.png")
         paths[name] = folder / f"{name}.png"
-    return paths
+        truth[name] = (saliency > 0, np.where(saliency > 0, 1 + index % 2, 0).astype(np.uint8))
+    return paths, truth
+
+
+def planted_store(folder, paths) -> None:
+    from unseg.features import extract_features
+
+    extract_features([str(p) for p in paths.values()], list(paths), list(range(1, len(paths) + 1)), folder / "f.zarr",
+                     backbone="dino_vits16", weights="random", resolution=64, facets=["tokens"], progress=False,
+                     workers=0)
 
 
 def contrast_inputs(folder, paths, out: str, **settings):
@@ -59,15 +76,12 @@ def contrast_run(tmp_path_factory):
     """A tiny MaskContrast run on planted boxes over random ViT-S/16 tokens: (input store, learned store, folder)."""
     from unseg.config import load_methods
     from unseg.contrast import run_contrast
-    from unseg.features import extract_features
     from unseg.store import FeatureStore
 
     load_methods()
     folder = tmp_path_factory.mktemp("contrast")
-    paths = planted_images(folder)
-    extract_features([str(p) for p in paths.values()], list(paths), list(range(1, len(paths) + 1)), folder / "f.zarr",
-                     backbone="dino_vits16", weights="random", resolution=64, facets=["tokens"], progress=False,
-                     workers=0)
+    paths, _ = planted_images(folder)
+    planted_store(folder, paths)
     inputs, settings = contrast_inputs(folder, paths, "run")
     run_contrast(inputs, settings)
     return FeatureStore(folder / "f.zarr"), FeatureStore(inputs.embeddings_path), folder
@@ -341,3 +355,28 @@ def test_object_kmeans_needs_an_image_per_cluster():
     foreground, labels = np.ones((4, 4), dtype=bool), np.ones((4, 4), dtype=np.uint8)
     with pytest.raises(ValueError, match="2 images with foreground for 3 object clusters"):
         object_kmeans_evaluation([grid, grid], [foreground, foreground], [labels, labels], num_classes=4)
+
+
+def test_on_planted_boxes_the_embeddings_separate_the_classes_better_than_their_input(tmp_path):
+    # 16 pictures of a red or a blue box on a background of a random colour per image; a random ViT's raw tokens
+    # mix that colour into the boxes' prototypes, and MaskContrast's objective (jittered views of the same box must
+    # agree) learns to look past it: MaskContrast's object k-means, raw 84.8 -> learned 100.0 mIoU
+    from unseg.config import load_methods
+    from unseg.contrast import run_contrast
+    from unseg.store import FeatureStore
+
+    load_methods()
+    paths, truth = planted_images(tmp_path, count=16, tinted=True)
+    planted_store(tmp_path, paths)
+    inputs, settings = contrast_inputs(tmp_path, paths, "run", epochs=20, batch_size=4, queue_size=8, lr=0.1,
+                                       key_momentum=0.9)
+    run_contrast(inputs, settings)
+    names = list(paths)
+
+    def object_kmeans(store, facet):
+        return object_kmeans_evaluation([store.facet(name, facet) for name in names], [truth[n][0] for n in names],
+                                        [truth[n][1] for n in names], num_classes=3, seeds=[0, 1, 2])["miou_mean"]
+
+    raw = object_kmeans(FeatureStore(tmp_path / "f.zarr"), "tokens")
+    learned = object_kmeans(FeatureStore(inputs.embeddings_path), EMBEDDINGS_FACET)
+    assert raw < 90 and learned > raw + 10, (raw, learned)
