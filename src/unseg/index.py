@@ -66,12 +66,14 @@ def build_index(
     skipped: list[dict[str, str]] | None = None,
     max_pixels: int | None = None,
     resized_dir: str | os.PathLike | None = None,
+    recursive: bool = False,
 ) -> pd.DataFrame:
     """Index and verify every image of a dataset.
 
     Images: ``image_dir`` when given (a relative ``image_dir`` is looked up under ``root`` first), else
     ``root/JPEGImages`` when it exists, else ``root`` itself; files ending in .jpg .jpeg .png .bmp .webp (any case),
-    hidden files skipped, not recursive. Every image is fully decoded once to prove it is readable.
+    hidden files skipped; images in subfolders (VOC's label folders aside) are indexed with ``recursive``, else
+    counted and reported on stderr. Every image is fully decoded once to prove it is readable.
 
     Splits: ``root/ImageSets/Segmentation/{train,val}.txt`` when any exists, else ``root/{train,val}.txt``; an
     image in none of them is ``"unassigned"``; without any split file every image is ``"all"``. ``splits`` keeps
@@ -87,6 +89,7 @@ def build_index(
             copy written as ``resized_dir/{name}.png`` and its ground truth (nearest) as
             ``resized_dir/SegmentationClass/{name}.png`` / ``SegmentationObject/``; None: no budget.
         resized_dir: where the downscaled copies go (required with ``max_pixels``).
+        recursive: also index the images of subfolders; their stems must be unique across all folders.
 
     Returns:
         DataFrame with columns :data:`INDEX_COLUMNS`: image_id (int, 1..N in name order), name (file stem),
@@ -97,8 +100,8 @@ def build_index(
 
     Raises:
         FileNotFoundError: ``root`` (or ``image_dir``) does not exist.
-        ValueError: no images in the folder, two images with the same stem, an image in two splits, or no image
-            left after the ``splits`` filter.
+        ValueError: no images in the folder, two images with the same stem (in nested folders too, naming both), an
+            image in two splits, or no image left after the ``splits`` filter.
         ImageReadError: an image cannot be decoded, or its ground truth has another size; the message names the
             file (only without ``skipped``).
     """
@@ -108,7 +111,7 @@ def build_index(
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root not found (or not a folder): {str(root)!r}")
     image_folder = _image_folder(root, image_dir)
-    image_paths = _list_images(image_folder)
+    image_paths = _list_images(image_folder, recursive)
 
     split_of = _read_split_files(root)
     rows_split = {
@@ -184,12 +187,13 @@ def run_index(root: str | os.PathLike, out_csv: str | os.PathLike, out_skipped: 
             dropped), for MaskDistill's support set (``pseudolabels.*.support_split: support``).
     """
     skipped: list[dict[str, str]] | None = [] if settings["unreadable"] == "skip" else None
-    budget = {"max_pixels": settings.get("max_pixels"), "resized_dir": resized_dir}
+    budget = {"max_pixels": settings.get("max_pixels"), "resized_dir": resized_dir,
+              "recursive": bool(settings.get("recursive"))}
     df = build_index(root, skipped=skipped, **budget)
     if settings.get("support_root"):
         support_dir = None if resized_dir is None else Path(resized_dir) / SUPPORT_SPLIT
         df = with_support_images(df, build_index(settings["support_root"], skipped=skipped,
-                                                 max_pixels=budget["max_pixels"], resized_dir=support_dir))
+                                                 **{**budget, "resized_dir": support_dir}))
     for row in skipped or []:
         print(f"index: skipped {row['path']}: {row['reason']}", file=sys.stderr)
     if resized_dir is not None:
@@ -326,15 +330,43 @@ def _image_folder(root: Path, image_dir: str | os.PathLike | None) -> Path:
     return voc_folder if voc_folder.is_dir() else root
 
 
-def _list_images(folder: Path) -> dict[str, Path]:
-    """Image file stem -> path, for the image files directly in ``folder``."""
+# Folders of a VOC-layout root that hold label maps and metadata, never input images.
+_NOT_IMAGE_FOLDERS = frozenset({"SegmentationClass", "SegmentationObject", "ImageSets", "annotations", "Annotations"})
+
+
+def _is_image_file(path: Path) -> bool:
+    return not path.name.startswith(".") and path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _nested_images(folder: Path) -> list[Path]:
+    """Image files in the subfolders of ``folder`` (hidden folders and VOC's label folders left out), sorted."""
+    found = []
+    for child in sorted(folder.iterdir()):
+        if child.is_dir() and not child.name.startswith(".") and child.name not in _NOT_IMAGE_FOLDERS:
+            found += [path for path in sorted(child.rglob("*")) if _is_image_file(path)
+                      and not any(part.startswith(".") for part in path.relative_to(folder).parts)]
+    return found
+
+
+def _list_images(folder: Path, recursive: bool = False) -> dict[str, Path]:
+    """Image file stem -> path, for the image files directly in ``folder`` (and, ``recursive``, in its subfolders).
+
+    Raises:
+        ValueError: two images with the same stem (names key every artifact), naming both files.
+    """
+    candidates = [path for path in sorted(folder.iterdir()) if _is_image_file(path)]
+    nested = _nested_images(folder)
+    if recursive:
+        candidates += nested
+    elif nested:
+        print(f"index: {len(nested)} image(s) in subfolders of {str(folder)!r} are not indexed, e.g. "
+              f"{str(nested[0].relative_to(folder))!r} (dataset.recursive: true indexes them)", file=sys.stderr)
     images: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
+    for path in candidates:
         if path.stem in images:
             raise ValueError(
-                f"two images named {path.stem!r} in {str(folder)!r}: {images[path.stem].name}, {path.name}"
+                f"two images named {path.stem!r} in {str(folder)!r}: {str(images[path.stem].relative_to(folder))!r} "
+                f"and {str(path.relative_to(folder))!r}; rename one (image names key every artifact)"
             )
         images[path.stem] = path
     if not images:

@@ -319,3 +319,17 @@ def test_a_pseudo_label_outside_the_class_range_is_refused_naming_the_file(tiny_
         run_train(store_path, tmp_path / "labels", store.names, tmp_path / "train", 3,
                   variant("train", epochs=1, facet="keys"), progress=False)
     assert not (tmp_path / "train" / "model.pt").exists()
+
+
+def test_images_in_nested_folders_are_reported_or_indexed_and_duplicate_names_named(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    for relative in ("top.png", "2023/a.png", "2023/deeper/b.png", ".hidden/c.png", "SegmentationClass/top.png"):
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(marked_picture()).save(folder / relative)
+    assert build_index(folder)["name"].tolist() == ["top"]  # not recursive: the nested ones are reported
+    assert "2 image(s) in subfolders" in capsys.readouterr().err
+    df = build_index(folder, recursive=True)  # hidden and label folders stay out
+    assert df["name"].tolist() == ["a", "b", "top"] and df.loc[0, "path"] == str(folder / "2023" / "a.png")
+    Image.fromarray(marked_picture()).save(folder / "2023" / "deeper" / "a.png")
+    with pytest.raises(ValueError, match=r"two images named 'a' in .*: '2023/a.png' and '2023/deeper/a.png'"):
+        build_index(folder, recursive=True)
