@@ -380,3 +380,21 @@ def test_on_planted_boxes_the_embeddings_separate_the_classes_better_than_their_
     raw = object_kmeans(FeatureStore(tmp_path / "f.zarr"), "tokens")
     learned = object_kmeans(FeatureStore(inputs.embeddings_path), EMBEDDINGS_FACET)
     assert raw < 90 and learned > raw + 10, (raw, learned)
+
+
+def test_fine_tuned_blocks_train_and_embed_through_the_images(contrast_run):
+    from unseg.contrast import run_contrast
+    from unseg.store import FeatureStore
+
+    base, frozen, folder = contrast_run
+    paths = {name: folder / f"{name}.png" for name in base.names}
+    inputs, settings = contrast_inputs(folder, paths, "tuned", epochs=1, finetune_blocks=1, backbone_lr=1e-3)
+    run_contrast(inputs, settings)
+    checkpoint = torch.load(inputs.out_dir / "model.pt", weights_only=False)
+    trained = {key.split(".")[1] + "." + key.split(".")[2] for key in checkpoint["state_dict"] if "blocks" in key}
+    assert trained == {"blocks.11"} and not any(key.startswith("backbone.patch_embed") for key in
+                                               checkpoint["state_dict"])  # only the trained part is stored
+    tuned = FeatureStore(inputs.embeddings_path)
+    assert tuned.attrs["learned"]["finetune_blocks"] == 1
+    name = base.names[0]
+    assert tuned.facet(name, EMBEDDINGS_FACET).shape == frozen.facet(name, EMBEDDINGS_FACET).shape
