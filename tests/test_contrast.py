@@ -398,3 +398,28 @@ def test_fine_tuned_blocks_train_and_embed_through_the_images(contrast_run):
     assert tuned.attrs["learned"]["finetune_blocks"] == 1
     name = base.names[0]
     assert tuned.facet(name, EMBEDDINGS_FACET).shape == frozen.facet(name, EMBEDDINGS_FACET).shape
+
+
+def test_images_of_several_aspect_ratios_train_in_one_run(tmp_path):
+    from PIL import Image
+
+    from unseg.config import load_methods
+    from unseg.contrast import run_contrast
+    from unseg.store import FeatureStore
+
+    load_methods()
+    (tmp_path / "saliency").mkdir()
+    paths = {}
+    for index, width in enumerate((64, 96, 64, 96)):
+        picture = np.full((64, width, 3), 100, dtype=np.uint8)
+        picture[16:48, 16:48] = (200, 30, 30) if index % 2 else (30, 30, 200)
+        saliency = np.zeros((64, width), dtype=np.uint8)
+        saliency[16:48, 16:48] = 255
+        Image.fromarray(picture).save(tmp_path / f"img{index}.png")
+        Image.fromarray(saliency, mode="L").save(tmp_path / "saliency" / f"img{index}.png")
+        paths[f"img{index}"] = tmp_path / f"img{index}.png"
+    planted_store(tmp_path, paths)  # layout "resize": grids of 4x4 and 4x6 tokens
+    inputs, settings = contrast_inputs(tmp_path, paths, "run", epochs=1, batch_size=4, queue_size=0)
+    run_contrast(inputs, settings)
+    learned = FeatureStore(inputs.embeddings_path)
+    assert {learned.facet(name, EMBEDDINGS_FACET).shape[:2] for name in paths} == {(4, 4), (4, 6)}

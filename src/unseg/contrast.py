@@ -73,22 +73,23 @@ def balanced_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         targets.numel()
 
 
-def mask_prototypes(embeddings: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) unit embeddings, (B, H, W) {0, 1} masks → (B, C): each image's L2-normalised sum of the
-    embeddings inside its mask."""
-    summed = torch.einsum("bchw,bhw->bc", embeddings.float(), masks.float())
+def mask_prototypes(embeddings: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per image (C, H, W) unit embeddings and (H, W) {0, 1} mask (a (B, C, H, W) and a (B, H, W) tensor do; sizes
+    may differ between images) → (B, C): each image's L2-normalised sum of the embeddings inside its mask."""
+    summed = torch.stack([torch.einsum("chw,hw->c", e.float(), m.float()) for e, m in zip(embeddings, masks)])
     return F.normalize(summed, dim=1)
 
 
-def prototype_contrastive_loss(embeddings: torch.Tensor, masks: torch.Tensor, prototypes: torch.Tensor,
-                               negatives: torch.Tensor, temperature: float, image_ids: torch.Tensor | None = None,
-                               negative_ids: torch.Tensor | None = None) -> torch.Tensor:
+def prototype_contrastive_loss(embeddings: Sequence[torch.Tensor], masks: Sequence[torch.Tensor],
+                               prototypes: torch.Tensor, negatives: torch.Tensor, temperature: float,
+                               image_ids: torch.Tensor | None = None, negative_ids: torch.Tensor | None = None,
+                               ) -> torch.Tensor:
     """MaskContrast's loss: each foreground pixel's embedding classified among the batch's prototypes and the queued
     negatives, its own image's prototype the target; cross-entropy averaged over the foreground pixels.
 
     Args:
-        embeddings: (B, C, H, W) unit query embeddings.
-        masks: (B, H, W) bool, the query views' foreground.
+        embeddings: per image (C, H, W) unit query embeddings (a (B, C, H, W) tensor does; sizes may differ).
+        masks: per image (H, W) bool, the query view's foreground.
         prototypes: (B, C) unit prototypes of the key views (no gradient).
         negatives: (K, C) unit prototypes of earlier batches (K may be 0).
         image_ids, negative_ids: (B,) and (K,) int64 image identities; when given, a queued prototype of a pixel's own
@@ -96,8 +97,9 @@ def prototype_contrastive_loss(embeddings: torch.Tensor, masks: torch.Tensor, pr
             10,582 images rarely holds one; among a few dozen images it holds several, and contrasting an image with
             its own earlier prototype makes the task contradictory.
     """
-    pixels = embeddings.permute(0, 2, 3, 1)[masks]  # (P, C)
-    owners = torch.nonzero(masks)[:, 0]  # (P,) the image each pixel belongs to
+    pixels = torch.cat([e.permute(1, 2, 0)[m] for e, m in zip(embeddings, masks)])  # (P, C)
+    owners = torch.cat([torch.full((int(m.sum()),), i, dtype=torch.int64, device=pixels.device)
+                        for i, m in enumerate(masks)])  # (P,) the image each pixel belongs to
     queued = pixels @ negatives.t()
     if image_ids is not None and negative_ids is not None and negatives.shape[0]:
         own = image_ids[owners][:, None] == negative_ids[None, :]  # (P, K)
@@ -203,12 +205,21 @@ def grid_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (F.adaptive_avg_pool2d(masks[:, None].float(), size)[:, 0] > 0.5).float()
 
 
-def embeddings_and_saliency(model: ImageSegmenter, images: torch.Tensor, embedding_dim: int, scale: int,
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 3, Hc, Wc) → (B, C, h·s, w·s) unit embeddings and (B, h·s, w·s) saliency logits."""
-    out = model(images)
-    out = F.interpolate(out.float(), scale_factor=scale, mode="bilinear", align_corners=False)
-    return F.normalize(out[:, :embedding_dim], dim=1), out[:, embedding_dim]
+def embeddings_and_saliency(model: ImageSegmenter, images: Sequence[torch.Tensor], embedding_dim: int, scale: int,
+                            ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per (3, Hc, Wc) image, its (C, h·s, w·s) unit embeddings and (h·s, w·s) saliency logits. Images of one size
+    run as one batch (a dataset of several aspect ratios gives a few batches per step)."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for position, image in enumerate(images):
+        by_shape.setdefault(tuple(image.shape), []).append(position)
+    results: list[Any] = [None] * len(images)
+    for positions in by_shape.values():
+        out = model(torch.stack([images[p] for p in positions]))
+        out = F.interpolate(out.float(), scale_factor=scale, mode="bilinear", align_corners=False)
+        embeddings = F.normalize(out[:, :embedding_dim], dim=1)
+        for row, position in enumerate(positions):
+            results[position] = (embeddings[row], out[row, embedding_dim])
+    return results
 
 
 @dataclass(frozen=True)
@@ -324,7 +335,6 @@ def maskcontrast(inputs: ContrastInputs, *, epochs, batch_size, lr, sgd_momentum
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: (1 - epoch / epochs) ** 0.9)
     generator = torch.Generator().manual_seed(seed)
     queue = PrototypeQueue(queue_size, embedding_dim, generator)
-    grid = store.geometry(names[0]).grid_size
 
     out_dir = Path(inputs.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -356,23 +366,26 @@ def maskcontrast(inputs: ContrastInputs, *, epochs, batch_size, lr, sgd_momentum
             items = [item for item in items if item[4]]
             if not items:
                 continue
-            query = torch.stack([item[0] for item in items]).to(device_)
-            query_masks = torch.stack([item[1] for item in items]).to(device_)
-            key_images = torch.stack([item[2] for item in items]).to(device_)
-            key_masks = torch.stack([item[3] for item in items]).to(device_)
-            image_ids = torch.tensor([item[5] for item in items], dtype=torch.int64)
-            size = (grid[0] * label_scale, grid[1] * label_scale)
-            query_masks, key_masks = grid_masks(query_masks, size), grid_masks(key_masks, size)
+            image_ids = torch.tensor([item[5] for item in items], dtype=torch.int64, device=device_)
             with autocast:
-                query_embeddings, saliency_logits = embeddings_and_saliency(model, query, embedding_dim, label_scale)
+                queries = embeddings_and_saliency(model, [item[0].to(device_) for item in items], embedding_dim,
+                                                  label_scale)
                 with torch.no_grad():
                     momentum_update(key_model, model, key_momentum)
-                    key_embeddings, _ = embeddings_and_saliency(key_model, key_images, embedding_dim, label_scale)
-                    prototypes = mask_prototypes(key_embeddings, key_masks)
-            contrastive = prototype_contrastive_loss(query_embeddings, query_masks > 0.5, prototypes,
-                                                     queue.vectors.to(device_), temperature, image_ids.to(device_),
+                    keys = embeddings_and_saliency(key_model, [item[2].to(device_) for item in items], embedding_dim,
+                                                   label_scale)
+            # masks at each view's embedding resolution: foreground where over half of the cell is
+            query_masks = [grid_masks(item[1][None].to(device_), tuple(embedding.shape[-2:]))[0]
+                           for item, (embedding, _) in zip(items, queries)]
+            key_masks = [grid_masks(item[3][None].to(device_), tuple(embedding.shape[-2:]))[0]
+                         for item, (embedding, _) in zip(items, keys)]
+            prototypes = mask_prototypes([embedding for embedding, _ in keys], key_masks)
+            contrastive = prototype_contrastive_loss([embedding for embedding, _ in queries],
+                                                     [mask > 0.5 for mask in query_masks], prototypes,
+                                                     queue.vectors.to(device_), temperature, image_ids,
                                                      queue.owners.to(device_))
-            saliency = balanced_bce(saliency_logits, query_masks)
+            saliency = balanced_bce(torch.cat([logits.flatten() for _, logits in queries]),
+                                    torch.cat([mask.flatten() for mask in query_masks]))
             loss = contrastive + saliency_loss_weight * saliency
             optimizer.zero_grad()
             loss.backward()
