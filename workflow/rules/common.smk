@@ -276,3 +276,10 @@ def training_label_sources(wildcards):
     for round_index in range(2, config["train"][train]["rounds"] + 1):
         sources.append((f"round {round_index} labels", PATHS["round_labels"].format(variant=train, round=round_index)))
     return sources
+
+
+def mask_folder_listing(settings):
+    """Params value: for a mask_folder variant, a digest of its folder's files (edited masks re-run it)."""
+    from unseg.saliency import folder_listing_digest
+
+    return folder_listing_digest(settings["path"]) if settings["method"] == "mask_folder" else ""

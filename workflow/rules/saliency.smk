@@ -15,9 +15,3 @@ rule saliency:
     script:
         "../scripts/saliency.py"
 
-
-def mask_folder_listing(settings):
-    """Params value: for a mask_folder variant, a digest of its folder's files (edited masks re-run it)."""
-    from unseg.saliency import folder_listing_digest
-
-    return folder_listing_digest(settings["path"]) if settings["method"] == "mask_folder" else ""
