@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .backbones import get_backbone_spec
 from .checkpoints import load_resume_state, resume_key, save_checkpoint, save_resume_state
 from .devices import resolve_device
 from .features import normalize_batch, preprocess_image, write_derived_store
@@ -54,6 +55,7 @@ from .heads import build_head
 from .io import atomic_output, read_image, read_saliency
 from .registry import REGISTRIES, register
 from .store import FeatureStore
+from .train import scan  # the trainers' streaming token statistics
 from .training_data import TokenLabelDataset, augment_pair, item_seed, token_tensor
 
 EMBEDDINGS_FACET = "embeddings"
@@ -315,8 +317,6 @@ def maskcontrast(inputs: ContrastInputs, *, epochs, batch_size, lr, sgd_momentum
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device_.type == "cuda")
     tokens = TokenLabelDataset(inputs.store_path, "tokens", {n: inputs.saliency_dir / f"{n}.png" for n in names},
                                None, 1)
-    from .train import scan  # the trainers' streaming token statistics and data digest
-
     statistics = scan(tokens, inputs.progress)
     config = {**inputs.config, "method": "maskcontrast", "head": head, "embedding_dim": embedding_dim,
               "finetune_blocks": finetune_blocks, "backbone_lr": backbone_lr, "token_dim": statistics.embed_dim,
@@ -443,8 +443,6 @@ def warn_small_dataset(num_images: int, epochs: int, batch_size: int, queue_size
 
 
 def _input_normalisation(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from .backbones import get_backbone_spec
-
     spec = get_backbone_spec(backbone)
     return tuple(spec.mean), tuple(spec.std)
 
