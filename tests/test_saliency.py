@@ -1,6 +1,7 @@
 """The saliency stage: registered methods and the runner."""
 
 import numpy as np
+import pytest
 
 from unseg.config import validate_config
 from unseg.geometry import grid_to_image
@@ -44,3 +45,129 @@ def test_a_method_registered_outside_the_project_runs_from_a_config_alone(tiny_s
         expected = np.clip(grid_to_image(soft, store.geometry(name)), 0, 1)
         written = read_saliency(tmp_path / "saliency", name)
         np.testing.assert_allclose(written, np.round(expected * 255) / 255, atol=1e-6)
+
+
+# --- thresholds, the k-means bipartition, the background prior and the learned foreground head -----------------
+
+def test_otsu_threshold_maximises_the_between_class_variance_of_the_histogram():
+    from unseg.saliency import otsu_threshold
+
+    rng = np.random.default_rng(0)
+    values = (np.concatenate([rng.integers(20, 90, 300), rng.integers(150, 230, 100)]) + 0.5) / 256  # bin centres
+    edges = np.arange(1, 256) / 256
+
+    def between(edge):  # straight from the definition, on the raw values
+        below, above = values[values < edge], values[values >= edge]
+        if not len(below) or not len(above):
+            return -1.0
+        return len(below) * len(above) * (below.mean() - above.mean()) ** 2
+
+    assert otsu_threshold(values) == pytest.approx(edges[int(np.argmax([between(e) for e in edges]))])
+    assert 90 / 256 <= otsu_threshold(values) < 150 / 256
+    assert otsu_threshold(np.full(10, 0.3)) == 0.5  # nothing to split
+
+
+def test_split_at_moves_the_threshold_to_one_half_and_keeps_the_order():
+    from unseg.saliency import split_at
+
+    soft = np.linspace(0, 1, 101, dtype=np.float32)
+    moved = split_at(soft, 0.7)
+    assert moved[0] == 0 and moved[-1] == pytest.approx(1) and moved[70] == pytest.approx(0.5)
+    assert np.all(np.diff(moved) > 0)
+    np.testing.assert_array_equal(moved > 0.5, soft > 0.7)
+
+
+def planted_grid(box, size=(8, 10), dim=16, seed=0, scale=0.1):
+    """(h, w, dim) tokens: a background direction everywhere, an object direction inside ``box`` (rows, cols)."""
+    rng = np.random.default_rng(seed)
+    background, thing = np.eye(dim, dtype=np.float32)[0], np.eye(dim, dtype=np.float32)[1]
+    grid = np.tile(background, size + (1,)) + scale * rng.standard_normal(size + (dim,)).astype(np.float32)
+    grid[box] += thing - background
+    return grid
+
+
+@pytest.mark.parametrize("method, settings", [("border_background", {"statistic": "median"}),
+                                              ("spectral_bipartition", {"partition": "kmeans",
+                                                                        "solver_precision": "float32"}),
+                                              ("spectral_bipartition", {"partition": "fiedler_sign",
+                                                                        "solver_precision": "float32"})])
+def test_planted_objects_are_exactly_the_foreground(method, settings):
+    from unseg.registry import REGISTRIES
+    from unseg.saliency import SaliencyBatch
+
+    boxes = [np.s_[2:6, 3:7], np.s_[0:5, 6:10]]  # the second touches the top and right border
+    grids = [planted_grid(box, seed=i) for i, box in enumerate(boxes)]
+    maps = REGISTRIES["saliency"].get(method).function(SaliencyBatch(["a", "b"], grids, "cpu"), **settings)
+    for soft, box in zip(maps, boxes):
+        truth = np.zeros((8, 10), bool)
+        truth[box] = True
+        np.testing.assert_array_equal(soft > 0.5, truth)
+        assert soft.min() >= 0 and soft.max() <= 1
+
+
+@register("saliency", "test_planted_teacher", schema={})
+def planted_teacher(batch):
+    """Object tokens (channel 1 high) are foreground, except on image 'c' where the teacher has them backwards."""
+    return [np.where(grid[..., 1] > 0.5, name != "c", name == "c").astype(np.float32)
+            for name, grid in zip(batch.names, batch.grids)]
+
+
+@pytest.fixture(scope="module")
+def planted_head_store(tiny_store, tmp_path_factory):
+    """tiny_store's three images with planted 4-d keys (few noise channels to overfit) on their 6 x 6 grids (object box differs per image)."""
+    from unseg.features import write_derived_store
+
+    base = FeatureStore(tiny_store[0])
+    boxes = {"a": np.s_[1:4, 1:4], "b": np.s_[2:5, 2:6], "c": np.s_[0:3, 3:6]}
+    path = tmp_path_factory.mktemp("planted") / "keys.zarr"
+    write_derived_store(path, base, {"facets": ["keys"], "embed_dim": 4},
+                        lambda name: {"keys": planted_grid(boxes[name], size=(6, 6), dim=4, seed=ord(name))},
+                        progress=False)
+    return path, boxes
+
+
+def test_the_foreground_head_learns_across_the_dataset_what_one_image_got_wrong(planted_head_store, tmp_path):
+    store_path, boxes = planted_head_store
+    settings = variant("saliency", method="foreground_head", teacher="test_planted_teacher", iterations=60,
+                       batch_images=3, teacher_iterations=40, lr=0.05)
+    run_saliency(store_path, tmp_path / "head", settings, progress=False)
+    store = FeatureStore(store_path)
+    for name, box in boxes.items():
+        truth = np.zeros((6, 6), np.float32)
+        truth[box] = 1
+        expected = grid_to_image(truth, store.geometry(name)) > 0.5
+        assert ((read_saliency(tmp_path / "head", name) > 0.5) == expected).mean() > 0.97, name
+        teacher = read_saliency(tmp_path / "head" / "extras" / "teacher", name) > 0.5
+        assert ((teacher == expected).mean() > 0.97) == (name != "c")  # the kept targets: 'c' is the wrong one
+    training = __import__("json").loads((tmp_path / "head" / "extras" / "training.json").read_text())
+    assert training["images"] == 3 and 0.6 < training["teacher_agreement"] < 0.75  # right where the teacher was not
+    assert [point["target"] for point in training["curve"]][-1] == "self"
+
+
+def test_a_teacher_setting_it_does_not_take_is_refused_naming_it(planted_head_store, tmp_path):
+    settings = variant("saliency", method="foreground_head", teacher="border_background",
+                       teacher_settings={"statistc": "mean"}, iterations=2)
+    with pytest.raises(ValueError, match=r"teacher_settings: \['statistc'\].*'border_background'"):
+        run_saliency(planted_head_store[0], tmp_path / "head", settings, progress=False)
+    assert not (tmp_path / "head").exists()
+
+
+def test_the_otsu_threshold_rule_splits_the_stored_map_at_each_images_otsu_threshold(tiny_store, tmp_path):
+    from unseg.saliency import otsu_threshold
+
+    store_path, _ = tiny_store
+    run_saliency(store_path, tmp_path / "split", variant("saliency", method="test_first_channel"), progress=False)
+    run_saliency(store_path, tmp_path / "otsu", variant("saliency", method="test_first_channel", threshold="otsu"),
+                 progress=False)
+    for name in ("a", "b", "c"):
+        soft, moved = read_saliency(tmp_path / "split", name), read_saliency(tmp_path / "otsu", name)
+        threshold = otsu_threshold(np.clip(grid_to_image(_first_channel(store_path, name), FeatureStore(store_path)
+                                                         .geometry(name)), 0, 1))
+        assert 0.05 < threshold < 0.95
+        agree = (moved > 0.5) == (soft > threshold)
+        assert agree.mean() > 0.99  # up to the PNG's 1/255 rounding at the threshold
+
+
+def _first_channel(store_path, name):
+    keys = FeatureStore(store_path).facet(name, "keys")[..., 0]
+    return (keys - keys.min()) / (keys.max() - keys.min())

@@ -6,13 +6,19 @@ Artifact: one PNG per image, uint8 = round(255 × soft foreground), at the origi
 Methods are registered with ``@register("saliency", name, schema=...)`` (:mod:`unseg.registry`). A method takes a
 :class:`SaliencyBatch` and its settings as keywords and returns, per image, an
 (h, w) float map in [0, 1] on the token grid; the runner upsamples it bilinearly to the image. A method registered
-with ``pixel_maps=True`` returns maps at the image's own size instead (``mask_folder``: masks made elsewhere).
+with ``pixel_maps=True`` returns maps at the image's own size instead (``mask_folder``: masks made elsewhere). A
+method registered with ``dataset_level=True`` (``foreground_head``: a head trained across the dataset) takes a
+:class:`SaliencyDataset` instead and yields ``(name, grid map)`` for every image.
+
+The stage's ``threshold`` setting says where the stored map splits: ``split`` keeps the method's own 0.5;
+``otsu`` moves each image's Otsu threshold of its map to 0.5 (:func:`split_at`, a monotone remap, so the soft
+ordering is kept and every consumer's ``> 0.5`` reads the new split).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +27,19 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .geometry import grid_to_image
-from .io import atomic_output, read_label_png
+from .checkpoints import save_checkpoint
+from .cluster import kmeans
+from .geometry import grid_to_image, image_to_grid
+from .io import atomic_output, read_label_png, write_json
 from .registry import REGISTRIES, register
 from .retry import in_halves_on_oom
-from .spectral import SOLVER_PRECISION, bipartition_saliency, grid_spectra, pass_dtype
+from .spectral import (
+    SOLVER_PRECISION,
+    bipartition_saliency,
+    foreground_side,
+    grid_spectra,
+    pass_dtype,
+)
 from .store import FeatureStore
 
 
@@ -41,17 +55,113 @@ class SaliencyBatch:
     image_sizes: Sequence[tuple[int, int]] = ()  # (H0, W0) per image, as the index has it
 
 
-@register("saliency", "spectral_bipartition", schema={"solver_precision": SOLVER_PRECISION})
-def spectral_bipartition(batch: SaliencyBatch, *, solver_precision) -> list[np.ndarray]:
+@dataclass(frozen=True)
+class SaliencyDataset:
+    """What a ``dataset_level`` method sees: the feature ``store``, the ``facet`` it reads, the stage's
+    ``batch_size`` (images per call of a per-image method it runs), the torch ``device``, ``extras``: a folder inside
+    the variant's output for what the method keeps beside the maps (its model, its training targets), and whether to
+    show ``progress``."""
+
+    store: FeatureStore
+    facet: str
+    batch_size: int
+    device: str | None
+    extras: Path
+    progress: bool = True
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold (1979) of values in [0, 1]: the bin edge that maximises the between-class variance of a
+    ``bins``-bin histogram; a constant map gives 0.5.
+
+    Args:
+        values: any-shape float array in [0, 1].
+
+    Returns:
+        t in (0, 1): the classes are ``values <= t`` and ``values > t``.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0 or values.max() - values.min() < 1e-12:
+        return 0.5
+    counts, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    centres = (edges[:-1] + edges[1:]) / 2
+    below = np.cumsum(counts)[:-1]  # class sizes for a cut after bin i (i < bins - 1)
+    above = counts.sum() - below
+    sum_below = np.cumsum(counts * centres)[:-1]
+    mean_below = sum_below / np.maximum(below, 1)
+    mean_above = (np.sum(counts * centres) - sum_below) / np.maximum(above, 1)
+    between = below * above * (mean_below - mean_above) ** 2
+    return float(edges[1:-1][int(np.argmax(between))])
+
+
+def split_at(soft: np.ndarray, threshold: float) -> np.ndarray:
+    """Monotone piecewise-linear remap of a soft map in [0, 1] that sends ``threshold`` to 0.5 (and keeps 0 and 1),
+    so that ``> 0.5`` afterwards is ``> threshold`` before. Same shape, float32."""
+    soft = np.asarray(soft, dtype=np.float32)
+    threshold = float(np.clip(threshold, 1e-6, 1 - 1e-6))
+    return np.where(soft > threshold, 0.5 + 0.5 * (soft - threshold) / (1 - threshold),
+                    0.5 * soft / threshold).astype(np.float32)
+
+
+THRESHOLD_RULES = {"split": lambda soft: soft, "otsu": lambda soft: split_at(soft, otsu_threshold(soft))}
+
+
+@register("saliency", "spectral_bipartition", schema={
+    "solver_precision": SOLVER_PRECISION,
+    "partition": {"enum": ["fiedler_sign", "kmeans"], "default": "fiedler_sign",
+                  "description": "fiedler_sign: the sign of the generalised Fiedler vector (Deep Spectral Methods, "
+                                 "Engstler et al.); kmeans: k = 2 k-means on the row-normalised first two "
+                                 "eigenvectors (Ng-Jordan-Weiss)"}})
+def spectral_bipartition(batch: SaliencyBatch, *, solver_precision, partition) -> list[np.ndarray]:
     """Engstler et al. 2023 (after Deep Spectral Methods): the k = 2 bipartition of the token affinity; the side
     touching the image border less is foreground. Soft map: 0.5 + 0.5 × generalised Fiedler vector / its max
-    magnitude, oriented by that border rule."""
+    magnitude, oriented by that border rule; with ``partition: kmeans``, 0.5 + 0.5 × (d_bg − d_fg) / (d_bg + d_fg)
+    of each token's distances to the two k-means centroids."""
     if batch.first:
         print(f"saliency: eigensolver passes in {pass_dtype(solver_precision, batch.device)} "
               f"(solver_precision: {solver_precision})", file=sys.stderr)
     spectra = grid_spectra(list(batch.grids), 2, device=batch.device, precision=solver_precision)
+    if partition == "kmeans":
+        return [kmeans_bipartition(vectors, grid.shape[:2]) for grid, (vectors, _) in zip(batch.grids, spectra)]
     return [bipartition_saliency(grid, eigenvectors=vectors, degree=degree)[1]
             for grid, (vectors, degree) in zip(batch.grids, spectra)]
+
+
+def kmeans_bipartition(eigenvectors: np.ndarray, grid_size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """(h, w) float32 soft map of the k = 2 spectral clustering of one image: 2-means on the row-normalised first
+    two L_sym eigenvectors (``eigenvectors`` (h·w, >= 2)); the cluster touching the border less is foreground, the
+    soft value 0.5 + 0.5 × (d_bg − d_fg) / (d_bg + d_fg) is above 0.5 exactly on it."""
+    embedding = eigenvectors[:, :2] / np.linalg.norm(eigenvectors[:, :2], axis=1, keepdims=True).clip(min=1e-12)
+    labels, centroids, _ = kmeans(embedding.astype(np.float32), 2, seed=seed, num_restarts=5)
+    foreground = int(not foreground_side(labels.reshape(grid_size) == 0))
+    distances = np.linalg.norm(embedding[:, None, :] - centroids[None], axis=2)
+    d_fg, d_bg = distances[:, foreground], distances[:, 1 - foreground]
+    return (0.5 + 0.5 * (d_bg - d_fg) / np.maximum(d_bg + d_fg, 1e-12)).reshape(grid_size).astype(np.float32)
+
+
+@register("saliency", "border_background", schema={
+    "statistic": {"enum": ["median", "mean"], "default": "median",
+                  "description": "how a token's cosine similarities to the border tokens are pooled: median (a "
+                                 "few border tokens on the object do not make it background) or mean"}})
+def border_background(batch: SaliencyBatch, *, statistic) -> list[np.ndarray]:
+    """Background prior (Wei et al., ECCV 2012, "Geodesic saliency using background priors"; the idea FOUND, Siméoni
+    et al. CVPR 2023, builds on: observe the background to find the object): the image border is mostly background,
+    so a token is background as much as it resembles the border tokens. Score per token: 1 − the ``statistic`` of
+    its cosine similarities to every token of the outermost ring, min-max scaled per image; the soft map is that
+    score split at its own Otsu threshold (:func:`split_at`), so > 0.5 is foreground."""
+    maps = []
+    pool = np.median if statistic == "median" else np.mean
+    for grid in batch.grids:
+        unit = np.asarray(grid, dtype=np.float32)
+        unit = unit / np.linalg.norm(unit, axis=-1, keepdims=True).clip(min=1e-12)
+        height, width, dim = unit.shape
+        ring = np.concatenate([unit[0], unit[-1], unit[1:-1, 0], unit[1:-1, -1]]) if height > 1 and width > 1 \
+            else unit.reshape(-1, dim)
+        score = 1.0 - pool(unit.reshape(-1, dim) @ ring.T, axis=1).reshape(height, width)
+        span = float(score.max() - score.min())
+        score = (score - score.min()) / span if span > 1e-12 else np.full_like(score, 0.5)
+        maps.append(split_at(score, otsu_threshold(score)))
+    return maps
 
 
 @register("saliency", "mask_folder", pixel_maps=True, required=["path"], schema={
@@ -85,6 +195,149 @@ def folder_listing_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+@register("saliency", "foreground_head", dataset_level=True, schema={
+    "teacher": {"type": "string", "default": "border_background",
+                "description": "the registered saliency method whose maps (> 0.5, on the token grid) are the head's "
+                               "targets for its first teacher_iterations"},
+    "teacher_settings": {"type": "object", "default": {}, "description": "the teacher method's own settings"},
+    "hidden": {"type": "integer", "minimum": 0, "default": 0,
+               "description": "0: one 1x1 convolution over the tokens (FOUND); > 0: a two-layer MLP this wide"},
+    "iterations": {"type": "integer", "minimum": 1, "default": 500, "description": "FOUND's max_iter"},
+    "batch_images": {"type": "integer", "minimum": 1, "default": 50, "description": "images per iteration (FOUND)"},
+    "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.05, "description": "AdamW learning rate (FOUND)"},
+    "lr_step": {"type": "integer", "minimum": 1, "default": 50, "description": "StepLR step in iterations (FOUND)"},
+    "lr_gamma": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.95,
+                 "description": "StepLR factor (FOUND)"},
+    "teacher_iterations": {"type": "integer", "minimum": 0, "default": 100,
+                           "description": "iterations on the teacher's targets (FOUND's stop_bkg_loss); after them "
+                                          "the head trains on its own binarised predictions"},
+    "self_weight": {"type": "number", "minimum": 0, "default": 4.0,
+                    "description": "weight of the self-training loss (FOUND's w_self_loss)"},
+    "seed": {"type": "integer", "default": 0}})
+def foreground_head(data: SaliencyDataset, *, teacher, teacher_settings, hidden, iterations, batch_images, lr,
+                    lr_step, lr_gamma, teacher_iterations, self_weight, seed) -> Iterator[tuple[str, np.ndarray]]:
+    """A light foreground head trained across the whole dataset (FOUND, Siméoni et al. CVPR 2023, section 3.2 and
+    its configs/found_DUTS-TR.yaml; SelfMask's idea of learning saliency from unsupervised masks).
+
+    The teacher method's maps of every image (kept in ``extras/teacher/``) become per-token binary targets (a token
+    is foreground when more than half its footprint is > 0.5). A 1×1 convolution (or a small MLP) over the
+    standardised frozen tokens learns them with binary cross-entropy for ``teacher_iterations`` iterations of
+    ``batch_images`` images, then trains on its own binarised predictions (weight ``self_weight``), AdamW with a
+    step schedule, FOUND's values throughout. Departures from FOUND: tokens come from the feature store (no image
+    augmentation), inputs are standardised (dataset mean and std per channel), and its bilateral-solver loss is left
+    out. The head, its statistics and the loss curve are kept in ``extras/``.
+
+    Yields:
+        (name, (h, w) float32 sigmoid foreground probability on the token grid) for every image of the store.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    teacher_method = REGISTRIES["saliency"].get(teacher)
+    if teacher_method.attributes.get("dataset_level"):
+        raise ValueError(f"saliency.foreground_head: teacher {teacher!r} is itself trained across the dataset; "
+                         "name a per-image method (e.g. border_background or spectral_bipartition)")
+    unknown = sorted(set(teacher_settings) - set(teacher_method.schema))
+    if unknown:
+        raise ValueError(f"saliency.foreground_head.teacher_settings: {unknown} are not settings of {teacher!r} "
+                         f"(it takes {sorted(teacher_method.schema)})")
+    store, device = data.store, torch.device(data.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    names = store.names
+    teacher_dir = data.extras / "teacher"
+    teacher_dir.mkdir(parents=True, exist_ok=True)
+    targets: dict[str, torch.Tensor] = {}
+    for name, soft in method_maps(teacher_method, teacher_method.settings(teacher_settings), store, data.facet,
+                                  data.batch_size, data.device, data.progress, f"teacher {teacher}"):
+        save_soft_map(soft, teacher_dir / f"{name}.png")
+        targets[name] = torch.from_numpy(image_to_grid(soft > 0.5, store.geometry(name)) > 0.5).float().reshape(-1)
+    tokens = _cached_tokens(store, names, data.facet)
+    flat = torch.cat([tokens[name].reshape(-1, tokens[name].shape[-1]).float() for name in names[:256]])
+    mean, std = flat.mean(0), flat.std(0).clamp(min=1e-6)
+    del flat
+    torch.manual_seed(seed)
+    dim = mean.numel()
+    head = (torch.nn.Linear(dim, 1) if hidden == 0 else
+            torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))).to(device)
+    mean, std = mean.to(device), std.to(device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=lr_gamma)
+    generator = np.random.default_rng(seed)
+    order, cursor, curve = generator.permutation(len(names)), 0, []
+    bar = tqdm(range(iterations), desc="foreground head", unit="it", disable=not data.progress)
+    for iteration in bar:
+        if cursor + min(batch_images, len(names)) > len(order):
+            order, cursor = generator.permutation(len(names)), 0
+        batch = [names[i] for i in order[cursor : cursor + batch_images]]
+        cursor += len(batch)
+        inputs = torch.cat([tokens[name].reshape(-1, dim) for name in batch]).to(device).float()
+        logits = head((inputs - mean) / std).squeeze(1)
+        if iteration < teacher_iterations:
+            loss = F.binary_cross_entropy_with_logits(logits, torch.cat([targets[name] for name in batch]).to(device))
+        else:
+            loss = self_weight * F.binary_cross_entropy_with_logits(logits, (logits.detach() > 0).float())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if iteration % 10 == 0 or iteration == iterations - 1:
+            curve.append({"iteration": iteration, "loss": round(float(loss.detach()), 5),
+                          "target": "teacher" if iteration < teacher_iterations else "self"})
+    bar.close()
+    head.eval()
+    agreement = []
+    with torch.no_grad():
+        for name in names:
+            grid = tokens[name]
+            probability = torch.sigmoid(head((grid.reshape(-1, dim).to(device).float() - mean) / std)).squeeze(1)
+            agreement.append(float(((probability > 0.5).float().cpu() == targets[name]).float().mean()))
+            yield name, probability.reshape(grid.shape[:2]).cpu().numpy().astype(np.float32)
+    save_checkpoint({"state_dict": head.state_dict(), "mean": mean.cpu(), "std": std.cpu(), "facet": data.facet,
+                     "hidden": hidden, "teacher": teacher}, data.extras / "head.pt")
+    write_json(data.extras / "training.json", {"curve": curve, "images": len(names),
+                                               "teacher_agreement": float(np.mean(agreement))})
+
+
+def _cached_tokens(store: FeatureStore, names: Sequence[str], facet: str, budget_bytes: int = 2**31):
+    """name → (h, w, D) torch tensor of the facet: float16 in memory while the whole dataset fits ``budget_bytes``,
+    else read from the store at each access (a mapping either way)."""
+    import torch
+
+    first = store.facet(names[0], facet)
+    if first.nbytes // 2 * len(names) > budget_bytes:
+        class _FromStore(dict):
+            def __missing__(self, name):
+                return torch.from_numpy(store.facet(name, facet))
+        return _FromStore()
+    return {name: torch.from_numpy(store.facet(name, facet)).half() for name in names}
+
+
+def save_soft_map(soft_pixels: np.ndarray, path: Path) -> None:
+    """Write an (H0, W0) soft map in [0, 1] as the stage's uint8 PNG (round(255 × value))."""
+    Image.fromarray(np.round(np.clip(soft_pixels, 0.0, 1.0) * 255).astype(np.uint8), mode="L").save(path)
+
+
+def method_maps(method, method_settings: Mapping[str, Any], store: FeatureStore, facet: str, batch_size: int,
+                device: str | None, progress: bool, desc: str) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, (H0, W0) float32 soft map at the image's size, clipped to [0, 1]) of every image of the store by a
+    per-image ``method`` called in batches of ``batch_size`` (halved after an out-of-memory error)."""
+    pixel_maps = bool(method.attributes.get("pixel_maps"))
+    bar = tqdm(total=len(store.names), desc=desc, unit="img", disable=not progress)
+    for position, names in enumerate(store.name_batches(batch_size)):
+        grids = {name: store.facet(name, facet) for name in names}
+
+        def run(part: Sequence[str]) -> list[np.ndarray]:  # the batch, or a half of it after an OOM
+            batch = SaliencyBatch(part, [grids[name] for name in part], device,
+                                  first=position == 0 and part[0] == names[0],
+                                  image_sizes=[store.geometry(name).original_size for name in part])
+            return method.function(batch, **method_settings)
+
+        for name, soft in zip(names, in_halves_on_oom(run, names, "saliency batch")):
+            soft = np.asarray(soft, dtype=np.float32)
+            yield name, np.clip(soft if pixel_maps else grid_to_image(soft, store.geometry(name)), 0.0, 1.0)
+        bar.update(len(names))
+    bar.close()
+
+
 def run_saliency(
     store_path: str | Path,
     out_dir: str | Path,
@@ -95,31 +348,26 @@ def run_saliency(
     """Saliency of every image by the variant's method → ``out_dir/{name}.png`` (written as one atomic folder).
 
     Args:
-        settings: the saliency variant: ``method``, ``facet``, ``batch_size`` and the method's own settings.
+        settings: the saliency variant: ``method``, ``facet``, ``batch_size``, ``threshold`` and the method's own
+            settings.
 
     Returns:
         the image names.
     """
     method = REGISTRIES["saliency"].get(settings["method"])
     method_settings = method.settings(settings)
+    split = THRESHOLD_RULES[settings.get("threshold", "split")]
     store = FeatureStore(store_path)
-    pixel_maps = bool(method.attributes.get("pixel_maps"))
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        bar = tqdm(total=len(store.names), desc=f"saliency {method.name}", unit="img", disable=not progress)
-        for position, names in enumerate(store.name_batches(int(settings["batch_size"]))):
-            grids = {name: store.facet(name, settings["facet"]) for name in names}
-
-            def run(part: Sequence[str]) -> list[np.ndarray]:  # the batch, or a half of it after an OOM
-                batch = SaliencyBatch(part, [grids[name] for name in part], device,
-                                      first=position == 0 and part[0] == names[0],
-                                      image_sizes=[store.geometry(name).original_size for name in part])
-                return method.function(batch, **method_settings)
-
-            for name, soft in zip(names, in_halves_on_oom(run, names, "saliency batch")):
-                soft = np.asarray(soft, dtype=np.float32)
-                soft_pixels = np.clip(soft if pixel_maps else grid_to_image(soft, store.geometry(name)), 0.0, 1.0)
-                Image.fromarray(np.round(soft_pixels * 255).astype(np.uint8), mode="L").save(tmp / f"{name}.png")
-            bar.update(len(names))
-        bar.close()
+        if method.attributes.get("dataset_level"):
+            data = SaliencyDataset(store, settings["facet"], int(settings["batch_size"]), device, tmp / "extras",
+                                   progress)
+            maps = ((name, np.clip(grid_to_image(np.asarray(grid, np.float32), store.geometry(name)), 0.0, 1.0))
+                    for name, grid in method.function(data, **method_settings))
+        else:
+            maps = method_maps(method, method_settings, store, settings["facet"], int(settings["batch_size"]), device,
+                               progress, f"saliency {method.name}")
+        for name, soft in maps:
+            save_soft_map(split(soft), tmp / f"{name}.png")
     return store.names
