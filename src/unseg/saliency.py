@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -213,9 +215,13 @@ def folder_listing_digest(path: str | Path) -> str:
                                           "the head trains on its own binarised predictions"},
     "self_weight": {"type": "number", "minimum": 0, "default": 4.0,
                     "description": "weight of the self-training loss (FOUND's w_self_loss)"},
+    "train_images": {"type": "integer", "minimum": 1, "default": 2048,
+                     "description": "at most this many images (a seeded sample) are held in memory and trained on "
+                                    "(~1.4 GB of float16 tokens at 448 px, ViT-S/14); every image is predicted"},
     "seed": {"type": "integer", "default": 0}})
 def foreground_head(data: SaliencyDataset, *, teacher, teacher_settings, hidden, iterations, batch_images, lr,
-                    lr_step, lr_gamma, teacher_iterations, self_weight, seed) -> Iterator[tuple[str, np.ndarray]]:
+                    lr_step, lr_gamma, teacher_iterations, self_weight, train_images,
+                    seed) -> Iterator[tuple[str, np.ndarray]]:
     """A light foreground head trained across the whole dataset (FOUND, Siméoni et al. CVPR 2023, section 3.2 and
     its configs/found_DUTS-TR.yaml; SelfMask's idea of learning saliency from unsupervised masks).
 
@@ -230,9 +236,6 @@ def foreground_head(data: SaliencyDataset, *, teacher, teacher_settings, hidden,
     Yields:
         (name, (h, w) float32 sigmoid foreground probability on the token grid) for every image of the store.
     """
-    import torch
-    import torch.nn.functional as F
-
     teacher_method = REGISTRIES["saliency"].get(teacher)
     if teacher_method.attributes.get("dataset_level"):
         raise ValueError(f"saliency.foreground_head: teacher {teacher!r} is itself trained across the dataset; "
@@ -250,29 +253,27 @@ def foreground_head(data: SaliencyDataset, *, teacher, teacher_settings, hidden,
                                   data.batch_size, data.device, data.progress, f"teacher {teacher}"):
         save_soft_map(soft, teacher_dir / f"{name}.png")
         targets[name] = torch.from_numpy(image_to_grid(soft > 0.5, store.geometry(name)) > 0.5).float().reshape(-1)
-    tokens = _cached_tokens(store, names, data.facet)
-    flat = torch.cat([tokens[name].reshape(-1, tokens[name].shape[-1]).float() for name in names[:256]])
-    mean, std = flat.mean(0), flat.std(0).clamp(min=1e-6)
-    del flat
+    generator = np.random.default_rng(seed)
+    trained = [names[i] for i in sorted(generator.permutation(len(names))[:train_images])]
+    tokens = TokenTable(store, trained, data.facet, device)
+    target_rows = torch.cat([targets[name] for name in trained]).to(device)
     torch.manual_seed(seed)
-    dim = mean.numel()
-    head = (torch.nn.Linear(dim, 1) if hidden == 0 else
-            torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))).to(device)
-    mean, std = mean.to(device), std.to(device)
+    head = (torch.nn.Linear(tokens.dim, 1) if hidden == 0 else
+            torch.nn.Sequential(torch.nn.Linear(tokens.dim, hidden), torch.nn.ReLU(),
+                                torch.nn.Linear(hidden, 1))).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=lr_gamma)
-    generator = np.random.default_rng(seed)
-    order, cursor, curve = generator.permutation(len(names)), 0, []
+    order, cursor, curve = generator.permutation(len(trained)), 0, []
     bar = tqdm(range(iterations), desc="foreground head", unit="it", disable=not data.progress)
     for iteration in bar:
-        if cursor + min(batch_images, len(names)) > len(order):
-            order, cursor = generator.permutation(len(names)), 0
-        batch = [names[i] for i in order[cursor : cursor + batch_images]]
+        if cursor + min(batch_images, len(trained)) > len(order):
+            order, cursor = generator.permutation(len(trained)), 0
+        batch = order[cursor : cursor + batch_images]
         cursor += len(batch)
-        inputs = torch.cat([tokens[name].reshape(-1, dim) for name in batch]).to(device).float()
-        logits = head((inputs - mean) / std).squeeze(1)
+        rows = tokens.rows(batch)
+        logits = head(tokens.standardised(rows)).squeeze(1)
         if iteration < teacher_iterations:
-            loss = F.binary_cross_entropy_with_logits(logits, torch.cat([targets[name] for name in batch]).to(device))
+            loss = F.binary_cross_entropy_with_logits(logits, target_rows[rows])
         else:
             loss = self_weight * F.binary_cross_entropy_with_logits(logits, (logits.detach() > 0).float())
         optimizer.zero_grad()
@@ -287,28 +288,48 @@ def foreground_head(data: SaliencyDataset, *, teacher, teacher_settings, hidden,
     agreement = []
     with torch.no_grad():
         for name in names:
-            grid = tokens[name]
-            probability = torch.sigmoid(head((grid.reshape(-1, dim).to(device).float() - mean) / std)).squeeze(1)
-            agreement.append(float(((probability > 0.5).float().cpu() == targets[name]).float().mean()))
+            grid = torch.from_numpy(store.facet(name, data.facet)).to(device)
+            inputs = (grid.reshape(-1, tokens.dim).half().float() - tokens.mean) / tokens.std
+            probability = torch.sigmoid(head(inputs)).squeeze(1)
+            agreement.append(float(((probability > 0.5).float() == targets[name].to(device)).float().mean()))
             yield name, probability.reshape(grid.shape[:2]).cpu().numpy().astype(np.float32)
-    save_checkpoint({"state_dict": head.state_dict(), "mean": mean.cpu(), "std": std.cpu(), "facet": data.facet,
+    save_checkpoint({"state_dict": head.state_dict(), "mean": tokens.mean.cpu(), "std": tokens.std.cpu(),
+                     "facet": data.facet,
                      "hidden": hidden, "teacher": teacher}, data.extras / "head.pt")
-    write_json(data.extras / "training.json", {"curve": curve, "images": len(names),
+    write_json(data.extras / "training.json", {"curve": curve, "images": len(names), "trained_on": len(trained),
                                                "teacher_agreement": float(np.mean(agreement))})
 
 
-def _cached_tokens(store: FeatureStore, names: Sequence[str], facet: str, budget_bytes: int = 2**31):
-    """name → (h, w, D) torch tensor of the facet: float16 in memory while the whole dataset fits ``budget_bytes``,
-    else read from the store at each access (a mapping either way)."""
-    import torch
+class TokenTable:
+    """Every image's tokens of one facet as rows of one (N_tokens, D) float16 tensor on ``device`` (images in
+    ``names`` order, each image's h·w rows contiguous), with the per-channel mean and std over them (float32, (D,))
+    for standardised inputs: a head trained across the dataset gathers a batch's rows without re-reading the store."""
 
-    first = store.facet(names[0], facet)
-    if first.nbytes // 2 * len(names) > budget_bytes:
-        class _FromStore(dict):
-            def __missing__(self, name):
-                return torch.from_numpy(store.facet(name, facet))
-        return _FromStore()
-    return {name: torch.from_numpy(store.facet(name, facet)).half() for name in names}
+    def __init__(self, store: FeatureStore, names: Sequence[str], facet: str, device):
+        grids = [store.facet(name, facet) for name in names]
+        self.grid_sizes = [grid.shape[:2] for grid in grids]
+        self.dim = grids[0].shape[-1]
+        counts = [h * w for h, w in self.grid_sizes]
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.table = torch.cat([torch.from_numpy(grid.reshape(-1, self.dim)).half() for grid in grids]).to(device)
+        total = torch.zeros(self.dim, dtype=torch.float64, device=device)
+        squares = torch.zeros_like(total)
+        for start in range(0, len(self.table), 1 << 16):  # float64 sums, a chunk at a time
+            chunk = self.table[start : start + (1 << 16)].double()
+            total += chunk.sum(0)
+            squares += (chunk * chunk).sum(0)
+        mean = total / len(self.table)
+        self.mean = mean.float()
+        self.std = (squares / len(self.table) - mean * mean).clamp(min=1e-12).sqrt().float().clamp(min=1e-6)
+
+    def rows(self, positions) -> torch.Tensor:
+        """(n,) int64 row indices of the images at ``positions`` (into ``names``)."""
+        return torch.cat([torch.arange(int(self.offsets[p]), int(self.offsets[p + 1])) for p in positions]).to(
+            self.table.device)
+
+    def standardised(self, rows) -> torch.Tensor:
+        """(n, D) float32 (tokens − mean) / std of those rows."""
+        return (self.table[rows].float() - self.mean) / self.std
 
 
 def save_soft_map(soft_pixels: np.ndarray, path: Path) -> None:
