@@ -30,10 +30,14 @@ VARIANTS = {
     "spectral_bipartition (split, the old default)": {"method": "spectral_bipartition"},
     "spectral_bipartition, threshold otsu": {"method": "spectral_bipartition", "threshold": "otsu"},
     "spectral_bipartition, partition kmeans": {"method": "spectral_bipartition", "partition": "kmeans"},
-    "border_background": {"method": "border_background"},
-    "foreground_head (teacher border_background)": {"method": "foreground_head"},
+    "border_background, statistic median": {"method": "border_background", "statistic": "median"},
+    "border_background, statistic mean": {"method": "border_background", "statistic": "mean"},
+    "foreground_head (teacher border_background), FOUND's self-training": {"method": "foreground_head",
+                                                                          "teacher_iterations": 100},
+    "foreground_head (teacher border_background), the default": {"method": "foreground_head"},
+    "foreground_head (teacher border_background), MLP 64": {"method": "foreground_head", "hidden": 64},
     "foreground_head (teacher spectral_bipartition)": {"method": "foreground_head",
-                                                             "teacher": "spectral_bipartition"},
+                                                       "teacher": "spectral_bipartition"},
 }
 
 

@@ -143,3 +143,25 @@ def test_every_dropped_mask_is_kept_with_its_reason_and_numbers(tmp_path):
     # kept + rejected account for every mask exactly once
     assert len(kept) + len(rejected) == len(masks)
     assert filter_proposals(masks, saliency, 0.5, nms_iou=0.5) == kept
+
+
+def test_unsalient_masks_can_be_kept_below_the_salient_ones_and_scored_by_area():
+    saliency = np.zeros((10, 10), dtype=np.float32)
+    saliency[:, :5] = 1.0
+    inside = box((10, 10), 0, 0, 4, 4)  # 16 px, fully salient
+    outside = box((10, 10), 6, 6, 9, 9)  # 9 px, not salient
+    kept = filter_proposals([det(inside, 0.8), det(outside, 0.9)], saliency, 0.5, nms_iou=1.0, unsalient_weight=0.25)
+    assert [(d["score"], d.get("salient", True)) for d in kept] == [(0.8, True), (0.225, False)]
+    by_area = filter_proposals([det(inside, 0.8), det(outside, 0.9)], saliency, 0.5, nms_iou=1.0,
+                               score="salient_area", unsalient_weight=0.5)
+    assert [d["score"] for d in by_area] == [pytest.approx(1.0 * 16 / 100), pytest.approx(0.5 * 9 / 100)]
+    assert len(filter_proposals([det(inside, 0.8), det(outside, 0.9)], saliency, 0.5, nms_iou=1.0)) == 1
+
+
+def test_a_minimum_area_in_patches_is_the_same_at_every_resolution():
+    from unseg.masks import min_area_cells
+
+    for side in (16, 32, 64):
+        grid = np.zeros((side, side, 1))
+        assert min_area_cells(0.015, grid, min_area_patches=4) == 4
+        assert min_area_cells(0.015, grid) == int(np.ceil(0.015 * side * side))

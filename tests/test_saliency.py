@@ -114,7 +114,8 @@ def planted_teacher(batch):
 
 @pytest.fixture(scope="module")
 def planted_head_store(tiny_store, tmp_path_factory):
-    """tiny_store's three images with planted 4-d keys (few noise channels to overfit) on their 6 x 6 grids (object box differs per image)."""
+    """tiny_store's three images with planted 4-d keys (few noise channels to overfit) on their 6 x 6 grids, the
+    object box differs per image."""
     from unseg.features import write_derived_store
 
     base = FeatureStore(tiny_store[0])

@@ -70,8 +70,11 @@ class MaskBatch:
         return pictures
 
 
-def min_area_cells(min_area_fraction: float, grid: np.ndarray) -> int:
-    """The smallest mask (in token cells, at least one) that ``min_area_fraction`` of an (h, w, D) grid allows."""
+def min_area_cells(min_area_fraction: float, grid: np.ndarray, min_area_patches: int | None = None) -> int:
+    """The smallest mask (in token cells, at least one) of an (h, w, D) grid: ``min_area_patches`` when given (the
+    same number of patches at any resolution), else the ``min_area_fraction`` of the grid."""
+    if min_area_patches is not None:
+        return max(1, int(min_area_patches))
     return max(1, math.ceil(min_area_fraction * grid.shape[0] * grid.shape[1]))
 
 
@@ -88,15 +91,20 @@ SPECTRAL_SCHEMA: dict[str, Any] = {
     "split_components": {"type": "boolean", "default": True,
                          "description": "split each mask into its 4-connected components"},
     "min_area_fraction": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.015,
-                          "description": "drop masks smaller than this fraction of the token grid"},
+                          "description": "drop masks smaller than this fraction of the token grid (unless "
+                                         "min_area_patches is set)"},
+    "min_area_patches": {"type": ["integer", "null"], "minimum": 1, "default": None,
+                         "description": "drop masks of fewer token cells than this (replaces min_area_fraction, "
+                                        "which at 448 px drops every object under ~20 patches; Engstler et al.'s "
+                                        "re-implementation keeps 4)"},
     "seed": {"type": "integer", "default": 0, "description": "k-means seed"},
     "solver_precision": SOLVER_PRECISION,
 }
 
 
 @register("masks", "spectral_multik", schema=SPECTRAL_SCHEMA)
-def spectral_multik(batch: MaskBatch, *, k, split_components, min_area_fraction, seed, solver_precision
-                    ) -> list[list[GridMask]]:
+def spectral_multik(batch: MaskBatch, *, k, split_components, min_area_fraction, min_area_patches, seed,
+                    solver_precision) -> list[list[GridMask]]:
     """Engstler et al. 2023: NJW spectral clustering of the tokens for every k, every cluster (component) a mask.
 
     One batched eigensolve (:func:`~unseg.spectral.grid_spectra`) gives the max(k) smallest eigenvectors of every
@@ -105,7 +113,7 @@ def spectral_multik(batch: MaskBatch, *, k, split_components, min_area_fraction,
     _log_precision(batch, solver_precision)
     ks = tuple(int(value) for value in k)
     spectra = grid_spectra(list(batch.grids), max(ks), device=batch.device, precision=solver_precision)
-    return [multik_masks(grid, ks, split_components, min_area_cells(min_area_fraction, grid), seed,
+    return [multik_masks(grid, ks, split_components, min_area_cells(min_area_fraction, grid, min_area_patches), seed,
                          eigenvectors=vectors)
             for grid, (vectors, _) in zip(batch.grids, spectra)]
 
@@ -122,8 +130,9 @@ def spectral_multik(batch: MaskBatch, *, k, split_components, min_area_fraction,
                      "description": "lambda of the KNN colour (image-matting) affinity added to the feature affinity; "
                                     "0 = features only"},
 })
-def deep_spectral(batch: MaskBatch, *, k, split_components, min_area_fraction, seed, solver_precision,
-                  num_eigenvectors, eigen_masks, drop_background, color_weight) -> list[list[GridMask]]:
+def deep_spectral(batch: MaskBatch, *, k, split_components, min_area_fraction, min_area_patches, seed,
+                  solver_precision, num_eigenvectors, eigen_masks, drop_background, color_weight
+                  ) -> list[list[GridMask]]:
     """Deep Spectral Methods (Melas-Kyriazi et al. 2022): sign splits of the first eigenvectors (border rule) and
     k-means segments of eigenvectors 1..K-1, the border-most segment dropped as background."""
     _log_precision(batch, solver_precision)
@@ -131,8 +140,8 @@ def deep_spectral(batch: MaskBatch, *, k, split_components, min_area_fraction, s
     extra = [color_weight * color_knn_affinity(image) for image in batch.images_at_grid()] if color_weight > 0 else None
     spectra = grid_spectra(list(batch.grids), num_eigenvectors, extra, device=batch.device, precision=solver_precision)
     return [deep_spectral_masks(grid, ks, num_eigenvectors, eigen_masks, split_components,
-                                min_area_cells(min_area_fraction, grid), drop_background, seed, eigenvectors=vectors,
-                                degree=degree)
+                                min_area_cells(min_area_fraction, grid, min_area_patches), drop_background, seed,
+                                eigenvectors=vectors, degree=degree)
             for grid, (vectors, degree) in zip(batch.grids, spectra)]
 
 

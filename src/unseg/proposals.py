@@ -3,8 +3,10 @@
 Artifacts:
 - proposals: a COCO results list like masks (:mod:`unseg.masks`), after the saliency filter and NMS, each with
   ``salient_fraction`` (fraction of the mask's pixels where the soft saliency > 0.5); score = salient_fraction ×
-  max(coherence, 0), so masks that are salient and coherent rank first; ``k``, ``cluster``, ``component`` and
-  ``eigen_index`` are carried over from the mask.
+  max(coherence, 0) (or × area fraction: ``score: salient_area``), so masks that are salient and coherent rank
+  first; with ``unsalient_weight`` > 0 the masks the filter would drop are kept, scored that weight × coherence
+  (or area fraction), marked ``"salient": false``; ``k``, ``cluster``, ``component`` and ``eigen_index`` are carried over from the
+  mask.
 - proposals report: :func:`evaluate_proposals` (class-agnostic AP/AR, recall by instance count, object IoU).
 """
 
@@ -70,16 +72,27 @@ def mask_nms_explained(detections: list[dict], iou_threshold: float
     return [ordered[index] for index in kept], suppressed
 
 
+PROPOSAL_SCORES = ("salient_coherence", "salient_area")
+
+
 def filter_proposals(
-    detections: list[dict], saliency: np.ndarray, min_salient_fraction: float = 0.5, nms_iou: float = 0.5
+    detections: list[dict], saliency: np.ndarray, min_salient_fraction: float = 0.5, nms_iou: float = 0.5,
+    score: str = "salient_coherence", unsalient_weight: float = 0.0,
 ) -> list[dict]:
     """Keep one image's masks that are mostly salient, rescore them, and deduplicate by NMS.
 
     Args:
         detections: that image's masks (COCO results dicts).
         saliency: (H0, W0) float soft foreground; a pixel is salient when > 0.5.
+        score: ``salient_coherence``: salient fraction × max(coherence, 0) (the mask's own score);
+            ``salient_area``: salient fraction × the mask's area fraction of the image (Engstler et al.'s
+            re-implementation).
+        unsalient_weight: 0 drops a mask below ``min_salient_fraction``; > 0 keeps it (``"salient": false``) scored
+            this weight × its coherence or area fraction (the salient fraction left out: it is near 0 for exactly
+            the objects the saliency map missed), so recall can rise while salient masks mostly rank first.
     """
-    return filter_proposals_explained(detections, saliency, min_salient_fraction, nms_iou)[0]
+    return filter_proposals_explained(detections, saliency, min_salient_fraction, nms_iou, score,
+                                      unsalient_weight)[0]
 
 
 def _origin(det: dict) -> str:
@@ -87,19 +100,25 @@ def _origin(det: dict) -> str:
 
 
 def filter_proposals_explained(
-    detections: list[dict], saliency: np.ndarray, min_salient_fraction: float = 0.5, nms_iou: float = 0.5
+    detections: list[dict], saliency: np.ndarray, min_salient_fraction: float = 0.5, nms_iou: float = 0.5,
+    score: str = "salient_coherence", unsalient_weight: float = 0.0,
 ) -> tuple[list[dict], list[dict]]:
     """:func:`filter_proposals`, and the masks it dropped, each with why: ``rejected`` (``"saliency"`` or
     ``"nms"``), ``reason`` (a sentence with the numbers), its ``salient_fraction``, and for NMS ``suppressed_by``
     (score, origin and IoU of the kept mask that won)."""
+    if score not in PROPOSAL_SCORES:
+        raise ValueError(f"proposals score {score!r}: one of {PROPOSAL_SCORES}")
     salient = saliency > 0.5
     candidates, rejected = [], []
     for det in detections:
         pixels = decode_rle(det["segmentation"])
         fraction = float(salient[pixels].mean()) if pixels.any() else 0.0
+        quality = max(det["score"], 0.0) if score == "salient_coherence" else float(pixels.mean())
         if fraction >= min_salient_fraction:
-            candidates.append({**det, "salient_fraction": round(fraction, 6),
-                               "score": round(fraction * max(det["score"], 0.0), 6)})
+            candidates.append({**det, "salient_fraction": round(fraction, 6), "score": round(fraction * quality, 6)})
+        elif unsalient_weight > 0:
+            candidates.append({**det, "salient_fraction": round(fraction, 6), "salient": False,
+                               "score": round(unsalient_weight * quality, 6)})
         else:
             rejected.append({**det, "salient_fraction": round(fraction, 6), "rejected": "saliency",
                              "reason": f"salient fraction {fraction:.2f} < {min_salient_fraction:g}"})
@@ -154,6 +173,7 @@ def run_proposals(
     names_by_id = index_names_by_id(index)
     image_paths = dict(zip(index["name"], index["path"]))
     min_salient_fraction, nms_iou, crf = settings["min_salient_fraction"], settings["nms_iou"], settings["crf"]
+    score, unsalient_weight = settings.get("score", "salient_coherence"), settings.get("unsalient_weight", 0.0)
     if crf and not image_paths:
         raise ValueError("CRF refinement of proposals needs the image paths")
     by_image: dict[int, list[dict]] = {}
@@ -163,7 +183,7 @@ def run_proposals(
     for image_id, detections in tqdm(sorted(by_image.items()), desc="proposals", unit="img", disable=not progress):
         name = names_by_id[image_id]
         kept, rejected = filter_proposals_explained(detections, read_saliency(saliency_dir, name),
-                                                    min_salient_fraction, nms_iou)
+                                                    min_salient_fraction, nms_iou, score, unsalient_weight)
         if crf:
             image = read_image(image_paths[name])
             refined = []

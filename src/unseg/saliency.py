@@ -142,9 +142,10 @@ def kmeans_bipartition(eigenvectors: np.ndarray, grid_size: tuple[int, int], see
 
 
 @register("saliency", "border_background", schema={
-    "statistic": {"enum": ["median", "mean"], "default": "median",
-                  "description": "how a token's cosine similarities to the border tokens are pooled: median (a "
-                                 "few border tokens on the object do not make it background) or mean"}})
+    "statistic": {"enum": ["mean", "median"], "default": "mean",
+                  "description": "how a token's cosine similarities to the border tokens are pooled: mean, or median "
+                                 "(less swayed by border tokens that lie on the object; 2.3 IoU lower on the shared "
+                                 "horses, docs/benchmarks.md)"}})
 def border_background(batch: SaliencyBatch, *, statistic) -> list[np.ndarray]:
     """Background prior (Wei et al., ECCV 2012, "Geodesic saliency using background priors"; the idea FOUND, Siméoni
     et al. CVPR 2023, builds on: observe the background to find the object): the image border is mostly background,
@@ -210,9 +211,11 @@ def folder_listing_digest(path: str | Path) -> str:
     "lr_step": {"type": "integer", "minimum": 1, "default": 50, "description": "StepLR step in iterations (FOUND)"},
     "lr_gamma": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.95,
                  "description": "StepLR factor (FOUND)"},
-    "teacher_iterations": {"type": "integer", "minimum": 0, "default": 100,
-                           "description": "iterations on the teacher's targets (FOUND's stop_bkg_loss); after them "
-                                          "the head trains on its own binarised predictions"},
+    "teacher_iterations": {"type": ["integer", "null"], "minimum": 0, "default": None,
+                           "description": "iterations on the teacher's targets, after which the head trains on its own "
+                                          "binarised predictions (FOUND's stop_bkg_loss: 100); null: all of them. "
+                                          "Without FOUND's bilateral-solver loss that self-training costs 2.2 IoU on "
+                                          "the shared horses (docs/benchmarks.md), so it is off by default"},
     "self_weight": {"type": "number", "minimum": 0, "default": 4.0,
                     "description": "weight of the self-training loss (FOUND's w_self_loss)"},
     "train_images": {"type": "integer", "minimum": 1, "default": 2048,
@@ -228,10 +231,11 @@ def foreground_head(data: SaliencyDataset, *, teacher, teacher_settings, hidden,
     The teacher method's maps of every image (kept in ``extras/teacher/``) become per-token binary targets (a token
     is foreground when more than half its footprint is > 0.5). A 1×1 convolution (or a small MLP) over the
     standardised frozen tokens learns them with binary cross-entropy for ``teacher_iterations`` iterations of
-    ``batch_images`` images, then trains on its own binarised predictions (weight ``self_weight``), AdamW with a
-    step schedule, FOUND's values throughout. Departures from FOUND: tokens come from the feature store (no image
-    augmentation), inputs are standardised (dataset mean and std per channel), and its bilateral-solver loss is left
-    out. The head, its statistics and the loss curve are kept in ``extras/``.
+    ``batch_images`` images, then (when ``teacher_iterations`` is set) trains on its own binarised predictions
+    (weight ``self_weight``), AdamW with a step schedule, FOUND's values throughout. Departures from FOUND: tokens
+    come from the feature store (no image augmentation), inputs are standardised (dataset mean and std per channel),
+    its bilateral-solver loss is left out, and so its self-training is off by default. The head, its statistics and
+    the loss curve are kept in ``extras/``.
 
     Yields:
         (name, (h, w) float32 sigmoid foreground probability on the token grid) for every image of the store.
@@ -244,6 +248,7 @@ def foreground_head(data: SaliencyDataset, *, teacher, teacher_settings, hidden,
     if unknown:
         raise ValueError(f"saliency.foreground_head.teacher_settings: {unknown} are not settings of {teacher!r} "
                          f"(it takes {sorted(teacher_method.schema)})")
+    teacher_iterations = iterations if teacher_iterations is None else teacher_iterations
     store, device = data.store, torch.device(data.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     names = store.names
     teacher_dir = data.extras / "teacher"
