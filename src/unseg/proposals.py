@@ -5,8 +5,8 @@ Artifacts:
   ``salient_fraction`` (fraction of the mask's pixels where the soft saliency > 0.5); score = salient_fraction ×
   max(coherence, 0) (or × area fraction: ``score: salient_area``), so masks that are salient and coherent rank
   first; with ``unsalient_weight`` > 0 the masks the filter would drop are kept, scored that weight × coherence
-  (or area fraction), marked ``"salient": false``; ``k``, ``cluster``, ``component`` and ``eigen_index`` are carried over from the
-  mask.
+  (or area fraction), marked ``"salient": false``; ``k``, ``cluster``, ``component`` and ``eigen_index`` are
+  carried over from the mask.
 - proposals report: :func:`evaluate_proposals` (class-agnostic AP/AR, recall by instance count, object IoU).
 """
 

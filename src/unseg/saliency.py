@@ -214,7 +214,7 @@ def folder_listing_digest(path: str | Path) -> str:
     "teacher_iterations": {"type": ["integer", "null"], "minimum": 0, "default": None,
                            "description": "iterations on the teacher's targets, after which the head trains on its own "
                                           "binarised predictions (FOUND's stop_bkg_loss: 100); null: all of them. "
-                                          "Without FOUND's bilateral-solver loss that self-training costs 2.2 IoU on "
+                                          "Without FOUND's bilateral-solver loss that self-training costs 2.0 IoU on "
                                           "the shared horses (docs/benchmarks.md), so it is off by default"},
     "self_weight": {"type": "number", "minimum": 0, "default": 4.0,
                     "description": "weight of the self-training loss (FOUND's w_self_loss)"},
