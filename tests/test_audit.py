@@ -19,3 +19,37 @@ def test_audit_masks_shows_panels_per_k_and_per_eigenvector(tmp_path):
     text = page.read_text()
     assert "k=3: 1 masks" in text and "eigenvector 1: 2 masks" in text and "eigenvector 2: 1 masks" in text
     assert len(list((tmp_path / "audit").glob("*.png"))) == 4  # image + k=3 + two eigenvectors
+
+
+def test_the_saliency_page_scores_every_image_and_shows_the_worst_first(tmp_path):
+    import re
+
+    from unseg.audit import audit_saliency
+    from unseg.io import write_label_png
+
+    (tmp_path / "saliency" / "extras" / "teacher").mkdir(parents=True)
+    truth = np.zeros((10, 10), dtype=np.uint8)
+    truth[:, :5] = 1  # 50 foreground pixels
+    truth[0, 0] = 255  # void: left out
+    # predicted foreground: "good" = the truth (49 valid pixels), "half" = 26 of them (columns 0-2, rows 0-8, not the
+    # void corner), "bad" = the other side
+    half = (truth == 1) & (np.arange(10)[None, :] < 3) & (np.arange(10)[:, None] < 9)
+    predictions = {"good": truth == 1, "half": half,
+                   "bad": truth == 0}
+    images, ground_truth = [], {}
+    for image_id, (name, mask) in enumerate(predictions.items(), 1):
+        Image.fromarray(np.full((10, 10, 3), 90, dtype=np.uint8)).save(tmp_path / f"{name}.png")
+        Image.fromarray(np.where(mask, 230, 20).astype(np.uint8), mode="L").save(tmp_path / "saliency" / f"{name}.png")
+        write_label_png(tmp_path / f"{name}-gt.png", truth)
+        images.append((image_id, name, str(tmp_path / f"{name}.png")))
+        ground_truth[name] = str(tmp_path / f"{name}-gt.png")
+    Image.fromarray(np.full((10, 10), 255, np.uint8), mode="L").save(tmp_path / "saliency/extras/teacher/bad.png")
+    page = audit_saliency(images, tmp_path / "saliency", tmp_path / "audit", ground_truth, max_images=2)
+    text = page.read_text()
+    table = dict(re.findall(r"<tr><td>(?:<a href='#\w+'>)?(\w+)(?:</a>)?</td><td data-value='([0-9.e+-]+)'", text))
+    assert {name: round(float(value), 4) for name, value in table.items()} == {
+        "bad": 0.0, "half": round(100 * 26 / 49, 4), "good": 100.0}
+    assert list(table) == ["bad", "half", "good"]  # worst first
+    assert re.findall(r'<section id="(\w+)">', text) == ["bad", "half"]  # the gallery: the two worst
+    assert "href='#good'" not in text and "href='#bad'" in text
+    assert text.count("teacher (&gt; 0.5)") == 1 and "<script>" in text

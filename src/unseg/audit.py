@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .io import (
+    IGNORE_LABEL,
     atomic_output,
     decode_rle,
     read_image,
@@ -33,9 +34,34 @@ def _thumbnail(picture: np.ndarray, max_side: int) -> Image.Image:
     return image
 
 
+# Click a column header to sort the per-image table by it (numbers numerically, a second click reverses).
+SORTABLE_TABLE_SCRIPT = (
+    "<script>document.querySelectorAll('table.sortable th').forEach((th,col)=>th.addEventListener('click',()=>{"
+    "const body=th.closest('table').tBodies[0];const rows=[...body.rows];const dir=th.dataset.dir==='asc'?-1:1;"
+    "th.dataset.dir=dir===1?'asc':'desc';const key=r=>{const t=r.cells[col].dataset.value??r.cells[col].textContent;"
+    "const n=parseFloat(t);return isNaN(n)?t:n};rows.sort((a,b)=>{const x=key(a),y=key(b);"
+    "return (x>y?1:x<y?-1:0)*dir});rows.forEach(r=>body.appendChild(r))}))</script>"
+)
+
+
+def per_image_table(columns: Sequence[str], rows: Sequence[tuple[str, Sequence[float | str]]],
+                    shown: set[str]) -> str:
+    """HTML of a sortable table with one row per image: its name (a link to its gallery row when the gallery shows
+    it) and ``columns`` of values (numbers printed with one decimal, sorted numerically)."""
+    head = "".join(f"<th>{html.escape(column)}</th>" for column in ["image", *columns])
+    body = []
+    for name, values in rows:
+        label = (f"<a href='#{html.escape(name)}'>{html.escape(name)}</a>" if name in shown else html.escape(name))
+        cells = "".join(f"<td data-value='{value:.6g}'>{value:.1f}</td>" if isinstance(value, (int, float))
+                        else f"<td>{html.escape(str(value))}</td>" for value in values)
+        body.append(f"<tr><td>{label}</td>{cells}</tr>")
+    return (f"<table class='sortable'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            + SORTABLE_TABLE_SCRIPT)
+
+
 def write_gallery(
     out_dir: str | Path, title: str, rows: Sequence[tuple[str, Sequence[Panel]]], notes: str = "", max_side: int = 256,
-    provenance: str | Path | None = None,
+    provenance: str | Path | None = None, table_html: str = "",
 ) -> Path:
     """Write ``out_dir/index.html`` with one row of captioned panels per image (atomically, as a folder).
 
@@ -43,6 +69,7 @@ def write_gallery(
         rows: (image name, panels) per image; each panel is (caption, (H, W, 3) uint8).
         provenance: the audited artifact's provenance sidecar, linked (relative, so the page still opens from disk)
             from the page's header.
+        table_html: a per-image table (:func:`per_image_table`) shown above the gallery.
     """
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
@@ -54,7 +81,8 @@ def write_gallery(
                 _thumbnail(picture, max_side).save(tmp / file_name)
                 cells.append(f'<figure><img src="{file_name}" loading="lazy">'
                              f'<figcaption>{html.escape(caption)}</figcaption></figure>')
-            body.append(f'<section><h2>{html.escape(name)}</h2><div class="row">{"".join(cells)}</div></section>')
+            body.append(f'<section id="{html.escape(name)}"><h2>{html.escape(name)}</h2>'
+                        f'<div class="row">{"".join(cells)}</div></section>')
         if provenance is not None:
             link = os.path.relpath(provenance, Path(out_dir).resolve())
             notes_html = (f"<p>{html.escape(notes)}</p><p class='provenance'>What made it: <a href="
@@ -69,7 +97,9 @@ def write_gallery(
             ".row{display:flex;flex-wrap:wrap;gap:8px}"
             "figure{margin:0;background:#fff;padding:4px;border:1px solid #ddd}"
             "figcaption{font-size:12px;text-align:center;max-width:256px}h2{font-size:15px;margin:1em 0 .3em}"
-            f"</style></head><body><h1>{html.escape(title)}</h1>{notes_html}{''.join(body)}</body></html>"
+            "table{border-collapse:collapse;font-size:13px;margin:.5em 0 1em}td,th{border:1px solid #ddd;"
+            "padding:2px 8px;text-align:right}th{cursor:pointer;background:#eee}"
+            f"</style></head><body><h1>{html.escape(title)}</h1>{notes_html}{table_html}{''.join(body)}</body></html>"
         )
     return Path(out_dir) / "index.html"
 
@@ -149,6 +179,56 @@ def audit_proposals(
     return write_gallery(out_dir, "Proposals after the saliency filter and NMS", rows, notes, provenance=provenance)
 
 
+def ground_truth_foreground(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(foreground, valid) (H, W) bool masks of a ground-truth label PNG: label > 0, and not void (255)."""
+    labels = read_label_png(path)
+    return (labels > 0) & (labels != IGNORE_LABEL), labels != IGNORE_LABEL
+
+
+def audit_saliency(
+    images: Sequence[tuple[int, str, str]], saliency_dir: str | Path, out_dir: str | Path,
+    ground_truth: dict[str, str] | None = None, max_images: int = 12, provenance: str | Path | None = None,
+) -> Path:
+    """Every image's saliency in a sortable table (foreground fraction; with ground truth, foreground IoU of
+    ``> 0.5``, void left out), and a gallery of ``max_images`` of them, worst IoU first when there is ground truth:
+    the image, the soft map, its foreground (> 0.5), the ground truth, and a trained head's teacher map when the
+    variant keeps one (``extras/teacher/``)."""
+    ground_truth = ground_truth or {}
+    teacher_dir = Path(saliency_dir) / "extras" / "teacher"
+    scored = []
+    for position, (image_id, name, path) in enumerate(images):
+        soft = read_saliency(saliency_dir, name)
+        values: dict[str, float] = {"foreground %": 100 * float((soft > 0.5).mean())}
+        if ground_truth.get(name):
+            truth, valid = ground_truth_foreground(ground_truth[name])
+            predicted = (soft > 0.5) & valid
+            union = (predicted | truth).sum()
+            values["IoU"] = 100 * float((predicted & truth).sum() / union) if union else 100.0
+        scored.append((values.get("IoU", position), name, path, values))
+    if any("IoU" in values for *_, values in scored):
+        scored.sort(key=lambda item: item[0])  # worst first
+    shown = scored[:max_images]
+    rows = []
+    for _, name, path, values in shown:
+        image = read_image(path)
+        soft = read_saliency(saliency_dir, name)
+        panels: list[Panel] = [("image", image), ("soft map", overlay_heatmap(image, soft)),
+                               ("foreground (> 0.5)" + (f", IoU {values['IoU']:.1f}" if "IoU" in values else ""),
+                                overlay_masks(image, [soft > 0.5]))]
+        if ground_truth.get(name):
+            panels.append(("ground truth", overlay_masks(image, [ground_truth_foreground(ground_truth[name])[0]])))
+        if (teacher_dir / f"{name}.png").is_file():
+            panels.append(("teacher (> 0.5)", overlay_masks(image, [read_saliency(teacher_dir, name) > 0.5])))
+        rows.append((name, panels))
+    columns = ["IoU", "foreground %"] if any("IoU" in values for *_, values in scored) else ["foreground %"]
+    table = per_image_table(columns, [(name, [values.get(column, "") for column in columns])
+                                      for _, name, _, values in scored], {name for _, name, _, _ in shown})
+    order = "worst foreground IoU first" if "IoU" in columns else "in index order"
+    notes = (f"{len(scored)} images in the table (click a header to sort); the gallery shows {len(shown)}, {order}. "
+             "Foreground is the stored map > 0.5.")
+    return write_gallery(out_dir, "Saliency maps", rows, notes, provenance=provenance, table_html=table)
+
+
 def audit_label_maps(
     images: Sequence[tuple[int, str, str]],
     label_dirs: Sequence[tuple[str, str | Path]],
@@ -178,22 +258,28 @@ def audit_label_maps(
 
 
 def audit_stage(stage: str, inputs: dict[str, str], out_html: str | Path, max_images: int = 12) -> Path:
-    """Write the audit page of one stage ("masks", "proposals", "pseudolabels" or "predict").
+    """Write the audit page of one stage ("masks", "saliency", "proposals", "pseudolabels" or "predict").
 
     Args:
-        inputs: role → path: always ``index``; ``masks``; ``proposals`` and ``saliency``; ``labels`` (and
+        inputs: role → path: always ``index``; ``masks``; ``saliency``; ``proposals`` and ``saliency``; ``labels`` (and
             ``pseudolabels`` for predict, shown beside the predictions).
         out_html: the page's ``index.html``; its folder holds the panels.
     """
     from .index import read_index
 
-    index = read_index(inputs["index"]).head(max_images)
+    full_index = read_index(inputs["index"])
+    index = full_index.head(max_images)
     images = list(zip(index.image_id.tolist(), index.name.tolist(), index.path.tolist()))
-    ground_truth = {name: path for name, path in zip(index.name, index.gt_semantic) if isinstance(path, str) and path}
+    ground_truth = {name: path for name, path in zip(full_index.name, full_index.gt_semantic)
+                    if isinstance(path, str) and path}
     out_dir = Path(out_html).parent
-    audited = {"masks": "masks", "proposals": "proposals", "pseudolabels": "labels", "predict": "labels"}
+    audited = {"masks": "masks", "proposals": "proposals", "pseudolabels": "labels", "predict": "labels",
+               "saliency": "saliency"}
     sidecar = sidecar_path(inputs[audited[stage]]).resolve() if stage in audited else None
     provenance = sidecar if sidecar is not None and sidecar.is_file() else None
+    if stage == "saliency":  # every image is scored; the gallery shows the worst max_images
+        every_image = list(zip(full_index.image_id.tolist(), full_index.name.tolist(), full_index.path.tolist()))
+        return audit_saliency(every_image, inputs["saliency"], out_dir, ground_truth, max_images, provenance)
     if stage == "masks":
         return audit_masks(images, inputs["masks"], out_dir, provenance)
     if stage == "proposals":

@@ -21,6 +21,28 @@ rule audit_masks:
         "../scripts/audit.py"
 
 
+rule audit_saliency:
+    input:
+        index=PATHS["index"],
+        saliency=PATHS["saliency"],
+    output:
+        report(
+            PATHS["audit_saliency"],
+            caption="../report/audit.rst",
+            category="Audit",
+            subcategory="saliency",
+        ),
+    params:
+        max_images=config["audit"]["max_images"],
+    threads: 1
+    log:
+        f"{LOGS}/audit/saliency/{{variant}}.log",
+    conda:
+        "../envs/unseg.yaml"
+    script:
+        "../scripts/audit.py"
+
+
 rule audit_proposals:
     input:
         index=PATHS["index"],
