@@ -77,3 +77,17 @@ def training(out: Path, pause: float = 0.0) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.Popen(training_command(out, pause), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+
+
+# A headless Chromium from the distribution's packages (Debian: apt-get install chromium-headless-shell, or
+# chromium); the browser tests skip without one.
+BROWSER = next((path for path in (os.environ.get("UNSEG_TEST_BROWSER"), "chromium-headless-shell", "chromium",
+                                  "chromium-browser") if path and __import__("shutil").which(path)), None)
+
+
+def load_in_browser(url: str, timeout: float = 90) -> tuple[str, list[str]]:
+    """Load ``url`` in the headless browser, run its scripts: (the DOM after them, the page's console messages)."""
+    result = subprocess.run([BROWSER, "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+                             "--dump-dom", url], capture_output=True, text=True, timeout=timeout)
+    console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+    return result.stdout, console

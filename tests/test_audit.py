@@ -1,9 +1,12 @@
 """Audit pages: galleries of the intermediate masks."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from unseg.io import encode_rle, write_json
+
+from helpers import BROWSER, load_in_browser
 
 
 def test_audit_masks_shows_panels_per_k_and_per_eigenvector(tmp_path):
@@ -21,9 +24,8 @@ def test_audit_masks_shows_panels_per_k_and_per_eigenvector(tmp_path):
     assert len(list((tmp_path / "audit").glob("*.png"))) == 4  # image + k=3 + two eigenvectors
 
 
-def test_the_saliency_page_scores_every_image_and_shows_the_worst_first(tmp_path):
-    import re
-
+def saliency_page(tmp_path):
+    """The saliency page of three 10 x 10 images whose maps have foreground IoU 100, 26/49 and 0 (void left out)."""
     from unseg.audit import audit_saliency
     from unseg.io import write_label_png
 
@@ -44,8 +46,13 @@ def test_the_saliency_page_scores_every_image_and_shows_the_worst_first(tmp_path
         images.append((image_id, name, str(tmp_path / f"{name}.png")))
         ground_truth[name] = str(tmp_path / f"{name}-gt.png")
     Image.fromarray(np.full((10, 10), 255, np.uint8), mode="L").save(tmp_path / "saliency/extras/teacher/bad.png")
-    page = audit_saliency(images, tmp_path / "saliency", tmp_path / "audit", ground_truth, max_images=2)
-    text = page.read_text()
+    return audit_saliency(images, tmp_path / "saliency", tmp_path / "audit", ground_truth, max_images=2)
+
+
+def test_the_saliency_page_scores_every_image_and_shows_the_worst_first(tmp_path):
+    import re
+
+    text = saliency_page(tmp_path).read_text()
     table = dict(re.findall(r"<tr><td>(?:<a href='#\w+'>)?(\w+)(?:</a>)?</td><td data-value='([0-9.e+-]+)'", text))
     assert {name: round(float(value), 4) for name, value in table.items()} == {
         "bad": 0.0, "half": round(100 * 26 / 49, 4), "good": 100.0}
@@ -53,3 +60,21 @@ def test_the_saliency_page_scores_every_image_and_shows_the_worst_first(tmp_path
     assert re.findall(r'<section id="(\w+)">', text) == ["bad", "half"]  # the gallery: the two worst
     assert "href='#good'" not in text and "href='#bad'" in text
     assert text.count("teacher (&gt; 0.5)") == 1 and "<script>" in text
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no headless Chromium (apt-get install chromium-headless-shell)")
+def test_in_a_browser_the_saliency_table_sorts_and_every_image_decodes(tmp_path):
+    import re
+
+    page = saliency_page(tmp_path)
+    order = {}
+    for fragment in ("", "#sort=-1", "#sort=1", "#sort=-2"):
+        dom, console = load_in_browser(page.resolve().as_uri() + fragment)
+        assert console == [], console  # no script error, no failed load reported by the page
+        order[fragment] = re.findall(r"<tr><td>(?:<a href=\"#\w+\">)?(\w+)", dom)
+        for source in re.findall(r'<img src="([^"]+)"', dom):
+            with Image.open(page.parent / source) as image:
+                image.load()  # decodes
+    assert order[""] == order["#sort=1"] == ["bad", "half", "good"]  # by IoU, worst first
+    assert order["#sort=-1"] == ["good", "half", "bad"]
+    assert order["#sort=-2"][0] == "bad"  # the largest foreground: the other side of the image

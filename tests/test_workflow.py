@@ -13,6 +13,7 @@ import torch
 import yaml
 from pycocotools.coco import COCO
 
+from helpers import BROWSER, load_in_browser
 from workflow_helpers import ROOT, SNAKEMAKE, TINY, snakemake
 
 
@@ -383,3 +384,21 @@ def test_the_proposals_keep_account_of_every_mask_they_drop(tiny_run):
     assert len(kept) + len(rejected) == len(masks) and rejected
     assert {d["rejected"] for d in rejected} <= {"saliency", "nms"} and all(d["reason"] for d in rejected)
     assert "dropped by" in (results / "audit/proposals/default/index.html").read_text()
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no headless Chromium (apt-get install chromium-headless-shell)")
+def test_every_gallery_of_the_tiny_run_loads_in_a_browser_without_errors(tiny_run):
+    from PIL import Image
+
+    workdir, _, _ = tiny_run
+    pages = sorted((workdir / "results" / "tiny" / "audit").glob("*/*/index.html"))
+    assert {page.parent.parent.name for page in pages} == {"masks", "saliency", "proposals", "pseudolabels",
+                                                            "predict"}
+    for page in pages:
+        dom, console = load_in_browser(page.resolve().as_uri())
+        assert console == [], (page, console)
+        sources = re.findall(r'<img src="([^"]+)"', dom)
+        assert sources, page
+        for source in sources:
+            with Image.open(page.parent / source) as image:
+                image.load()

@@ -34,13 +34,17 @@ def _thumbnail(picture: np.ndarray, max_side: int) -> Image.Image:
     return image
 
 
-# Click a column header to sort the per-image table by it (numbers numerically, a second click reverses).
+# Click a column header to sort the per-image table by it (numbers numerically, a second click reverses); a page
+# opened as index.html#sort=2 (or #sort=-2, descending) starts sorted by column 2.
 SORTABLE_TABLE_SCRIPT = (
-    "<script>document.querySelectorAll('table.sortable th').forEach((th,col)=>th.addEventListener('click',()=>{"
-    "const body=th.closest('table').tBodies[0];const rows=[...body.rows];const dir=th.dataset.dir==='asc'?-1:1;"
-    "th.dataset.dir=dir===1?'asc':'desc';const key=r=>{const t=r.cells[col].dataset.value??r.cells[col].textContent;"
-    "const n=parseFloat(t);return isNaN(n)?t:n};rows.sort((a,b)=>{const x=key(a),y=key(b);"
-    "return (x>y?1:x<y?-1:0)*dir});rows.forEach(r=>body.appendChild(r))}))</script>"
+    "<script>function sortTable(th,dir){const body=th.closest('table').tBodies[0];const col=th.cellIndex;"
+    "const key=r=>{const t=r.cells[col].dataset.value??r.cells[col].textContent;const n=parseFloat(t);"
+    "return isNaN(n)?t:n};const rows=[...body.rows];rows.sort((a,b)=>{const x=key(a),y=key(b);"
+    "return (x>y?1:x<y?-1:0)*dir});rows.forEach(r=>body.appendChild(r));th.dataset.dir=dir>0?'asc':'desc'}"
+    "document.querySelectorAll('table.sortable th').forEach(th=>th.addEventListener('click',"
+    "()=>sortTable(th,th.dataset.dir==='asc'?-1:1)));"
+    "const m=location.hash.match(/^#sort=(-?)(\\d+)$/);if(m){const th=document.querySelectorAll("
+    "'table.sortable th')[+m[2]];if(th)sortTable(th,m[1]?-1:1)}</script>"
 )
 
 
@@ -55,8 +59,8 @@ def per_image_table(columns: Sequence[str], rows: Sequence[tuple[str, Sequence[f
         cells = "".join(f"<td data-value='{value:.6g}'>{value:.1f}</td>" if isinstance(value, (int, float))
                         else f"<td>{html.escape(str(value))}</td>" for value in values)
         body.append(f"<tr><td>{label}</td>{cells}</tr>")
-    return (f"<table class='sortable'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-            + SORTABLE_TABLE_SCRIPT)
+    return (f"<div class='table'><table class='sortable'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div>" + SORTABLE_TABLE_SCRIPT)
 
 
 def write_gallery(
@@ -98,7 +102,8 @@ def write_gallery(
             "figure{margin:0;background:#fff;padding:4px;border:1px solid #ddd}"
             "figcaption{font-size:12px;text-align:center;max-width:256px}h2{font-size:15px;margin:1em 0 .3em}"
             "table{border-collapse:collapse;font-size:13px;margin:.5em 0 1em}td,th{border:1px solid #ddd;"
-            "padding:2px 8px;text-align:right}th{cursor:pointer;background:#eee}"
+            "padding:2px 8px;text-align:right}th{cursor:pointer;background:#eee;position:sticky;top:0}"
+            "div.table{max-height:320px;overflow-y:auto;display:inline-block}"
             f"</style></head><body><h1>{html.escape(title)}</h1>{notes_html}{table_html}{''.join(body)}</body></html>"
         )
     return Path(out_dir) / "index.html"
