@@ -91,3 +91,10 @@ def load_in_browser(url: str, timeout: float = 90) -> tuple[str, list[str]]:
                              "--dump-dom", url], capture_output=True, text=True, timeout=timeout)
     console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
     return result.stdout, console
+
+
+def screenshot(url: str, out_png: str | Path, size: tuple[int, int] = (900, 700), timeout: float = 90) -> Path:
+    """A PNG of ``url`` rendered by the headless browser at ``size`` (width, height) CSS pixels."""
+    subprocess.run([BROWSER, "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={size[0]},{size[1]}",
+                    f"--screenshot={out_png}", url], capture_output=True, text=True, timeout=timeout, check=True)
+    return Path(out_png)

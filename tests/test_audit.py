@@ -1,12 +1,14 @@
 """Audit pages: galleries of the intermediate masks."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from unseg.io import encode_rle, write_json
 
-from helpers import BROWSER, load_in_browser
+from helpers import BROWSER, load_in_browser, screenshot
 
 
 def test_audit_masks_shows_panels_per_k_and_per_eigenvector(tmp_path):
@@ -78,3 +80,22 @@ def test_in_a_browser_the_saliency_table_sorts_and_every_image_decodes(tmp_path)
     assert order[""] == order["#sort=1"] == ["bad", "half", "good"]  # by IoU, worst first
     assert order["#sort=-1"] == ["good", "half", "bad"]
     assert order["#sort=-2"][0] == "bad"  # the largest foreground: the other side of the image
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no headless Chromium (apt-get install chromium-headless-shell)")
+def test_the_saliency_page_looks_as_it_did(tmp_path):
+    """The rendered page against tests/data/audit-saliency.png (UNSEG_UPDATE_SCREENSHOTS=1 rewrites it): at most
+    2 % of the pixels may differ by more than 32 grey levels (font hinting differs between Chromium builds)."""
+    import os
+    import shutil
+
+    reference = Path(__file__).parent / "data" / "audit-saliency.png"
+    shot = screenshot(saliency_page(tmp_path).resolve().as_uri(), tmp_path / "shot.png")
+    if os.environ.get("UNSEG_UPDATE_SCREENSHOTS") or not reference.exists():
+        reference.parent.mkdir(exist_ok=True)
+        shutil.copy(shot, reference)
+        pytest.skip(f"wrote the reference {reference}")
+    now = np.asarray(Image.open(shot).convert("L"), dtype=np.int16)
+    then = np.asarray(Image.open(reference).convert("L"), dtype=np.int16)
+    assert now.shape == then.shape
+    assert (np.abs(now - then) > 32).mean() < 0.02
