@@ -5,7 +5,7 @@ daemons listen on free ports, so two test runs at once do not meet and nothing u
 the cluster through ``SLURM_CONF`` in :attr:`SlurmCluster.env`. The node has 2 CPUs, 20 GB and one fake GPU (a
 ``/dev/null``-like character device, which SLURM schedules like a real one); partitions ``cpu`` and ``gpu``, the names
 profiles/slurm uses. Without slurmdbd there is no ``sacct``: query job states with ``squeue`` (jobs stay listed for
-``MinJobAge`` = 300 s after they end).
+``MinJobAge`` = 3600 s after they end).
 
 Install the daemons on Debian/Ubuntu with ``apt-get install -y slurm-wlm munge``.
 """
@@ -69,7 +69,8 @@ def slurm_conf(folder: Path, ctld_port: int, slurmd_port: int) -> str:
         "SelectType=select/cons_tres",
         "SelectTypeParameters=CR_Core_Memory",
         "DefMemPerCPU=1000",  # without it a job without --mem takes the whole node's memory
-        "MinJobAge=300",  # finished jobs stay visible to squeue/scontrol: the status source without slurmdbd
+        "MinJobAge=3600",  # finished jobs stay visible to squeue/scontrol (the status source without slurmdbd) for
+        # the whole run: a test counts them at its end
         "ReturnToService=2",
         "JobAcctGatherType=jobacct_gather/none",
         "AccountingStorageType=accounting_storage/none",
