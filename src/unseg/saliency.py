@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import save_checkpoint
 from .cluster import kmeans
+from .devices import resolve_device
 from .geometry import grid_to_image, image_to_grid
 from .io import atomic_output, read_label_png, write_json
 from .registry import REGISTRIES, register
@@ -249,7 +250,7 @@ def foreground_head(data: SaliencyDataset, *, teacher, teacher_settings, hidden,
         raise ValueError(f"saliency.foreground_head.teacher_settings: {unknown} are not settings of {teacher!r} "
                          f"(it takes {sorted(teacher_method.schema)})")
     teacher_iterations = iterations if teacher_iterations is None else teacher_iterations
-    store, device = data.store, torch.device(data.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    store, device = data.store, resolve_device(data.device)
     names = store.names
     teacher_dir = data.extras / "teacher"
     teacher_dir.mkdir(parents=True, exist_ok=True)
