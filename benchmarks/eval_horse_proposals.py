@@ -79,7 +79,7 @@ def main() -> None:
         seconds = time.perf_counter() - start
         run_proposals(folder / "masks.json", args.work / "saliency", args.work / "subset.csv",
                       folder / "proposals.json", settings("proposals"))
-        metrics = evaluate_proposals(args.work / "subset.csv", args.data, folder / "proposals.json",
+        metrics = evaluate_proposals(args.work / "subset.csv", args.work, folder / "proposals.json",
                                      args.work / "saliency", folder / "metrics.json", folder / "report.md",
                                      foreground_masks=masks_by_name)
         print(f"{variant}: {count} masks in {seconds:.1f} s, {metrics['num_detections']} proposals; object IoU "

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from unseg.datasets import read_layout
 from unseg.index import (
     INDEX_COLUMNS,
     build_index,
-    coco_ground_truth,
+    collect_instances,
     index_split,
     names_by_id,
     read_index,
@@ -81,7 +82,7 @@ def test_loose_images_get_split_all_and_survive_csv_round_trip(tmp_path: Path) -
     assert df["split"].tolist() == ["all", "all", "all"]
     assert df[["width", "height"]].values.tolist() == [[40, 30], [33, 20], [16, 16]]
     assert (df["gt_semantic"] == "").all() and (df["gt_instance"] == "").all()
-    assert coco_ground_truth(df, folder) is None
+    assert collect_instances(df, read_layout(folder)) is None
 
     csv_path = tmp_path / "index" / "images.csv"
     write_index(df, csv_path)
@@ -133,7 +134,7 @@ def test_missing_root_and_empty_folder(tmp_path: Path) -> None:
 
 def test_coco_ground_truth_from_json_is_rekeyed_to_the_index(synthetic_root: Path) -> None:
     df = build_index(synthetic_root, splits=["val"])
-    coco = coco_ground_truth(df, synthetic_root)
+    coco = collect_instances(df, read_layout(synthetic_root))
     assert coco is not None
     assert [image["id"] for image in coco["images"]] == df["image_id"].tolist()
     assert [Path(image["file_name"]).stem for image in coco["images"]] == df["name"].tolist()
@@ -150,8 +151,8 @@ def test_coco_ground_truth_from_json_is_rekeyed_to_the_index(synthetic_root: Pat
 def test_coco_ground_truth_from_pngs_matches_json(synthetic_root: Path, tmp_path: Path) -> None:
     png_only = tmp_path / "png_only"
     shutil.copytree(synthetic_root, png_only, ignore=shutil.ignore_patterns("annotations"))
-    from_json = coco_ground_truth(build_index(synthetic_root), synthetic_root)
-    from_pngs = coco_ground_truth(build_index(png_only), png_only)
+    from_json = collect_instances(build_index(synthetic_root), read_layout(synthetic_root))
+    from_pngs = collect_instances(build_index(png_only), read_layout(png_only))
     assert from_json is not None and from_pngs is not None
     assert [image["id"] for image in from_pngs["images"]] == [image["id"] for image in from_json["images"]]
     assert [image["file_name"] for image in from_pngs["images"]] == [
@@ -177,7 +178,7 @@ def test_voc2012_val_crops() -> None:
     assert (df["gt_semantic"] != "").all() and all(Path(path).is_file() for path in df["gt_semantic"])
     assert (df["gt_instance"] == "").all()
     assert df["name"].tolist() == sorted((VOC_CROPS / "val.txt").read_text().split())
-    assert coco_ground_truth(df, VOC_CROPS) is None
+    assert collect_instances(df, read_layout(VOC_CROPS)) is None
 
 
 def test_a_support_root_joins_the_index_as_its_own_split_without_ground_truth(synthetic_root: Path,

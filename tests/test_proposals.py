@@ -67,7 +67,7 @@ def test_evaluate_proposals_scores_perfect_proposals_fully(tmp_path):
         foreground = (semantic > 0) & (semantic < 255)
         Image.fromarray(np.where(foreground, 255, 0).astype(np.uint8)).save(saliency_dir / f"{name}.png")
     write_json(tmp_path / "proposals.json", proposals)
-    metrics = evaluate_proposals(tmp_path / "images.csv", tmp_path / "data", tmp_path / "proposals.json",
+    metrics = evaluate_proposals(tmp_path / "images.csv", tmp_path / "no-instances", tmp_path / "proposals.json",
                                  saliency_dir, tmp_path / "metrics.json", tmp_path / "report.md", min_instance_area=10)
     assert metrics["multi"]["AP"] == pytest.approx(100.0) and metrics["AR100"] == pytest.approx(100.0)
     assert metrics["recall_by_instance_count"]["num_instances"] == {"1": 1, "2": 2, "3": 0, "4": 0, "5": 0, "6+": 0}

@@ -26,13 +26,14 @@ class ConfigError(ValueError):
 
 def load_methods(plugins: Iterable[str] = (), base: str | Path = ".") -> None:
     """Register the built-in methods (by importing the stage modules) and those of ``plugins``."""
-    from . import contrast, masks, pseudolabels, saliency, train  # noqa: F401  (importing registers their methods)
+    from . import contrast, datasets, masks, pseudolabels, saliency, train  # noqa: F401  (registers their methods)
 
     load_plugins(plugins, base)
 
 
-def method_branch(method) -> dict[str, Any]:
-    """The ``if/then`` branch of one registered method: when ``method`` names it, its settings' schema applies.
+def method_branch(method, key: str = "method") -> dict[str, Any]:
+    """The ``if/then`` branch of one registered method: when ``key`` (``method``; a dataset's ``format``) names it,
+    its settings' schema applies.
 
     A trainer's branch also checks the per-round overrides (``round_settings``) against its settings, without
     defaults: an override holds only what differs in that round.
@@ -43,7 +44,7 @@ def method_branch(method) -> dict[str, Any]:
         overrides = {key: {k: v for k, v in prop.items() if k != "default"} for key, prop in method.schema.items()}
         properties["round_settings"] = {
             "additionalProperties": {"type": "object", "properties": overrides, "additionalProperties": False}}
-    return {"if": {"properties": {"method": {"const": method.name}}, "required": ["method"]}, "then": then}
+    return {"if": {"properties": {key: {"const": method.name}}, "required": [key]}, "then": then}
 
 
 def config_schema(base_schema: str | Path | Mapping[str, Any]) -> dict[str, Any]:
@@ -63,6 +64,17 @@ def config_schema(base_schema: str | Path | Mapping[str, Any]) -> dict[str, Any]
         variant["allOf"] = [method_branch(method) for method in registry]
         variant.pop("additionalProperties", None)
         variant["unevaluatedProperties"] = False
+    from .datasets import DATASET_FORMATS
+
+    dataset = schema["properties"]["dataset"]
+    dataset["properties"]["format"]["enum"] = DATASET_FORMATS.names()
+    # The default format's branch applies when format is left out (its defaults are then filled in too).
+    dataset["allOf"] = [method_branch(method, "format") for method in DATASET_FORMATS]
+    for branch in dataset["allOf"]:
+        if branch["if"]["properties"]["format"]["const"] == dataset["properties"]["format"]["default"]:
+            branch["if"] = {"anyOf": [branch["if"], {"not": {"required": ["format"]}}]}
+    dataset.pop("additionalProperties", None)
+    dataset["unevaluatedProperties"] = False
     return schema
 
 
@@ -107,6 +119,12 @@ def validate_config(config: dict[str, Any], base_schema: str | Path | Mapping[st
                 shared = sorted(schema["properties"][stage]["additionalProperties"]["properties"])
                 own = sorted(REGISTRIES[stage].get(method).schema)
                 hint = f" (method {method!r} takes {own}; every {stage} method takes {shared})"
+        if error.validator == "unevaluatedProperties" and list(error.absolute_path) == ["dataset"]:
+            from .datasets import DATASET_FORMATS
+
+            fmt = config["dataset"].get("format", "auto")
+            if fmt in DATASET_FORMATS:
+                hint = f" (format {fmt!r} takes {sorted(DATASET_FORMATS.get(fmt).schema)})"
         raise ConfigError(f"{_key(error)}: {error.message}{hint}")
     return config
 

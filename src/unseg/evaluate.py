@@ -28,7 +28,7 @@ from .report import HEADLINE_LABELS, write_report
 
 def run_evaluation(
     index_csv: str | os.PathLike,
-    dataset_root: str | os.PathLike,
+    truth_dir: str | os.PathLike,
     predictions_dir: str | os.PathLike,
     proposals_json: str | os.PathLike,
     out_metrics: str | os.PathLike,
@@ -61,15 +61,18 @@ def run_evaluation(
       ``train_split`` / ``reference_split``, evaluate on ``split``).
 
     Args:
-        num_classes: object classes without background; default: the largest ground-truth label.
-        class_names: names of the object classes (background is prepended).
+        truth_dir: the index stage's ``ground_truth`` folder: ``classes.json`` (class names, whether class 0 is a
+            background) and ``instances.json`` (:func:`unseg.index.coco_ground_truth`).
+        num_classes: object classes without background; default: from ``classes.json``, else the largest
+            ground-truth label.
+        class_names: names of the object classes (background is prepended); default: from ``classes.json``.
         settings: the evaluate variant as the config schema completes it: ``split``, ``matching``, ``crf``,
             ``facet``, ``num_examples`` and, when present, ``kmeans``, ``linear_probe``, ``retrieval``.
     """
     import hashlib
     import json
 
-    from .index import coco_ground_truth, index_split, read_index
+    from .index import coco_ground_truth, index_split, read_classes, read_index
 
     options = settings
     split, matching = settings["split"], settings["matching"]
@@ -84,9 +87,14 @@ def run_evaluation(
         if missing:
             raise FileNotFoundError(f"no prediction for {len(missing)} images, first {missing[0]!r}")
         num_predicted = max(_max_label(path) for path in pred_paths) + 1
+        classes = read_classes(truth_dir)
+        known = classes["names"] if not class_names else None  # every class id's name, background (or not) first
         if num_classes is None:
-            num_classes = max(_max_label(path) for path in labelled["gt_semantic"])
-        names = ["background", *(class_names or [f"class_{i}" for i in range(1, num_classes + 1)])]
+            num_classes = len(known) - 1 if known else max(_max_label(path) for path in labelled["gt_semantic"])
+        if known and len(known) == num_classes + 1:
+            names = list(known)
+        else:
+            names = ["background", *(class_names or [f"class_{i}" for i in range(1, num_classes + 1)])]
         metrics.update(
             evaluate_semantic(
                 pred_paths, labelled["gt_semantic"].tolist(), num_predicted, num_classes + 1, matching, names
@@ -97,14 +105,14 @@ def run_evaluation(
                                                                 names)
         if options["crf"]:
             metrics["crf"] = _crf_scores(labelled, pred_paths, num_predicted, num_classes + 1, matching, names)
-        if saliency_dir is not None:
+        if saliency_dir is not None and classes["has_background"]:
             metrics["object_segmentation"] = _saliency_scores(labelled, saliency_dir)
         if features_store is not None:
             metrics.update(
                 _feature_evaluations(index, labelled, pred_paths, features_store, num_classes + 1, names, options,
                                      saliency_dir)
             )
-    ground_truth = coco_ground_truth(rows, dataset_root)
+    ground_truth = coco_ground_truth(rows, truth_dir)
     if ground_truth is not None and ground_truth["annotations"]:
         image_ids = {int(image_id) for image_id in rows["image_id"]}
         for key, path in (

@@ -1,11 +1,14 @@
-"""The image index: one verified row per input image, and the COCO ground truth that goes with it.
+"""The image index: one verified row per input image, and the ground truth that goes with it.
 
-Layouts understood by :func:`build_index`:
+Where the images, splits and ground truth of a dataset are is its format's business (:mod:`unseg.datasets`:
+``auto`` for a VOC-like or plain folder, ``voc``, ``coco``, ``cocostuff``, ``cityscapes``, ``lip``, ``folder``).
+The index stage writes three things every later stage reads instead of the dataset's own layout:
 
-* PASCAL VOC: ``root/JPEGImages/*.jpg``, optional ``root/SegmentationClass/{name}.png`` and
-  ``root/SegmentationObject/{name}.png``, splits in ``root/ImageSets/Segmentation/{train,val}.txt``;
-* a VOC-like folder with bare split files, e.g. ``root/val.txt`` next to ``root/JPEGImages``;
-* a plain folder of images (``root`` itself, or ``image_dir``), no splits: every image gets split ``"all"``.
+* ``images.csv``: one verified row per image (:data:`INDEX_COLUMNS`), its ``gt_semantic`` a label PNG in evaluated
+  class ids (the dataset's own when it stores those, else a converted copy under ``ground_truth/SegmentationClass``);
+* ``ground_truth/classes.json``: the class names and whether class 0 is a background (:func:`class_table`);
+* ``ground_truth/instances.json``: COCO instance ground truth keyed by the index's image ids, at the indexed sizes
+  (:func:`collect_instances`), when the dataset has instances.
 
 Very large images: with a pixel budget (``dataset.max_pixels``), an image of more pixels is downscaled once, here, to
 the largest size within the budget that keeps its aspect ratio (:func:`working_size`); the copy (and its ground truth,
@@ -19,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ import pandas as pd
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from unseg.datasets import ALL_SPLIT, DatasetError, DatasetLayout, coco_category_map, read_layout
 from unseg.io import (
     IGNORE_LABEL,
     ImageReadError,
@@ -38,6 +42,7 @@ from unseg.io import (
     read_image,
     read_json,
     read_label_png,
+    write_json,
     write_label_png,
 )
 from unseg.provenance import file_digest
@@ -46,11 +51,9 @@ INDEX_COLUMNS: tuple[str, ...] = (
     "image_id", "name", "path", "width", "height", "split", "sha256", "gt_semantic", "gt_instance",
     "source_path", "source_width", "source_height",
 )
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
-SPLIT_NAMES: tuple[str, ...] = ("train", "val")
-ALL_SPLIT = "all"
-UNASSIGNED_SPLIT = "unassigned"
 SUPPORT_SPLIT = "support"
+INSTANCES_FILE = "instances.json"
+CLASSES_FILE = "classes.json"
 
 _COLUMN_DTYPES: dict[str, Any] = {
     "image_id": "int64", "name": str, "path": str, "width": "int64", "height": "int64", "split": str,
@@ -67,84 +70,82 @@ def build_index(
     max_pixels: int | None = None,
     resized_dir: str | os.PathLike | None = None,
     recursive: bool = False,
+    settings: Mapping[str, Any] | None = None,
+    truth_dir: str | os.PathLike | None = None,
+    layout: DatasetLayout | None = None,
 ) -> pd.DataFrame:
     """Index and verify every image of a dataset.
 
-    Images: ``image_dir`` when given (a relative ``image_dir`` is looked up under ``root`` first), else
-    ``root/JPEGImages`` when it exists, else ``root`` itself; files ending in .jpg .jpeg .png .bmp .webp (any case),
-    hidden files skipped; images in subfolders (VOC's label folders aside) are indexed with ``recursive``, else
-    counted and reported on stderr. Every image is fully decoded once to prove it is readable.
-
-    Splits: ``root/ImageSets/Segmentation/{train,val}.txt`` when any exists, else ``root/{train,val}.txt``; an
-    image in none of them is ``"unassigned"``; without any split file every image is ``"all"``. ``splits`` keeps
-    only the images of those splits (image ids are then numbered over the kept images).
+    The images, their splits and their ground truth come from the dataset's format (:mod:`unseg.datasets`):
+    ``settings`` is the config's ``dataset`` section (``format``, default ``auto``, and its settings; ``image_dir``,
+    ``recursive`` and ``splits`` here are the ``auto`` format's and every format's settings, for calls from
+    Python), or ``layout`` one already read. Every image is fully decoded once to prove it is readable, and every
+    ground-truth map is checked against it (size, and the format's range of label ids).
 
     Sizes are those of the upright image (EXIF orientation applied, as :func:`unseg.io.read_image` reads it); a
     ground-truth PNG must have that size.
 
     Args:
-        skipped: when given, an image that cannot be read (or whose ground truth does not match it) is left out and
-            ``{"path", "reason"}`` appended here instead of raising; the others are numbered without gaps.
+        skipped: when given, an image that cannot be read (or whose ground truth does not match it, or that the
+            format reports as a problem) is left out and ``{"path", "reason"}`` appended here instead of raising; the
+            others are numbered without gaps.
         max_pixels: the pixel budget; an image of more pixels is downscaled (LANCZOS) to :func:`working_size`, its
             copy written as ``resized_dir/{name}.png`` and its ground truth (nearest) as
             ``resized_dir/SegmentationClass/{name}.png`` / ``SegmentationObject/``; None: no budget.
         resized_dir: where the downscaled copies go (required with ``max_pixels``).
-        recursive: also index the images of subfolders; their stems must be unique across all folders.
+        truth_dir: where ground truth converted to the evaluated class ids goes (``truth_dir/SegmentationClass/``;
+            required by a format whose stored ids are not the class ids, e.g. COCO-Stuff, Cityscapes, LIP, binary
+            masks, or rasterised COCO instances).
 
     Returns:
-        DataFrame with columns :data:`INDEX_COLUMNS`: image_id (int, 1..N in name order), name (file stem),
-        path (absolute; the downscaled copy for an image over the budget), width, height (ints, of ``path``),
-        split, sha256 (hex of the source file's bytes), gt_semantic and gt_instance (absolute path of
-        ``root/SegmentationClass/{name}.png`` / ``root/SegmentationObject/{name}.png`` or their downscaled copies,
-        or ""), source_path, source_width, source_height (the file as found in the dataset, upright).
+        DataFrame with columns :data:`INDEX_COLUMNS`: image_id (int, 1..N in name order), name, path (absolute; the
+        downscaled copy for an image over the budget), width, height (ints, of ``path``), split, sha256 (hex of the
+        source file's bytes), gt_semantic (absolute path of a label PNG in evaluated class ids, 255 void: the
+        dataset's own, or its converted or downscaled copy; "" without one), gt_instance (an instance-id PNG or
+        ""), source_path, source_width, source_height (the file as found in the dataset, upright).
 
     Raises:
         FileNotFoundError: ``root`` (or ``image_dir``) does not exist.
-        ValueError: no images in the folder, two images with the same stem (in nested folders too, naming both), an
-            image in two splits, or no image left after the ``splits`` filter.
+        DatasetError (a ValueError): no images in the folder, two images with the same name (naming both), an image
+            in two splits, a split without its split file, no image left after the ``splits`` filter, or (without
+            ``skipped``) a problem the format reports.
         ImageReadError: an image cannot be decoded, or its ground truth has another size; the message names the
             file (only without ``skipped``).
     """
     root = Path(root)
     if max_pixels is not None and resized_dir is None:
         raise ValueError("build_index: a pixel budget (max_pixels) needs a resized_dir for the downscaled copies")
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset root not found (or not a folder): {str(root)!r}")
-    image_folder = _image_folder(root, image_dir)
-    image_paths = _list_images(image_folder, recursive)
-
-    split_of = _read_split_files(root)
-    rows_split = {
-        name: (split_of.get(name, UNASSIGNED_SPLIT) if split_of else ALL_SPLIT) for name in image_paths
-    }
-    names = sorted(image_paths)
-    if splits is not None:
-        wanted = [str(split) for split in ([splits] if isinstance(splits, str) else splits)]
-        names = [name for name in names if rows_split[name] in wanted]
-        if not names:
-            available = sorted(set(rows_split.values()))
-            raise ValueError(
-                f"no image of {str(image_folder)!r} is in splits {wanted}; the splits present are {available}"
-            )
+    if layout is None:
+        options = {"format": "auto", **(settings or {})}
+        if options["format"] == "auto":
+            options.setdefault("image_dir", None if image_dir is None else str(image_dir))
+            options.setdefault("recursive", recursive)
+        if splits is not None:
+            options["splits"] = [splits] if isinstance(splits, str) else list(splits)
+        layout = read_layout(root, options)
+    if layout.converts_labels and truth_dir is None:
+        raise ValueError("build_index: this dataset's ground truth is converted to class ids; give a truth_dir")
+    problems = list(layout.problems)
+    if problems and skipped is None:
+        raise DatasetError(f"{problems[0].path}: {problems[0].reason}"
+                           + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+                           + "; dataset.unreadable: skip leaves such items out and lists them in skipped.csv")
+    left_out = {problem.path for problem in problems}
+    if skipped is not None:
+        skipped.extend({"path": problem.path, "reason": problem.reason} for problem in problems)
 
     rows = []
+    names = sorted(name for name, path in layout.images.items() if str(path) not in left_out)
     for name in names:
-        path = image_paths[name]
-        semantic_path = root / "SegmentationClass" / f"{name}.png"
-        instance_path = root / "SegmentationObject" / f"{name}.png"
+        path = layout.images[name]
+        instance_path = layout.instance_pngs.get(name)
         try:
             pixels = _verified_pixels(path)
             height, width = pixels.shape[:2]
-            for label_path in (semantic_path, instance_path):
-                if label_path.is_file():
-                    with _bomb_guard_lifted():
-                        label_height, label_width = image_size(label_path)
-                    if (label_height, label_width) != (height, width):
-                        raise ImageReadError(
-                            f"ground truth {str(label_path)!r} is {label_width}x{label_height}, its image "
-                            f"{str(path)!r} is {width}x{height} (upright)"
-                        )
-        except ImageReadError as error:
+            semantic_path = _checked_semantic(layout, name, (height, width), path, truth_dir)
+            if instance_path is not None:
+                _check_label_size(instance_path, (height, width), path)
+        except (ImageReadError, DatasetError) as error:
             if skipped is None:
                 raise
             skipped.append({"path": os.path.abspath(path), "reason": str(error)})
@@ -155,10 +156,10 @@ def build_index(
             "path": os.path.abspath(path),
             "width": width,
             "height": height,
-            "split": rows_split[name],
+            "split": layout.splits[name],
             "sha256": file_digest(path),
-            "gt_semantic": os.path.abspath(semantic_path) if semantic_path.is_file() else "",
-            "gt_instance": os.path.abspath(instance_path) if instance_path.is_file() else "",
+            "gt_semantic": "" if semantic_path is None else os.path.abspath(semantic_path),
+            "gt_instance": "" if instance_path is None else os.path.abspath(instance_path),
             "source_path": os.path.abspath(path),
             "source_width": width,
             "source_height": height,
@@ -168,46 +169,103 @@ def build_index(
         del pixels  # a large image's decoded pixels are not kept beyond its row
         rows.append(row)
     if not rows:
-        raise ValueError(f"no readable image in {str(image_folder)!r}: all {len(names)} were skipped")
+        raise DatasetError(f"no readable image in {str(root)!r}: all {len(names)} were skipped")
     return pd.DataFrame(rows, columns=list(INDEX_COLUMNS)).astype(_COLUMN_DTYPES)
 
 
+def _check_label_size(label_path: Path, size: tuple[int, int], image_path: Path) -> None:
+    with _bomb_guard_lifted():
+        label_height, label_width = image_size(label_path)
+    if (label_height, label_width) != size:
+        raise ImageReadError(
+            f"ground truth {str(label_path)!r} is {label_width}x{label_height}, its image "
+            f"{str(image_path)!r} is {size[1]}x{size[0]} (upright)"
+        )
+
+
+def _checked_semantic(layout: DatasetLayout, name: str, size: tuple[int, int], image_path: Path,
+                      truth_dir: str | os.PathLike | None) -> Path | None:
+    """The semantic ground truth of ``name`` in evaluated class ids, checked against its image: the dataset's own
+    PNG, or its conversion written to ``truth_dir/SegmentationClass/{name}.png``; None without one."""
+    source = layout.semantic.get(name)
+    if source is None:
+        return None
+    if not callable(source):
+        _check_label_size(source, size, image_path)
+        if not layout.converts_labels and layout.stored_ids is None:
+            return source
+    with _bomb_guard_lifted():
+        labels = layout.evaluated_labels(name)
+    if labels.shape != size:
+        raise ImageReadError(f"ground truth of {str(image_path)!r} is {labels.shape[1]}x{labels.shape[0]}, the image "
+                             f"is {size[1]}x{size[0]}")
+    if not layout.converts_labels:
+        return source
+    converted = Path(truth_dir) / "SegmentationClass" / f"{name}.png"
+    write_label_png(converted, labels)
+    return converted
+
+
 def run_index(root: str | os.PathLike, out_csv: str | os.PathLike, out_skipped: str | os.PathLike,
-              settings: dict[str, Any], resized_dir: str | os.PathLike | None = None) -> pd.DataFrame:
-    """The index stage: :func:`build_index` of ``root`` (and of ``settings["support_root"]``) → ``out_csv``, and the
-    images left out → ``out_skipped`` (CSV: path, reason; only a header when none was).
+              settings: dict[str, Any], resized_dir: str | os.PathLike | None = None,
+              truth_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The index stage: :func:`build_index` of ``root`` in the format of ``settings`` (and of
+    ``settings["support_root"]``) → ``out_csv``; the images left out → ``out_skipped`` (CSV: path, reason; only a
+    header when none was); the ground truth → ``truth_dir``: ``classes.json`` (:func:`class_table`),
+    ``instances.json`` when the dataset has instances (:func:`collect_instances`) and converted label maps.
 
     With ``settings["max_pixels"]``, images over that many pixels are downscaled into ``resized_dir`` (created,
     possibly empty; support images under ``resized_dir/support``).
 
     Args:
-        settings: the config's ``dataset`` section; ``unreadable: skip`` leaves unreadable images out (each listed in
-            ``out_skipped`` and on stderr), ``error`` stops at the first one. ``support_root``: a second dataset
-            root whose images join the index as split ``"support"`` (ids after the dataset's own, ground truth
-            dropped), for MaskDistill's support set (``pseudolabels.*.support_split: support``).
+        settings: the config's ``dataset`` section; ``unreadable: skip`` leaves unreadable images (and the
+            problems the format reports) out, each listed in ``out_skipped`` and on stderr; ``error`` stops at the
+            first one. ``support_root``: a second dataset root (``auto`` format) whose images join the index as
+            split ``"support"`` (ids after the dataset's own, ground truth dropped), for MaskDistill's support set
+            (``pseudolabels.*.support_split: support``).
     """
     skipped: list[dict[str, str]] | None = [] if settings["unreadable"] == "skip" else None
-    budget = {"max_pixels": settings.get("max_pixels"), "resized_dir": resized_dir,
-              "recursive": bool(settings.get("recursive"))}
-    df = build_index(root, skipped=skipped, **budget)
+    truth_dir = Path(truth_dir) if truth_dir is not None else Path(out_csv).parent / "ground_truth"
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    budget = {"max_pixels": settings.get("max_pixels"), "resized_dir": resized_dir}
+    layout = read_layout(root, settings)
+    df = build_index(root, skipped=skipped, layout=layout, truth_dir=truth_dir, **budget)
     if settings.get("support_root"):
         support_dir = None if resized_dir is None else Path(resized_dir) / SUPPORT_SPLIT
         df = with_support_images(df, build_index(settings["support_root"], skipped=skipped,
+                                                 recursive=bool(settings.get("recursive")),
                                                  **{**budget, "resized_dir": support_dir}))
     for row in skipped or []:
         print(f"index: skipped {row['path']}: {row['reason']}", file=sys.stderr)
     if resized_dir is not None:
         Path(resized_dir).mkdir(parents=True, exist_ok=True)
+    instances = collect_instances(df[df["split"] != SUPPORT_SPLIT], layout)
+    if instances is not None:
+        write_json(truth_dir / INSTANCES_FILE, instances)
+    write_json(truth_dir / CLASSES_FILE, class_table(layout, settings))
     write_index(df, out_csv)
     with atomic_output(out_skipped) as tmp:
         pd.DataFrame(skipped or [], columns=["path", "reason"]).to_csv(tmp, index=False)
     support = int((df["split"] == SUPPORT_SPLIT).sum()) if settings.get("support_root") else 0
     downscaled = int((df["path"] != df["source_path"]).sum())
-    print(f"index: {len(df) - support} images" + (f" + {support} support images" if support else "")
+    labelled = int((df["gt_semantic"] != "").sum())
+    print(f"index: {len(df) - support} images ({settings.get('format', 'auto')} format, {labelled} with semantic "
+          f"ground truth" + (f", {len(instances['annotations'])} instances" if instances else "") + ")"
+          + (f" + {support} support images" if support else "")
           + f", {len(skipped or [])} skipped"
           + (f", {downscaled} downscaled to at most {settings['max_pixels']} pixels" if downscaled else ""),
           file=sys.stderr)
     return df
+
+
+def class_table(layout: DatasetLayout, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``classes.json`` holds: ``names`` of the evaluated class ids 0..C-1 (the config's ``class_names``, with
+    "background" before them, win over the format's; None when neither knows) and ``has_background`` (class 0 is
+    a background, so foreground = label > 0)."""
+    names = list(layout.class_names) if layout.class_names is not None else None
+    if settings.get("class_names"):
+        names = ["background", *settings["class_names"]]
+    return {"format": settings.get("format", "auto"), "names": names, "has_background": layout.has_background}
 
 
 def with_support_images(dataset: pd.DataFrame, support: pd.DataFrame) -> pd.DataFrame:
@@ -291,110 +349,56 @@ def split_ground_truth(df: pd.DataFrame, split: str | None) -> dict[str, str]:
     return {str(name): str(path) for name, path in zip(rows["name"], rows["gt_semantic"])}
 
 
-def coco_ground_truth(df: pd.DataFrame, root: str | os.PathLike) -> dict[str, Any] | None:
-    """COCO instance ground truth for the images of ``df``, keyed by the index's image_id.
+def coco_ground_truth(df: pd.DataFrame, truth_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The index stage's COCO instance ground truth (``truth_dir/instances.json``) for the images of ``df``: only
+    their images and annotations; None when the dataset has no instances."""
+    path = Path(truth_dir) / INSTANCES_FILE
+    if not path.is_file():
+        return None
+    coco = read_json(path)
+    image_ids = {int(image_id) for image_id in df["image_id"]}
+    return {**coco, "images": [image for image in coco["images"] if int(image["id"]) in image_ids],
+            "annotations": [item for item in coco["annotations"] if int(item["image_id"]) in image_ids]}
 
-    * ``root/annotations/instances.json`` exists: its images are matched to the index by file stem, only images of
-      ``df`` kept, image ids (and the annotations' image_id) replaced by the index's; categories as in the json.
+
+def read_classes(truth_dir: str | os.PathLike) -> dict[str, Any]:
+    """The index stage's ``classes.json`` (see :func:`class_table`); an older index without one: names unknown."""
+    path = Path(truth_dir) / CLASSES_FILE
+    return read_json(path) if path.is_file() else {"names": None, "has_background": True}
+
+
+def collect_instances(df: pd.DataFrame, layout: DatasetLayout) -> dict[str, Any] | None:
+    """COCO instance ground truth for the images of ``df``, keyed by the index's image_id, at the indexed sizes.
+
+    * the layout's instances files: their images matched to the index by file stem, only images of ``df`` kept,
+      image ids (and the annotations' image_id) replaced by the index's, categories kept, renumbered or merged as
+      ``layout.categories`` says (:func:`unseg.datasets.coco_category_map`); annotations renumbered 1.. when
+      several files are merged; crowd flags kept;
     * else, rows having both a gt_instance and a gt_semantic PNG: each instance id of the SegmentationObject PNG
       (0 and 255 excluded) is one annotation (RLE of ``instance_map == id``), its category the majority
-      SegmentationClass label inside it (0 and 255 ignored; ties go to the smaller label; an instance with no such
-      label is skipped); categories 1..max label named ``"class_{i}"``; annotation ids count up from 1 in
-      (image_id, instance id) order. Rows without both PNGs are left out.
+      semantic label inside it (0 and 255 ignored; ties go to the smaller label; an instance with no such
+      label is skipped); categories 1..max label, named from ``layout.class_names`` or ``"class_{i}"``;
+      annotation ids count up from 1 in (image_id, instance id) order. Rows without both PNGs are left out.
     * else ``None``.
 
     Returns:
-        ``{"images": [...], "annotations": [...], "categories": [...]}`` (plus ``info`` from the json), or None.
+        ``{"images": [...], "annotations": [...], "categories": [...]}`` (plus ``info`` from a json), or None.
     """
-    json_path = Path(root) / "annotations" / "instances.json"
-    if json_path.is_file():
-        return _coco_from_json(df, json_path)
+    if layout.instances_files:
+        parts = [_coco_from_json(df, path, layout.categories) for path in layout.instances_files]
+        if len(parts) == 1:
+            return parts[0]
+        annotations = [item for part in parts for item in part["annotations"]]
+        return {"images": sorted((image for part in parts for image in part["images"]), key=lambda i: i["id"]),
+                "annotations": [{**item, "id": number} for number, item in enumerate(annotations, start=1)],
+                "categories": parts[0]["categories"]}
     has_pngs = (df["gt_instance"] != "") & (df["gt_semantic"] != "")
     if not has_pngs.any():
         return None
-    return _coco_from_pngs(df[has_pngs], Path(root))
+    return _coco_from_pngs(df[has_pngs], layout.class_names, layout.root)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _image_folder(root: Path, image_dir: str | os.PathLike | None) -> Path:
-    if image_dir is not None:
-        candidate = Path(image_dir)
-        if not candidate.is_absolute() and (root / candidate).is_dir():
-            candidate = root / candidate
-        if not candidate.is_dir():
-            raise FileNotFoundError(f"image folder not found: {str(candidate)!r}")
-        return candidate
-    voc_folder = root / "JPEGImages"
-    return voc_folder if voc_folder.is_dir() else root
-
-
-# Folders of a VOC-layout root that hold label maps and metadata, never input images.
-_NOT_IMAGE_FOLDERS = frozenset({"SegmentationClass", "SegmentationObject", "ImageSets", "annotations", "Annotations"})
-
-
-def _is_image_file(path: Path) -> bool:
-    return not path.name.startswith(".") and path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _nested_images(folder: Path) -> list[Path]:
-    """Image files in the subfolders of ``folder`` (hidden folders and VOC's label folders left out), sorted."""
-    found = []
-    for child in sorted(folder.iterdir()):
-        if child.is_dir() and not child.name.startswith(".") and child.name not in _NOT_IMAGE_FOLDERS:
-            found += [path for path in sorted(child.rglob("*")) if _is_image_file(path)
-                      and not any(part.startswith(".") for part in path.relative_to(folder).parts)]
-    return found
-
-
-def _list_images(folder: Path, recursive: bool = False) -> dict[str, Path]:
-    """Image file stem -> path, for the image files directly in ``folder`` (and, ``recursive``, in its subfolders).
-
-    Raises:
-        ValueError: two images with the same stem (names key every artifact), naming both files.
-    """
-    candidates = [path for path in sorted(folder.iterdir()) if _is_image_file(path)]
-    nested = _nested_images(folder)
-    if recursive:
-        candidates += nested
-    elif nested:
-        print(f"index: {len(nested)} image(s) in subfolders of {str(folder)!r} are not indexed, e.g. "
-              f"{str(nested[0].relative_to(folder))!r} (dataset.recursive: true indexes them)", file=sys.stderr)
-    images: dict[str, Path] = {}
-    for path in candidates:
-        if path.stem in images:
-            raise ValueError(
-                f"two images named {path.stem!r} in {str(folder)!r}: {str(images[path.stem].relative_to(folder))!r} "
-                f"and {str(path.relative_to(folder))!r}; rename one (image names key every artifact)"
-            )
-        images[path.stem] = path
-    if not images:
-        extensions = " ".join(sorted(IMAGE_EXTENSIONS))
-        raise ValueError(f"no images ({extensions}) in folder {str(folder)!r}")
-    return images
-
-
-def _read_split_files(root: Path) -> dict[str, str]:
-    """Image name -> split from the split files (empty when there are none)."""
-    folder = root / "ImageSets" / "Segmentation"
-    if not any((folder / f"{split}.txt").is_file() for split in SPLIT_NAMES):
-        folder = root
-    split_of: dict[str, str] = {}
-    for split in SPLIT_NAMES:
-        split_file = folder / f"{split}.txt"
-        if not split_file.is_file():
-            continue
-        for line in split_file.read_text().splitlines():
-            name = line.strip()
-            if not name:
-                continue
-            if split_of.get(name, split) != split:
-                raise ValueError(
-                    f"image {name!r} is listed in both {split_of[name]}.txt and {split}.txt in {str(folder)!r}"
-                )
-            split_of[name] = split
-    return split_of
 
 
 def _verified_pixels(path: Path) -> np.ndarray:
@@ -465,8 +469,9 @@ def _downscaled_copies(name: str, pixels: np.ndarray, row: dict[str, Any], max_p
     return update
 
 
-def _coco_from_json(df: pd.DataFrame, json_path: Path) -> dict[str, Any]:
+def _coco_from_json(df: pd.DataFrame, json_path: Path, categories: str = "as_is") -> dict[str, Any]:
     coco = read_json(json_path)
+    category_of, kept_categories = coco_category_map(coco.get("categories", []), categories)
     rows_by_name = {row.name: row for row in df.itertuples(index=False)}
     new_image_id: dict[int, int] = {}
     images = []
@@ -487,7 +492,8 @@ def _coco_from_json(df: pd.DataFrame, json_path: Path) -> dict[str, Any]:
     for annotation in coco.get("annotations", []):
         if annotation["image_id"] not in new_image_id:
             continue
-        annotation = {**annotation, "image_id": new_image_id[annotation["image_id"]]}
+        annotation = {**annotation, "image_id": new_image_id[annotation["image_id"]],
+                      "category_id": category_of.get(int(annotation["category_id"]), annotation["category_id"])}
         row = rows_by_id[annotation["image_id"]]
         if (row.width, row.height) != (row.source_width, row.source_height):
             annotation = _downscaled_annotation(annotation, row)
@@ -495,7 +501,7 @@ def _coco_from_json(df: pd.DataFrame, json_path: Path) -> dict[str, Any]:
     result: dict[str, Any] = {
         "images": sorted(images, key=lambda image: image["id"]),
         "annotations": annotations,
-        "categories": coco.get("categories", []),
+        "categories": kept_categories,
     }
     if "info" in coco:
         result["info"] = coco["info"]
@@ -519,7 +525,8 @@ def _downscaled_annotation(annotation: dict[str, Any], row: Any) -> dict[str, An
     return {**annotation, "segmentation": rle, "area": int(resized.sum()), "bbox": [float(v) for v in bbox]}
 
 
-def _coco_from_pngs(df: pd.DataFrame, root: Path) -> dict[str, Any]:
+def _coco_from_pngs(df: pd.DataFrame, class_names: Sequence[str] | None = None,
+                    root: Path | None = None) -> dict[str, Any]:
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     max_label = 0
@@ -562,11 +569,15 @@ def _coco_from_pngs(df: pd.DataFrame, root: Path) -> dict[str, Any]:
                     "iscrowd": 0,
                 }
             )
-    categories = [{"id": label, "name": f"class_{label}"} for label in range(1, max_label + 1)]
+    names = list(class_names or [])
+    categories = [{"id": label, "name": names[label] if label < len(names) else f"class_{label}"}
+                  for label in range(1, max_label + 1)]
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def _relative_or_absolute(path: str, root: Path) -> str:
+def _relative_or_absolute(path: str, root: Path | None) -> str:
+    if root is None:
+        return path
     absolute_root = os.path.abspath(root)
     if os.path.commonpath([absolute_root, path]) == absolute_root:
         return os.path.relpath(path, absolute_root)

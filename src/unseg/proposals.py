@@ -279,7 +279,7 @@ def object_proposal_scores(
 
 def evaluate_proposals(
     index_csv: str | Path,
-    dataset_root: str | Path,
+    truth_dir: str | Path,
     proposals_json: str | Path,
     saliency_dir: str | Path,
     out_metrics: str | Path,
@@ -293,8 +293,8 @@ def evaluate_proposals(
 
     * instances (when the dataset has them): class-agnostic mask AP/AR@{1,10,100} (pycocotools; MaskDistill's
       single = top proposal per image, multi = all) and recall by the number of same-class instances in the image
-      (mask IoU >= 0.5; 1..5, 6+). Ground truth: SegmentationObject PNGs or ``annotations/instances.json``
-      (:func:`unseg.index.coco_ground_truth`); without those, connected components of each class in
+      (mask IoU >= 0.5; 1..5, 6+). Ground truth: the index stage's ``ground_truth/instances.json``
+      (:func:`unseg.index.coco_ground_truth`, in ``truth_dir``); without it, connected components of each class in
       SegmentationClass (:func:`semantic_component_instances`, an approximation, said so in the report).
     * objects (when foreground is known: ``foreground_masks`` name → mask PNG (non-zero = object), else class
       PNG labels 1..254): mean over images of :func:`object_proposal_scores`, and saliency scores
@@ -312,7 +312,7 @@ def evaluate_proposals(
     proposals = [det for det in read_json(proposals_json) if int(det["image_id"]) in image_ids]
     metrics: dict = {"title": f"Proposals on split '{split}' ({len(rows)} images)", "num_images": len(rows),
                      "num_detections": len(proposals)}
-    ground_truth, source = coco_ground_truth(rows, dataset_root), "instance annotations"
+    ground_truth, source = coco_ground_truth(rows, truth_dir), "instance annotations"
     if ground_truth is None and (rows["gt_semantic"] != "").any():
         ground_truth = semantic_components_ground_truth(rows, min_instance_area)
         source = (f"approximate: 8-connected components (>= {min_instance_area} px) of each class in "

@@ -11,8 +11,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from unseg.datasets import read_layout
 from unseg.features import extract_features
-from unseg.index import build_index, coco_ground_truth, resample_labels, run_index, working_size
+from unseg.index import build_index, collect_instances, resample_labels, run_index, working_size
 from unseg.io import (
     ImageReadError,
     decode_rle,
@@ -241,7 +242,7 @@ def test_a_large_photo_and_its_ground_truth_are_downscaled_onto_the_same_pixels(
     cols = np.minimum(((np.arange(working[1]) + 0.5) * width / working[1]).astype(int), width - 1)
     np.testing.assert_array_equal(truth, labels[np.ix_(rows, cols)])
     # the instance ground truth built from the PNGs is in the copy's coordinates
-    coco = coco_ground_truth(df.reset_index(), root)
+    coco = collect_instances(df.reset_index(), read_layout(root))
     image = next(item for item in coco["images"] if item["id"] == big.image_id)
     assert (image["height"], image["width"]) == working and image["file_name"] == "JPEGImages/big.png"
     assert coco["annotations"][0]["area"] == int((truth == 1).sum())
@@ -266,7 +267,7 @@ def test_instance_annotations_drawn_on_a_large_photo_move_onto_its_copy(tmp_path
     })
     df = build_index(root, max_pixels=6_000, resized_dir=tmp_path / "resized")
     working = working_size(200, 300, 6_000)
-    coco = coco_ground_truth(df, root)
+    coco = collect_instances(df, read_layout(root))
     assert (coco["images"][0]["height"], coco["images"][0]["width"]) == working
     expected = resample_labels(labels, working) == 1
     for annotation in coco["annotations"]:

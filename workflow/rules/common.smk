@@ -39,6 +39,7 @@ PATHS = {
     "index": f"{RESULTS}/index/images.csv",
     "index_skipped": f"{RESULTS}/index/skipped.csv",
     "index_resized": f"{RESULTS}/index/resized",
+    "index_truth": f"{RESULTS}/index/ground_truth",
     "features": f"{RESULTS}/features/{{variant}}.zarr",
     "feature_plan": f"{RESULTS}/features/{{variant}}.shards/plan.json",
     "feature_shard": f"{RESULTS}/features/{{variant}}.shards/{{shard}}.zarr",

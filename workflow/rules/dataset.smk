@@ -19,6 +19,7 @@ rule index:
         index=PATHS["index"],
         skipped=PATHS["index_skipped"],
         resized=directory(PATHS["index_resized"]),
+        truth=directory(PATHS["index_truth"]),
     params:
         root=lambda wildcards: DATASET_ROOT,
         settings=lambda wildcards: config["dataset"],

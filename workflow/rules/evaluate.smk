@@ -1,6 +1,7 @@
 rule evaluate:
     input:
         index=PATHS["index"],
+        truth=PATHS["index_truth"],
         predictions=upstream("evaluate", "predictions", "predict"),
         proposals=along("evaluate", ["predictions", "pseudolabels", "proposals"], "proposals"),
         saliency=along("evaluate", ["predictions", "pseudolabels", "proposals", "saliency"], "saliency"),
@@ -24,7 +25,6 @@ rule evaluate:
         settings=variant_settings("evaluate"),
         training_labels=lambda wildcards: [label for label, _ in training_label_sources(wildcards)],
         chain=config_chain("evaluate"),
-        root=lambda wildcards: DATASET_ROOT,
         num_classes=config["dataset"].get("num_classes"),
         class_names=config["dataset"].get("class_names"),
     threads: 8

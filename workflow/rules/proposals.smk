@@ -23,6 +23,7 @@ rule proposals_report:
         index=PATHS["index"],
         proposals=PATHS["proposals"],
         saliency=upstream("proposals", "saliency", "saliency"),
+        truth=PATHS["index_truth"],
     output:
         metrics=PATHS["proposals_metrics"],
         report=report(
@@ -33,7 +34,6 @@ rule proposals_report:
     params:
         settings=variant_settings("proposals"),
         chain=config_chain("proposals"),
-        root=lambda wildcards: DATASET_ROOT,
     threads: 2
     log:
         f"{LOGS}/proposals/{{variant}}.report.log",
