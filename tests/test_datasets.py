@@ -223,3 +223,33 @@ def test_rle_of_the_rasterised_dog_equals_pycocotools_decode(tmp_path):
     np.testing.assert_array_equal(mask, mask_utils.decode(rle).astype(bool))
     labels = read_label_png(df.loc["000000000011", "gt_semantic"])
     assert np.array_equal(labels == 2, mask)
+
+
+def test_a_dataset_without_background_is_scored_with_its_own_class_names_and_no_foreground(tmp_path):
+    """Cityscapes: evaluate names the 27 classes from classes.json; the proposals report has no object or
+    connected-component scores, since every pixel is some class."""
+    from unseg.config import variant_settings
+    from unseg.evaluate import run_evaluation
+    from unseg.index import write_index
+    from unseg.io import write_label_png
+    from unseg.proposals import evaluate_proposals
+
+    fixtures.write_cityscapes(tmp_path / "data")
+    df, truth = index(tmp_path / "data", tmp_path, format="cityscapes")
+    write_index(df.reset_index(), tmp_path / "images.csv")
+    predictions, saliency = tmp_path / "predict", tmp_path / "saliency"
+    saliency.mkdir()
+    for name, path in df["gt_semantic"].items():
+        labels = read_label_png(path)
+        write_label_png(predictions / f"{name}.png", np.where(labels == 255, 0, labels))
+        Image.fromarray(np.zeros(labels.shape, np.uint8)).save(saliency / f"{name}.png")
+    write_json(tmp_path / "proposals.json", [])
+    write_json(predictions / "instances.json", [])
+    settings = variant_settings("evaluate", {"predictions": "x", "split": "all"}, SCHEMA)
+    metrics = run_evaluation(tmp_path / "images.csv", truth, predictions, tmp_path / "proposals.json",
+                             tmp_path / "metrics.json", tmp_path / "report.md", settings, saliency_dir=saliency)
+    assert {"road", "car", "bicycle"} <= set(metrics["per_class_iou"]) and "background" not in metrics["per_class_iou"]
+    assert metrics["per_class_iou"]["car"] == 100.0 and "object_segmentation" not in metrics
+    report = evaluate_proposals(tmp_path / "images.csv", truth, tmp_path / "proposals.json", saliency,
+                                tmp_path / "p.json", tmp_path / "p.md")
+    assert "object_iou" not in report and "instance_ground_truth" not in report

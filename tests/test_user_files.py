@@ -112,7 +112,12 @@ def test_owned_paths():
 def test_dataset_root_is_the_users_folder_or_a_generated_one():
     assert dataset_root({"name": "mine", "root": "/data/photos"}) == "/data/photos"
     assert dataset_root({"name": "demo", "generate": {"kind": "synthetic"}}) == "resources/datasets/demo"
-    with pytest.raises(VariantError, match="both were given"):
+    assert dataset_root({"name": "voc", "download": "voc2012", "format": "voc"}) == "resources/datasets/voc"
+    with pytest.raises(VariantError, match="root and generate were given"):
         dataset_root({"name": "x", "root": "/data/photos", "generate": {"kind": "synthetic"}})
-    with pytest.raises(VariantError, match="neither was given"):
+    with pytest.raises(VariantError, match="root and download were given"):
+        dataset_root({"name": "x", "root": "/data/photos", "download": "voc2012", "format": "voc"})
+    with pytest.raises(VariantError, match="none was given"):
         dataset_root({"name": "x"})
+    with pytest.raises(VariantError, match="coco2017-val unpacks the 'coco' layout; set dataset.format: coco"):
+        dataset_root({"name": "x", "download": "coco2017-val"})

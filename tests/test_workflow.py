@@ -14,16 +14,7 @@ import yaml
 from pycocotools.coco import COCO
 
 from helpers import BROWSER, load_in_browser
-from workflow_helpers import ROOT, SNAKEMAKE, TINY, snakemake
-
-
-def planned_jobs(dry_run_output: str) -> dict[str, int]:
-    """Rule name → job count from a dry run's job-stats table ({} when nothing is to be done)."""
-    if "Job stats:" not in dry_run_output:
-        return {}
-    table = dry_run_output.split("Job stats:")[-1]
-    rows = re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)
-    return {m.group(1): int(m.group(2)) for m in rows if m.group(1) != "total"}
+from workflow_helpers import ROOT, SNAKEMAKE, TINY, planned_jobs, snakemake
 
 
 def reversed_mappings(value):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +33,12 @@ def snakemake(workdir: Path, config: dict, *args: str, check: bool = True,
             f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
         )
     return result
+
+
+def planned_jobs(dry_run_output: str) -> dict[str, int]:
+    """Rule name → job count from a dry run's job-stats table ({} when nothing is to be done)."""
+    if "Job stats:" not in dry_run_output:
+        return {}
+    table = dry_run_output.split("Job stats:")[-1]
+    rows = re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)
+    return {m.group(1): int(m.group(2)) for m in rows if m.group(1) != "total"}

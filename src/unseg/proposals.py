@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .index import coco_ground_truth, index_split, read_index
+from .index import coco_ground_truth, index_split, read_classes, read_index
 from .index import names_by_id as index_names_by_id
 from .io import (
     IGNORE_LABEL,
@@ -312,8 +312,11 @@ def evaluate_proposals(
     proposals = [det for det in read_json(proposals_json) if int(det["image_id"]) in image_ids]
     metrics: dict = {"title": f"Proposals on split '{split}' ({len(rows)} images)", "num_images": len(rows),
                      "num_detections": len(proposals)}
+    # Without a background class (COCO-Stuff, Cityscapes) every pixel is some class: neither a foreground nor the
+    # connected components of classes (sky, road) say what an object is.
+    has_background = read_classes(truth_dir)["has_background"]
     ground_truth, source = coco_ground_truth(rows, truth_dir), "instance annotations"
-    if ground_truth is None and (rows["gt_semantic"] != "").any():
+    if ground_truth is None and has_background and (rows["gt_semantic"] != "").any():
         ground_truth = semantic_components_ground_truth(rows, min_instance_area)
         source = (f"approximate: 8-connected components (>= {min_instance_area} px) of each class in "
                   "SegmentationClass (no instance PNGs)")
@@ -333,7 +336,7 @@ def evaluate_proposals(
     for row in rows.itertuples(index=False):
         if foreground_masks is not None and row.name in foreground_masks:
             foreground = read_label_png(foreground_masks[row.name]) > 0
-        elif foreground_masks is None and row.gt_semantic:
+        elif foreground_masks is None and row.gt_semantic and has_background:
             labels = read_label_png(row.gt_semantic)
             foreground = (labels > 0) & (labels != IGNORE_LABEL)
         else:

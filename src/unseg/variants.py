@@ -40,17 +40,31 @@ def generated_dataset_root(name: str) -> str:
     return f"resources/datasets/{name}"
 
 
-def dataset_root(dataset: dict) -> str:
-    """The folder the ``dataset`` config section reads: ``root`` as given, or the generated dataset's folder.
+DATASET_SOURCES = ("root", "generate", "download")
 
-    Raises VariantError when both or neither of ``root`` and ``generate`` are given.
+
+def dataset_root(dataset: dict) -> str:
+    """The folder the ``dataset`` config section reads: ``root`` as given, or the folder the workflow generates
+    (``generate``) or downloads (``download``) the dataset into.
+
+    Raises VariantError when not exactly one of ``root``, ``generate`` and ``download`` is given, or when a
+    download's layout is not the one ``format`` reads.
     """
-    if ("root" in dataset) == ("generate" in dataset):
-        given = "both were given" if "root" in dataset else "neither was given"
+    given = [key for key in DATASET_SOURCES if key in dataset]
+    if len(given) != 1:
+        said = f"{' and '.join(given)} were given" if given else "none was given"
         raise VariantError(
-            "dataset: give either 'root' (your folder, only ever read) or 'generate' (a synthetic dataset written to "
-            f"{generated_dataset_root(dataset.get('name', '{name}'))}); {given}"
+            "dataset: give one of 'root' (your folder, only ever read), 'generate' (a synthetic dataset) or "
+            f"'download' (a benchmark's archives), the last two written to "
+            f"{generated_dataset_root(dataset.get('name', '{name}'))}; {said}"
         )
+    if "download" in dataset:
+        from .downloads import FORMAT_OF
+
+        expected = FORMAT_OF[dataset["download"]]
+        if dataset.get("format", "auto") != expected:
+            raise VariantError(f"dataset.download: {dataset['download']} unpacks the {expected!r} layout; set "
+                               f"dataset.format: {expected}")
     return dataset["root"] if "root" in dataset else generated_dataset_root(dataset["name"])
 
 

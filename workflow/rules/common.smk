@@ -138,9 +138,9 @@ def summary_paths():
 
 
 def dataset_inputs():
-    """The generated dataset folder when the config generates one; the user's dataset is read as it is, never an
-    output of any rule."""
-    return [GENERATED_ROOT] if "generate" in config["dataset"] else []
+    """The generated (or downloaded) dataset folder when the config makes one; the user's dataset is read as it is,
+    never an output of any rule."""
+    return [GENERATED_ROOT] if "generate" in config["dataset"] or "download" in config["dataset"] else []
 
 
 def check_owned_outputs(workflow_rules):

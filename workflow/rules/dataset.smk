@@ -1,15 +1,35 @@
-rule generate_synthetic_dataset:
-    output:
-        directory(GENERATED_ROOT),
-    params:
-        settings=lambda wildcards: config["dataset"].get("generate", {}),
-    threads: 1
-    log:
-        f"logs/generate_{DATASET}.log",
-    conda:
-        "../envs/unseg.yaml"
-    script:
-        "../scripts/generate_synthetic_dataset.py"
+if "download" in config["dataset"]:
+
+    rule download_dataset:
+        output:
+            directory(GENERATED_ROOT),
+        params:
+            kind=config["dataset"].get("download"),
+            downloads="resources/downloads",
+        localrule: True  # on a cluster, compute nodes are often offline: fetch from the node Snakemake runs on
+        threads: 1
+        log:
+            f"logs/download_{DATASET}.log",
+        conda:
+            "../envs/unseg.yaml"
+        script:
+            "../scripts/download_dataset.py"
+
+
+else:
+
+    rule generate_synthetic_dataset:
+        output:
+            directory(GENERATED_ROOT),
+        params:
+            settings=lambda wildcards: config["dataset"].get("generate", {}),
+        threads: 1
+        log:
+            f"logs/generate_{DATASET}.log",
+        conda:
+            "../envs/unseg.yaml"
+        script:
+            "../scripts/generate_synthetic_dataset.py"
 
 
 rule index:
