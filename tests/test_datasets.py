@@ -253,3 +253,15 @@ def test_a_dataset_without_background_is_scored_with_its_own_class_names_and_no_
     report = evaluate_proposals(tmp_path / "images.csv", truth, tmp_path / "proposals.json", saliency,
                                 tmp_path / "p.json", tmp_path / "p.md")
     assert "object_iou" not in report and "instance_ground_truth" not in report
+
+
+def test_a_mask_of_another_size_stops_the_index_or_is_listed_as_skipped(tmp_path):
+    fixtures.write_folder(tmp_path / "data")
+    small = np.zeros((fixtures.HEIGHT // 2, fixtures.WIDTH), dtype=np.uint8)
+    Image.fromarray(small, mode="L").save(tmp_path / "data" / "masks" / "cat.png")
+    with pytest.raises(Exception, match=r"masks/cat.png' is 56x20, its image .*photos/cat.jpg' is 56x40"):
+        index(tmp_path / "data", tmp_path, format="folder", images="photos", masks="masks")
+    df, _ = index(tmp_path / "data", tmp_path, format="folder", images="photos", masks="masks", unreadable="skip")
+    assert "cat" not in df.index and len(df) == 2
+    skipped = (tmp_path / "index" / "skipped.csv").read_text()
+    assert "photos/cat.jpg" in skipped and "56x20" in skipped

@@ -279,7 +279,10 @@ def test_stages_run_on_real_voc_crops(tmp_path, real_weights):
     if not SHARED_VOC.exists():
         pytest.skip(f"{SHARED_VOC} is absent")
     config = real_config(real_weights)
-    config["dataset"] = {"name": "voc", "root": str(SHARED_VOC), "num_classes": 20}
+    config["dataset"] = {"name": "voc", "root": str(SHARED_VOC), "format": "voc", "splits": ["val"]}
+    for settings in config["features"].values():
+        settings["resolution"] = 224  # the stages' wiring on real photos; their quality at 448 px is benchmarked
+    config["evaluate"]["val"] = {"predictions": "linear", "split": "val"}  # the feature probes: the synthetic test's
     config["pseudolabels"]["km3"]["clusters"] = 5
     config["train"]["linear"]["epochs"] = 20
     snakemake(tmp_path, config)
