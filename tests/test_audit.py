@@ -99,3 +99,61 @@ def test_the_saliency_page_looks_as_it_did(tmp_path):
     then = np.asarray(Image.open(reference).convert("L"), dtype=np.int16)
     assert now.shape == then.shape
     assert (np.abs(now - then) > 32).mean() < 0.02
+
+
+def test_proposals_are_scored_against_the_instances_and_paged_worst_first(tmp_path):
+    """Two images, each with two ground-truth instances: image "one" has a proposal on one of them (recall 50 %,
+    best-overlap IoU 50 %), image "both" covers both exactly (100 %); one image per page, the worse first."""
+    import re
+
+    from unseg.audit import audit_proposals
+
+    left, right = np.zeros((12, 12), dtype=bool), np.zeros((12, 12), dtype=bool)
+    left[2:6, 1:5] = True
+    right[2:6, 7:11] = True
+    (tmp_path / "saliency").mkdir()
+    proposals, annotations, images = [], [], []
+    for image_id, name in ((1, "both"), (2, "one")):
+        Image.fromarray(np.full((12, 12, 3), 90, dtype=np.uint8)).save(tmp_path / f"{name}.png")
+        Image.fromarray(np.full((12, 12), 200, np.uint8), mode="L").save(tmp_path / "saliency" / f"{name}.png")
+        images.append((image_id, name, str(tmp_path / f"{name}.png")))
+        for mask in (left, right):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
+                                "segmentation": encode_rle(mask)})
+        for mask in ((left, right) if name == "both" else (left,)):
+            proposals.append({"image_id": image_id, "segmentation": encode_rle(mask), "score": 0.9, "k": 2})
+    write_json(tmp_path / "proposals.json", proposals)
+    page = audit_proposals(images, tmp_path / "proposals.json", tmp_path / "saliency", tmp_path / "audit",
+                           ground_truth={"annotations": annotations}, page_size=1)
+    text = page.read_text()
+    rows = re.findall(r"<tr><td><a href='([^']*)'>(\w+)</a></td><td data-value='([0-9.e+-]+)'>"
+                      r"[^<]*</td><td data-value='([0-9.e+-]+)'", text)
+    assert [(href, name, float(recall), float(best)) for href, name, recall, best in rows] == [
+        ("#one", "one", 50.0, 50.0), ("page-2.html#both", "both", 100.0, 100.0)]
+    assert re.findall(r'<section id="(\w+)">', text) == ["one"]
+    second = (tmp_path / "audit" / "page-2.html").read_text()
+    assert re.findall(r'<section id="(\w+)">', second) == ["both"] and "<b>2</b>" in second
+
+
+def test_per_image_miou_is_under_the_matching_of_all_the_images(tmp_path):
+    """Cluster 1 is class 2 and cluster 2 is class 1 everywhere: image a is then perfect (100) although its ids
+    differ; image b paints half of its class-1 object with cluster 1 (class 2's): IoU class 1 = 1/2, class 2 = 0
+    (predicted, absent), background 1 → mIoU 50."""
+    from unseg.audit import per_image_miou
+    from unseg.io import write_label_png
+
+    truth_a = np.zeros((4, 8), np.uint8)
+    truth_a[:, 2:4], truth_a[:, 4:6] = 1, 2
+    prediction_a = np.where(truth_a == 1, 2, np.where(truth_a == 2, 1, 0)).astype(np.uint8)
+    truth_b = np.zeros((4, 8), np.uint8)
+    truth_b[:, 4:8] = 1
+    prediction_b = np.zeros((4, 8), np.uint8)
+    prediction_b[:, 4:6], prediction_b[:, 6:8] = 2, 1
+    (tmp_path / "labels").mkdir()
+    truth = {}
+    for name, (labels, prediction) in {"a": (truth_a, prediction_a), "b": (truth_b, prediction_b)}.items():
+        write_label_png(tmp_path / f"{name}-gt.png", labels)
+        write_label_png(tmp_path / "labels" / f"{name}.png", prediction)
+        truth[name] = str(tmp_path / f"{name}-gt.png")
+    scores = per_image_miou(tmp_path / "labels", truth)
+    assert scores == pytest.approx({"a": 100.0, "b": 50.0})

@@ -252,6 +252,24 @@ def semantic_components_ground_truth(rows: "pd.DataFrame", min_area: int = 100) 
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
+def instance_ground_truth(rows: "pd.DataFrame", truth_dir: str | Path,
+                          min_instance_area: int = 100) -> tuple[dict | None, str]:
+    """The instance ground truth proposals are scored against, and where it comes from: the index stage's
+    ``instances.json`` (:func:`unseg.index.coco_ground_truth`); without it, for a dataset with a background class,
+    connected components of each class (:func:`semantic_components_ground_truth`, an approximation said so in the
+    source); else None."""
+    # Without a background class (COCO-Stuff, Cityscapes) every pixel is some class: the connected components of
+    # classes (sky, road) do not say what an object is.
+    ground_truth = coco_ground_truth(rows, truth_dir)
+    if ground_truth is not None:
+        return ground_truth, "instance annotations"
+    if read_classes(truth_dir)["has_background"] and (rows["gt_semantic"] != "").any():
+        return semantic_components_ground_truth(rows, min_instance_area), (
+            f"approximate: 8-connected components (>= {min_instance_area} px) of each class in "
+            "SegmentationClass (no instance PNGs)")
+    return None, ""
+
+
 def object_proposal_scores(
     proposals: Sequence[dict], saliency: np.ndarray, foreground: np.ndarray
 ) -> dict[str, float]:
@@ -312,14 +330,8 @@ def evaluate_proposals(
     proposals = [det for det in read_json(proposals_json) if int(det["image_id"]) in image_ids]
     metrics: dict = {"title": f"Proposals on split '{split}' ({len(rows)} images)", "num_images": len(rows),
                      "num_detections": len(proposals)}
-    # Without a background class (COCO-Stuff, Cityscapes) every pixel is some class: neither a foreground nor the
-    # connected components of classes (sky, road) say what an object is.
-    has_background = read_classes(truth_dir)["has_background"]
-    ground_truth, source = coco_ground_truth(rows, truth_dir), "instance annotations"
-    if ground_truth is None and has_background and (rows["gt_semantic"] != "").any():
-        ground_truth = semantic_components_ground_truth(rows, min_instance_area)
-        source = (f"approximate: 8-connected components (>= {min_instance_area} px) of each class in "
-                  "SegmentationClass (no instance PNGs)")
+    has_background = read_classes(truth_dir)["has_background"]  # without one, no pixel is "the object"
+    ground_truth, source = instance_ground_truth(rows, truth_dir, min_instance_area)
     if ground_truth is not None and ground_truth["annotations"]:
         annotated = {image["id"] for image in ground_truth["images"]}
         scored = [det for det in proposals if det["image_id"] in annotated]

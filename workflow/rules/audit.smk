@@ -2,6 +2,7 @@
 rule audit_masks:
     input:
         index=PATHS["index"],
+        truth=PATHS["index_truth"],
         masks=PATHS["masks"],
     output:
         report(
@@ -12,6 +13,7 @@ rule audit_masks:
         ),
     params:
         max_images=config["audit"]["max_images"],
+        page_size=config["audit"]["page_size"],
     threads: 1
     log:
         f"{LOGS}/audit/masks/{{variant}}.log",
@@ -34,6 +36,7 @@ rule audit_saliency:
         ),
     params:
         max_images=config["audit"]["max_images"],
+        page_size=config["audit"]["page_size"],
     threads: 1
     log:
         f"{LOGS}/audit/saliency/{{variant}}.log",
@@ -46,6 +49,7 @@ rule audit_saliency:
 rule audit_proposals:
     input:
         index=PATHS["index"],
+        truth=PATHS["index_truth"],
         proposals=PATHS["proposals"],
         rejected=PATHS["proposals_rejected"],
         saliency=upstream("proposals", "saliency", "saliency"),
@@ -58,6 +62,7 @@ rule audit_proposals:
         ),
     params:
         max_images=config["audit"]["max_images"],
+        page_size=config["audit"]["page_size"],
     threads: 1
     log:
         f"{LOGS}/audit/proposals/{{variant}}.log",
@@ -80,6 +85,7 @@ rule audit_pseudolabels:
         ),
     params:
         max_images=config["audit"]["max_images"],
+        page_size=config["audit"]["page_size"],
     threads: 1
     log:
         f"{LOGS}/audit/pseudolabels/{{variant}}.log",
@@ -103,6 +109,7 @@ rule audit_predict:
         ),
     params:
         max_images=config["audit"]["max_images"],
+        page_size=config["audit"]["page_size"],
     threads: 1
     log:
         f"{LOGS}/audit/predict/{{variant}}.log",
