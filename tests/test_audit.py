@@ -157,3 +157,32 @@ def test_per_image_miou_is_under_the_matching_of_all_the_images(tmp_path):
         truth[name] = str(tmp_path / f"{name}-gt.png")
     scores = per_image_miou(tmp_path / "labels", truth)
     assert scores == pytest.approx({"a": 100.0, "b": 50.0})
+
+
+def test_two_saliency_variants_side_by_side_differ_most_first(tmp_path):
+    """Variant "one" is the saliency fixture's maps (IoU good 100, half 26/49·100, bad 0); variant "two" swaps
+    good and bad: Δ IoU = −100, 0, +100, so good and bad come before half."""
+    import re
+    import shutil
+
+    from unseg.audit import audit_side_by_side, saliency_view
+
+    saliency_page(tmp_path)
+    images = [(1, "good", str(tmp_path / "good.png")), (2, "half", str(tmp_path / "half.png")),
+              (3, "bad", str(tmp_path / "bad.png"))]
+    truth = {name: str(tmp_path / f"{name}-gt.png") for _, name, _ in images}
+    shutil.copytree(tmp_path / "saliency", tmp_path / "two")
+    shutil.copy(tmp_path / "saliency" / "bad.png", tmp_path / "two" / "good.png")
+    shutil.copy(tmp_path / "saliency" / "good.png", tmp_path / "two" / "bad.png")
+    views = [("one", saliency_view(images, tmp_path / "saliency", truth)),
+             ("two", saliency_view(images, tmp_path / "two", truth))]
+    page = audit_side_by_side(images, views, tmp_path / "side", "one vs two", page_size=2)
+    text = page.read_text()
+    header = re.findall(r"<th>([^<]+)</th>", text)
+    assert header == ["image", "one: IoU", "one: foreground %", "two: IoU", "two: foreground %", "Δ IoU"]
+    rows = re.findall(r"<tr><td><a href='[^']*'>(\w+)</a></td>((?:<td[^>]*>[^<]*</td>)+)</tr>", text)
+    delta = {name: float(re.findall(r"data-value='([^']+)'", cells)[-1]) for name, cells in rows}
+    assert delta == {"good": -100.0, "bad": 100.0, "half": 0.0}
+    assert [name for name, _ in rows][2] == "half"  # the images where the variants differ most come first
+    assert "one: soft map" in text and "two: soft map" in text
+    assert re.findall(r'<section id="(\w+)">', (tmp_path / "side" / "page-2.html").read_text()) == ["half"]

@@ -406,3 +406,24 @@ def test_every_gallery_of_the_tiny_run_loads_in_a_browser_without_errors(tiny_ru
         first = page.read_text()
         assert all(f"href='page-2.html#{name}'" in first for name in shown["page-2.html"]), page
         assert len(re.findall(r"<tr><td>", first)) == 8  # every image of the tiny dataset is in the table
+
+
+def test_a_side_by_side_page_compares_two_saliency_variants_of_the_tiny_run(tiny_run, tmp_path):
+    import shutil
+
+    workdir, config, _ = tiny_run
+    shutil.copytree(workdir, tmp_path / "run", symlinks=True)  # the tiny run's artifacts stay as they are
+    config = json.loads(json.dumps(config))
+    config["saliency"]["otsu"] = {**config["saliency"]["bipart"], "threshold": "otsu"}
+    config["audit"]["compare"] = {"split-rules": {"stage": "saliency", "variants": ["bipart", "otsu"]}}
+    target = "results/tiny/audit/compare/split-rules/index.html"
+    assert planned_jobs(snakemake(tmp_path / "run", config, "-n", target).stdout) == {"saliency": 1,
+                                                                                     "audit_compare": 1}
+    snakemake(tmp_path / "run", config, target)
+    text = (tmp_path / "run" / target).read_text()
+    assert "bipart: IoU" in text and "otsu: IoU" in text and "Δ IoU" in text
+    assert len(re.findall(r"<tr><td>", text)) == 8 and "bipart: soft map" in text and "otsu: soft map" in text
+    bad = dict(config, audit={**config["audit"], "compare": {"x": {"stage": "saliency", "variants": ["bipart", "no"]}}})
+    result = snakemake(tmp_path / "run", bad, "-n", check=False)
+    assert result.returncode != 0 and "audit.compare.x.variants: no 'saliency' variant named 'no'" in (
+        result.stdout + result.stderr)

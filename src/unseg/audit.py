@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +196,18 @@ def _annotations_by_image(ground_truth: Mapping | None) -> dict[int, list[dict]]
 Entry = tuple[int, str, str, dict]  # (image_id, name, path, per-image values)
 
 
+@dataclass
+class StageView:
+    """What a gallery shows of one stage's artifact: per-image values (name → {column: number}), the columns in
+    table order, the columns to order by (worst = lowest first, the first one any image has), and the panels of
+    one image (``panels(image_id, name, picture)``, the picture itself not among them)."""
+
+    values: dict[str, dict[str, float]]
+    columns: list[str]
+    order_by: list[str]
+    panels: Callable[[int, str, np.ndarray], list[Panel]]
+
+
 def _paged_gallery(out_dir: str | Path, title: str, entries: Sequence[Entry], columns: Sequence[str],
                    panels_of, notes: str, provenance: str | Path | None, page_size: int | None,
                    max_images: int | None, order: str) -> Path:
@@ -221,40 +234,91 @@ def _worst_first(entries: list[Entry], keys: Sequence[str]) -> tuple[list[Entry]
     return entries, "in index order"
 
 
+def _stage_gallery(images: Sequence[tuple[int, str, str]], view: StageView, out_dir: str | Path, title: str,
+                   notes: str, provenance: str | Path | None, page_size: int | None, max_images: int | None) -> Path:
+    entries = [(image_id, name, path, view.values.get(name, {})) for image_id, name, path in images]
+    entries, order = _worst_first(entries, view.order_by)
+    columns = [column for column in view.columns if any(column in values for *_, values in entries)]
+
+    def panels_of(image_id, name, path, values) -> list[Panel]:
+        image = read_image(path)
+        return [("image", image), *view.panels(image_id, name, image)]
+
+    return _paged_gallery(out_dir, title, entries, columns, panels_of, notes, provenance, page_size, max_images,
+                          order)
+
+
+def masks_view(images: Sequence[tuple[int, str, str]], masks_json: str | Path,
+               ground_truth: Mapping | None = None) -> StageView:
+    """Masks per k (and per eigenvector): the mask count and, with ``ground_truth`` (COCO instances keyed by
+    image_id), the coverage of the image's instances (:func:`instance_overlaps`)."""
+    by_image = _detections_by_image(masks_json)
+    truth_by_image = _annotations_by_image(ground_truth)
+    values = {name: {"masks": float(len(by_image.get(image_id, []))),
+                     **instance_overlaps(by_image.get(image_id, []), truth_by_image.get(image_id, []))}
+              for image_id, name, _ in images}
+
+    def panels(image_id: int, name: str, image: np.ndarray) -> list[Panel]:
+        detections = by_image.get(image_id, [])
+        shown: list[Panel] = []
+        for origin in sorted({_mask_origin(det) for det in detections}):
+            chosen = [det for det in detections if _mask_origin(det) == origin]
+            masks = [decode_rle(det["segmentation"]) for det in chosen]
+            shown.append((f"{_origin_caption(chosen[0])}: {len(masks)} masks", overlay_masks(image, masks)))
+        return shown
+
+    return StageView(values, ["best-overlap IoU", "recall@0.5", "masks"], ["best-overlap IoU", "masks"], panels)
+
+
 def audit_masks(images: Sequence[tuple[int, str, str]], masks_json: str | Path, out_dir: str | Path,
                 provenance: str | Path | None = None, ground_truth: Mapping | None = None,
                 page_size: int | None = None, max_images: int | None = None) -> Path:
     """Masks per k (and, for deep_spectral, per eigenvector): for each image (image_id, name, path), one panel per
-    clustering k with that clustering's masks, then one per eigenvector index with its sign-split masks.
+    clustering k with that clustering's masks, then one per eigenvector index with its sign-split masks; the
+    worst-covered images first (:func:`masks_view`), else the fewest masks first."""
+    return _stage_gallery(images, masks_view(images, masks_json, ground_truth), out_dir, _TITLES["masks"],
+                          _NOTES["masks"], provenance, page_size, max_images)
 
-    Per image: the number of masks and, with ``ground_truth`` (COCO instances keyed by image_id), how well they
-    cover its instances (:func:`instance_overlaps`); the gallery shows the worst-covered first (else the fewest
-    masks first)."""
-    by_image = _detections_by_image(masks_json)
+
+def proposals_view(images: Sequence[tuple[int, str, str]], proposals_json: str | Path, saliency_dir: str | Path,
+                   rejected_json: str | Path | None = None, ground_truth: Mapping | None = None) -> StageView:
+    """Proposals: kept and dropped counts, the top score and, with ``ground_truth``, the kept proposals' coverage
+    of the instances (:func:`instance_overlaps`); panels: saliency, the kept proposals, the best four, what was
+    dropped by reason and the first dropped masks with why."""
+    by_image = _detections_by_image(proposals_json)
+    rejected_by_image = _detections_by_image(rejected_json) if rejected_json else {}
     truth_by_image = _annotations_by_image(ground_truth)
-    entries = []
-    for image_id, name, path in images:
+    values = {}
+    for image_id, name, _ in images:
         detections = by_image.get(image_id, [])
-        values = {"masks": float(len(detections)), **instance_overlaps(detections, truth_by_image.get(image_id, []))}
-        entries.append((image_id, name, path, values))
-    entries, order = _worst_first(entries, ["best-overlap IoU", "masks"])
+        values[name] = {"proposals": float(len(detections)),
+                        "dropped": float(len(rejected_by_image.get(image_id, []))),
+                        "top score": max((float(det["score"]) for det in detections), default=0.0),
+                        **instance_overlaps(detections, truth_by_image.get(image_id, []))}
 
-    def panels_of(image_id, name, path, values) -> list[Panel]:
-        image = read_image(path)
-        detections = by_image.get(image_id, [])
-        panels: list[Panel] = [("image", image)]
-        for origin in sorted({_mask_origin(det) for det in detections}):
-            chosen = [det for det in detections if _mask_origin(det) == origin]
-            masks = [decode_rle(det["segmentation"]) for det in chosen]
-            panels.append((f"{_origin_caption(chosen[0])}: {len(masks)} masks", overlay_masks(image, masks)))
-        return panels
+    def panels(image_id: int, name: str, image: np.ndarray) -> list[Panel]:
+        detections = sorted(by_image.get(image_id, []), key=lambda det: -det["score"])
+        soft = read_saliency(saliency_dir, name)
+        shown: list[Panel] = [("saliency", overlay_heatmap(image, soft))]
+        shown.append((f"{len(detections)} proposals",
+                      overlay_masks(image, [decode_rle(d["segmentation"]) for d in detections[::-1]])))
+        for det in detections[:4]:
+            shown.append((f"score {det['score']:.2f} ({_origin_caption(det)}, "
+                          f"salient {det.get('salient_fraction', 0):.2f})",
+                          overlay_masks(image, [decode_rle(det["segmentation"])])))
+        rejected = rejected_by_image.get(image_id, [])
+        for reason in ("saliency", "nms", "crf"):
+            dropped = [det for det in rejected if det["rejected"] == reason]
+            if dropped:
+                shown.append((f"dropped by {reason}: {len(dropped)}",
+                              overlay_masks(image, [decode_rle(d["segmentation"]) for d in dropped])))
+        for det in sorted(rejected, key=lambda det: -det["score"])[:3]:
+            shown.append((f"dropped ({_origin_caption(det)}, score {det['score']:.2f}): {det['reason']}",
+                          overlay_masks(image, [decode_rle(det["segmentation"])])))
+        return shown
 
-    columns = [column for column in ("best-overlap IoU", "recall@0.5", "masks")
-               if any(column in values for *_, values in entries)]
-    notes = ("Each colour is one mask (a connected component of one cluster, or of the border-rule side of one "
-             "eigenvector's sign split).")
-    return _paged_gallery(out_dir, "Spectral masks per k and per eigenvector", entries, columns, panels_of, notes,
-                          provenance, page_size, max_images, order)
+    return StageView(values, ["recall@0.5", "best-overlap IoU", "proposals", "dropped", "top score"],
+                     ["recall@0.5", "top score"], panels)
 
 
 def audit_proposals(
@@ -263,52 +327,11 @@ def audit_proposals(
     ground_truth: Mapping | None = None, page_size: int | None = None, max_images: int | None = None,
 ) -> Path:
     """Saliency heat map, the surviving proposals (with scores) and, from ``rejected_json``, the masks that were
-    dropped, by reason (saliency fraction, NMS, CRF), each of the first ones with its reason and numbers.
-
-    Per image: kept and dropped counts, the top score and, with ``ground_truth``, the instance coverage of the kept
-    proposals (:func:`instance_overlaps`); the gallery shows the lowest recall first (else the weakest top score)."""
-
-    by_image = _detections_by_image(proposals_json)
-    rejected_by_image = _detections_by_image(rejected_json) if rejected_json else {}
-    truth_by_image = _annotations_by_image(ground_truth)
-    entries = []
-    for image_id, name, path in images:
-        detections = by_image.get(image_id, [])
-        values = {"proposals": float(len(detections)), "dropped": float(len(rejected_by_image.get(image_id, []))),
-                  "top score": max((float(det["score"]) for det in detections), default=0.0),
-                  **instance_overlaps(detections, truth_by_image.get(image_id, []))}
-        entries.append((image_id, name, path, values))
-    entries, order = _worst_first(entries, ["recall@0.5", "top score"])
-
-    def panels_of(image_id, name, path, values) -> list[Panel]:
-        image = read_image(path)
-        detections = sorted(by_image.get(image_id, []), key=lambda det: -det["score"])
-        soft = read_saliency(saliency_dir, name)
-        panels: list[Panel] = [("image", image), ("saliency", overlay_heatmap(image, soft))]
-        panels.append((f"{len(detections)} proposals",
-                       overlay_masks(image, [decode_rle(d["segmentation"]) for d in detections[::-1]])))
-        for det in detections[:4]:
-            panels.append((f"score {det['score']:.2f} ({_origin_caption(det)}, "
-                           f"salient {det.get('salient_fraction', 0):.2f})",
-                           overlay_masks(image, [decode_rle(det["segmentation"])])))
-        rejected = rejected_by_image.get(image_id, [])
-        for reason in ("saliency", "nms", "crf"):
-            dropped = [det for det in rejected if det["rejected"] == reason]
-            if dropped:
-                panels.append((f"dropped by {reason}: {len(dropped)}",
-                               overlay_masks(image, [decode_rle(d["segmentation"]) for d in dropped])))
-        for det in sorted(rejected, key=lambda det: -det["score"])[:3]:
-            panels.append((f"dropped ({_origin_caption(det)}, score {det['score']:.2f}): {det['reason']}",
-                           overlay_masks(image, [decode_rle(det["segmentation"])])))
-        return panels
-
-    columns = [column for column in ("recall@0.5", "best-overlap IoU", "proposals", "dropped", "top score")
-               if any(column in values for *_, values in entries)]
-    notes = ("Kept proposals, then the masks the filter dropped: 'saliency' (too little of the mask is salient), "
-             "'nms' (overlaps a higher-scoring kept mask), 'crf' (CRF refinement left nothing)."
-             if rejected_json else "")
-    return _paged_gallery(out_dir, "Proposals after the saliency filter and NMS", entries, columns, panels_of, notes,
-                          provenance, page_size, max_images, order)
+    dropped, by reason (saliency fraction, NMS, CRF), each of the first ones with its reason and numbers; the lowest
+    recall first (:func:`proposals_view`), else the weakest top score."""
+    view = proposals_view(images, proposals_json, saliency_dir, rejected_json, ground_truth)
+    return _stage_gallery(images, view, out_dir, _TITLES["proposals"], _NOTES["proposals"] if rejected_json else "",
+                          provenance, page_size, max_images)
 
 
 def ground_truth_foreground(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -317,49 +340,47 @@ def ground_truth_foreground(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return (labels > 0) & (labels != IGNORE_LABEL), labels != IGNORE_LABEL
 
 
+def saliency_view(images: Sequence[tuple[int, str, str]], saliency_dir: str | Path,
+                  ground_truth: Mapping[str, str] | None = None) -> StageView:
+    """Saliency: foreground % and, with ground truth, foreground IoU of ``> 0.5`` (void left out); panels: the soft
+    map, its foreground, the ground truth, and a trained head's teacher map when the variant keeps one
+    (``extras/teacher/``)."""
+    ground_truth = ground_truth or {}
+    teacher_dir = Path(saliency_dir) / "extras" / "teacher"
+    values = {}
+    for _, name, _ in images:
+        soft = read_saliency(saliency_dir, name)
+        values[name] = {"foreground %": 100 * float((soft > 0.5).mean())}
+        if ground_truth.get(name):
+            truth, valid = ground_truth_foreground(ground_truth[name])
+            predicted = (soft > 0.5) & valid
+            union = (predicted | truth).sum()
+            values[name]["IoU"] = 100 * float((predicted & truth).sum() / union) if union else 100.0
+
+    def panels(image_id: int, name: str, image: np.ndarray) -> list[Panel]:
+        soft = read_saliency(saliency_dir, name)
+        iou = values[name].get("IoU")
+        shown: list[Panel] = [("soft map", overlay_heatmap(image, soft)),
+                              ("foreground (> 0.5)" + (f", IoU {iou:.1f}" if iou is not None else ""),
+                               overlay_masks(image, [soft > 0.5]))]
+        if ground_truth.get(name):
+            shown.append(("ground truth", overlay_masks(image, [ground_truth_foreground(ground_truth[name])[0]])))
+        if (teacher_dir / f"{name}.png").is_file():
+            shown.append(("teacher (> 0.5)", overlay_masks(image, [read_saliency(teacher_dir, name) > 0.5])))
+        return shown
+
+    return StageView(values, ["IoU", "foreground %"], ["IoU"], panels)
+
+
 def audit_saliency(
     images: Sequence[tuple[int, str, str]], saliency_dir: str | Path, out_dir: str | Path,
     ground_truth: dict[str, str] | None = None, max_images: int | None = 12, provenance: str | Path | None = None,
     page_size: int | None = None,
 ) -> Path:
-    """Every image's saliency in a sortable table (foreground fraction; with ground truth, foreground IoU of
-    ``> 0.5``, void left out), and a gallery of ``max_images`` of them (None: all), worst IoU first when there is
-    ground truth: the image, the soft map, its foreground (> 0.5), the ground truth, and a trained head's teacher
-    map when the variant keeps one (``extras/teacher/``)."""
-    ground_truth = ground_truth or {}
-    teacher_dir = Path(saliency_dir) / "extras" / "teacher"
-    entries = []
-    for image_id, name, path in images:
-        soft = read_saliency(saliency_dir, name)
-        values: dict[str, float] = {"foreground %": 100 * float((soft > 0.5).mean())}
-        if ground_truth.get(name):
-            truth, valid = ground_truth_foreground(ground_truth[name])
-            predicted = (soft > 0.5) & valid
-            union = (predicted | truth).sum()
-            values["IoU"] = 100 * float((predicted & truth).sum() / union) if union else 100.0
-        entries.append((image_id, name, path, values))
-    scored = any("IoU" in values for *_, values in entries)
-    if scored:
-        entries, order = _worst_first(entries, ["IoU"])
-        order = "worst foreground IoU first"
-    else:
-        order = "in index order"
-
-    def panels_of(image_id, name, path, values) -> list[Panel]:
-        image = read_image(path)
-        soft = read_saliency(saliency_dir, name)
-        panels: list[Panel] = [("image", image), ("soft map", overlay_heatmap(image, soft)),
-                               ("foreground (> 0.5)" + (f", IoU {values['IoU']:.1f}" if "IoU" in values else ""),
-                                overlay_masks(image, [soft > 0.5]))]
-        if ground_truth.get(name):
-            panels.append(("ground truth", overlay_masks(image, [ground_truth_foreground(ground_truth[name])[0]])))
-        if (teacher_dir / f"{name}.png").is_file():
-            panels.append(("teacher (> 0.5)", overlay_masks(image, [read_saliency(teacher_dir, name) > 0.5])))
-        return panels
-
-    columns = ["IoU", "foreground %"] if scored else ["foreground %"]
-    return _paged_gallery(out_dir, "Saliency maps", entries, columns, panels_of,
-                          "Foreground is the stored map > 0.5.", provenance, page_size, max_images, order)
+    """Every image's saliency in a sortable table (:func:`saliency_view`), and a gallery of ``max_images`` of them
+    (None: all), worst foreground IoU first when there is ground truth."""
+    return _stage_gallery(images, saliency_view(images, saliency_dir, ground_truth), out_dir, _TITLES["saliency"],
+                          _NOTES["saliency"], provenance, page_size, max_images)
 
 
 def _max_label(path: str | Path) -> int:
@@ -385,6 +406,37 @@ def per_image_miou(label_dir: str | Path, ground_truth: Mapping[str, str]) -> di
     return {name: value for name, value in scores.items() if value is not None}
 
 
+def label_maps_view(images: Sequence[tuple[int, str, str]], label_dirs: Sequence[tuple[str, str | Path]],
+                    ground_truth: Mapping[str, str] | None = None) -> StageView:
+    """Label maps (pseudo-labels, predictions): with ground truth, each one's per-image mIoU
+    (:func:`per_image_miou`), ordered by the last one's (the predictions beside their pseudo-labels); panels: each
+    label map, then the ground truth.
+
+    Args:
+        label_dirs: (caption, folder holding ``{name}.png``) per panel.
+        ground_truth: image name → ground-truth label PNG.
+    """
+    ground_truth = {name: path for name, path in (ground_truth or {}).items() if path}
+    scores = {caption: per_image_miou(folder, ground_truth) for caption, folder in label_dirs} if ground_truth else {}
+    columns = [f"mIoU {caption}" for caption, _ in label_dirs]
+    values = {name: {f"mIoU {caption}": scores[caption][name] for caption, _ in label_dirs
+                     if name in scores.get(caption, {})} for _, name, _ in images}
+
+    def panels(image_id: int, name: str, image: np.ndarray) -> list[Panel]:
+        shown: list[Panel] = []
+        for caption, folder in label_dirs:
+            if not (Path(folder) / f"{name}.png").is_file():  # e.g. a support image: clustered, never painted
+                continue
+            score = values[name].get(f"mIoU {caption}")
+            shown.append((caption + (f", mIoU {score:.1f}" if score is not None else ""),
+                          overlay_labels(image, read_label_png(Path(folder) / f"{name}.png"))))
+        if ground_truth.get(name):
+            shown.append(("ground truth", overlay_labels(image, read_label_png(ground_truth[name]))))
+        return shown
+
+    return StageView(values, columns, columns[::-1], panels)
+
+
 def audit_label_maps(
     images: Sequence[tuple[int, str, str]],
     label_dirs: Sequence[tuple[str, str | Path]],
@@ -395,52 +447,83 @@ def audit_label_maps(
     page_size: int | None = None,
     max_images: int | None = None,
 ) -> Path:
-    """Label maps (pseudo-labels, predictions) beside the ground truth when known.
+    """Label maps (pseudo-labels, predictions) beside the ground truth when known, the worst first
+    (:func:`label_maps_view`)."""
+    return _stage_gallery(images, label_maps_view(images, label_dirs, ground_truth), out_dir, title,
+                          _NOTES["pseudolabels"], provenance, page_size, max_images)
 
-    Per image, with ground truth: the mIoU of each label map (:func:`per_image_miou`); the gallery shows the worst
-    of the last label maps (the predictions beside their pseudo-labels) first.
 
-    Args:
-        label_dirs: (caption, folder holding ``{name}.png``) per panel.
-        ground_truth: image name → ground-truth label PNG.
-    """
-    ground_truth = {name: path for name, path in (ground_truth or {}).items() if path}
-    scores = {caption: per_image_miou(folder, ground_truth) for caption, folder in label_dirs} if ground_truth else {}
-    columns = [f"mIoU {caption}" for caption, _ in label_dirs] if ground_truth else []
-    entries = [(image_id, name, path, {f"mIoU {caption}": scores[caption][name] for caption, _ in label_dirs
-                                       if name in scores.get(caption, {})}) for image_id, name, path in images]
-    entries, order = _worst_first(entries, columns[::-1])
+def audit_side_by_side(images: Sequence[tuple[int, str, str]], views: Sequence[tuple[str, StageView]],
+                       out_dir: str | Path, title: str, page_size: int | None = None,
+                       max_images: int | None = None) -> Path:
+    """Two (or more) variants of one stage on the same images: each image's row holds every variant's panels (their
+    captions prefixed with the variant), the table every variant's numbers and the difference of the first
+    ordering metric they share (last variant − first), the images where the variants differ most first."""
+    first, last = views[0][1], views[-1][1]
+    key = next((column for column in first.order_by
+                if any(column in values for values in first.values.values())), None)
+    columns = [f"{variant}: {column}" for variant, view in views for column in view.columns
+               if any(column in values for values in view.values.values())]
+    entries = []
+    for image_id, name, path in images:
+        values = {f"{variant}: {column}": value for variant, view in views
+                  for column, value in view.values.get(name, {}).items()}
+        if key is not None and key in first.values.get(name, {}) and key in last.values.get(name, {}):
+            values[f"Δ {key}"] = last.values[name][key] - first.values[name][key]
+        entries.append((image_id, name, path, values))
+    if key is not None:
+        columns.append(f"Δ {key}")
+        entries.sort(key=lambda entry: -abs(entry[3].get(f"Δ {key}", 0.0)))
+        order = f"largest |Δ {key}| first"
+    else:
+        order = "in index order"
 
     def panels_of(image_id, name, path, values) -> list[Panel]:
         image = read_image(path)
-        panels: list[Panel] = [("image", image)]
-        for caption, folder in label_dirs:
-            if not (Path(folder) / f"{name}.png").is_file():  # e.g. a support image: clustered, never painted
-                continue
-            score = values.get(f"mIoU {caption}")
-            panels.append((caption + (f", mIoU {score:.1f}" if score is not None else ""),
-                           overlay_labels(image, read_label_png(Path(folder) / f"{name}.png"))))
-        if ground_truth.get(name):
-            panels.append(("ground truth", overlay_labels(image, read_label_png(ground_truth[name]))))
-        return panels
+        return [("image", image), *((f"{variant}: {caption}", picture) for variant, view in views
+                                    for caption, picture in view.panels(image_id, name, image))]
 
-    notes = ("Colours are cluster ids; they match ground-truth classes only after Hungarian matching (mIoU: under "
-             "the matching over all the images shown in the table).")
-    return _paged_gallery(out_dir, title, entries, columns, panels_of, notes, provenance, page_size, max_images, order)
+    notes = f"Variants {', '.join(variant for variant, _ in views)} of the same stage on the same images."
+    return _paged_gallery(out_dir, title, entries, columns, panels_of, notes, None, page_size, max_images, order)
 
 
-def audit_stage(stage: str, inputs: dict[str, str], out_html: str | Path, max_images: int | None = None,
-                page_size: int | None = 12) -> Path:
-    """Write the audit page of one stage ("masks", "saliency", "proposals", "pseudolabels" or "predict"): every
-    image of the index in its per-image table; ``max_images`` of them (None: all) in gallery pages of
-    ``page_size``.
+_TITLES = {"masks": "Spectral masks per k and per eigenvector", "saliency": "Saliency maps",
+           "proposals": "Proposals after the saliency filter and NMS", "pseudolabels": "Pseudo-labels",
+           "predict": "Predictions of the trained head"}
+_NOTES = {
+    "masks": ("Each colour is one mask (a connected component of one cluster, or of the border-rule side of one "
+              "eigenvector's sign split)."),
+    "saliency": "Foreground is the stored map > 0.5.",
+    "proposals": ("Kept proposals, then the masks the filter dropped: 'saliency' (too little of the mask is "
+                  "salient), 'nms' (overlaps a higher-scoring kept mask), 'crf' (CRF refinement left nothing)."),
+    "pseudolabels": ("Colours are cluster ids; they match ground-truth classes only after Hungarian matching (mIoU: "
+                     "under the matching over all the images shown in the table)."),
+}
+_NOTES["predict"] = _NOTES["pseudolabels"]
+# The artifact whose provenance a stage's page links, by its role in the inputs.
+_AUDITED = {"masks": "masks", "proposals": "proposals", "pseudolabels": "labels", "predict": "labels",
+            "saliency": "saliency"}
 
-    Args:
-        inputs: role → path: always ``index``; ``masks``; ``saliency``; ``proposals`` and ``saliency``; ``labels`` (and
-            ``pseudolabels`` for predict, shown beside the predictions); ``truth`` (the index's ground-truth folder,
-            for the instances the masks and proposals are scored against).
-        out_html: the page's ``index.html``; its folder holds the panels and further pages.
-    """
+
+def stage_view(stage: str, images: Sequence[tuple[int, str, str]], roles: Mapping[str, str],
+               ground_truth: Mapping[str, str], instances: Mapping | None) -> StageView:
+    """The view of one variant of ``stage`` ("masks", "saliency", "proposals", "pseudolabels" or "predict") from
+    its artifacts by role (see :func:`audit_stage`)."""
+    if stage == "saliency":
+        return saliency_view(images, roles["saliency"], ground_truth)
+    if stage == "masks":
+        return masks_view(images, roles["masks"], instances)
+    if stage == "proposals":
+        return proposals_view(images, roles["proposals"], roles["saliency"], roles.get("rejected"), instances)
+    if stage == "pseudolabels":
+        return label_maps_view(images, [("pseudo-labels", roles["labels"])], ground_truth)
+    if stage == "predict":
+        return label_maps_view(images, [("pseudo-labels", roles["pseudolabels"]), ("prediction", roles["labels"])],
+                               ground_truth)
+    raise ValueError(f"no audit page for stage {stage!r} (stages: {sorted(_TITLES)})")
+
+
+def _audit_inputs(inputs: Mapping[str, str]):
     from .index import read_index
     from .proposals import instance_ground_truth
 
@@ -448,24 +531,43 @@ def audit_stage(stage: str, inputs: dict[str, str], out_html: str | Path, max_im
     images = list(zip(index.image_id.tolist(), index.name.tolist(), index.path.tolist()))
     ground_truth = {name: path for name, path in zip(index.name, index.gt_semantic) if isinstance(path, str) and path}
     instances = instance_ground_truth(index, inputs["truth"])[0] if "truth" in inputs else None
-    out_dir = Path(out_html).parent
-    audited = {"masks": "masks", "proposals": "proposals", "pseudolabels": "labels", "predict": "labels",
-               "saliency": "saliency"}
-    sidecar = sidecar_path(inputs[audited[stage]]).resolve() if stage in audited else None
-    provenance = sidecar if sidecar is not None and sidecar.is_file() else None
-    paging = {"page_size": page_size, "max_images": max_images}
-    if stage == "saliency":
-        return audit_saliency(images, inputs["saliency"], out_dir, ground_truth, provenance=provenance, **paging)
-    if stage == "masks":
-        return audit_masks(images, inputs["masks"], out_dir, provenance, instances, **paging)
-    if stage == "proposals":
-        return audit_proposals(images, inputs["proposals"], inputs["saliency"], out_dir, provenance,
-                               inputs.get("rejected"), instances, **paging)
-    if stage == "pseudolabels":
-        return audit_label_maps(images, [("pseudo-labels", inputs["labels"])], out_dir, "Pseudo-labels", ground_truth,
-                                provenance, **paging)
-    if stage == "predict":
-        panels = [("pseudo-labels", inputs["pseudolabels"]), ("prediction", inputs["labels"])]
-        return audit_label_maps(images, panels, out_dir, "Predictions of the trained head", ground_truth, provenance,
-                                **paging)
-    raise ValueError(f"no audit page for stage {stage!r}")
+    return images, ground_truth, instances
+
+
+def audit_stage(stage: str, inputs: dict[str, str], out_html: str | Path, max_images: int | None = None,
+                page_size: int | None = 12) -> Path:
+    """Write the audit page of one stage ("masks", "saliency", "proposals", "pseudolabels" or "predict"): every
+    image of the index in its per-image table; ``max_images`` of them (None: all) in gallery pages of
+    ``page_size``, the worst first by the stage's per-image metric.
+
+    Args:
+        inputs: role → path: always ``index``; ``masks``; ``saliency``; ``proposals``, ``rejected`` and ``saliency``;
+            ``labels`` (and ``pseudolabels`` for predict, shown beside the predictions); ``truth`` (the index's
+            ground-truth folder, for the instances the masks and proposals are scored against).
+        out_html: the page's ``index.html``; its folder holds the panels and further pages.
+    """
+    images, ground_truth, instances = _audit_inputs(inputs)
+    view = stage_view(stage, images, inputs, ground_truth, instances)
+    sidecar = sidecar_path(inputs[_AUDITED[stage]]).resolve()
+    provenance = sidecar if sidecar.is_file() else None
+    notes = _NOTES[stage] if stage != "proposals" or inputs.get("rejected") else ""
+    return _stage_gallery(images, view, Path(out_html).parent, _TITLES[stage], notes, provenance, page_size,
+                          max_images)
+
+
+def audit_comparison(stage: str, variants: Sequence[str], inputs: Mapping[str, str], out_html: str | Path,
+                     max_images: int | None = None, page_size: int | None = 12) -> Path:
+    """The side-by-side page of ``variants`` of ``stage`` (:func:`audit_side_by_side`).
+
+    Args:
+        inputs: ``index``, ``truth`` and, for the i-th variant, its roles as in :func:`audit_stage` under the keys
+            ``v{i}_{role}`` (e.g. ``v0_saliency``, ``v1_saliency``).
+    """
+    images, ground_truth, instances = _audit_inputs(inputs)
+    views = []
+    for position, variant in enumerate(variants):
+        prefix = f"v{position}_"
+        roles = {key[len(prefix):]: path for key, path in inputs.items() if key.startswith(prefix)}
+        views.append((variant, stage_view(stage, images, roles, ground_truth, instances)))
+    return audit_side_by_side(images, views, Path(out_html).parent,
+                              f"{_TITLES[stage]}: {' vs '.join(variants)}", page_size, max_images)

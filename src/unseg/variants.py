@@ -103,6 +103,25 @@ def check_variants(config: dict) -> None:
                     raise VariantError(
                         f"{stage}.{variant}.{key}: no {what} variant named {settings[key]!r} (known: {known})"
                     )
+    check_comparisons(config)
+
+
+# The config section whose variants a side-by-side audit page (audit.compare) of each stage compares.
+COMPARED_SECTION = {"masks": "masks", "saliency": "saliency", "proposals": "proposals", "pseudolabels": "pseudolabels",
+                    "predict": "train"}
+
+
+def check_comparisons(config: dict) -> None:
+    """Check every side-by-side audit page (``audit.compare``): its name, and that its variants exist."""
+    for name, comparison in ((config.get("audit") or {}).get("compare") or {}).items():
+        if not VARIANT_NAME.match(str(name)):
+            raise VariantError(f"audit.compare.{name}: a page name must match {VARIANT_NAME.pattern}")
+        section = COMPARED_SECTION[comparison["stage"]]
+        known = sorted(config.get(section) or {})
+        for variant in comparison["variants"]:
+            if variant not in known:
+                raise VariantError(f"audit.compare.{name}.variants: no {section!r} variant named {variant!r} "
+                                   f"(known: {known})")
 
 
 def resolve_chain(config: dict, stage: str, variant: str) -> dict[str, dict[str, dict]]:

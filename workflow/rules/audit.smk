@@ -117,3 +117,26 @@ rule audit_predict:
         "../envs/unseg.yaml"
     script:
         "../scripts/audit.py"
+
+
+rule audit_compare:
+    input:
+        unpack(comparison_inputs),
+    output:
+        report(
+            PATHS["audit_compare"],
+            caption="../report/audit.rst",
+            category="Audit",
+            subcategory="side by side",
+        ),
+    params:
+        comparison=lambda wildcards: config["audit"]["compare"][wildcards.variant],
+        max_images=config["audit"]["max_images"],
+        page_size=config["audit"]["page_size"],
+    threads: 1
+    log:
+        f"{LOGS}/audit/compare/{{variant}}.log",
+    conda:
+        "../envs/unseg.yaml"
+    script:
+        "../scripts/audit_compare.py"

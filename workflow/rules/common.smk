@@ -1,7 +1,7 @@
 # The table of artifact paths, and the path and variant helpers shared by every rule file.
 from unseg.io import read_json
 from unseg.variants import VariantError, check_variants, dataset_root, follow, generated_dataset_root, is_owned_path
-from unseg.variants import resolve_chain
+from unseg.variants import COMPARED_SECTION, resolve_chain
 from unseg.train import check_round_chain, settings_of_round
 
 try:
@@ -67,6 +67,7 @@ PATHS = {
     "audit_proposals": f"{RESULTS}/audit/proposals/{{variant}}/index.html",
     "audit_pseudolabels": f"{RESULTS}/audit/pseudolabels/{{variant}}/index.html",
     "audit_predict": f"{RESULTS}/audit/predict/{{variant}}/index.html",
+    "audit_compare": f"{RESULTS}/audit/compare/{{variant}}/index.html",
 }
 
 # What the default target builds and the success message lists: (artifact, the stage whose variants it is made for,
@@ -82,6 +83,7 @@ SUMMARY = [
     ("audit_proposals", "proposals", "audit page", ""),
     ("audit_pseudolabels", "pseudolabels", "audit page", ""),
     ("audit_predict", "train", "audit page", ""),
+    ("audit_compare", "audit.compare", "side by side", "variants of one stage on the same images"),
     ("contrast_embeddings", "contrast", "embeddings", "learned pixel embeddings; any stage's features: can name them"),
 ]
 
@@ -124,6 +126,27 @@ def along(stage, keys, artifact):
     return path
 
 
+def comparison_inputs(wildcards):
+    """Input function of a side-by-side audit page: the index, its ground truth and, for the i-th compared variant,
+    the artifacts its stage's page reads, as ``v{i}_{role}``."""
+    comparison = config["audit"]["compare"][wildcards.variant]
+    inputs = {"index": PATHS["index"], "truth": PATHS["index_truth"]}
+    for position, variant in enumerate(comparison["variants"]):
+        settings = config[COMPARED_SECTION[comparison["stage"]]][variant]
+        roles = {
+            "masks": lambda: {"masks": PATHS["masks"].format(variant=variant)},
+            "saliency": lambda: {"saliency": PATHS["saliency"].format(variant=variant)},
+            "proposals": lambda: {"proposals": PATHS["proposals"].format(variant=variant),
+                                  "rejected": PATHS["proposals_rejected"].format(variant=variant),
+                                  "saliency": PATHS["saliency"].format(variant=settings["saliency"])},
+            "pseudolabels": lambda: {"labels": PATHS["pseudolabels"].format(variant=variant)},
+            "predict": lambda: {"labels": PATHS["predict"].format(variant=variant),
+                                "pseudolabels": PATHS["pseudolabels"].format(variant=settings["pseudolabels"])},
+        }[comparison["stage"]]()
+        inputs.update({f"v{position}_{role}": path for role, path in roles.items()})
+    return inputs
+
+
 def summary_paths():
     """(label, path, note) of every artifact in SUMMARY, for each variant of its stage."""
     rows = []
@@ -133,7 +156,8 @@ def summary_paths():
         elif "{variant}" not in PATHS[artifact]:
             rows += [(label, PATHS[artifact], note)] if config[stage] else []
         else:
-            rows += [(label, PATHS[artifact].format(variant=variant), note) for variant in config[stage]]
+            variants = config["audit"]["compare"] if stage == "audit.compare" else config[stage]
+            rows += [(label, PATHS[artifact].format(variant=variant), note) for variant in variants]
     return rows
 
 
