@@ -427,3 +427,11 @@ def test_a_side_by_side_page_compares_two_saliency_variants_of_the_tiny_run(tiny
     result = snakemake(tmp_path / "run", bad, "-n", check=False)
     assert result.returncode != 0 and "audit.compare.x.variants: no 'saliency' variant named 'no'" in (
         result.stdout + result.stderr)
+
+
+def test_the_predictions_page_shows_what_every_round_trained_on(tiny_run):
+    workdir, _, _ = tiny_run
+    text = (workdir / "results/tiny/audit/predict/linear/index.html").read_text()
+    header = re.findall(r"<th>([^<]+)</th>", text)
+    assert header == ["image", "mIoU pseudo-labels", "mIoU round 2 labels", "mIoU prediction"]
+    assert "round 2 labels, mIoU" in text and "prediction, mIoU" in text and "ground truth" in text

@@ -517,9 +517,13 @@ def stage_view(stage: str, images: Sequence[tuple[int, str, str]], roles: Mappin
         return proposals_view(images, roles["proposals"], roles["saliency"], roles.get("rejected"), instances)
     if stage == "pseudolabels":
         return label_maps_view(images, [("pseudo-labels", roles["labels"])], ground_truth)
-    if stage == "predict":
-        return label_maps_view(images, [("pseudo-labels", roles["pseudolabels"]), ("prediction", roles["labels"])],
-                               ground_truth)
+    if stage == "predict":  # what each round trained on (round r's labels: round r-1 refined), then the prediction
+        rounds = roles.get("rounds") or []
+        rounds = [rounds] if isinstance(rounds, str) else list(rounds)
+        label_dirs = [("pseudo-labels", roles["pseudolabels"]),
+                      *((f"round {index} labels", folder) for index, folder in enumerate(rounds, start=2)),
+                      ("prediction", roles["labels"])]
+        return label_maps_view(images, label_dirs, ground_truth)
     raise ValueError(f"no audit page for stage {stage!r} (stages: {sorted(_TITLES)})")
 
 
@@ -542,7 +546,8 @@ def audit_stage(stage: str, inputs: dict[str, str], out_html: str | Path, max_im
 
     Args:
         inputs: role → path: always ``index``; ``masks``; ``saliency``; ``proposals``, ``rejected`` and ``saliency``;
-            ``labels`` (and ``pseudolabels`` for predict, shown beside the predictions); ``truth`` (the index's
+            ``labels`` (and, for predict, ``pseudolabels`` and ``rounds``, the label folders of rounds 2, 3, ...,
+            shown before the predictions); ``truth`` (the index's
             ground-truth folder, for the instances the masks and proposals are scored against).
         out_html: the page's ``index.html``; its folder holds the panels and further pages.
     """

@@ -100,6 +100,7 @@ rule audit_predict:
         index=PATHS["index"],
         labels=PATHS["predict"],
         pseudolabels=upstream("train", "pseudolabels", "pseudolabels"),
+        rounds=lambda wildcards: [folder for _, folder in round_label_sources(wildcards.variant)[1:]],
     output:
         report(
             PATHS["audit_predict"],

@@ -296,13 +296,17 @@ def support_split(wildcards):
     return config["pseudolabels"][config["train"][wildcards.variant]["pseudolabels"]].get("support_split")
 
 
-def training_label_sources(wildcards):
-    """(label, folder) of what the evaluated train variant trained on: its pseudo-labels, then each later round's."""
-    train = config["evaluate"][wildcards.variant]["predictions"]
+def round_label_sources(train):
+    """(label, folder) of what train variant ``train`` trained on: its pseudo-labels, then each later round's."""
     sources = [("pseudo-labels", PATHS["pseudolabels"].format(variant=config["train"][train]["pseudolabels"]))]
     for round_index in range(2, config["train"][train]["rounds"] + 1):
         sources.append((f"round {round_index} labels", PATHS["round_labels"].format(variant=train, round=round_index)))
     return sources
+
+
+def training_label_sources(wildcards):
+    """(label, folder) of what the evaluated train variant trained on (:func:`round_label_sources`)."""
+    return round_label_sources(config["evaluate"][wildcards.variant]["predictions"])
 
 
 def mask_folder_listing(settings):
