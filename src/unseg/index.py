@@ -242,6 +242,8 @@ def run_index(root: str | os.PathLike, out_csv: str | os.PathLike, out_skipped: 
     instances = collect_instances(df[df["split"] != SUPPORT_SPLIT], layout)
     if instances is not None:
         write_json(truth_dir / INSTANCES_FILE, instances)
+    else:  # an earlier index of this folder may have had instances: none may be read as this dataset's
+        (truth_dir / INSTANCES_FILE).unlink(missing_ok=True)
     write_json(truth_dir / CLASSES_FILE, class_table(layout, settings))
     write_index(df, out_csv)
     with atomic_output(out_skipped) as tmp:
