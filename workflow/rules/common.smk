@@ -79,7 +79,7 @@ SUMMARY = [
     ("comparison_html", "evaluate", "comparison", ""),
     ("proposals_report", "proposals", "proposals", "class-agnostic AP/AR, recall by instances"),
     ("audit_masks", "masks", "audit page", ""),
-    ("audit_saliency", "saliency", "audit page", "every image's saliency IoU, sortable; the worst shown"),
+    ("audit_saliency", "saliency", "audit page", "every image's saliency IoU, sortable; the worst first, in pages"),
     ("audit_proposals", "proposals", "audit page", ""),
     ("audit_pseudolabels", "pseudolabels", "audit page", ""),
     ("audit_predict", "train", "audit page", ""),
