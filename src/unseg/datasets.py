@@ -70,6 +70,7 @@ class DatasetLayout:
             map at the image's size (rasterised from instances).
         label_map: (256,) uint8 table from stored ids to evaluated class ids (255 void), or None: stored ids are
             the class ids. ``binary_masks``: every non-zero stored value is class 1 (figure/ground masks).
+            ``rasterised``: the semantic sources are functions (maps painted from instances), not PNGs.
         stored_ids: how many stored ids the format defines (0..stored_ids-1, and 255); a PNG holding another value
             is a problem. None: not checked.
         instance_pngs: image name → an instance-id PNG (VOC's SegmentationObject), scored with the semantic map.
@@ -87,6 +88,7 @@ class DatasetLayout:
     semantic: dict[str, Path | Callable[[], np.ndarray]] = field(default_factory=dict)
     label_map: np.ndarray | None = None
     binary_masks: bool = False
+    rasterised: bool = False
     stored_ids: int | None = None
     instance_pngs: dict[str, Path] = field(default_factory=dict)
     instances_files: list[Path] = field(default_factory=list)
@@ -99,8 +101,7 @@ class DatasetLayout:
     @property
     def converts_labels(self) -> bool:
         """True when stored label maps are not the evaluated ids and must be converted (and written) by the index."""
-        return self.label_map is not None or self.binary_masks or any(
-            callable(source) for source in self.semantic.values())
+        return self.label_map is not None or self.binary_masks or self.rasterised
 
     def evaluated_labels(self, name: str) -> np.ndarray | None:
         """The (H, W) uint8 semantic ground truth of ``name`` in evaluated class ids (255 void), or None.
@@ -270,14 +271,6 @@ def _labels_for(images: Mapping[str, Path], label_path: Callable[[str, Path], Pa
         elif required:
             problems.append(DatasetProblem(str(image), f"no ground-truth label map {str(path)!r} for this image"))
     return labels
-
-
-def _drop_problem_images(layout: DatasetLayout) -> DatasetLayout:
-    """Leave out of ``images`` the images that a problem names (their problems stay listed)."""
-    bad = {problem.path for problem in layout.problems}
-    for name in [name for name, path in layout.images.items() if str(path) in bad]:
-        del layout.images[name]
-    return layout
 
 
 # --- formats ---------------------------------------------------------------------------------------------------
@@ -500,6 +493,7 @@ def coco_format(root: Path, *, splits: Sequence[str] | None, classes: str, subse
     layout = DatasetLayout(images=images, splits=split_of, categories=mode, problems=problems,
                            instances_files=json_paths, class_names=["background", *(c["name"] for c in kept)])
     if semantic:
+        layout.rasterised = True
         layout.semantic = {name: _CocoRasteriser(entries[name][1], category_of,
                                                  (int(entries[name][0]["height"]), int(entries[name][0]["width"])))
                            for name in images}
