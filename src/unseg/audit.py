@@ -527,14 +527,16 @@ def stage_view(stage: str, images: Sequence[tuple[int, str, str]], roles: Mappin
     raise ValueError(f"no audit page for stage {stage!r} (stages: {sorted(_TITLES)})")
 
 
-def _audit_inputs(inputs: Mapping[str, str]):
+def _audit_inputs(inputs: Mapping[str, str], stage: str):
     from .index import read_index
     from .proposals import instance_ground_truth
 
     index = read_index(inputs["index"])
     images = list(zip(index.image_id.tolist(), index.name.tolist(), index.path.tolist()))
     ground_truth = {name: path for name, path in zip(index.name, index.gt_semantic) if isinstance(path, str) and path}
-    instances = instance_ground_truth(index, inputs["truth"])[0] if "truth" in inputs else None
+    # only masks and proposals are scored against instances (their fallback reads every class PNG)
+    scored = stage in ("masks", "proposals") and "truth" in inputs
+    instances = instance_ground_truth(index, inputs["truth"])[0] if scored else None
     return images, ground_truth, instances
 
 
@@ -551,7 +553,7 @@ def audit_stage(stage: str, inputs: dict[str, str], out_html: str | Path, max_im
             ground-truth folder, for the instances the masks and proposals are scored against).
         out_html: the page's ``index.html``; its folder holds the panels and further pages.
     """
-    images, ground_truth, instances = _audit_inputs(inputs)
+    images, ground_truth, instances = _audit_inputs(inputs, stage)
     view = stage_view(stage, images, inputs, ground_truth, instances)
     sidecar = sidecar_path(inputs[_AUDITED[stage]]).resolve()
     provenance = sidecar if sidecar.is_file() else None
@@ -568,7 +570,7 @@ def audit_comparison(stage: str, variants: Sequence[str], inputs: Mapping[str, s
         inputs: ``index``, ``truth`` and, for the i-th variant, its roles as in :func:`audit_stage` under the keys
             ``v{i}_{role}`` (e.g. ``v0_saliency``, ``v1_saliency``).
     """
-    images, ground_truth, instances = _audit_inputs(inputs)
+    images, ground_truth, instances = _audit_inputs(inputs, stage)
     views = []
     for position, variant in enumerate(variants):
         prefix = f"v{position}_"

@@ -131,18 +131,20 @@ def comparison_inputs(wildcards):
     the artifacts its stage's page reads, as ``v{i}_{role}``."""
     comparison = config["audit"]["compare"][wildcards.variant]
     inputs = {"index": PATHS["index"], "truth": PATHS["index_truth"]}
+    stage = comparison["stage"]
     for position, variant in enumerate(comparison["variants"]):
-        settings = config[COMPARED_SECTION[comparison["stage"]]][variant]
-        roles = {
-            "masks": lambda: {"masks": PATHS["masks"].format(variant=variant)},
-            "saliency": lambda: {"saliency": PATHS["saliency"].format(variant=variant)},
-            "proposals": lambda: {"proposals": PATHS["proposals"].format(variant=variant),
-                                  "rejected": PATHS["proposals_rejected"].format(variant=variant),
-                                  "saliency": PATHS["saliency"].format(variant=settings["saliency"])},
-            "pseudolabels": lambda: {"labels": PATHS["pseudolabels"].format(variant=variant)},
-            "predict": lambda: {"labels": PATHS["predict"].format(variant=variant),
-                                "pseudolabels": PATHS["pseudolabels"].format(variant=settings["pseudolabels"])},
-        }[comparison["stage"]]()
+        settings = config[COMPARED_SECTION[stage]][variant]
+        if stage in ("masks", "saliency"):
+            roles = {stage: PATHS[stage].format(variant=variant)}
+        elif stage == "proposals":
+            roles = {"proposals": PATHS["proposals"].format(variant=variant),
+                     "rejected": PATHS["proposals_rejected"].format(variant=variant),
+                     "saliency": PATHS["saliency"].format(variant=settings["saliency"])}
+        elif stage == "pseudolabels":
+            roles = {"labels": PATHS["pseudolabels"].format(variant=variant)}
+        else:  # predict: a train variant's predictions beside its pseudo-labels
+            roles = {"labels": PATHS["predict"].format(variant=variant),
+                     "pseudolabels": PATHS["pseudolabels"].format(variant=settings["pseudolabels"])}
         inputs.update({f"v{position}_{role}": path for role, path in roles.items()})
     return inputs
 
