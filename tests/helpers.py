@@ -1,6 +1,7 @@
 """Small array builders and child processes shared by the unit tests."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,7 +83,7 @@ def training(out: Path, pause: float = 0.0) -> subprocess.Popen:
 # A headless Chromium from the distribution's packages (Debian: apt-get install chromium-headless-shell, or
 # chromium); the browser tests skip without one.
 BROWSER = next((path for path in (os.environ.get("UNSEG_TEST_BROWSER"), "chromium-headless-shell", "chromium",
-                                  "chromium-browser") if path and __import__("shutil").which(path)), None)
+                                  "chromium-browser") if path and shutil.which(path)), None)
 
 
 def load_in_browser(url: str, timeout: float = 90) -> tuple[str, list[str]]:
