@@ -162,8 +162,13 @@ def _nested_images(folder: Path, excluded: Iterable[Path] = ()) -> list[Path]:
                 and child.resolve() not in excluded):
             found += [path for path in sorted(child.rglob("*")) if is_image_file(path)
                       and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-                      and not any(parent.resolve() in excluded for parent in path.parents)]
+                      and not (excluded and _inside_any(path, excluded))]
     return found
+
+
+def _inside_any(path: Path, folders: set[Path]) -> bool:
+    """Whether ``path`` lies below one of ``folders`` (resolved paths); one resolve per file."""
+    return not folders.isdisjoint(path.resolve().parents)
 
 
 def _unique_names(paths: Iterable[Path], folder: Path, name_of: Callable[[Path], str]) -> dict[str, Path]:
