@@ -435,3 +435,47 @@ def test_the_predictions_page_shows_what_every_round_trained_on(tiny_run):
     header = re.findall(r"<th>([^<]+)</th>", text)
     assert header == ["image", "mIoU pseudo-labels", "mIoU round 2 labels", "mIoU prediction"]
     assert "round 2 labels, mIoU" in text and "prediction, mIoU" in text and "ground truth" in text
+
+
+def test_instance_rounds_are_artifacts_and_hand_off_to_the_pseudolabels(tiny_run, tmp_path):
+    import shutil
+
+    workdir, config, _ = tiny_run
+    shutil.copytree(workdir, tmp_path / "run", symlinks=True)  # the tiny run's artifacts stay as they are
+    run = tmp_path / "run"
+    config = json.loads(json.dumps(config))
+    config["instances"] = {"inst": {
+        "proposals": "default", "features": "vits16", "rounds": 2, "steps": 4, "batch_size": 2, "channels": 8,
+        "scales": [1, 0.5], "rois_per_image": 16, "warmup_steps": 1, "self_training_score": 0.0,
+        "round_settings": {"2": {"steps": 2}}}}
+    config["pseudolabels"]["km-inst"] = {**config["pseudolabels"]["km3"], "proposals": "inst"}
+    targets = ["results/tiny/instances/inst/report.md", "results/tiny/pseudolabels/km-inst"]
+    planned = planned_jobs(snakemake(run, config, "-n", *targets).stdout)
+    assert planned == {"instances_train": 2, "instances_predict": 2, "instances_targets": 1, "instances_metrics": 2,
+                       "instances_report": 1, "pseudolabels": 1}
+    snakemake(run, config, *targets)
+    rounds = run / "results/tiny/instances/inst"
+    for round_index in (1, 2):
+        folder = rounds / f"round-{round_index}"
+        assert {"model.pt", "log.csv", "instances.json", "metrics.json", "report.md"} <= {p.name for p in
+                                                                                          folder.iterdir()}
+        chain = json.loads((folder / "model.pt.provenance.json").read_text())["config"]
+        assert chain["instances"]["inst"]["round"] == round_index and "proposals" in chain
+    # round 2 trains on round 1's detections (every one: self_training_score 0) and the proposals they miss
+    round_one = json.loads((rounds / "round-1/instances.json").read_text())
+    merged = json.loads((rounds / "round-2/targets.json").read_text())
+    assert sum(det["source"] == "prediction" for det in merged) == len(round_one)
+    assert json.loads((rounds / "round-2/model.pt.provenance.json").read_text())["config"]["instances"]["inst"][
+        "steps"] == 2
+    report = (rounds / "report.md").read_text()
+    assert "| proposals |" in report and "| round 1 |" in report and "| round 2 |" in report
+    # MaskDistill's hand-off: the pseudo-labels cluster the last round's detections
+    provenance = json.loads((run / "results/tiny/pseudolabels/km-inst/provenance.json").read_text())
+    assert "inst" in provenance["config"]["instances"]
+    assert provenance["inputs"]["proposals"]["path"] == "results/tiny/instances/inst/round-2/instances.json"
+    assert provenance["inputs"]["saliency"]["path"] == "results/tiny/saliency/bipart"
+    # editing round 2's settings re-runs round 2 only
+    config["instances"]["inst"]["round_settings"]["2"]["steps"] = 3
+    assert planned_jobs(snakemake(run, config, "-n", *targets).stdout) == {
+        "instances_train": 1, "instances_predict": 1, "instances_metrics": 1, "instances_report": 1,
+        "pseudolabels": 1}

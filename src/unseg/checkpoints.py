@@ -80,5 +80,6 @@ def load_resume_state(path: str | Path, key: str) -> dict[str, Any] | None:
     if state.get("resume_key") != key:
         print(f"resume: {path} was saved for other settings or inputs; training from scratch", file=sys.stderr)
         return None
-    print(f"resume: continuing {path} after epoch {state.get('epoch')}", file=sys.stderr)
+    done = f"epoch {state['epoch']}" if "epoch" in state else f"step {state.get('step')}"
+    print(f"resume: continuing {path} after {done}", file=sys.stderr)
     return state

@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 
 def load_methods(plugins: Iterable[str] = (), base: str | Path = ".") -> None:
     """Register the built-in methods (by importing the stage modules) and those of ``plugins``."""
-    from . import contrast, datasets, masks, pseudolabels, saliency, train  # noqa: F401  (registers their methods)
+    from . import contrast, datasets, instances, masks, pseudolabels, saliency, train  # noqa: F401  (registers)
 
     load_plugins(plugins, base)
 
@@ -40,7 +40,7 @@ def method_branch(method, key: str = "method") -> dict[str, Any]:
     """
     properties = copy.deepcopy(dict(method.schema))
     then: dict[str, Any] = {"properties": properties, "required": list(method.required)}
-    if method.stage == "train":
+    if method.stage in ("train", "instances"):
         overrides = {key: {k: v for k, v in prop.items() if k != "default"} for key, prop in method.schema.items()}
         properties["round_settings"] = {
             "additionalProperties": {"type": "object", "properties": overrides, "additionalProperties": False}}

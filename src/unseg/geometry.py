@@ -169,3 +169,52 @@ def image_to_grid(mask: np.ndarray, grid: tuple[int, int] | ResizeGeometry) -> n
         return (covered / np.outer(rows.sum(1), columns.sum(1))).astype(np.float32)
     values = torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
     return F.adaptive_avg_pool2d(values, tuple(grid))[0, 0].numpy()
+
+
+def frame_transform(geometry: ResizeGeometry, patch_size: int, pixels_per_token: int) -> tuple[float, float, float,
+                                                                                                float]:
+    """The affine map from original pixel coordinates to a frame in which every token is ``pixels_per_token``
+    pixels wide (``patch_size``: the ViT's input; 16: the instance model's frame, :mod:`unseg.detection`).
+
+    Returns:
+        (scale_y, offset_y, scale_x, offset_x): frame = original · scale + offset, for pixel edges and centres alike
+        (the resize maps pixel centres (y + 0.5) · Hs / H0, as :func:`grid_to_image` does).
+    """
+    top, left, _, _ = geometry.box
+    zoom = pixels_per_token / patch_size
+    scale_y = geometry.resized_size[0] / geometry.original_size[0] * zoom
+    scale_x = geometry.resized_size[1] / geometry.original_size[1] * zoom
+    return scale_y, -top * zoom, scale_x, -left * zoom
+
+
+def _box_affine(boxes: np.ndarray | torch.Tensor, geometry: ResizeGeometry, patch_size: int, pixels_per_token: int):
+    """(scale, offset) of x1, y1, x2, y2 under :func:`frame_transform`, as arrays of ``boxes``' kind."""
+    scale_y, offset_y, scale_x, offset_x = frame_transform(geometry, patch_size, pixels_per_token)
+    make = boxes.new_tensor if isinstance(boxes, torch.Tensor) else np.array
+    return make([scale_x, scale_y, scale_x, scale_y]), make([offset_x, offset_y, offset_x, offset_y])
+
+
+def boxes_to_frame(boxes: np.ndarray | torch.Tensor, geometry: ResizeGeometry, patch_size: int,
+                   pixels_per_token: int) -> np.ndarray | torch.Tensor:
+    """(N, 4) x1, y1, x2, y2 boxes in original pixels → the same in the frame of :func:`frame_transform`."""
+    scale, offset = _box_affine(boxes, geometry, patch_size, pixels_per_token)
+    return boxes * scale + offset
+
+
+def boxes_to_original(boxes: np.ndarray | torch.Tensor, geometry: ResizeGeometry, patch_size: int,
+                      pixels_per_token: int) -> np.ndarray | torch.Tensor:
+    """Inverse of :func:`boxes_to_frame`."""
+    scale, offset = _box_affine(boxes, geometry, patch_size, pixels_per_token)
+    return (boxes - offset) / scale
+
+
+def mask_in_frame(mask: np.ndarray, geometry: ResizeGeometry, patch_size: int, pixels_per_token: int) -> np.ndarray:
+    """An (H0, W0) mask seen in the frame of :func:`frame_transform`: (h·s, w·s) with s = ``pixels_per_token``,
+    each frame pixel taking the original pixel under its centre (nearest)."""
+    scale_y, offset_y, scale_x, offset_x = frame_transform(geometry, patch_size, pixels_per_token)
+    grid_h, grid_w = geometry.grid_size
+    rows = np.floor((np.arange(grid_h * pixels_per_token) + 0.5 - offset_y) / scale_y).astype(np.int64)
+    cols = np.floor((np.arange(grid_w * pixels_per_token) + 0.5 - offset_x) / scale_x).astype(np.int64)
+    rows = np.clip(rows, 0, geometry.original_size[0] - 1)
+    cols = np.clip(cols, 0, geometry.original_size[1] - 1)
+    return np.asarray(mask)[rows[:, None], cols[None, :]]

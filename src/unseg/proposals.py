@@ -306,8 +306,10 @@ def evaluate_proposals(
     foreground_masks: Mapping[str, str] | None = None,
     min_instance_area: int = 100,
     provenance: Mapping | None = None,
+    title: str | None = None,
 ) -> dict:
-    """Score the proposals of one variant; write ``metrics.json`` and ``report.md``.
+    """Score the proposals of one variant (or any COCO results: an instances round's detections); write
+    ``metrics.json`` and ``report.md`` (headed ``title``, default "Proposals").
 
     * instances (when the dataset has them): class-agnostic mask AP/AR@{1,10,100} (pycocotools; MaskDistill's
       single = top proposal per image, multi = all) and recall by the number of same-class instances in the image
@@ -328,8 +330,8 @@ def evaluate_proposals(
     rows = index_split(read_index(index_csv), split)
     image_ids = {int(image_id) for image_id in rows["image_id"]}
     proposals = [det for det in read_json(proposals_json) if int(det["image_id"]) in image_ids]
-    metrics: dict = {"title": f"Proposals on split '{split}' ({len(rows)} images)", "num_images": len(rows),
-                     "num_detections": len(proposals)}
+    metrics: dict = {"title": f"{title or 'Proposals'} on split '{split}' ({len(rows)} images)",
+                     "num_images": len(rows), "num_detections": len(proposals)}
     has_background = read_classes(truth_dir)["has_background"]  # without one, no pixel is "the object"
     ground_truth, source = instance_ground_truth(rows, truth_dir, min_instance_area)
     if ground_truth is not None and ground_truth["annotations"]:

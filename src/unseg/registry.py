@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 # The stages whose config variants pick a ``method``; each stage module documents what its methods receive.
-STAGES = ("masks", "saliency", "pseudolabels", "train", "contrast")
+STAGES = ("masks", "saliency", "pseudolabels", "train", "contrast", "instances")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,20 +81,34 @@ class DatasetScan:
 def scan(dataset: TokenLabelDataset, progress: bool = True) -> DatasetScan:
     """Mean and standard deviation of every token of the dataset (float64 sums) and the digest of its items, one
     item in memory at a time."""
-    total = squares = None
+
+    def items():
+        for index in range(len(dataset)):
+            tokens, labels = dataset[index]
+            yield dataset.names[index], tokens, {"labels": labels}
+
+    return scan_tokens(items(), len(dataset), progress)
+
+
+def scan_tokens(items: Iterable[tuple[str, torch.Tensor, Mapping[str, Any]]], total: int | None = None,
+                progress: bool = True) -> DatasetScan:
+    """:class:`DatasetScan` of (name, (D, h, w) tokens, {what else keys the data: array}) items, streamed: the
+    per-channel mean and standard deviation of every token (float64 sums), and the sha256 over each item's tokens
+    and arrays, in order."""
+    sums = squares = None
     count = 0
     digest = hashlib.sha256()
-    for index in tqdm(range(len(dataset)), desc="scan tokens", unit="img", disable=not progress):
-        tokens, labels = dataset[index]
+    for name, tokens, extras in tqdm(items, total=total, desc="scan tokens", unit="img", disable=not progress):
         flat = tokens.flatten(1).double()  # (D, h·w)
-        total = flat.sum(1) if total is None else total + flat.sum(1)
+        sums = flat.sum(1) if sums is None else sums + flat.sum(1)
         squares = (flat**2).sum(1) if squares is None else squares + (flat**2).sum(1)
         count += flat.shape[1]
-        digest_array(digest, f"{dataset.names[index]}/tokens", tokens)
-        digest_array(digest, f"{dataset.names[index]}/labels", labels)
-    if total is None:
+        digest_array(digest, f"{name}/tokens", tokens)
+        for key, value in extras.items():
+            digest_array(digest, f"{name}/{key}", value)
+    if sums is None:
         raise ValueError("no image to train on")
-    mean = total / count
+    mean = sums / count
     std = (squares / count - mean**2).clamp(min=0).sqrt() * (count / max(count - 1, 1)) ** 0.5
     return DatasetScan(mean.float(), std.float(), int(mean.shape[0]), digest.hexdigest())
 
@@ -455,8 +469,10 @@ def deeplab_aspp(inputs: TrainingInputs, *, atrous_rates, **loop) -> dict:
 ROUND_KEYS = ("rounds", "crf", "round_settings", "init_from_previous")
 
 
-def settings_of_round(settings: Mapping[str, Any], round_index: int) -> dict[str, Any]:
-    """The settings one round trains with: the variant's, without the round keys, with ``round_settings[r]`` on top.
+def settings_of_round(settings: Mapping[str, Any], round_index: int, round_keys: Sequence[str] = ROUND_KEYS,
+                      ) -> dict[str, Any]:
+    """The settings one round trains with: the variant's, without the ``round_keys`` (settings of the rounds, not
+    of one round's training), with ``round_settings[r]`` on top.
 
     Raises:
         ValueError: ``round_index`` outside 1..rounds.
@@ -465,7 +481,7 @@ def settings_of_round(settings: Mapping[str, Any], round_index: int) -> dict[str
     if not 1 <= round_index <= rounds:
         raise ValueError(f"round {round_index} does not exist: the variant trains rounds 1..{rounds} ('rounds')")
     override = dict((settings.get("round_settings") or {}).get(str(round_index), {}))
-    return {**{key: value for key, value in settings.items() if key not in ROUND_KEYS}, **override}
+    return {**{key: value for key, value in settings.items() if key not in round_keys}, **override}
 
 
 def check_round_chain(settings: Mapping[str, Any], variant: str) -> None:

@@ -17,13 +17,18 @@ UPSTREAM: dict[str, dict[str, str]] = {
     "saliency": {"features": "features"},
     "contrast": {"features": "features", "saliency": "saliency"},
     "proposals": {"masks": "masks", "saliency": "saliency"},
+    "instances": {"proposals": "proposals", "features": "features"},
     "pseudolabels": {"proposals": "proposals", "features": "features"},
     "train": {"pseudolabels": "pseudolabels", "features": "features"},
     "evaluate": {"predictions": "train"},
 }
 # A reference to a features variant may name a contrast variant instead: its store of learned embeddings is read as
-# any features variant's is.
+# any features variant's is. A pseudolabels variant's proposals may be an instances variant's detections (its last
+# round's instances.json, MaskDistill's hand-off from Mask R-CNN to the semantic path).
 FEATURE_SOURCES = ("features", "contrast")
+PROPOSAL_SOURCES = ("proposals", "instances")
+# Where a reference to ``key`` may point: the stage of that name, or (key → these) its stand-ins.
+SOURCES = {"features": FEATURE_SOURCES, "proposals": PROPOSAL_SOURCES}
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -76,10 +81,11 @@ def is_owned_path(path: str) -> bool:
 
 def stage_of(config: dict, upstream: str, variant: str) -> str:
     """The stage whose variant ``variant`` a reference to ``upstream`` reaches: ``"contrast"`` for a features
-    reference naming a contrast variant, else ``upstream``."""
-    if upstream == "features" and variant not in (config.get("features") or {}) and \
-            variant in (config.get("contrast") or {}):
-        return "contrast"
+    reference naming a contrast variant, ``"instances"`` for a proposals reference naming an instances variant,
+    else ``upstream``."""
+    for stand_in in SOURCES.get(upstream, (upstream,))[1:]:
+        if variant not in (config.get(upstream) or {}) and variant in (config.get(stand_in) or {}):
+            return stand_in
     return upstream
 
 
@@ -89,6 +95,10 @@ def check_variants(config: dict) -> None:
     if shared:
         raise VariantError(f"contrast.{shared[0]}: a features variant has that name too; both name a feature store "
                            "(features: ...), so they need different names")
+    shared = sorted(set(config.get("proposals") or {}) & set(config.get("instances") or {}))
+    if shared:
+        raise VariantError(f"instances.{shared[0]}: a proposals variant has that name too; a pseudolabels variant's "
+                           "proposals key can name either, so they need different names")
     for stage, references in UPSTREAM.items():
         for variant, settings in (config.get(stage) or {}).items():
             if not VARIANT_NAME.match(str(variant)):
@@ -96,7 +106,12 @@ def check_variants(config: dict) -> None:
             for key, upstream in references.items():
                 if key not in settings:
                     raise VariantError(f"{stage}.{variant}.{key}: missing (name a variant of '{upstream}')")
-                sources = FEATURE_SOURCES if upstream == "features" and stage != "contrast" else (upstream,)
+                if upstream == "features" and stage != "contrast":
+                    sources = FEATURE_SOURCES
+                elif upstream == "proposals" and stage == "pseudolabels":
+                    sources = PROPOSAL_SOURCES
+                else:
+                    sources = (upstream,)
                 known = sorted(name for source in sources for name in (config.get(source) or {}))
                 if settings[key] not in known:
                     what = " or ".join(f"'{source}'" for source in sources)
@@ -142,6 +157,8 @@ def follow(config: dict, stage: str, variant: str, *keys: str) -> str:
     """Follow upstream references: ``follow(cfg, "evaluate", "val", "predictions", "pseudolabels", "proposals")``
     returns the proposals variant behind evaluate variant ``val``."""
     for key in keys:
+        if stage == "instances" and key not in UPSTREAM["instances"]:  # e.g. saliency: that of its proposals
+            stage, variant = "proposals", config["instances"][variant]["proposals"]
         variant = config[stage][variant][key]
         stage = stage_of(config, UPSTREAM[stage][key], variant)
     return variant

@@ -3,6 +3,7 @@ from unseg.io import read_json
 from unseg.variants import VariantError, check_variants, dataset_root, follow, generated_dataset_root, is_owned_path
 from unseg.variants import COMPARED_SECTION, resolve_chain
 from unseg.train import check_round_chain, settings_of_round
+from unseg import instances as instance_rounds
 
 try:
     check_variants(config)
@@ -24,6 +25,8 @@ check_crf_available()
 try:
     for _variant, _settings in config["train"].items():
         check_round_chain(_settings, _variant)
+    for _variant, _settings in config["instances"].items():
+        instance_rounds.check_round_chain(_settings, _variant)
 except ValueError as error:
     raise WorkflowError(f"config error: {error}")
 DATASET = config["dataset"]["name"]
@@ -68,6 +71,14 @@ PATHS = {
     "audit_pseudolabels": f"{RESULTS}/audit/pseudolabels/{{variant}}/index.html",
     "audit_predict": f"{RESULTS}/audit/predict/{{variant}}/index.html",
     "audit_compare": f"{RESULTS}/audit/compare/{{variant}}/index.html",
+    "instances_targets": f"{RESULTS}/instances/{{variant}}/round-{{round}}/targets.json",
+    "instances_model": f"{RESULTS}/instances/{{variant}}/round-{{round}}/model.pt",
+    "instances_log": f"{RESULTS}/instances/{{variant}}/round-{{round}}/log.csv",
+    "instances": f"{RESULTS}/instances/{{variant}}/round-{{round}}/instances.json",
+    "instances_metrics": f"{RESULTS}/instances/{{variant}}/round-{{round}}/metrics.json",
+    "instances_round_report": f"{RESULTS}/instances/{{variant}}/round-{{round}}/report.md",
+    "instances_report": f"{RESULTS}/instances/{{variant}}/report.md",
+    "instances_summary": f"{RESULTS}/instances/{{variant}}/rounds.json",
 }
 
 # What the default target builds and the success message lists: (artifact, the stage whose variants it is made for,
@@ -85,6 +96,7 @@ SUMMARY = [
     ("audit_predict", "train", "audit page", ""),
     ("audit_compare", "audit.compare", "side by side", "variants of one stage on the same images"),
     ("contrast_embeddings", "contrast", "embeddings", "learned pixel embeddings; any stage's features: can name them"),
+    ("instances_report", "instances", "instances", "proposals, then each self-training round: AP / AR"),
 ]
 
 
@@ -121,6 +133,8 @@ def along(stage, keys, artifact):
         variant = follow(config, stage, wildcards.variant, *keys)
         if artifact == "features" and variant in config["contrast"]:
             return PATHS["contrast_embeddings"].format(variant=variant)
+        if artifact == "proposals" and variant in config["instances"]:  # its last round's detections
+            return PATHS["instances"].format(variant=variant, round=config["instances"][variant]["rounds"])
         return PATHS[artifact].format(variant=variant)
 
     return path
@@ -316,3 +330,58 @@ def mask_folder_listing(settings):
     from unseg.saliency import folder_listing_digest
 
     return folder_listing_digest(settings["path"]) if settings["method"] == "mask_folder" else ""
+
+
+# Instance self-training rounds (instances.smk).
+def instances_round_settings(wildcards):
+    """Params function: the settings of this instances round (the variant's, with its round_settings override)."""
+    return instance_rounds.settings_of_round(config["instances"][wildcards.variant], int(wildcards.round))
+
+
+def instances_round_chain(wildcards):
+    """Params function: the provenance chain of an instances round's artifact, with that round's settings."""
+    resolved = resolve_chain(config, "instances", wildcards.variant)
+    resolved["instances"][wildcards.variant] = {**instances_round_settings(wildcards), "round": int(wildcards.round)}
+    return resolved
+
+
+def instances_targets(wildcards):
+    """Input function: what an instances round trains on: the proposals (round 1) or the round's targets.json."""
+    instances_round_settings(wildcards)  # a round beyond 'rounds' is an error
+    if int(wildcards.round) == 1:
+        return PATHS["proposals"].format(variant=config["instances"][wildcards.variant]["proposals"])
+    return PATHS["instances_targets"].format(variant=wildcards.variant, round=wildcards.round)
+
+
+def previous_instances_model(wildcards):
+    """Input function: the previous round's model when this round starts from it, else nothing."""
+    round_index = int(wildcards.round)
+    if round_index == 1 or not config["instances"][wildcards.variant]["init_from_previous"]:
+        return {}
+    return {"previous": PATHS["instances_model"].format(variant=wildcards.variant, round=round_index - 1)}
+
+
+def instances_weights(prediction):
+    """Input function: the backbone's weights file when the round runs the ViT on images: to train (augmented
+    images, fine-tuned blocks) or, with ``prediction``, to detect (fine-tuned blocks only: a frozen ViT's output is
+    the stored tokens)."""
+
+    def inputs(wildcards):
+        settings = instances_round_settings(wildcards)
+        needed = settings.get("finetune_blocks") if prediction else instance_rounds.reads_images(settings)
+        return backbone_weights(settings["features"]) if needed else []
+
+    return inputs
+
+
+def instances_round_metrics(wildcards):
+    """Input function: the proposals' metrics, then every round's, of an instances variant."""
+    settings = config["instances"][wildcards.variant]
+    return [PATHS["proposals_metrics"].format(variant=settings["proposals"])] + [
+        PATHS["instances_metrics"].format(variant=wildcards.variant, round=r)
+        for r in range(1, settings["rounds"] + 1)]
+
+
+def instances_gpu(wildcards):
+    """Resources: one GPU when the variant's device names CUDA."""
+    return 1 if "cuda" in str(config["instances"][wildcards.variant].get("device") or "") else 0

@@ -1,0 +1,325 @@
+"""The instances stage (issue 15): targets from RLE, the ViT feature pyramid, DropLoss, copy-paste, round merging,
+resume, and a model that learns planted objects."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+import unseg.instances as instances_module
+from unseg.detection import FRAME_STRIDE, DropLossRoIHeads, SimpleFeaturePyramid, build_mask_rcnn, drop_loss
+from unseg.features import extract_features, write_derived_store
+from unseg.geometry import boxes_to_frame, boxes_to_original, mask_in_frame, resize_geometry
+from unseg.instances import (
+    boxes_of_masks,
+    copy_paste,
+    frame_targets,
+    masks_in_frame,
+    merge_round_targets,
+    paste_detections,
+    run_instances_predict,
+    run_instances_train,
+    write_rounds_report,
+)
+from unseg.io import decode_rle, encode_rle, write_json
+from unseg.store import FeatureStore
+
+from helpers import variant
+
+
+def rle(mask: np.ndarray) -> dict:
+    return encode_rle(mask)
+
+
+def coco_box(mask: np.ndarray) -> np.ndarray:
+    """pycocotools' [x, y, w, h] of a mask as x1, y1, x2, y2."""
+    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    x, y, w, h = mask_utils.toBbox(encoded)
+    return np.array([x, y, x + w, y + h])
+
+
+# ---------------------------------------------------------------------------------------------------- targets
+
+
+def test_rle_targets_match_pycocotools_in_an_identity_frame():
+    # patch 16 and no resize: the model frame is the image itself
+    geometry = resize_geometry((64, 96), 64, 16)
+    assert geometry.grid_size == (4, 6) and geometry.resized_size == (64, 96)
+    masks = np.zeros((2, 64, 96), dtype=bool)
+    masks[0, 5:20, 7:40] = True
+    masks[1, 30:64, 60:61] = True  # one pixel wide, touching the bottom
+    detections = [{"segmentation": rle(mask), "score": 1.0} for mask in masks]
+    frame = masks_in_frame(detections, geometry, 16, FRAME_STRIDE)
+    targets = frame_targets(frame)
+    for index, det in enumerate(detections):
+        compressed = {"size": det["segmentation"]["size"], "counts": det["segmentation"]["counts"].encode()}
+        assert np.array_equal(targets["masks"][index].numpy(), mask_utils.decode(compressed))
+        assert np.array_equal(targets["boxes"][index].numpy(), coco_box(masks[index]))
+    assert targets["labels"].tolist() == [1, 1] and targets["masks"].dtype == torch.uint8
+
+
+def test_targets_in_a_resized_frame_follow_the_geometry():
+    # DINOv2's 14-px patches on a 300 x 200 photo at 224 px: the frame is 16 px per token, not 14
+    geometry = resize_geometry((200, 300), 224, 14)
+    mask = np.zeros((200, 300), dtype=bool)
+    mask[40:120, 100:250] = True
+    frame = mask_in_frame(mask, geometry, 14, FRAME_STRIDE)
+    assert frame.shape == (geometry.grid_size[0] * 16, geometry.grid_size[1] * 16)
+    box = boxes_of_masks(torch.from_numpy(frame)[None])[0].numpy()
+    mapped = boxes_to_frame(coco_box(mask)[None].astype(float), geometry, 14, FRAME_STRIDE)[0]
+    assert np.abs(box - mapped).max() <= 1.0  # nearest sampling moves an edge by at most one frame pixel
+    back = boxes_to_original(mapped[None], geometry, 14, FRAME_STRIDE)[0]
+    assert np.allclose(back, coco_box(mask))
+    as_tensor = boxes_to_frame(torch.tensor(coco_box(mask)[None], dtype=torch.float64), geometry, 14, FRAME_STRIDE)
+    assert np.allclose(as_tensor.numpy(), mapped[None])
+
+
+def test_an_empty_target_is_dropped():
+    masks = torch.zeros((2, 32, 32), dtype=torch.bool)
+    masks[1, 3:9, 4:6] = True
+    targets = frame_targets(masks)
+    assert len(targets["masks"]) == 1 and targets["boxes"].tolist() == [[4.0, 3.0, 6.0, 9.0]]
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+
+
+def test_the_pyramid_has_vitdet_strides_and_shapes():
+    pyramid = SimpleFeaturePyramid(embed_dim=32, channels=8)
+    maps = pyramid(torch.randn(2, 32, 6, 10))
+    assert list(maps) == ["0", "1", "2", "3", "pool"]
+    assert [tuple(m.shape) for m in maps.values()] == [(2, 8, 24, 40), (2, 8, 12, 20), (2, 8, 6, 10), (2, 8, 3, 5),
+                                                      (2, 8, 2, 3)]
+    assert pyramid.strides == [4, 8, 16, 32, 64]
+    # in the model frame (16 px per token) every level's scale is an exact power of two
+    frame = (6 * FRAME_STRIDE, 10 * FRAME_STRIDE)
+    assert [frame[0] / m.shape[-2] for m in list(maps.values())[:4]] == [4, 8, 16, 32]
+    with pytest.raises(ValueError, match="decrease"):
+        SimpleFeaturePyramid(32, 8, scales=(1, 2))
+
+
+def test_drop_loss_zeroes_a_region_that_overlaps_no_target():
+    # region 0 is background far from the target, region 1 background next to it, region 2 a positive
+    logits = torch.tensor([[0.3, 1.2], [2.0, -1.0], [0.1, 0.4]], requires_grad=True)
+    regression = torch.zeros(3, 8)
+    labels = [torch.tensor([0, 0, 1])]
+    targets = [torch.zeros(3, 4)]
+    ce = torch.nn.functional.cross_entropy(logits, labels[0], reduction="none")
+    kept = [torch.tensor([False, True, True])]
+    classification, _ = drop_loss(logits, regression, labels, targets, kept)
+    assert classification.item() == pytest.approx((ce[1] + ce[2]).item() / 3)
+    classification.backward()
+    assert torch.all(logits.grad[0] == 0) and torch.any(logits.grad[1] != 0)
+    plain, _ = drop_loss(logits, regression, labels, targets, [torch.ones(3, dtype=torch.bool)])
+    assert plain.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, labels[0]).item())
+
+
+def test_the_roi_heads_drop_regions_by_their_best_box_iou():
+    torch.manual_seed(0)
+    model = build_mask_rcnn(16, channels=8, scales=(1, 0.5), rois_per_image=16, drop_iou=0.01)
+    heads: DropLossRoIHeads = model.roi_heads
+    heads.train()
+    features = OrderedDict((name, torch.randn(1, 8, size, size)) for name, size in (("0", 8), ("1", 4)))
+    target = {"boxes": torch.tensor([[10.0, 10.0, 60.0, 60.0]]), "labels": torch.ones(1, dtype=torch.int64),
+              "masks": torch.zeros(1, 128, 128, dtype=torch.uint8)}
+    target["masks"][0, 10:60, 10:60] = 1
+    # one proposal on the object, one touching it (IoU 100 / 2800 = 0.036), two far away (IoU 0)
+    proposals = [torch.tensor([[12.0, 12.0, 58.0, 58.0], [50.0, 50.0, 70.0, 70.0], [90.0, 90.0, 120.0, 120.0],
+                               [70.0, 0.0, 127.0, 40.0]])]
+    losses = heads(features, proposals, [(128, 128)], [target])[1]
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask"}
+    sampled = 5  # the four proposals and the target box itself (added by torchvision)
+    assert heads.last_dropped == pytest.approx(2 / sampled)
+
+
+def test_copy_paste_keeps_masks_boxes_and_pixels_consistent():
+    rng = np.random.default_rng(3)
+    image = torch.zeros((3, 40, 60), dtype=torch.uint8)
+    masks = torch.zeros((2, 40, 60), dtype=torch.bool)
+    masks[0, 5:15, 5:15] = True
+    masks[1, 0:40, 0:60] = True  # the whole image: always partly covered by whatever is pasted
+    source = torch.full((3, 40, 60), 200, dtype=torch.uint8)
+    source_masks = torch.zeros((2, 40, 60), dtype=torch.bool)
+    source_masks[0, 10:30, 20:50] = True
+    source_masks[1, 2:8, 2:8] = True
+    for _ in range(10):
+        pasted_image, pasted_masks = copy_paste(image, masks, source, source_masks, rng, (0.5, 1.0))
+        covered = pasted_image[0] == 200
+        assert covered.any() and torch.all(pasted_image[:, ~covered] == 0)
+        # each mask is the image's own (never under a pasted pixel) or a pasted one (only pasted pixels), own first
+        pasted = [bool((m & covered).any()) for m in pasted_masks]
+        assert pasted == sorted(pasted) and all(not (m & ~covered).any() for m, p in zip(pasted_masks, pasted) if p)
+        assert torch.equal(torch.stack([m for m, p in zip(pasted_masks, pasted) if p]).any(0), covered)
+        boxes = frame_targets(pasted_masks)["boxes"]
+        for mask, box in zip(pasted_masks, boxes):
+            assert np.array_equal(box.numpy(), coco_box(mask.numpy()))
+
+
+def test_copy_paste_drops_an_own_mask_mostly_covered():
+    rng = np.random.default_rng(0)
+    image = torch.zeros((3, 20, 20), dtype=torch.uint8)
+    masks = torch.zeros((1, 20, 20), dtype=torch.bool)
+    masks[0, 8:12, 8:12] = True
+    source = torch.ones((3, 20, 20), dtype=torch.uint8)
+    source_masks = torch.ones((1, 20, 20), dtype=torch.bool)  # pasted over everything at scale 1
+    _, out = copy_paste(image, masks, source, source_masks, rng, (1.0, 1.0))
+    assert len(out) == 1 and out[0].all()
+
+
+# ---------------------------------------------------------------------------------------------------- rounds
+
+
+def square(size: int, top: int, left: int, side: int) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=bool)
+    mask[top : top + side, left : left + side] = True
+    return mask
+
+
+def test_a_round_merges_confident_predictions_with_the_proposals_they_miss():
+    proposals = [{"image_id": 1, "segmentation": rle(square(50, 0, 0, 20)), "score": 0.9},
+                 {"image_id": 1, "segmentation": rle(square(50, 30, 30, 10)), "score": 0.5},
+                 {"image_id": 2, "segmentation": rle(square(50, 5, 5, 10)), "score": 0.7}]
+    predictions = [
+        {"image_id": 1, "segmentation": rle(square(50, 0, 0, 18)), "score": 0.95},  # IoU 0.81 with proposal 0
+        {"image_id": 1, "segmentation": rle(square(50, 30, 30, 6)), "score": 0.8},  # IoU 0.36 with proposal 1
+        {"image_id": 1, "segmentation": rle(square(50, 40, 0, 8)), "score": 0.3},  # not confident
+        {"image_id": 3, "segmentation": rle(square(50, 1, 1, 5)), "score": 0.99},  # an image without proposals
+    ]
+    merged = merge_round_targets(predictions, proposals, score_threshold=0.7, overlap_iou=0.5)
+    by_image = {}
+    for det in merged:
+        by_image.setdefault(det["image_id"], []).append((det["source"], det["score"]))
+    assert by_image == {1: [("prediction", 0.95), ("prediction", 0.8), ("proposal", 0.5)],
+                        2: [("proposal", 0.7)], 3: [("prediction", 0.99)]}
+
+
+def test_the_rounds_report_tabulates_each_round_against_the_proposals(tmp_path):
+    rows = []
+    for label, ar, ap50 in (("proposals", 20.0, 30.0), ("round 1", 30.0, 31.0), ("round 2", 35.0, 29.0)):
+        path = tmp_path / f"{label}.json"
+        write_json(path, {"AP": 10.0, "AP50": ap50, "AP75": 5.0, "AR1": 5.0, "AR10": 15.0, "AR100": ar,
+                          "single": {"AP50": 12.0}, "num_detections": 7,
+                          "recall_by_instance_count": {"recall": {"1": 50.0, "2+": None}}})
+        rows.append((label, path))
+    table = write_rounds_report(rows, tmp_path / "report.md", tmp_path / "rounds.json")
+    text = (tmp_path / "report.md").read_text()
+    assert "| round 2 | 10.0 | 29.0 | 5.0 | 5.0 | 15.0 | 35.0 | 1.75× | 12.0 | 50.0 | – |" in text
+    assert table["round 1"]["AR100"] == 30.0 and json.loads((tmp_path / "rounds.json").read_text())["proposals"]
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+def planted_store(folder, count: int = 2):
+    """``count`` 96 x 96 images with a 32 x 32 px square each (2 x 2 tokens at ViT-S/16): a store whose tokens are
+    1 in channel 0 on the square's cells and small noise elsewhere, and the squares as proposals."""
+    rng = np.random.default_rng(0)
+    paths, masks = [], {}
+    for index in range(count):
+        picture = rng.integers(0, 40, (96, 96, 3), dtype=np.uint8)
+        top, left = 16 + 32 * (index % 2), 16 + 16 * index
+        picture[top : top + 32, left : left + 32] = 220
+        paths.append(str(folder / f"img{index}.png"))
+        Image.fromarray(picture).save(paths[-1])
+        masks[f"img{index}"] = square(96, top, left, 32)
+    names = list(masks)
+    extract_features(paths, names, list(range(1, count + 1)), folder / "base.zarr", backbone="dino_vits16",
+                     weights="random", resolution=96, facets=["tokens"], progress=False, workers=0)
+    base = FeatureStore(folder / "base.zarr")
+
+    def arrays_of(name):
+        grid = rng.normal(0, 0.05, (6, 6, 8)).astype(np.float32)
+        cells = masks[name].reshape(6, 16, 6, 16).mean(axis=(1, 3)) > 0.5
+        grid[cells, 0] += 1.0
+        return {"tokens": grid}
+
+    write_derived_store(folder / "planted.zarr", base, {"facets": ["tokens"], "embed_dim": 8}, arrays_of,
+                        progress=False)
+    proposals = [{"image_id": index + 1, "segmentation": rle(masks[name]), "score": 1.0}
+                 for index, name in enumerate(names)]
+    write_json(folder / "proposals.json", proposals)
+    return folder / "planted.zarr", dict(zip(names, paths)), masks
+
+
+TINY_MODEL = {"channels": 16, "scales": [4, 2, 1], "rois_per_image": 64, "batch_size": 2, "lr": 0.002,
+              "warmup_steps": 5, "weight_decay": 1e-4}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return planted_store(tmp_path_factory.mktemp("planted"))
+
+
+def test_two_planted_objects_are_recovered(planted, tmp_path):
+    store, paths, masks = planted
+    settings = variant("instances", **TINY_MODEL, steps=120)
+    names_by_id = {1: "img0", 2: "img1"}
+    summary = run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path, settings,
+                                  progress=False)
+    assert summary["steps"] == 120
+    count = run_instances_predict(tmp_path / "model.pt", store, ["img0", "img1"], tmp_path / "instances.json",
+                                  progress=False)
+    detections = json.loads((tmp_path / "instances.json").read_text())
+    assert count == len(detections) > 0
+    for image_id, name in names_by_id.items():
+        best = max((det for det in detections if det["image_id"] == image_id), key=lambda det: det["score"])
+        found = decode_rle(best["segmentation"])
+        iou = (found & masks[name]).sum() / (found | masks[name]).sum()
+        assert iou >= 0.7, (name, iou)
+        assert best["bbox"] == pytest.approx([float(v) for v in mask_utils.toBbox(
+            {"size": best["segmentation"]["size"], "counts": best["segmentation"]["counts"].encode()})])
+    log = (tmp_path / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,loss,") and len(log) > 10
+
+
+def test_an_interrupted_training_resumes_to_the_same_weights(planted, tmp_path, monkeypatch):
+    store, _, _ = planted
+    settings = variant("instances", **TINY_MODEL, steps=8, checkpoint_every=3)
+    names_by_id = {1: "img0", 2: "img1"}
+    run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path / "whole", settings,
+                        progress=False)
+    real = instances_module.detection_losses
+    calls = {"n": 0}
+
+    def dies_at_step_five(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(instances_module, "detection_losses", dies_at_step_five)
+    with pytest.raises(KeyboardInterrupt):
+        run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path / "killed", settings,
+                            progress=False)
+    assert torch.load(tmp_path / "killed/last.pt", weights_only=False)["step"] == 3
+    monkeypatch.setattr(instances_module, "detection_losses", real)
+    run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path / "killed", settings,
+                        progress=False)
+    whole = torch.load(tmp_path / "whole/model.pt", weights_only=False)["state_dict"]
+    resumed = torch.load(tmp_path / "killed/model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(whole[key], resumed[key]) for key in whole)
+    # other targets: the old last.pt is not continued
+    other = json.loads((store.parent / "proposals.json").read_text())[:1]
+    write_json(tmp_path / "other.json", other)
+    run_instances_train(store, tmp_path / "other.json", names_by_id, tmp_path / "killed", settings, progress=False)
+    changed = torch.load(tmp_path / "killed/model.pt", weights_only=False)["state_dict"]
+    assert not all(torch.equal(whole[key], changed[key]) for key in whole)
+
+
+def test_detections_are_pasted_at_the_original_resolution():
+    geometry = resize_geometry((100, 150), 64, 16)  # 4 x 6 tokens, resized 64 x 96
+    boxes = boxes_to_frame(torch.tensor([[30.0, 20.0, 90.0, 80.0]]), geometry, 16, FRAME_STRIDE)
+    masks = torch.ones((1, 1, 28, 28))
+    found = paste_detections(boxes, torch.tensor([0.9]), masks, geometry, 16, image_id=7)
+    assert len(found) == 1 and found[0]["image_id"] == 7 and found[0]["category_id"] == 1
+    pixels = decode_rle(found[0]["segmentation"])
+    assert pixels.shape == (100, 150)
+    expected = np.zeros((100, 150), dtype=bool)
+    expected[20:80, 30:90] = True
+    assert (pixels & expected).sum() / (pixels | expected).sum() > 0.95
