@@ -189,6 +189,7 @@ def test_a_round_merges_confident_predictions_with_the_proposals_they_miss():
         {"image_id": 1, "segmentation": rle(square(50, 0, 0, 18)), "score": 0.95},  # IoU 0.81 with proposal 0
         {"image_id": 1, "segmentation": rle(square(50, 30, 30, 6)), "score": 0.8},  # IoU 0.36 with proposal 1
         {"image_id": 1, "segmentation": rle(square(50, 40, 0, 8)), "score": 0.3},  # not confident
+        {"image_id": 1, "segmentation": rle(square(50, 0, 0, 17)), "score": 0.9},  # a duplicate of the first
         {"image_id": 3, "segmentation": rle(square(50, 1, 1, 5)), "score": 0.99},  # an image without proposals
     ]
     merged = merge_round_targets(predictions, proposals, score_threshold=0.7, overlap_iou=0.5)
@@ -264,7 +265,7 @@ def test_two_planted_objects_are_recovered(planted, tmp_path):
                                   progress=False)
     assert summary["steps"] == 120
     count = run_instances_predict(tmp_path / "model.pt", store, ["img0", "img1"], tmp_path / "instances.json",
-                                  progress=False)
+                                  progress=False, rescore="none")
     detections = json.loads((tmp_path / "instances.json").read_text())
     assert count == len(detections) > 0
     for image_id, name in names_by_id.items():
@@ -323,3 +324,59 @@ def test_detections_are_pasted_at_the_original_resolution():
     expected = np.zeros((100, 150), dtype=bool)
     expected[20:80, 30:90] = True
     assert (pixels & expected).sum() / (pixels | expected).sum() > 0.95
+
+
+def test_coherence_rescoring_ranks_a_merge_of_two_unlike_regions_below_a_single_one():
+    geometry = resize_geometry((64, 64), 64, 16)  # 4 x 4 tokens, 16 px each
+    unit = np.zeros((16, 2))
+    unit[:, 0] = 1.0  # every token "a" ...
+    unit[[2, 3, 6, 7], :] = [0.0, 1.0]  # ... but the top-right 2 x 2 block, "b"
+    single = square(64, 0, 0, 32)  # the top-left block: all "a"
+    merged = np.zeros((64, 64), dtype=bool)
+    merged[0:32, 0:64] = True  # the top half: half "a", half "b"
+    detections = [{"segmentation": rle(single), "score": 0.9}, {"segmentation": rle(merged), "score": 0.95}]
+    rescored = instances_module.rescore_by_coherence(detections, unit, geometry)
+    # coherence = |mean unit vector|^2: 1 for the single block, (0.5^2 + 0.5^2) = 0.5 for the merge
+    assert [det["coherence"] for det in rescored] == [1.0, 0.5]
+    assert [det["score"] for det in rescored] == [0.9, 0.475]
+    assert [det["detector_score"] for det in rescored] == [0.9, 0.95]
+
+
+def test_crf_refinement_snaps_a_coarse_detection_to_the_object():
+    pytest.importorskip("pydensecrf")
+    image = np.full((64, 64, 3), 30, dtype=np.uint8)
+    image[20:44, 16:40] = (230, 200, 40)
+    truth = square(64, 20, 16, 24)
+    coarse = np.zeros((64, 64), dtype=bool)
+    coarse[14:50, 10:46] = True  # the object with a 6-px halo, as a token-level mask upsampled
+    refined = instances_module.refine_detections([{"segmentation": rle(coarse), "score": 0.8}], image)
+    mask = decode_rle(refined[0]["segmentation"])
+
+    def iou(a, b):
+        return (a & b).sum() / (a | b).sum()
+
+    assert iou(mask, truth) > 0.9 > iou(coarse, truth)
+    assert refined[0]["crf"] and refined[0]["area"] == int(mask.sum()) and refined[0]["score"] == 0.8
+
+
+def test_augmented_training_runs_the_vit_on_pasted_images_and_detects_from_the_store(planted, tmp_path):
+    store, paths, masks = planted
+    base = store.parent / "base.zarr"  # the random ViT's own tokens: what the ViT gives on the plain images
+    settings = variant("instances", **TINY_MODEL, steps=2, copy_paste=1.0, hflip=0.5)
+    run_instances_train(base, store.parent / "proposals.json", {1: "img0", 2: "img1"}, tmp_path, settings,
+                        image_paths=paths, progress=False)
+    checkpoint = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert checkpoint["config"]["reads_images"] and not any(
+        key.startswith("backbone.backbone.") for key in checkpoint["state_dict"])  # the frozen ViT is not saved
+    dataset = instances_module.InstanceDataset(base, "tokens", {name: json.loads(
+        (store.parent / "proposals.json").read_text())[index:index + 1] for index, name in enumerate(masks)}, paths,
+        {"copy_paste": 1.0, "hflip": 0.0, "copy_paste_scale": [0.5, 0.5]})
+    plain, plain_targets = dataset[0]
+    pasted, pasted_targets = dataset[(0, 7)]
+    assert plain.shape == pasted.shape == (3, 96, 96) and not torch.equal(plain, pasted)
+    assert len(plain_targets["masks"]) == 1 and len(pasted_targets["masks"]) == 2
+    assert pasted_targets["masks"].shape[-2:] == (96, 96)  # 6 x 6 tokens at 16 frame pixels each
+    # detection reads the stored tokens: the frozen ViT's output on the plain image
+    run_instances_predict(tmp_path / "model.pt", base, ["img0", "img1"], tmp_path / "instances.json",
+                          progress=False, rescore="none")
+    assert isinstance(json.loads((tmp_path / "instances.json").read_text()), list)

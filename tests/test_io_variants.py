@@ -69,6 +69,24 @@ def test_check_variants_names_the_key():
         check_variants({**CONFIG, "masks": {"bad/name": {"features": "f"}}})
 
 
+def test_pseudolabels_may_cluster_an_instances_variants_detections():
+    config = {**CONFIG, "instances": {"i": {"proposals": "p", "features": "f"}},
+              "pseudolabels": {"k": {"proposals": "i", "features": "f", "clusters": 2}}}
+    check_variants(config)
+    # the chain goes through the instance segmenter to the proposals it trained on; saliency is the proposals'
+    assert set(resolve_chain(config, "pseudolabels", "k")) == {"pseudolabels", "instances", "proposals", "masks",
+                                                               "saliency", "features", "dataset"}
+    assert follow(config, "pseudolabels", "k", "proposals") == "i"
+    assert follow(config, "pseudolabels", "k", "proposals", "saliency") == "s"
+    assert follow(config, "evaluate", "e", "predictions", "pseudolabels", "proposals", "saliency") == "s"
+    with pytest.raises(VariantError, match="instances.p: a proposals variant has that name too"):
+        check_variants({**config, "instances": {"p": {"proposals": "p", "features": "f"}}})
+    # an instances variant trains on proposals, not on another instances variant's detections
+    with pytest.raises(VariantError, match=r"instances\.j\.proposals: no 'proposals' variant named 'i'"):
+        check_variants({**config, "instances": {"i": {"proposals": "p", "features": "f"},
+                                                "j": {"proposals": "i", "features": "f"}}})
+
+
 def test_a_folders_digest_ignores_its_own_sidecar_but_not_its_content(tmp_path):
     from unseg.provenance import input_digest
 

@@ -449,10 +449,11 @@ def test_instance_rounds_are_artifacts_and_hand_off_to_the_pseudolabels(tiny_run
         "scales": [1, 0.5], "rois_per_image": 16, "warmup_steps": 1, "self_training_score": 0.0,
         "round_settings": {"2": {"steps": 2}}}}
     config["pseudolabels"]["km-inst"] = {**config["pseudolabels"]["km3"], "proposals": "inst"}
-    targets = ["results/tiny/instances/inst/report.md", "results/tiny/pseudolabels/km-inst"]
+    targets = ["results/tiny/instances/inst/report.md", "results/tiny/pseudolabels/km-inst",
+               "results/tiny/audit/instances/inst/index.html"]
     planned = planned_jobs(snakemake(run, config, "-n", *targets).stdout)
     assert planned == {"instances_train": 2, "instances_predict": 2, "instances_targets": 1, "instances_metrics": 2,
-                       "instances_report": 1, "pseudolabels": 1}
+                       "instances_report": 1, "pseudolabels": 1, "audit_instances": 1}
     snakemake(run, config, *targets)
     rounds = run / "results/tiny/instances/inst"
     for round_index in (1, 2):
@@ -474,8 +475,11 @@ def test_instance_rounds_are_artifacts_and_hand_off_to_the_pseudolabels(tiny_run
     assert "inst" in provenance["config"]["instances"]
     assert provenance["inputs"]["proposals"]["path"] == "results/tiny/instances/inst/round-2/instances.json"
     assert provenance["inputs"]["saliency"]["path"] == "results/tiny/saliency/bipart"
+    page = (run / "results/tiny/audit/instances/inst/index.html").read_text()
+    assert "proposals recall@0.5" in page and "round 2 recall@0.5" in page and "round 1 score" in page
+    assert len(re.findall(r"<tr><td>", page)) == 8
     # editing round 2's settings re-runs round 2 only
     config["instances"]["inst"]["round_settings"]["2"]["steps"] = 3
     assert planned_jobs(snakemake(run, config, "-n", *targets).stdout) == {
         "instances_train": 1, "instances_predict": 1, "instances_metrics": 1, "instances_report": 1,
-        "pseudolabels": 1}
+        "pseudolabels": 1, "audit_instances": 1}

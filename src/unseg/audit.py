@@ -334,6 +334,51 @@ def audit_proposals(
                           provenance, page_size, max_images)
 
 
+def instances_view(images: Sequence[tuple[int, str, str]], proposals_json: str | Path,
+                   rounds: Sequence[tuple[str, str | Path]], ground_truth: Mapping | None = None,
+                   shown_score: float = 0.5) -> StageView:
+    """An instance segmenter's rounds beside the proposals round 1 trained on: per image, each one's coverage of
+    the ground-truth instances (:func:`instance_overlaps`, every detection counted, as AR@100 counts them) and
+    its count of detections scoring at least ``shown_score``; panels: the proposals, then per round the detections
+    scoring at least ``shown_score`` and the round's best three with their scores (model × coherence).
+
+    Args:
+        rounds: (label, instances.json) per round, in order.
+    """
+    sources = [("proposals", _detections_by_image(proposals_json))]
+    sources += [(label, _detections_by_image(path)) for label, path in rounds]
+    truth_by_image = _annotations_by_image(ground_truth)
+    values = {}
+    for image_id, name, _ in images:
+        entry = {}
+        for label, by_image in sources:
+            detections = by_image.get(image_id, [])
+            overlaps = instance_overlaps(detections, truth_by_image.get(image_id, []))
+            entry.update({f"{label} {key}": value for key, value in overlaps.items()})
+            entry[f"{label} ≥ {shown_score:g}"] = float(sum(det["score"] >= shown_score for det in detections))
+        values[name] = entry
+
+    def panels(image_id: int, name: str, image: np.ndarray) -> list[Panel]:
+        shown: list[Panel] = []
+        for position, (label, by_image) in enumerate(sources):
+            detections = sorted(by_image.get(image_id, []), key=lambda det: -det["score"])
+            confident = [det for det in detections if det["score"] >= shown_score] if position else detections
+            caption = f"{label}: {len(confident)}" + (f" scoring ≥ {shown_score:g}" if position else "")
+            shown.append((caption, overlay_masks(image, [decode_rle(det["segmentation"]) for det in confident[::-1]])))
+            if position:
+                for det in detections[:3]:
+                    coherence = f", coherence {det['coherence']:.2f}" if "coherence" in det else ""
+                    shown.append((f"{label} score {det['score']:.2f}{coherence}",
+                                  overlay_masks(image, [decode_rle(det["segmentation"])])))
+        return shown
+
+    labels = [label for label, _ in sources]
+    columns = [f"{label} {key}" for label in labels for key in ("recall@0.5", "best-overlap IoU")]
+    columns += [f"{label} ≥ {shown_score:g}" for label in labels]
+    last = labels[-1]
+    return StageView(values, columns, [f"{last} recall@0.5", f"{last} ≥ {shown_score:g}"], panels)
+
+
 def ground_truth_foreground(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(foreground, valid) (H, W) bool masks of a ground-truth label PNG: label > 0, and not void (255)."""
     labels = read_label_png(path)
@@ -489,7 +534,8 @@ def audit_side_by_side(images: Sequence[tuple[int, str, str]], views: Sequence[t
 
 _TITLES = {"masks": "Spectral masks per k and per eigenvector", "saliency": "Saliency maps",
            "proposals": "Proposals after the saliency filter and NMS", "pseudolabels": "Pseudo-labels",
-           "predict": "Predictions of the trained head"}
+           "predict": "Predictions of the trained head",
+           "instances": "Instance segmenter: the proposals, then each self-training round's detections"}
 _NOTES = {
     "masks": ("Each colour is one mask (a connected component of one cluster, or of the border-rule side of one "
               "eigenvector's sign split)."),
@@ -500,9 +546,12 @@ _NOTES = {
                      "under the matching over all the images shown in the table)."),
 }
 _NOTES["predict"] = _NOTES["pseudolabels"]
+_NOTES["instances"] = ("Round 1 trained on the proposals, round r on round r-1's confident detections and the "
+                       "proposals they do not cover. Recall and best-overlap IoU count every detection of a round "
+                       "(as AR@100 does); the panels show those scoring at least 0.5.")
 # The artifact whose provenance a stage's page links, by its role in the inputs.
 _AUDITED = {"masks": "masks", "proposals": "proposals", "pseudolabels": "labels", "predict": "labels",
-            "saliency": "saliency"}
+            "saliency": "saliency", "instances": "instances"}
 
 
 def stage_view(stage: str, images: Sequence[tuple[int, str, str]], roles: Mapping[str, str],
@@ -524,6 +573,11 @@ def stage_view(stage: str, images: Sequence[tuple[int, str, str]], roles: Mappin
                       *((f"round {index} labels", folder) for index, folder in enumerate(rounds, start=2)),
                       ("prediction", roles["labels"])]
         return label_maps_view(images, label_dirs, ground_truth)
+    if stage == "instances":  # the proposals, then every round's detections (the last is roles["instances"])
+        rounds = roles.get("rounds") or [roles["instances"]]
+        rounds = [rounds] if isinstance(rounds, str) else list(rounds)
+        return instances_view(images, roles["proposals"],
+                              [(f"round {index}", path) for index, path in enumerate(rounds, start=1)], instances)
     raise ValueError(f"no audit page for stage {stage!r} (stages: {sorted(_TITLES)})")
 
 
@@ -535,7 +589,7 @@ def _audit_inputs(inputs: Mapping[str, str], stage: str):
     images = list(zip(index.image_id.tolist(), index.name.tolist(), index.path.tolist()))
     ground_truth = {name: path for name, path in zip(index.name, index.gt_semantic) if isinstance(path, str) and path}
     # only masks and proposals are scored against instances (their fallback reads every class PNG)
-    scored = stage in ("masks", "proposals") and "truth" in inputs
+    scored = stage in ("masks", "proposals", "instances") and "truth" in inputs
     instances = instance_ground_truth(index, inputs["truth"])[0] if scored else None
     return images, ground_truth, instances
 

@@ -560,7 +560,22 @@ def mask_coherence(unit_features: np.ndarray, mask: np.ndarray) -> float:
     return float(np.square(selected.mean(axis=0)).sum()) if len(selected) else 0.0
 
 
-def _unit_rows(features: np.ndarray) -> np.ndarray:
+def coverage_coherence(unit_features: np.ndarray, coverage: np.ndarray) -> float:
+    """:func:`mask_coherence` of a soft mask: ‖coverage-weighted mean unit feature‖² (0 for an empty mask).
+
+    Args:
+        unit_features: (N, D) float unit-norm tokens; coverage: N weights in [0, 1] (any shape), e.g. the fraction
+            of each token cell a pixel mask covers (:func:`unseg.geometry.image_to_grid`).
+    """
+    weights = np.asarray(coverage, dtype=np.float64).reshape(-1)
+    total = weights.sum()
+    if total <= 0:
+        return 0.0
+    mean = (unit_features * weights[:, None]).sum(axis=0) / total
+    return float(np.square(mean).sum())
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
     flat = np.asarray(features, dtype=np.float32).reshape(-1, features.shape[-1])
     return flat / np.linalg.norm(flat, axis=1, keepdims=True).clip(min=1e-12)
 
@@ -596,7 +611,7 @@ def multik_masks(
     ks = tuple(k for k in ks if k <= grid_h * grid_w)
     if not ks:
         return []
-    unit = _unit_rows(features)
+    unit = unit_rows(features)
     if eigenvectors is None:  # one solve serves every k
         eigenvectors = feature_laplacian_spectrum(unit, max(ks), device="cpu").vectors[0]
     results: list[GridMask] = []
@@ -631,7 +646,7 @@ def bipartition_saliency(
     """
     grid_h, grid_w, _ = features.shape
     if eigenvectors is None or degree is None:
-        spectrum = feature_laplacian_spectrum(_unit_rows(features), 2, device="cpu")
+        spectrum = feature_laplacian_spectrum(unit_rows(features), 2, device="cpu")
         eigenvectors, degree = spectrum.vectors[0], spectrum.degree[0]
     fiedler = (eigenvectors[:, 1] / np.sqrt(np.clip(degree, 1e-12, None))).reshape(grid_h, grid_w)
     if not foreground_side(fiedler > 0):
@@ -710,7 +725,7 @@ def deep_spectral_masks(
     grid_h, grid_w, _ = features.shape
     count = grid_h * grid_w
     num_eigenvectors = min(num_eigenvectors, count)
-    unit = _unit_rows(features)
+    unit = unit_rows(features)
     if eigenvectors is None or degree is None:
         extra = None
         if color_weight > 0:

@@ -141,3 +141,31 @@ rule audit_compare:
         "../envs/unseg.yaml"
     script:
         "../scripts/audit_compare.py"
+
+
+rule audit_instances:
+    input:
+        index=PATHS["index"],
+        truth=PATHS["index_truth"],
+        proposals=upstream("instances", "proposals", "proposals"),
+        rounds=lambda wildcards: [PATHS["instances"].format(variant=wildcards.variant, round=r)
+                                  for r in range(1, config["instances"][wildcards.variant]["rounds"] + 1)],
+        instances=lambda wildcards: PATHS["instances"].format(variant=wildcards.variant,
+                                                              round=config["instances"][wildcards.variant]["rounds"]),
+    output:
+        report(
+            PATHS["audit_instances"],
+            caption="../report/audit.rst",
+            category="Audit",
+            subcategory="instances",
+        ),
+    params:
+        max_images=config["audit"]["max_images"],
+        page_size=config["audit"]["page_size"],
+    threads: 1
+    log:
+        f"{LOGS}/audit/instances/{{variant}}.log",
+    conda:
+        "../envs/unseg.yaml"
+    script:
+        "../scripts/audit.py"

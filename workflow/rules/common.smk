@@ -12,13 +12,18 @@ except VariantError as error:
     raise WorkflowError(f"config error: {error}")
 
 def check_crf_available():
-    """Stop before any job when a train variant's rounds need the dense CRF and pydensecrf is not installed."""
+    """Stop before any job when a train variant's rounds or an instances variant need the dense CRF and pydensecrf
+    is not installed."""
     from unseg.crf import INSTALL_HINT, crf_available
 
     for variant, settings in config["train"].items():
         if settings["rounds"] > 1 and settings["crf"] and not crf_available():
             raise WorkflowError(f"config error: train.{variant}.crf: rounds {settings['rounds']} refine each round's "
                                 f"predictions with a dense CRF, and {INSTALL_HINT}; or set crf: false")
+    for variant, settings in config["instances"].items():
+        if settings["crf"] and not crf_available():
+            raise WorkflowError(f"config error: instances.{variant}.crf: refining the detections needs a dense CRF, "
+                                f"and {INSTALL_HINT}; or set crf: false")
 
 
 check_crf_available()
@@ -71,6 +76,7 @@ PATHS = {
     "audit_pseudolabels": f"{RESULTS}/audit/pseudolabels/{{variant}}/index.html",
     "audit_predict": f"{RESULTS}/audit/predict/{{variant}}/index.html",
     "audit_compare": f"{RESULTS}/audit/compare/{{variant}}/index.html",
+    "audit_instances": f"{RESULTS}/audit/instances/{{variant}}/index.html",
     "instances_targets": f"{RESULTS}/instances/{{variant}}/round-{{round}}/targets.json",
     "instances_model": f"{RESULTS}/instances/{{variant}}/round-{{round}}/model.pt",
     "instances_log": f"{RESULTS}/instances/{{variant}}/round-{{round}}/log.csv",
@@ -97,6 +103,7 @@ SUMMARY = [
     ("audit_compare", "audit.compare", "side by side", "variants of one stage on the same images"),
     ("contrast_embeddings", "contrast", "embeddings", "learned pixel embeddings; any stage's features: can name them"),
     ("instances_report", "instances", "instances", "proposals, then each self-training round: AP / AR"),
+    ("audit_instances", "instances", "audit page", "the proposals and every round's detections, image by image"),
 ]
 
 

@@ -54,7 +54,9 @@ rule instances_predict:
     output:
         PATHS["instances"],
     params:
-        device=lambda wildcards: config["instances"][wildcards.variant].get("device"),
+        device=lambda wildcards: instances_round_settings(wildcards).get("device"),
+        output_rules=lambda wildcards: {key: config["instances"][wildcards.variant][key]
+                                        for key in ("rescore", "rescore_facet", "crf")},
         chain=instances_round_chain,
     threads: 4
     resources:
