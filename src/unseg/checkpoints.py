@@ -83,3 +83,23 @@ def load_resume_state(path: str | Path, key: str) -> dict[str, Any] | None:
     done = f"epoch {state['epoch']}" if "epoch" in state else f"step {state.get('step')}"
     print(f"resume: continuing {path} after {done}", file=sys.stderr)
     return state
+
+
+def read_model_checkpoint(path: str | Path, stage: str) -> tuple[dict[str, Any], Any]:
+    """A model checkpoint a method of ``stage`` wrote (its ``config`` names the ``method``) and that method's
+    ``build_model``, which rebuilds the untrained model from the config.
+
+    Raises:
+        KeyError: the config names no method, or no registered one.
+        TypeError: the method registered no ``build_model``.
+    """
+    from .registry import REGISTRIES
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    config = checkpoint["config"]
+    if "method" not in config:
+        raise KeyError(f"{path}: the checkpoint's config names no 'method'")
+    build_model = REGISTRIES[stage].get(config["method"]).attributes.get("build_model")
+    if build_model is None:
+        raise TypeError(f"{stage} method {config['method']!r} registered no build_model; cannot load {path}")
+    return checkpoint, build_model

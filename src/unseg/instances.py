@@ -44,7 +44,14 @@ from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
 from .backbones import get_backbone_spec
-from .checkpoints import data_digest, load_resume_state, resume_key, save_checkpoint, save_resume_state
+from .checkpoints import (
+    data_digest,
+    load_resume_state,
+    read_model_checkpoint,
+    resume_key,
+    save_checkpoint,
+    save_resume_state,
+)
 from .detection import FRAME_STRIDE, PYRAMID_SCALES, InstanceSegmenter, TokenStandardiser, build_mask_rcnn
 from .devices import resolve_device
 from .features import normalize_batch
@@ -56,7 +63,7 @@ from .spectral import coverage_coherence, unit_rows
 from .store import FeatureStore
 from .train import scan_tokens
 from .train import settings_of_round as train_settings_of_round
-from .training_data import item_seed, token_tensor
+from .training_data import StoreImages, item_seed, token_tensor
 
 # ----------------------------------------------------------------------------------------------------------------
 # Targets: proposals (COCO RLE at the original resolution) as masks and boxes in a frame.
@@ -150,7 +157,7 @@ def copy_paste(image: torch.Tensor, masks: torch.Tensor, source_image: torch.Ten
 # What a trainer reads.
 
 
-class InstanceDataset(torch.utils.data.Dataset):
+class InstanceDataset(StoreImages):
     """(model input, targets) of the named images: the stored (D, h, w) token grid, or (``image_paths`` given) the
     (3, h·p, w·p) normalised image, augmented when ``augment`` is; targets in the model frame (:func:`frame_targets`,
     ``masks`` (N, 16h, 16w)).
@@ -167,24 +174,11 @@ class InstanceDataset(torch.utils.data.Dataset):
     def __init__(self, store_path: str | Path, facet: str, detections: Mapping[str, Sequence[dict]],
                  image_paths: Mapping[str, str | Path] | None = None, augment: Mapping[str, Any] | None = None,
                  mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0)):
-        self.store_path, self.facet = Path(store_path), facet
-        self.names = list(detections)
+        super().__init__(store_path, list(detections))
+        self.facet = facet
         self.detections = {name: list(detections[name]) for name in self.names}
         self.image_paths = {name: Path(image_paths[name]) for name in self.names} if image_paths is not None else None
         self.augment, self.mean, self.std = augment, tuple(mean), tuple(std)
-        self._store: FeatureStore | None = None
-
-    @property
-    def store(self) -> FeatureStore:
-        if self._store is None:
-            self._store = FeatureStore(self.store_path)
-        return self._store
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_store": None}
-
-    def __len__(self) -> int:
-        return len(self.names)
 
     def tokens(self, index: int) -> torch.Tensor:
         return token_tensor(self.store, self.names[index], self.facet)[0]
@@ -520,13 +514,8 @@ def load_initial_model(model: torch.nn.Module, path: Path, config: Mapping[str, 
 def load_instance_model(model_path: str | Path, stored_tokens: bool = True) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode, its config) of a checkpoint written by an instances method. With ``stored_tokens``, a
     model whose ViT stayed frozen is built without it: it reads the store's tokens, which are that ViT's output."""
-    checkpoint = torch.load(model_path, map_location="cpu", weights_only=False)
+    checkpoint, build_model = read_model_checkpoint(model_path, "instances")
     config = checkpoint["config"]
-    if "method" not in config:
-        raise KeyError(f"{model_path}: the checkpoint's config names no 'method'")
-    build_model = REGISTRIES["instances"].get(config["method"]).attributes.get("build_model")
-    if build_model is None:
-        raise TypeError(f"instances method {config['method']!r} registered no build_model; cannot load {model_path}")
     without_vit = stored_tokens and not int(config.get("finetune_blocks", 0))
     model = build_model(config, images=False) if without_vit else build_model(config)
     state = checkpoint["state_dict"]

@@ -19,11 +19,11 @@ import torch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from .checkpoints import read_model_checkpoint
 from .crf import CrfParams, dense_crf
 from .devices import resolve_device
 from .geometry import grid_to_image
 from .io import atomic_output, encode_rle, read_image, write_json, write_label_png
-from .registry import REGISTRIES
 from .store import FeatureStore
 from .train import model_input  # importing train registers the built-in trainers
 
@@ -31,13 +31,8 @@ from .train import model_input  # importing train registers the built-in trainer
 def load_model(model_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Load a checkpoint written by a trainer: (model in eval mode, its config). The config's ``method`` names the
     trainer whose ``build_model`` makes the model."""
-    checkpoint = torch.load(model_path, map_location="cpu", weights_only=False)
+    checkpoint, build_model = read_model_checkpoint(model_path, "train")
     config = checkpoint["config"]
-    if "method" not in config:
-        raise KeyError(f"{model_path}: the checkpoint's config names no 'method' (trainer)")
-    build_model = REGISTRIES["train"].get(config["method"]).attributes.get("build_model")
-    if build_model is None:
-        raise TypeError(f"train method {config['method']!r} registered no build_model; cannot load {model_path}")
     model = build_model(config)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), config

@@ -82,22 +82,12 @@ def augment_pair(image: torch.Tensor, labels: torch.Tensor, settings: Mapping[st
     return image_out.as_subclass(torch.Tensor), labels_out.as_subclass(torch.Tensor)
 
 
-class LabelledStoreImages(torch.utils.data.Dataset):
-    """Base of the training datasets: named images of a feature store (opened lazily, so that DataLoader workers open
-    their own) with their label PNGs, checked against ``num_classes`` as they are read.
+class StoreImages(torch.utils.data.Dataset):
+    """Base of the training datasets: the named images of a feature store, the store opened lazily (so that
+    DataLoader workers open their own)."""
 
-    Args:
-        label_paths: image name → label PNG (0 background, 1..num_classes-1 classes, 255 ignored), in the order
-            of the items.
-        num_classes: labels must lie below it (or be 255); ``None`` skips the check (ground truth).
-        label_scale: s, labels are resized by nearest to s × the token grid.
-    """
-
-    def __init__(self, store_path: str | Path, label_paths: Mapping[str, str | Path], num_classes: int | None,
-                 label_scale: int):
-        self.store_path, self.names = Path(store_path), list(label_paths)
-        self.label_paths = {name: Path(path) for name, path in label_paths.items()}
-        self.num_classes, self.label_scale = num_classes, label_scale
+    def __init__(self, store_path: str | Path, names: Sequence[str]):
+        self.store_path, self.names = Path(store_path), list(names)
         self._store: FeatureStore | None = None
 
     @property
@@ -111,6 +101,23 @@ class LabelledStoreImages(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+class LabelledStoreImages(StoreImages):
+    """Named images of a feature store with their label PNGs, checked against ``num_classes`` as they are read.
+
+    Args:
+        label_paths: image name → label PNG (0 background, 1..num_classes-1 classes, 255 ignored), in the order
+            of the items.
+        num_classes: labels must lie below it (or be 255); ``None`` skips the check (ground truth).
+        label_scale: s, labels are resized by nearest to s × the token grid.
+    """
+
+    def __init__(self, store_path: str | Path, label_paths: Mapping[str, str | Path], num_classes: int | None,
+                 label_scale: int):
+        super().__init__(store_path, list(label_paths))
+        self.label_paths = {name: Path(path) for name, path in label_paths.items()}
+        self.num_classes, self.label_scale = num_classes, label_scale
 
     def label_map(self, name: str) -> np.ndarray:
         """The (H0, W0) uint8 label map of ``name``.
