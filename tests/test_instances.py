@@ -198,6 +198,8 @@ def test_a_round_merges_confident_predictions_with_the_proposals_they_miss():
         by_image.setdefault(det["image_id"], []).append((det["source"], det["score"]))
     assert by_image == {1: [("prediction", 0.95), ("prediction", 0.8), ("proposal", 0.5)],
                         2: [("proposal", 0.7)], 3: [("prediction", 0.99)]}
+    alone = merge_round_targets(predictions, proposals, score_threshold=0.7, overlap_iou=0.5, keep_proposals=False)
+    assert [(det["image_id"], det["score"]) for det in alone] == [(1, 0.95), (1, 0.8), (3, 0.99)]
 
 
 def test_the_rounds_report_tabulates_each_round_against_the_proposals(tmp_path):
@@ -343,6 +345,15 @@ def test_coherence_rescoring_ranks_a_merge_of_two_unlike_regions_below_a_single_
     assert [det["coherence"] for det in rescored] == [1.0, 0.5]
     assert [det["score"] for det in rescored] == [0.9, 0.475]
     assert [det["detector_score"] for det in rescored] == [0.9, 0.95]
+
+
+def test_the_crf_window_is_the_box_grown_within_the_image():
+    mask = np.zeros((100, 200), dtype=bool)
+    mask[40:60, 10:90] = True  # 20 x 80: grown by max(16, 0.25 x 80 = 20) px, clipped at the left edge
+    assert instances_module.crf_window(mask) == (slice(20, 80), slice(0, 110))
+    small = np.zeros((100, 200), dtype=bool)
+    small[50, 100] = True
+    assert instances_module.crf_window(small) == (slice(34, 67), slice(84, 117))
 
 
 def test_crf_refinement_snaps_a_coarse_detection_to_the_object():

@@ -578,15 +578,29 @@ def rescore_by_coherence(detections: list[dict], unit_features: np.ndarray, geom
     return rescored
 
 
+def crf_window(mask: np.ndarray, margin: float = 0.25, min_margin: int = 16) -> tuple[slice, slice]:
+    """The part of the image a detection's CRF looks at: its mask's bounding box grown on every side by ``margin``
+    × its longer side (at least ``min_margin`` px), within the image. (H, W) bool mask → (rows, cols) slices."""
+    rows, cols = np.nonzero(mask)
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    grow = max(min_margin, int(round(margin * max(bottom - top, right - left))))
+    return (slice(max(0, top - grow), min(mask.shape[0], bottom + grow)),
+            slice(max(0, left - grow), min(mask.shape[1], right + grow)))
+
+
 def refine_detections(detections: list[dict], image: np.ndarray) -> list[dict]:
     """Each detection's mask snapped to the image's edges by a dense CRF (:func:`unseg.proposals.
-    refine_mask_with_crf`, the proposals stage's ``crf``), area and bbox recomputed, ``"crf": true``; a mask the
-    CRF empties is dropped. Needs pydensecrf (the ``crf`` extra)."""
+    refine_mask_with_crf`, the proposals stage's ``crf``) inside its :func:`crf_window` (a hundred detections of a
+    photo each on the whole image took ~17 s per image on this CPU), area and bbox recomputed, ``"crf": true``; a
+    mask the CRF empties is dropped. Needs pydensecrf (the ``crf`` extra)."""
     from .proposals import refine_mask_with_crf
 
     refined = []
     for det in detections:
-        mask = refine_mask_with_crf(image, decode_rle(det["segmentation"]))
+        coarse = decode_rle(det["segmentation"])
+        rows, cols = crf_window(coarse)
+        mask = np.zeros_like(coarse)
+        mask[rows, cols] = refine_mask_with_crf(np.ascontiguousarray(image[rows, cols]), coarse[rows, cols])
         if mask.any():
             rle = encode_rle(mask)
             compressed = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
@@ -650,12 +664,12 @@ def mask_ious(first: Sequence[dict], second: Sequence[dict]) -> np.ndarray:
 
 
 def merge_round_targets(predictions: Sequence[dict], proposals: Sequence[dict], score_threshold: float,
-                        overlap_iou: float) -> list[dict]:
+                        overlap_iou: float, keep_proposals: bool = True) -> list[dict]:
     """The targets of the next self-training round, per image: the predictions scoring at least
     ``score_threshold`` (deduplicated by mask NMS at ``overlap_iou``), and each proposal whose best mask IoU with
     those is below ``overlap_iou`` (an NMS in which the model's confident detections rank first; CutLER,
-    ``get_self_training_ann.py``, keeps the predictions as they are). Each target carries ``source``
-    ("prediction" or "proposal")."""
+    ``get_self_training_ann.py``, keeps the predictions as they are). ``keep_proposals`` False: the confident
+    predictions alone. Each target carries ``source`` ("prediction" or "proposal")."""
     from .proposals import mask_nms
 
     confident: dict[int, list[dict]] = {}
@@ -664,7 +678,7 @@ def merge_round_targets(predictions: Sequence[dict], proposals: Sequence[dict], 
             confident.setdefault(int(det["image_id"]), []).append({**det, "source": "prediction"})
     confident = {image_id: mask_nms(dets, overlap_iou) for image_id, dets in confident.items()}
     pseudo: dict[int, list[dict]] = {}
-    for det in proposals:
+    for det in proposals if keep_proposals else ():
         pseudo.setdefault(int(det["image_id"]), []).append(det)
     merged = []
     for image_id in sorted(set(confident) | set(pseudo)):
@@ -679,10 +693,11 @@ def merge_round_targets(predictions: Sequence[dict], proposals: Sequence[dict], 
 def run_round_targets(predictions_json: str | Path, proposals_json: str | Path, out_json: str | Path,
                       settings: Mapping[str, Any]) -> dict:
     """Write round r's ``targets.json`` from round r-1's ``instances.json`` and the proposals
-    (:func:`merge_round_targets` with the variant's ``self_training_score`` and ``self_training_iou``); returns the
-    counts by source."""
+    (:func:`merge_round_targets` with the variant's ``self_training_score``, ``self_training_iou`` and
+    ``keep_proposals``); returns the counts by source."""
     merged = merge_round_targets(read_json(predictions_json), read_json(proposals_json),
-                                 settings["self_training_score"], settings["self_training_iou"])
+                                 settings["self_training_score"], settings["self_training_iou"],
+                                 settings.get("keep_proposals", True))
     write_json(out_json, merged, indent=None)
     counts = {source: sum(det["source"] == source for det in merged) for source in ("prediction", "proposal")}
     print(f"round targets: {counts['prediction']} confident detections (score >= {settings['self_training_score']}) "
@@ -695,8 +710,8 @@ def run_round_targets(predictions_json: str | Path, proposals_json: str | Path, 
 
 
 # The variant's settings about its rounds, not about one round's training.
-ROUND_KEYS = ("rounds", "round_settings", "init_from_previous", "self_training_score", "self_training_iou", "rescore",
-              "rescore_facet", "crf")
+ROUND_KEYS = ("rounds", "round_settings", "init_from_previous", "self_training_score", "self_training_iou",
+              "keep_proposals", "rescore", "rescore_facet", "crf")
 
 
 def settings_of_round(settings: Mapping[str, Any], round_index: int) -> dict[str, Any]:

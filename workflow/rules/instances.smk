@@ -10,7 +10,7 @@ rule instances_targets:
         PATHS["instances_targets"],
     params:
         settings=lambda wildcards: {key: config["instances"][wildcards.variant][key]
-                                    for key in ("self_training_score", "self_training_iou")},
+                                    for key in ("self_training_score", "self_training_iou", "keep_proposals")},
         chain=instances_round_chain,
     threads: 1
     log:
