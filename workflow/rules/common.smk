@@ -352,6 +352,19 @@ def instances_round_chain(wildcards):
     return resolved
 
 
+def instances_targets_chain(wildcards):
+    """Params function: the provenance chain of round r's targets: round r-1's chain (whose detections they merge)
+    with the merge settings, so that editing round r's training settings does not remake its targets."""
+    round_index = int(wildcards.round)
+    resolved = resolve_chain(config, "instances", wildcards.variant)
+    settings = config["instances"][wildcards.variant]
+    resolved["instances"][wildcards.variant] = {
+        **instance_rounds.settings_of_round(settings, round_index - 1), "round": round_index - 1,
+        "targets_of_round": round_index,
+        **{key: settings[key] for key in ("self_training_score", "self_training_iou", "keep_proposals")}}
+    return resolved
+
+
 def instances_targets(wildcards):
     """Input function: what an instances round trains on: the proposals (round 1) or the round's targets.json."""
     instances_round_settings(wildcards)  # a round beyond 'rounds' is an error

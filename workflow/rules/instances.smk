@@ -11,7 +11,7 @@ rule instances_targets:
     params:
         settings=lambda wildcards: {key: config["instances"][wildcards.variant][key]
                                     for key in ("self_training_score", "self_training_iou", "keep_proposals")},
-        chain=instances_round_chain,
+        chain=instances_targets_chain,
     threads: 1
     log:
         f"{LOGS}/instances/{{variant}}/round-{{round}}-targets.log",
