@@ -192,7 +192,7 @@ def test_a_round_merges_confident_predictions_with_the_proposals_they_miss():
         {"image_id": 1, "segmentation": rle(square(50, 0, 0, 17)), "score": 0.9},  # a duplicate of the first
         {"image_id": 3, "segmentation": rle(square(50, 1, 1, 5)), "score": 0.99},  # an image without proposals
     ]
-    merged = merge_round_targets(predictions, proposals, score_threshold=0.7, overlap_iou=0.5)
+    merged = merge_round_targets(predictions, proposals, score_threshold=0.7, overlap_iou=0.5, keep_proposals=True)
     by_image = {}
     for det in merged:
         by_image.setdefault(det["image_id"], []).append((det["source"], det["score"]))

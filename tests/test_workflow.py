@@ -446,7 +446,7 @@ def test_instance_rounds_are_artifacts_and_hand_off_to_the_pseudolabels(tiny_run
     config = json.loads(json.dumps(config))
     config["instances"] = {"inst": {
         "proposals": "default", "features": "vits16", "rounds": 2, "steps": 4, "batch_size": 2, "channels": 8,
-        "scales": [1, 0.5], "rois_per_image": 16, "warmup_steps": 1, "self_training_score": 0.0,
+        "scales": [1, 0.5], "rois_per_image": 16, "warmup_steps": 1, "self_training_score": 0.0, "keep_proposals": True,
         "round_settings": {"2": {"steps": 2}}}}
     config["pseudolabels"]["km-inst"] = {**config["pseudolabels"]["km3"], "proposals": "inst"}
     targets = ["results/tiny/instances/inst/report.md", "results/tiny/pseudolabels/km-inst",

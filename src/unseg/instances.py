@@ -4,9 +4,10 @@ detections, round after round → ``instances/{variant}/round-{r}/``.
 Each round is a folder and a job of its own:
 
 * ``targets.json`` (round r ≥ 2): what the round trains on (:func:`merge_round_targets`): round r-1's detections
-  scoring at least ``self_training_score``, plus every proposal whose mask overlaps none of them by
-  ``self_training_iou`` or more (CutLER's ``get_self_training_ann.py``: threshold 0.7, IoU 0.5). Round 1 trains on
-  the proposals themselves (``min_target_score`` and up).
+  scoring at least ``self_training_score`` (0.9 by default), and with ``keep_proposals`` every proposal whose mask
+  overlaps none of them by ``self_training_iou`` or more (CutLER's ``get_self_training_ann.py``: threshold 0.7,
+  IoU 0.5; measured worse on multi-k proposals, docs/benchmarks.md "Instances"). Round 1 trains on the proposals
+  themselves (``min_target_score`` and up).
 * ``model.pt`` (+ ``last.pt`` while training, resumed only for the same settings and inputs; ``log.csv``);
 * ``instances.json``: the round's detections on every image, COCO results (RLE at the original resolution,
   ``score``, ``bbox``, ``category_id`` 1);
@@ -664,7 +665,7 @@ def mask_ious(first: Sequence[dict], second: Sequence[dict]) -> np.ndarray:
 
 
 def merge_round_targets(predictions: Sequence[dict], proposals: Sequence[dict], score_threshold: float,
-                        overlap_iou: float, keep_proposals: bool = True) -> list[dict]:
+                        overlap_iou: float, keep_proposals: bool) -> list[dict]:
     """The targets of the next self-training round, per image: the predictions scoring at least
     ``score_threshold`` (deduplicated by mask NMS at ``overlap_iou``), and each proposal whose best mask IoU with
     those is below ``overlap_iou`` (an NMS in which the model's confident detections rank first; CutLER,
@@ -697,7 +698,7 @@ def run_round_targets(predictions_json: str | Path, proposals_json: str | Path, 
     ``keep_proposals``); returns the counts by source."""
     merged = merge_round_targets(read_json(predictions_json), read_json(proposals_json),
                                  settings["self_training_score"], settings["self_training_iou"],
-                                 settings.get("keep_proposals", True))
+                                 settings["keep_proposals"])
     write_json(out_json, merged, indent=None)
     counts = {source: sum(det["source"] == source for det in merged) for source in ("prediction", "proposal")}
     print(f"round targets: {counts['prediction']} confident detections (score >= {settings['self_training_score']}) "
