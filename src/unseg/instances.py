@@ -6,7 +6,7 @@ Each round is a folder and a job of its own:
 * ``targets.json`` (round r ≥ 2): what the round trains on (:func:`merge_round_targets`): round r-1's detections
   scoring at least ``self_training_score`` (0.9 by default), and with ``keep_proposals`` every proposal whose mask
   overlaps none of them by ``self_training_iou`` or more (CutLER's ``get_self_training_ann.py``: threshold 0.7,
-  IoU 0.5; measured worse on multi-k proposals, docs/benchmarks.md "Instances"). Round 1 trains on the proposals
+  IoU 0.5; measured worse on multi-k proposals, docs/benchmarks.md "Instances stage"). Round 1 trains on the proposals
   themselves (``min_target_score`` and up).
 * ``model.pt`` (+ ``last.pt`` while training, resumed only for the same settings and inputs; ``log.csv``);
 * ``instances.json``: the round's detections on every image, COCO results (RLE at the original resolution,
@@ -691,6 +691,10 @@ def merge_round_targets(predictions: Sequence[dict], proposals: Sequence[dict], 
     return merged
 
 
+# The variant's settings that make round r's targets from round r-1's detections (and the proposals).
+MERGE_KEYS = ("self_training_score", "self_training_iou", "keep_proposals")
+
+
 def run_round_targets(predictions_json: str | Path, proposals_json: str | Path, out_json: str | Path,
                       settings: Mapping[str, Any]) -> dict:
     """Write round r's ``targets.json`` from round r-1's ``instances.json`` and the proposals
@@ -711,8 +715,7 @@ def run_round_targets(predictions_json: str | Path, proposals_json: str | Path, 
 
 
 # The variant's settings about its rounds, not about one round's training.
-ROUND_KEYS = ("rounds", "round_settings", "init_from_previous", "self_training_score", "self_training_iou",
-              "keep_proposals", "rescore", "rescore_facet", "crf")
+ROUND_KEYS = ("rounds", "round_settings", "init_from_previous", *MERGE_KEYS, "rescore", "rescore_facet", "crf")
 
 
 def settings_of_round(settings: Mapping[str, Any], round_index: int) -> dict[str, Any]:

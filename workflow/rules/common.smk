@@ -361,7 +361,7 @@ def instances_targets_chain(wildcards):
     resolved["instances"][wildcards.variant] = {
         **instance_rounds.settings_of_round(settings, round_index - 1), "round": round_index - 1,
         "targets_of_round": round_index,
-        **{key: settings[key] for key in ("self_training_score", "self_training_iou", "keep_proposals")}}
+        **{key: settings[key] for key in instance_rounds.MERGE_KEYS}}
     return resolved
 
 
