@@ -168,6 +168,33 @@ def test_rounds_without_pydensecrf_stop_before_any_job_naming_the_key(tmp_path):
     assert snakemake(tmp_path, config, "-n", env={"PYTHONPATH": str(broken)}).returncode == 0
 
 
+def planned_job_inputs(dry_run_output: str, rule: str) -> list[str]:
+    """The ``input:`` line of each job of ``rule`` in a dry run's listing."""
+    blocks = re.split(r"^(?:local)?rule ", dry_run_output, flags=re.M)
+    return [re.search(r"^\s*input: (.*)$", block, re.M).group(1) for block in blocks
+            if block.startswith(f"{rule}:") and "input:" in block]
+
+
+def test_transfgu_rounds_bootstrap_the_pseudolabels_with_the_teacher_and_reset_the_student(tmp_path):
+    broken = tmp_path / "broken"  # no CRF installed: the teacher-student rounds must not need one
+    (broken / "pydensecrf").mkdir(parents=True)
+    (broken / "pydensecrf" / "__init__.py").write_text("raise ImportError('pydensecrf is not installed')\n")
+    config = yaml.safe_load(TINY.read_text())
+    config["train"]["linear"]["crf"] = False
+    config["train"]["boot"] = {"method": "transfgu_bootstrap", "pseudolabels": "km3", "features": "vits16",
+                               "rounds": 2, "epochs": 2, "width": 32, "heads": 2, "layers": 1}  # crf: true, unread
+    target = "results/tiny/train/boot/round-2/model.pt"
+    dry = snakemake(tmp_path, config, "-n", target, env={"PYTHONPATH": str(broken)}).stdout
+    assert planned_jobs(dry)["train"] == 2 and planned_jobs(dry)["refine_labels"] == 1
+    [labels_inputs] = planned_job_inputs(dry, "refine_labels")  # round 2's labels: M (Eq. 12) and the teacher
+    assert "results/tiny/pseudolabels/km3" in labels_inputs and "train/boot/round-1/model.pt" in labels_inputs
+    second_round = [inputs for inputs in planned_job_inputs(dry, "train") if "round-2/labels" in inputs]
+    assert second_round and "round-1/model.pt" not in second_round[0]  # the student starts afresh
+    config["train"]["boot"]["finetune_blocks"] = 1
+    result = snakemake(tmp_path, config, "-n", target, check=False, env={"PYTHONPATH": str(broken)})
+    assert result.returncode != 0 and "train.boot.finetune_blocks" in result.stdout + result.stderr
+
+
 def test_dry_run_of_default_config_lists_every_stage(tmp_path):
     result = subprocess.run(
         [*SNAKEMAKE, "-n", "--directory", str(tmp_path), "--configfile", str(ROOT / "config/config.yaml")],

@@ -451,6 +451,27 @@ def per_image_miou(label_dir: str | Path, ground_truth: Mapping[str, str]) -> di
     return {name: value for name, value in scores.items() if value is not None}
 
 
+def concept_map_panels(image: np.ndarray, soft: np.ndarray, labels: np.ndarray, count: int = 2) -> list[Panel]:
+    """The soft maps behind a label map (TransFGU's Grad-CAM concept maps, or a bootstrapped round's M̂): the
+    ``count`` classes painted on most pixels, each as a heat map over the image (bilinear from the token grid).
+
+    Args:
+        soft: (C, h, w) class scores, channel 0 the background.
+        labels: (H, W) the label map they gave.
+    """
+    import torch
+
+    painted = np.bincount(labels[labels != IGNORE_LABEL].ravel(), minlength=len(soft))[1:len(soft)]
+    shown = []
+    for label in (np.argsort(-painted, kind="stable")[:count] + 1).tolist():
+        if not painted[label - 1]:
+            break
+        heat = torch.nn.functional.interpolate(torch.from_numpy(soft[label].astype(np.float32))[None, None],
+                                               size=image.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+        shown.append((f"class {label} score map", overlay_heatmap(image, heat.clamp(0, 1).numpy())))
+    return shown
+
+
 def label_maps_view(images: Sequence[tuple[int, str, str]], label_dirs: Sequence[tuple[str, str | Path]],
                     ground_truth: Mapping[str, str] | None = None) -> StageView:
     """Label maps (pseudo-labels, predictions): with ground truth, each one's per-image mIoU
@@ -467,14 +488,19 @@ def label_maps_view(images: Sequence[tuple[int, str, str]], label_dirs: Sequence
     values = {name: {f"mIoU {caption}": scores[caption][name] for caption, _ in label_dirs
                      if name in scores.get(caption, {})} for _, name, _ in images}
 
+    with_soft = next((folder for _, folder in label_dirs if (Path(folder) / "soft").is_dir()), None)
+
     def panels(image_id: int, name: str, image: np.ndarray) -> list[Panel]:
         shown: list[Panel] = []
         for caption, folder in label_dirs:
             if not (Path(folder) / f"{name}.png").is_file():  # e.g. a support image: clustered, never painted
                 continue
             score = values[name].get(f"mIoU {caption}")
+            labels = read_label_png(Path(folder) / f"{name}.png")
             shown.append((caption + (f", mIoU {score:.1f}" if score is not None else ""),
-                          overlay_labels(image, read_label_png(Path(folder) / f"{name}.png"))))
+                          overlay_labels(image, labels)))
+            if folder == with_soft and (Path(folder) / "soft" / f"{name}.npy").is_file():
+                shown += concept_map_panels(image, np.load(Path(folder) / "soft" / f"{name}.npy"), labels)
         if ground_truth.get(name):
             shown.append(("ground truth", overlay_labels(image, read_label_png(ground_truth[name]))))
         return shown

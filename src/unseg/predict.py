@@ -5,7 +5,9 @@ connected components of each predicted foreground class, ``category_id`` = that 
 probability). The model is rebuilt by the ``build_model`` of the trainer its checkpoint names (:mod:`unseg.train`).
 
 :func:`refine_labels` makes the training labels of a self-training round: the previous round's predictions, refined
-by a dense CRF on the image (:mod:`unseg.crf`) when asked.
+by a dense CRF on the image (:mod:`unseg.crf`) when asked. :func:`bootstrap_labels` makes those of a TransFGU round
+(teacher-student trainers, :func:`unseg.train.is_teacher_student`): the initial pseudo-labels averaged with the
+teacher's probabilities (section 3.3, Eq. 12).
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import torch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from .bootstrap import bootstrapped_scores
 from .checkpoints import read_model_checkpoint
 from .crf import CrfParams, dense_crf
 from .devices import resolve_device
 from .geometry import grid_to_image
-from .io import atomic_output, encode_rle, read_image, write_json, write_label_png
+from .io import IGNORE_LABEL, atomic_output, encode_rle, read_image, write_json, write_label_png
+from .provenance import file_digest
 from .store import FeatureStore
 from .train import model_input  # importing train registers the built-in trainers
+from .training_data import SOFT_FOLDER, TEACHER_FILE, class_scores
 
 
 def load_model(model_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -135,3 +140,59 @@ def refine_labels(
             total += labels.size
             write_label_png(tmp / f"{name}.png", labels.astype(np.uint8))
     return {"num_images": len(image_paths), "changed_by_crf": changed / max(total, 1)}
+
+
+@torch.inference_mode()
+def bootstrap_labels(
+    teacher_path: str | Path,
+    store_path: str | Path,
+    initial_dir: str | Path,
+    image_paths: Mapping[str, str | Path],
+    out_dir: str | Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The labels of a TransFGU round r ≥ 2 (Yin et al., section 3.3, "Teacher-Student Network"): the bootstrapped
+    pseudo-labels M̂ = 0.5·(M + P̂) of each image on its token grid (Eq. 10-12, :func:`unseg.bootstrap.
+    bootstrapped_scores`), M the initial pseudo-labels (always round 1's: ``initial_dir``, its soft maps or the
+    one-hot of its PNGs, :func:`unseg.training_data.class_scores`) and P̂ the softmax of the teacher, round r-1's
+    model, on the grid ("before upsampled"). No CRF.
+
+    Writes, as one atomic folder ``out_dir``:
+
+    * ``soft/{name}.npy`` — M̂, (C, h, w) float16, NaN where M is ignored: what the student trains on;
+    * ``{name}.png`` — argmax of M̂ bilinearly upsampled to the original image size (Eq. 11; 255 where the ignored
+      cells cover the pixel), for the audit pages and the label-agnostic trainers;
+    * ``teacher.json`` — the teacher's method and file digest, read by the trainer (its α ramp and its config).
+
+    Args:
+        image_paths: image name → image file, every image to label (files read only by a model that fine-tuned the
+            backbone).
+
+    Returns:
+        {"num_images", "changed_by_teacher"}: the fraction of labelled cells whose argmax the teacher changed.
+    """
+    model, config = load_model(teacher_path)
+    device = resolve_device(None)
+    model.to(device)
+    store = FeatureStore(store_path)
+    num_classes = int(config["num_classes"])
+    changed = total = 0
+    with atomic_output(out_dir) as tmp:
+        (tmp / SOFT_FOLDER).mkdir(parents=True)
+        for name in tqdm(sorted(image_paths), desc="bootstrap labels", unit="img", disable=not progress):
+            geometry = store.geometry(name)
+            initial = torch.from_numpy(class_scores(Path(initial_dir) / f"{name}.png", geometry, num_classes))
+            logits = model(model_input(config, store, name, image_paths[name]).to(device))[0].float().cpu()
+            scores = bootstrapped_scores(initial, logits)  # (C, h, w), NaN where M is ignored
+            np.save(tmp / SOFT_FOLDER / f"{name}.npy", scores.numpy().astype(np.float16))
+            ignored = scores.isnan().any(0)
+            before, after = initial.nan_to_num(0.0).argmax(0), scores.nan_to_num(0.0).argmax(0)
+            changed += int(((before != after) & ~ignored).sum())
+            total += int((~ignored).sum())
+            labels = grid_to_image(scores.nan_to_num(0.0).numpy(), geometry).argmax(0).astype(np.uint8)
+            labels[grid_to_image(ignored.float().numpy(), geometry) > 0.5] = IGNORE_LABEL
+            write_label_png(tmp / f"{name}.png", labels)
+        write_json(tmp / TEACHER_FILE, {"method": config["method"], "model_digest": file_digest(teacher_path),
+                                        "rule": "TransFGU Eq. 12: 0.5 * (M + softmax(teacher))"})
+    return {"num_images": len(image_paths), "changed_by_teacher": changed / max(total, 1)}
+

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .cluster import kmeans_over_seeds
 from .devices import resolve_device
 from .features import normalize_batch
-from .geometry import image_to_grid
+from .geometry import grid_to_image, image_to_grid
 from .io import (
     IGNORE_LABEL,
     atomic_output,
@@ -175,18 +175,20 @@ class PseudolabelInputs:
         clusters: number of pseudo-classes (object classes; background, label 0, comes on top).
         source: where the proposals came from, for messages.
         image_paths: image name → image file, for methods that read the images (``masked_crop_cls``).
+        crops: the crops store of the variant's ``crops`` features variant (:mod:`unseg.crops`), for ``transfgu``.
     """
 
     proposals: list[dict]
     store: FeatureStore
     facet: str
-    saliency_dir: Path
+    saliency_dir: Path | None
     names_by_id: Mapping[int, str]
     clusters: int
     source: str = "proposals"
     progress: bool = True
     support_ids: frozenset[int] = frozenset()
     image_paths: Mapping[str, str | Path] | None = None
+    crops: FeatureStore | None = None
 
     @property
     def painted(self) -> dict[int, str]:
@@ -197,12 +199,14 @@ class PseudolabelInputs:
 @dataclass
 class PseudoLabels:
     """What a pseudo-label method returns: per image name an (H0, W0) uint8 label map (0 background,
-    1..clusters pseudo-classes, 255 ignored), the labelled detections (COCO results with ``category_id``) and a
-    summary for the log."""
+    1..clusters pseudo-classes, 255 ignored), the labelled detections (COCO results with ``category_id``), a
+    summary for the log and, for methods with per-class scores, each image's soft maps on the token grid (channel 0
+    background; the label is their arg max), which trainers may read instead of the one-hot labels."""
 
     label_maps: dict[str, np.ndarray]
     detections: list[dict]
     summary: dict[str, Any] = field(default_factory=dict)
+    soft_maps: dict[str, np.ndarray] | None = None  # name → (clusters + 1, h, w) scores on the token grid
 
 
 @register("pseudolabels", "mask_kmeans", schema={
@@ -307,8 +311,112 @@ def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, un
     )
 
 
+@register("pseudolabels", "transfgu", needs_proposals=False, schema={
+    "mode": {"enum": ["object", "scene", "all_foreground"], "default": "object",
+             "description": "TransFGU sec. 4.2: object (PASCAL VOC, COCO-80): crops split by the attention prior, "
+                            "Eq. 8 background; scene (Cityscapes): every crop clustered, no background; "
+                            "all_foreground (LIP): every crop clustered, Eq. 8 background"},
+    "background_concepts": {"type": "integer", "minimum": 0, "default": 0,
+                            "description": "object mode: this many of the clusters come from k-means on the "
+                                           "background crops (TransFGU's stuff concepts, COCO-Stuff); the rest from "
+                                           "the foreground crops"},
+    "foreground_fraction": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
+                            "description": "a crop is foreground when more than this fraction is attended (sec. 4.2)"},
+    "background_fraction": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.8,
+                            "description": "a crop is background when more than this fraction is not attended "
+                                           "(sec. 4.2)"},
+    "background_threshold": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.1,
+                             "description": "T_bg of Eq. 8 (sec. 3.2: 0.1)"},
+    "gradient_mass": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.8,
+                      "description": "the positive Grad-CAM gradient is added on the cells holding this fraction of "
+                                     "it (the authors' code, get_grad_mask: 0.8)"},
+    "seed": {"type": "integer", "default": 0, "description": "first k-means seed"},
+    "num_restarts": {"type": "integer", "minimum": 1, "default": 5,
+                     "description": "k-means runs per group; the lowest inertia wins"},
+    "device": {"type": ["string", "null"], "default": None,
+               "description": "k-means and Grad-CAM device: null = cuda when available, else cpu (faiss k-means)"},
+})
+def transfgu(inputs: PseudolabelInputs, *, mode, background_concepts, foreground_fraction, background_fraction,
+             background_threshold, gradient_mass, seed, num_restarts, device) -> PseudoLabels:
+    """TransFGU's top-down pseudo-labels (:mod:`unseg.transfgu`): concepts by k-means over the crops' CLS tokens,
+    each image's Grad-CAM response map per concept, the arg max with Eq. 8's background."""
+    from .features import preprocess_image
+    from .finetune import load_store_backbone
+    from .transfgu import ConceptCam, box_coverage, foreground_prior, response_maps, soft_labels, split_crops
+
+    if inputs.crops is None:
+        raise ValueError("pseudolabels method transfgu reads the crops of a features variant with 'crops:' "
+                         "settings; name it in the variant's 'crops' key")
+    if inputs.image_paths is None:
+        raise ValueError("pseudolabels method transfgu reads the images (Grad-CAM); no image paths given")
+    store, crops = inputs.store, inputs.crops
+    for key in ("backbone", "weights_digest"):
+        if crops.attrs[key] != store.attrs[key]:
+            raise ValueError(f"pseudolabels transfgu: the crops store {str(crops.path)!r} was made with {key} "
+                             f"{crops.attrs[key]!r}, the features store with {store.attrs[key]!r}; concepts and "
+                             "Grad-CAM must come from one backbone")
+    if mode != "object" and background_concepts:
+        raise ValueError(f"pseudolabels transfgu: background_concepts applies to mode 'object', not {mode!r}")
+    foreground_concepts = inputs.clusters - background_concepts
+    if foreground_concepts < 1:
+        raise ValueError(f"pseudolabels transfgu: background_concepts {background_concepts} leaves no foreground "
+                         f"concept of clusters {inputs.clusters}")
+    device_ = resolve_device(device)
+    names = sorted(inputs.names_by_id.values())
+
+    groups: dict[str, list[np.ndarray]] = {"foreground": [], "background": []}
+    counts = {"crops": 0, "foreground": 0, "background": 0}
+    for name in tqdm(names, desc="transfgu crop groups", unit="img", disable=not inputs.progress):
+        tokens, boxes = crops.facet(name, "crop_cls"), crops.facet(name, "crop_boxes")
+        counts["crops"] += len(tokens)
+        if mode == "object":
+            if not store.has(name, "attn"):
+                raise ValueError(f"pseudolabels transfgu: mode 'object' reads the 'attn' facet (the foreground "
+                                 f"prior), which store {str(store.path)!r} lacks; add it to the variant's facets")
+            foreground, background = split_crops(box_coverage(foreground_prior(store.facet(name, "attn")), boxes),
+                                                 foreground_fraction, background_fraction)
+        else:
+            foreground, background = np.ones(len(tokens), dtype=bool), np.zeros(len(tokens), dtype=bool)
+        groups["foreground"].append(tokens[foreground])
+        groups["background"].append(tokens[background])
+        counts["foreground"] += int(foreground.sum())
+        counts["background"] += int(background.sum())
+    concepts, inertias = [], {}
+    for group, count in (("foreground", foreground_concepts), ("background", background_concepts)):
+        if not count:
+            continue
+        points = np.concatenate(groups[group])
+        if len(points) < count:
+            raise ValueError(f"pseudolabels transfgu: {len(points)} {group} crops, too few for {count} concepts; "
+                             "lower 'clusters' (or background_concepts), or add crop scales")
+        _, centroids, group_inertias = kmeans_over_seeds(points, count, range(seed, seed + num_restarts), device_)
+        concepts.append(centroids)
+        inertias[group] = min(group_inertias.values())
+
+    model, spec = load_store_backbone(store.attrs["backbone"], store.attrs["weights"], store.attrs["weights_digest"])
+    cam = ConceptCam(model.to(device_))
+    concept_tensor = torch.from_numpy(np.concatenate(concepts)).float().to(device_)
+    label_maps, soft_maps = {}, {}
+    for name in tqdm(sorted(inputs.painted.values()), desc="transfgu Grad-CAM", unit="img",
+                     disable=not inputs.progress):
+        geometry = store.geometry(name)
+        image = preprocess_image(read_image(inputs.image_paths[name]), geometry, spec.mean, spec.std)[None]
+        attention, gradients = cam.attention_and_gradients(image.to(device_), concept_tensor, geometry.grid_size)
+        soft = soft_labels(response_maps(attention, gradients, gradient_mass), mode != "scene", background_threshold)
+        soft_maps[name] = soft.numpy().astype(np.float16)
+        label_maps[name] = grid_to_image(soft.numpy(), geometry).argmax(0).astype(np.uint8)
+    sizes = np.bincount(np.concatenate([labels.ravel() for labels in label_maps.values()]),
+                        minlength=inputs.clusters + 1) if label_maps else np.zeros(inputs.clusters + 1, np.int64)
+    return PseudoLabels(label_maps, [], {
+        "mode": mode, "num_crops": counts["crops"], "foreground_crops": counts["foreground"],
+        "background_crops": counts["background"], "concepts": {"foreground": foreground_concepts,
+                                                               "background": background_concepts},
+        "inertia": inertias, "label_pixels": sizes.tolist(),
+        "kmeans": "torch" if device_.type == "cuda" else "faiss"}, soft_maps)
+
+
 def run_pseudolabels(
-    proposals_json: str | Path,
+    proposals_json: str | Path | None,
     store_path: str | Path,
     saliency_dir: str | Path,
     names_by_id: Mapping[int, str],
@@ -317,12 +425,17 @@ def run_pseudolabels(
     progress: bool = True,
     support_ids: frozenset[int] | set[int] = frozenset(),
     image_paths: Mapping[str, str | Path] | None = None,
+    crops_store: str | Path | None = None,
 ) -> dict:
     """Pseudo-labels of every image by the variant's method → ``out_dir/{name}.png``, ``out_dir/pseudolabels.json``
-    (the labelled detections: ``category_id`` 0 background, 1..clusters) and ``out_dir/summary.json`` (the method's
-    summary: counts, cluster sizes, every k-means seed's inertia), written as one atomic folder.
+    (the labelled detections: ``category_id`` 0 background, 1..clusters), ``out_dir/summary.json`` (the method's
+    summary: counts, cluster sizes, every k-means seed's inertia) and, for a method with soft maps,
+    ``out_dir/soft/{name}.npy`` ((clusters + 1, h, w) float16 on the token grid), written as one atomic folder.
 
     Args:
+        proposals_json: the proposals (None for a method registered with ``needs_proposals=False``).
+        saliency_dir: their saliency maps (None likewise).
+        crops_store: the crops store (:mod:`unseg.crops`) of a method that clusters crops (``transfgu``).
         settings: the pseudolabels variant: ``method``, ``facet``, ``clusters`` and the method's own settings.
         support_ids: ids (of ``names_by_id``) of the support set: their proposals join the clustering, but they get
             no label map (MaskDistill's support set, "used in the clustering only").
@@ -331,9 +444,13 @@ def run_pseudolabels(
         the method's summary (counts, cluster sizes, ...).
     """
     method = REGISTRIES["pseudolabels"].get(settings["method"])
-    inputs = PseudolabelInputs(read_json(proposals_json), FeatureStore(store_path), settings["facet"],
-                               Path(saliency_dir), dict(names_by_id), int(settings["clusters"]), str(proposals_json),
-                               progress, frozenset(support_ids), image_paths)
+    if method.attributes.get("needs_proposals", True) and proposals_json is None:
+        raise ValueError(f"pseudolabels method {method.name!r} labels proposals: name a proposals variant in the "
+                         "variant's 'proposals' key")
+    inputs = PseudolabelInputs(read_json(proposals_json) if proposals_json else [], FeatureStore(store_path),
+                               settings["facet"], Path(saliency_dir) if saliency_dir else None, dict(names_by_id),
+                               int(settings["clusters"]), str(proposals_json), progress, frozenset(support_ids),
+                               image_paths, FeatureStore(crops_store) if crops_store else None)
     result = method(inputs, settings=settings)
     painted = set(inputs.painted.values())
     missing = sorted(painted - set(result.label_maps))
@@ -348,4 +465,8 @@ def run_pseudolabels(
             write_label_png(tmp / f"{name}.png", result.label_maps[name])
         write_json(tmp / "pseudolabels.json", result.detections, indent=None)
         write_json(tmp / "summary.json", result.summary)
+        if result.soft_maps is not None:
+            (tmp / "soft").mkdir()
+            for name in sorted(painted):
+                np.save(tmp / "soft" / f"{name}.npy", result.soft_maps[name].astype(np.float16))
     return result.summary

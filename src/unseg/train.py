@@ -8,7 +8,9 @@ checkpoint's config, so prediction (:mod:`unseg.predict`) builds the right model
 The built-in trainers are one loop (:func:`fit`) around the heads of :mod:`unseg.heads`: ``linear_head``,
 ``mask_transformer`` (Segmenter) and ``deeplab_aspp`` (DeepLab-v3's ASPP head), each on frozen tokens or, with
 ``finetune_blocks: N``, over the ViT whose last N blocks are fine-tuned on augmented images (:mod:`unseg.finetune`;
-the token statistics and the resume digest still come from the store). The loop
+the token statistics and the resume digest still come from the store); and ``transfgu_bootstrap`` (TransFGU,
+section 3.3), Segmenter's mask transformer on frozen tokens trained against class scores on the token grid with the
+bootstrapping losses of :mod:`unseg.bootstrap` (:class:`BootstrapCriterion`, the loop's ``criterion``). The loop
 
 * streams (tokens, labels) pairs from the zarr feature store one batch at a time (:class:`TokenLabelDataset`), so
   peak memory does not grow with the number of images; the token statistics and the resume digest come from one
@@ -23,7 +25,10 @@ the token statistics and the resume digest still come from the store). The loop
 Self-training rounds (``rounds``): round 1 trains on the pseudo-labels, round r on round r-1's predictions refined by
 a dense CRF, starting from round r-1's weights (MaskDistill, Part 2: "iteratively updating the segmentation maps and
 model weights"; its CRF configs start from the previous model); each round is its own folder and job
-(:func:`unseg.predict.refine_labels` makes its labels).
+(:func:`unseg.predict.refine_labels` makes its labels). A teacher-student trainer (``transfgu_bootstrap``,
+:func:`is_teacher_student`) runs TransFGU's rounds instead: round r's labels average the initial pseudo-labels with
+round r-1's model's probabilities (Eq. 12, :func:`unseg.predict.bootstrap_labels`, no CRF), and its student starts
+from the same fresh initialisation in every round.
 """
 
 from __future__ import annotations
@@ -41,18 +46,27 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .backbones import get_backbone_spec
+from .bootstrap import alpha_at, bootstrapping_loss, labelled_cells
 from .checkpoints import data_digest, digest_array, load_resume_state, resume_key, save_checkpoint, save_resume_state
 from .devices import resolve_device
 from .features import preprocess_image
 from .finetune import FINETUNE_SCHEMA, ImageSegmenter, build_image_segmenter, load_store_backbone
 from .heads import AsppHead, LinearHead, MaskTransformerHead, TokenHead, build_head
-from .io import IGNORE_LABEL, atomic_output, read_image
+from .io import IGNORE_LABEL, atomic_output, read_image, read_json
 from .metrics import evaluate_semantic_arrays
 from .registry import REGISTRIES, register
 from .store import FeatureStore
-from .training_data import AUGMENT_KEYS, ImageLabelDataset, TokenLabelDataset, token_tensor
+from .training_data import (
+    AUGMENT_KEYS,
+    TEACHER_FILE,
+    ImageLabelDataset,
+    TokenLabelDataset,
+    TokenScoreDataset,
+    token_tensor,
+)
 
-__all__ = ["AsppHead", "LinearHead", "MaskTransformerHead", "TokenLabelDataset", "TrainingInputs", "fit",
+__all__ = ["AsppHead", "BootstrapCriterion", "Criterion", "CrossEntropy", "LinearHead", "MaskTransformerHead",
+           "TokenLabelDataset", "TokenScoreDataset", "TrainingInputs", "fit",
            "run_train", "scan", "settings_of_round", "token_tensor"]
 
 
@@ -150,27 +164,139 @@ def monitor_miou(model: torch.nn.Module, dataset: TokenLabelDataset, num_classes
     return float(evaluate_semantic_arrays(pairs, num_classes, num_gt)["miou"])
 
 
+class Criterion:
+    """What :func:`fit` minimises, for one optimiser step at a time; this base class holds the hooks a criterion
+    without state leaves as they are.
+
+    Attributes:
+        log_fields: the further terms the criterion reports per batch (``log.csv`` columns after
+            :data:`LOG_FIELDS`, each the epoch's mean over labelled positions).
+    """
+
+    log_fields: tuple[str, ...] = ()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch ``epoch`` (0-based) starts."""
+
+    def start_step(self) -> None:
+        """An optimiser step starts (called once per batch, not again when the batch is redone in sub-batches)."""
+
+    def labelled(self, target: torch.Tensor) -> int:
+        """The number of positions of one item's target that count in the loss."""
+        raise NotImplementedError
+
+    def __call__(self, model: torch.nn.Module, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+                 valid: int, device: torch.device, autocast_dtype: torch.dtype | None,
+                 ) -> tuple[torch.Tensor, int, dict[str, float]]:
+        """The loss of a sub-batch of items, summed over their labelled positions and divided by the whole batch's
+        ``valid`` (so that a batch's sub-batch losses add up to its mean loss): (0-dim loss with its graph, the
+        number of labelled positions the model predicts right, {log field: the term, reduced like the loss})."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run restores (random generators)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+class CrossEntropy(Criterion):
+    """The default criterion: cross-entropy of the logits, bilinearly upsampled to the label map's size, against the
+    (H, W) int64 label map, 255 ignored."""
+
+    def labelled(self, target: torch.Tensor) -> int:
+        return int((target != IGNORE_LABEL).sum())
+
+    def __call__(self, model, inputs, targets, valid, device, autocast_dtype):
+        logits = batch_logits(model, inputs, [tuple(t.shape) for t in targets], device, autocast_dtype)
+        loss = sum(F.cross_entropy(item[None], target[None], ignore_index=IGNORE_LABEL, reduction="sum")
+                   for item, target in zip(logits, targets)) / max(valid, 1)
+        correct = sum(int(((item.argmax(0) == target) & (target != IGNORE_LABEL)).sum())
+                      for item, target in zip(logits, targets))
+        return loss, correct, {}
+
+
+class BootstrapCriterion(Criterion):
+    """TransFGU's loss (section 3.3, Eq. 16 with Eq. 13-15; :func:`unseg.bootstrap.bootstrapping_loss`) of a
+    :class:`~unseg.heads.MaskTransformerHead` against (C, h, w) class scores on the token grid (NaN cells ignored).
+
+    Each optimiser step draws the permutation of its negative labels (Eq. 13) from a generator seeded with
+    ``seed``, saved in ``last.pt``, so that a resumed run draws what an uninterrupted one does. α follows
+    :func:`unseg.bootstrap.alpha_at` over the round's epochs (0 without a teacher).
+    """
+
+    log_fields = ("peer_loss", "diversity_loss", "uncertainty_loss")
+
+    def __init__(self, num_classes: int, *, alpha: float, alpha_start: float, omega_diversity: float,
+                 omega_uncertainty: float, teacher: bool, seed: int):
+        self.num_classes, self.teacher = int(num_classes), bool(teacher)
+        self.alpha, self.alpha_start = alpha, alpha_start
+        self.omega_diversity, self.omega_uncertainty = omega_diversity, omega_uncertainty
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch, self.permutation = 0, torch.arange(self.num_classes)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def start_step(self) -> None:
+        self.permutation = torch.randperm(self.num_classes, generator=self.generator)
+
+    def labelled(self, target: torch.Tensor) -> int:
+        return int(labelled_cells(target[None]).sum())
+
+    def __call__(self, model, inputs, targets, valid, device, autocast_dtype):
+        alpha = alpha_at(self.epoch, self.alpha, self.alpha_start, self.teacher)
+        by_shape: dict[tuple[int, ...], list[int]] = {}  # items of equal grid size share a forward pass
+        for position, item in enumerate(inputs):
+            by_shape.setdefault(tuple(item.shape), []).append(position)
+        sums: dict[str, torch.Tensor] = {}
+        correct = 0
+        for positions in by_shape.values():
+            stacked = torch.stack([inputs[p] for p in positions]).to(device, non_blocking=True)
+            scores = torch.stack([targets[p] for p in positions])
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits, classes = model.logits_and_class_embeddings(stacked)
+            terms = bootstrapping_loss(logits.float(), classes.float(), scores, self.permutation, alpha,
+                                       self.omega_diversity, self.omega_uncertainty, reduction="sum")
+            for key, value in terms.items():
+                sums[key] = sums[key] + value if key in sums else value
+            right = logits.argmax(1) == scores.nan_to_num(0.0).argmax(1)
+            correct += int((right & labelled_cells(scores)).sum())
+        scale = max(valid, 1)
+        return sums["loss"] / scale, correct, {key: float(sums[key].detach()) / scale for key in self.log_fields}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+
+
 def accumulate_gradients(model: torch.nn.Module, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
                          valid: int, micro_batch: int, device: torch.device, autocast_dtype: torch.dtype | None,
-                         ) -> tuple[float, int]:
-    """Back-propagate the batch's cross-entropy (summed over its ``valid`` labelled pixels, 255 ignored, divided by
-    ``valid``) in sub-batches of ``micro_batch`` items; gradients add up in the parameters' ``.grad``.
+                         criterion: Criterion | None = None) -> tuple[float, int, dict[str, float]]:
+    """Back-propagate the batch's loss (``criterion``, default :class:`CrossEntropy`: summed over its ``valid``
+    labelled positions, divided by ``valid``) in sub-batches of ``micro_batch`` items; gradients add up in the
+    parameters' ``.grad``.
 
     Returns:
-        (the batch's mean loss, its number of correctly predicted labelled pixels).
+        (the batch's mean loss, its number of correctly predicted labelled positions, {the criterion's log field:
+        the batch's mean term}).
     """
-    loss_total, correct = 0.0, 0
+    criterion = criterion or CrossEntropy()
+    loss_total, correct, terms = 0.0, 0, dict.fromkeys(criterion.log_fields, 0.0)
     for start in range(0, len(inputs), micro_batch):
-        chunk_targets = targets[start : start + micro_batch]
-        logits = batch_logits(model, inputs[start : start + micro_batch], [tuple(t.shape) for t in chunk_targets],
-                              device, autocast_dtype)
-        loss = sum(F.cross_entropy(item[None], target[None], ignore_index=IGNORE_LABEL, reduction="sum")
-                   for item, target in zip(logits, chunk_targets)) / max(valid, 1)
+        loss, chunk_correct, chunk_terms = criterion(model, inputs[start : start + micro_batch],
+                                                     targets[start : start + micro_batch], valid, device,
+                                                     autocast_dtype)
         loss.backward()
         loss_total += float(loss.detach())
-        correct += sum(int(((item.argmax(0) == target) & (target != IGNORE_LABEL)).sum())
-                       for item, target in zip(logits, chunk_targets))
-    return loss_total, correct
+        correct += chunk_correct
+        for key, value in chunk_terms.items():
+            terms[key] += value
+    return loss_total, correct, terms
 
 
 LOG_FIELDS = ("epoch", "loss", "pseudo_label_accuracy", "monitor_miou")
@@ -193,9 +319,11 @@ def fit(
     monitor: TokenLabelDataset | ImageLabelDataset | None = None,
     progress: bool = True,
     statistics: DatasetScan | None = None,
+    criterion: Criterion | None = None,
 ) -> dict:
     """Train ``model`` on ``dataset`` with AdamW (cosine learning-rate decay over all steps) and cross-entropy
-    (255 ignored); write ``last.pt`` every epoch, then ``model.pt`` (see ``keep``) and ``log.csv``.
+    (255 ignored) or another ``criterion``; write ``last.pt`` every epoch, then ``model.pt`` (see ``keep``) and
+    ``log.csv``.
 
     Args:
         model: an untrained head (or :class:`~unseg.finetune.ImageSegmenter` over images); its token statistics
@@ -211,11 +339,14 @@ def fit(
         monitor: held-out images with their ground truth, scored after every epoch (``monitor_miou``, logging only).
         statistics: the token statistics and data digest (default: :func:`scan` of ``dataset``, which must then be
             a :class:`TokenLabelDataset`); the digest keys the resume.
+        criterion: the loss and what counts as a labelled position (default :class:`CrossEntropy` against label
+            maps); its state (random draws) is saved in ``last.pt``, its ``log_fields`` extend ``log.csv``.
 
     Returns:
         the log row of the epoch kept as ``model.pt``.
     """
     torch.manual_seed(seed)
+    criterion = criterion or CrossEntropy()
     device_ = resolve_device(device)
     autocast_dtype = torch.bfloat16 if device_.type == "cuda" else None
     statistics = statistics or scan(dataset, progress)
@@ -239,6 +370,7 @@ def fit(
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["rng_state"])  # dropout draws as in an uninterrupted run
+        criterion.load_state_dict(state.get("criterion", {}))
         start_epoch, rows, best = state["epoch"], state["log"], state["best"]
 
     pin = device_.type == "cuda"
@@ -247,19 +379,23 @@ def fit(
                       disable=not progress):
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
+        criterion.set_epoch(epoch)
         order = torch.randperm(len(dataset), generator=generator).tolist()
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=list, num_workers=workers,
                                              pin_memory=pin)
         total_loss, correct, counted = 0.0, 0, 0
+        term_totals = dict.fromkeys(criterion.log_fields, 0.0)
         for items in loader:
             targets = [target.to(device_, non_blocking=True) for _, target in items]
-            valid = sum(int((target != IGNORE_LABEL).sum()) for target in targets)
+            valid = sum(criterion.labelled(target) for target in targets)
+            criterion.start_step()
             while True:
                 optimizer.zero_grad()
                 try:
-                    loss, step_correct = accumulate_gradients(model, [tokens for tokens, _ in items], targets, valid,
-                                                              micro_batch, device_, autocast_dtype)
+                    loss, step_correct, terms = accumulate_gradients(model, [tokens for tokens, _ in items], targets,
+                                                                     valid, micro_batch, device_, autocast_dtype,
+                                                                     criterion)
                     break
                 except torch.cuda.OutOfMemoryError:
                     # Halve the sub-batch and redo the step: the summed gradient is the same, only smaller pieces.
@@ -275,21 +411,24 @@ def fit(
             total_loss += loss * valid
             counted += valid
             correct += step_correct
+            for key, value in terms.items():
+                term_totals[key] += value * valid
         row = {"epoch": epoch + 1, "loss": total_loss / max(counted, 1),
                "pseudo_label_accuracy": correct / max(counted, 1),
                "monitor_miou": monitor_miou(model, monitor, config["num_classes"], device_, autocast_dtype)
-               if monitor is not None and len(monitor) else None}
+               if monitor is not None and len(monitor) else None,
+               **{key: total / max(counted, 1) for key, total in term_totals.items()}}
         rows.append(row)
         if keep == "lowest_loss" and (best is None or row["loss"] < best["row"]["loss"]):
             best = {"row": row, "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         save_resume_state(last_path, key, {
             "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "generator": generator.get_state(), "rng_state": torch.get_rng_state(), "epoch": epoch + 1, "log": rows,
-            "best": best, "config": dict(config)})
+            "best": best, "config": dict(config), "criterion": criterion.state_dict()})
 
     with atomic_output(out_dir / "log.csv") as tmp:
         with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
+            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS + criterion.log_fields)
             writer.writeheader()
             writer.writerows(rows)
     if keep == "last":
@@ -310,7 +449,7 @@ class TrainingInputs:
     Attributes:
         store_path: the feature store of the variant's ``features``; ``facet`` is the facet trained on.
         label_paths: image name → label PNG to train on (0 background, 1..num_classes-1 pseudo-classes, 255
-            ignored).
+            ignored); ``transfgu_bootstrap`` reads the soft class scores ``soft/{name}.npy`` beside it when present.
         out_dir: the round's folder (``model.pt``, ``last.pt``, ``log.csv``).
         num_classes: output classes including background.
         config: the variant's settings, stored in the checkpoint (with ``method``).
@@ -463,6 +602,109 @@ def mask_transformer(inputs: TrainingInputs, *, width, layers, heads, dropout, *
 def deeplab_aspp(inputs: TrainingInputs, *, atrous_rates, **loop) -> dict:
     """DeepLab-v3's ASPP head (torchvision's DeepLabHead) on frozen tokens."""
     return train_head(inputs, "aspp", {"atrous_rates": list(atrous_rates)}, **loop)
+
+
+def read_teacher(label_paths: Mapping[str, Path]) -> dict[str, Any] | None:
+    """The teacher of a TransFGU round, from its label folder's ``teacher.json`` (written with the labels by
+    :func:`unseg.predict.bootstrap_labels`), or None: the labels are the initial pseudo-labels (round 1)."""
+    folders = {Path(path).parent for path in label_paths.values()}
+    teachers = [folder / TEACHER_FILE for folder in folders if (folder / TEACHER_FILE).exists()]
+    if not teachers:
+        return None
+    if len(folders) > 1:
+        raise ValueError(f"labels from {len(folders)} folders, one of them bootstrapped by a teacher ({teachers[0]}); "
+                         "a round trains on one label folder")
+    return read_json(teachers[0])
+
+
+# The model's loss is computed on the token grid (TransFGU: at the pseudo-labels' size); the monitored ground truth
+# is scored at training_schema's default label_scale, 4 × the grid.
+MONITOR_LABEL_SCALE = 4
+TRAINING_ONLY_KEYS = ("label_scale", *(key for key in FINETUNE_SCHEMA if key != "finetune_blocks"))
+
+
+@register("train", "transfgu_bootstrap", build_model=_builder("mask_transformer", MASK_TRANSFORMER_OPTIONS),
+          teacher_student=True, schema={
+    **{key: prop for key, prop in training_schema(epochs=40, lr=1e-3).items() if key not in TRAINING_ONLY_KEYS},
+    "finetune_blocks": {"type": "integer", "minimum": 0, "default": 0,
+                        "description": "must be 0: the student trains on the stored tokens (fine-tuning the backbone "
+                                       "is not supported by this trainer)"},
+    "width": {"type": "integer", "minimum": 8, "default": 384,
+              "description": "decoder width (Segmenter: the encoder's, 384 for ViT-S)"},
+    "layers": {"type": "integer", "minimum": 1, "default": 2, "description": "decoder layers (Segmenter: 2)"},
+    "heads": {"type": "integer", "minimum": 1, "default": 6, "description": "attention heads (must divide width)"},
+    "dropout": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.1, "description": "Segmenter: 0.1"},
+    "alpha": {"type": "number", "minimum": 0, "default": 0.1,
+              "description": "weight of the peer loss's negative term (TransFGU Eq. 13) once ramped up; the paper "
+                             "gives no value, the authors' code ramps it over the epochs since the teacher's update: "
+                             "alpha_start, +0.01 per epoch, up to alpha (0.03, 0.04, ..., 0.1). Rounds >= 2 only: "
+                             "round 1, without a teacher, trains with plain cross-entropy, as in the code"},
+    "alpha_start": {"type": "number", "minimum": 0, "default": 0.03,
+                    "description": "alpha in a round's first epoch (authors' code), +0.01 per epoch up to alpha"},
+    "omega_diversity": {"type": "number", "minimum": 0, "default": 1.0,
+                        "description": "weight of the class-embedding diversity loss (TransFGU Eq. 15-16: "
+                                       "omega_1 = 1)"},
+    "omega_uncertainty": {"type": "number", "minimum": 0, "default": 0.3,
+                          "description": "weight of the uncertainty loss (TransFGU Eq. 14-16: omega_2 = 0.3)"},
+})
+def transfgu_bootstrap(inputs: TrainingInputs, *, width, layers, heads, dropout, alpha, alpha_start, omega_diversity,
+                       omega_uncertainty, epochs, lr, weight_decay, batch_size, seed, device, workers, keep,
+                       finetune_blocks) -> dict:
+    """TransFGU's bootstrapped decoder (Yin et al., ECCV 2022, section 3.3): Segmenter's mask transformer on frozen
+    tokens, trained on class scores with the peer, diversity and uncertainty losses (Eq. 13-16).
+
+    The targets are (C, h, w) class scores on the token grid (:class:`~unseg.training_data.TokenScoreDataset`):
+    the pseudo-labels' soft maps, or the one-hot of any label PNG per cell. Round 1 trains the student on the
+    initial pseudo-labels M. In round r ≥ 2 the teacher is round r-1's model: its labels M̂ (Eq. 12,
+    :func:`unseg.predict.bootstrap_labels`, with a ``teacher.json``) aggregate M and the teacher's softmax, and the
+    student is reset, i.e. trained from the fresh initialisation of ``seed`` ("reset to the initial state"), never
+    from the teacher's weights; so no ``initial_model`` is taken.
+    """
+    method = inputs.config["method"]
+    if finetune_blocks:
+        raise ValueError(f"train.<variant>.finetune_blocks = {finetune_blocks}: the {method} trainer trains its "
+                         "student on the stored tokens only; set finetune_blocks to 0")
+    if inputs.initial_model is not None:
+        raise ValueError(f"train.{method} resets the student each round (TransFGU, sec. 3.3): it starts from no "
+                         f"previous model, and was given {inputs.initial_model}")
+    if width % heads:
+        raise ValueError(f"train.{method}: heads={heads} must divide width={width}")
+    dataset = TokenScoreDataset(inputs.store_path, inputs.facet, inputs.label_paths, inputs.num_classes)
+    monitor = (TokenLabelDataset(inputs.store_path, inputs.facet, inputs.monitor_paths, None, MONITOR_LABEL_SCALE)
+               if inputs.monitor_paths else None)
+    teacher = read_teacher(inputs.label_paths)
+    embed_dim = dataset[0][0].shape[0] if len(dataset) else 0
+    config = {**inputs.config, "num_classes": inputs.num_classes, "facet": inputs.facet, "embed_dim": embed_dim,
+              "teacher": teacher, "student": f"reset: initialised with seed {seed}"}
+    options = {"width": width, "layers": layers, "heads": heads, "dropout": dropout}
+    torch.manual_seed(seed)  # the student's initial weights: the same in every round
+    model = build_head("mask_transformer", embed_dim, inputs.num_classes, options)
+    criterion = BootstrapCriterion(inputs.num_classes, alpha=alpha, alpha_start=alpha_start,
+                                   omega_diversity=omega_diversity, omega_uncertainty=omega_uncertainty,
+                                   teacher=teacher is not None, seed=seed)
+    return fit(model, dataset, inputs.out_dir, config=config, epochs=epochs, lr=lr, weight_decay=weight_decay,
+               batch_size=batch_size, seed=seed, device=device, workers=workers, keep=keep, monitor=monitor,
+               progress=inputs.progress, criterion=criterion)
+
+
+def is_teacher_student(method: str) -> bool:
+    """Whether the trainer ``method`` runs TransFGU's teacher-student rounds (registry attribute
+    ``teacher_student``): round r's labels bootstrap the initial pseudo-labels with round r-1's model
+    (:func:`unseg.predict.bootstrap_labels`, no CRF) and its student starts afresh, not from round r-1's weights."""
+    return method in REGISTRIES["train"] and bool(REGISTRIES["train"].get(method).attributes.get("teacher_student"))
+
+
+def check_teacher_student(settings: Mapping[str, Any], variant: str) -> None:
+    """Raise a ValueError naming ``train.{variant}.finetune_blocks`` when a teacher-student trainer
+    (``transfgu_bootstrap``) is asked to fine-tune the backbone in some round; other trainers pass."""
+    if not is_teacher_student(settings.get("method", "")):
+        return
+    method = REGISTRIES["train"].get(settings["method"])
+    for round_index in range(1, int(settings.get("rounds", 1)) + 1):
+        blocks = int(settings_of_round(settings, round_index).get("finetune_blocks", 0))
+        if blocks:
+            raise ValueError(f"train.{variant}.finetune_blocks: {method.name} trains its student on the stored "
+                             f"tokens; round {round_index} asks to fine-tune the ViT's last {blocks} block(s) (set 0)")
 
 
 # The variant's settings about its rounds, not about one round's training.

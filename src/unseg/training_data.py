@@ -2,7 +2,10 @@
 
 * :class:`TokenLabelDataset` — the stored token grid of each image (frozen-backbone training, no image decode);
 * :class:`ImageLabelDataset` — the image itself in the store's geometry, augmented (:func:`augment_pair`), for
-  trainers that fine-tune the backbone (:mod:`unseg.finetune`).
+  trainers that fine-tune the backbone (:mod:`unseg.finetune`);
+* :class:`TokenScoreDataset` — the stored token grid with per-class scores on that grid (:func:`class_scores`: the
+  soft maps ``soft/{name}.npy`` beside a label PNG, else the PNG's class fractions per cell), for TransFGU's
+  bootstrapping (:mod:`unseg.bootstrap`).
 
 Labels are the label PNGs (0 background, 1..C-1 classes, 255 ignored) seen through the same geometry as the model
 input, at ``label_scale`` × the token grid.
@@ -28,12 +31,17 @@ import torch
 import torch.nn.functional as F
 
 from .features import normalize_batch
-from .geometry import ResizeGeometry, labels_at_input, resize_and_crop
+from .geometry import ResizeGeometry, image_to_grid, labels_at_input, resize_and_crop
 from .io import IGNORE_LABEL, read_image, read_label_png
 from .store import FeatureStore
 
 AUGMENT_KEYS = ("crop_scale", "hflip", "color_jitter", "grayscale", "blur")
 DINO_JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue of DINO's global crops
+# A label folder's soft class scores: {folder}/soft/{name}.npy beside {folder}/{name}.png, (C, h, w) float16 on the
+# feature store's token grid of that image, channel 0 the background; NaN cells are ignored.
+SOFT_FOLDER = "soft"
+# In the label folder of a TransFGU round r >= 2: the teacher (round r-1's model) whose softmax M̂ aggregates.
+TEACHER_FILE = "teacher.json"
 
 
 def token_tensor(store: FeatureStore, name: str, facet: str) -> torch.Tensor:
@@ -47,6 +55,49 @@ def label_tensor(label_map: np.ndarray, geometry: ResizeGeometry, scale: int) ->
     grid_h, grid_w = geometry.grid_size
     labels = labels_at_input(label_map, geometry)[None, None].float()
     return F.interpolate(labels, size=(grid_h * scale, grid_w * scale), mode="nearest")[0, 0].long()
+
+
+def soft_scores_path(label_png: str | Path) -> Path:
+    """Where the soft class scores of a label PNG lie: ``{folder}/soft/{name}.npy`` (:data:`SOFT_FOLDER`)."""
+    label_png = Path(label_png)
+    return label_png.parent / SOFT_FOLDER / f"{label_png.stem}.npy"
+
+
+def label_fractions(label_map: np.ndarray, geometry: ResizeGeometry, num_classes: int) -> np.ndarray:
+    """The one-hot of an (H0, W0) label map brought to the token grid: (num_classes, h, w) float32, each class's
+    share of the labelled pixels under each cell's footprint (:func:`unseg.geometry.image_to_grid`); NaN in the
+    cells where the ignored pixels (255) outnumber every class."""
+    fractions = np.stack([image_to_grid(label_map == index, geometry) for index in range(num_classes)])
+    ignored = image_to_grid(label_map == IGNORE_LABEL, geometry)
+    labelled = fractions.sum(0)
+    scores = fractions / np.maximum(labelled, 1e-12)
+    scores[:, ignored >= fractions.max(0)] = np.nan
+    return scores.astype(np.float32)
+
+
+def class_scores(label_png: str | Path, geometry: ResizeGeometry, num_classes: int) -> np.ndarray:
+    """The class scores of one image on its token grid: (num_classes, h, w) float32, NaN where ignored.
+
+    The soft maps ``soft/{name}.npy`` beside the PNG when they exist (TransFGU's pseudo-labels: background score
+    and concept responses), else :func:`label_fractions` of the PNG (any pseudo-labels).
+
+    Raises:
+        ValueError: soft maps of another shape than (num_classes, *grid), or a PNG label ≥ ``num_classes``
+            (other than 255); naming the file.
+    """
+    soft = soft_scores_path(label_png)
+    if soft.exists():
+        scores = np.load(soft).astype(np.float32)
+        expected = (num_classes, *geometry.grid_size)
+        if scores.shape != expected:
+            raise ValueError(f"{soft}: soft class scores of shape {scores.shape}; expected {expected} "
+                             "(classes incl. background, then the store's token grid of the image)")
+        return scores
+    label_map = read_label_png(label_png)
+    too_large = (label_map >= num_classes) & (label_map != IGNORE_LABEL)
+    if too_large.any():
+        raise ValueError(f"{label_png}: label {label_map[too_large].max()} ≥ num_classes={num_classes}")
+    return label_fractions(label_map, geometry, num_classes)
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
@@ -147,6 +198,27 @@ class TokenLabelDataset(LabelledStoreImages):
         label_map = self.label_map(name)
         tokens = token_tensor(self.store, name, self.facet)[0]
         return tokens, label_tensor(label_map, self.store.geometry(name), self.label_scale)
+
+
+class TokenScoreDataset(StoreImages):
+    """(tokens (D, h, w) float32, class scores (num_classes, h, w) float32, NaN where ignored) of each named image,
+    both on the token grid (:func:`class_scores`), read from the store and the label folder on demand.
+
+    Args:
+        label_paths: image name → label PNG; its soft scores ``soft/{name}.npy`` are read instead when present.
+        num_classes: classes including background: the scores' channels.
+    """
+
+    def __init__(self, store_path: str | Path, facet: str, label_paths: Mapping[str, str | Path], num_classes: int):
+        super().__init__(store_path, list(label_paths))
+        self.facet, self.num_classes = facet, int(num_classes)
+        self.label_paths = {name: Path(path) for name, path in label_paths.items()}
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        name = self.names[index]
+        tokens = token_tensor(self.store, name, self.facet)[0]
+        scores = class_scores(self.label_paths[name], self.store.geometry(name), self.num_classes)
+        return tokens, torch.from_numpy(scores)
 
 
 class ImageLabelDataset(LabelledStoreImages):

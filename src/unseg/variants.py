@@ -18,10 +18,13 @@ UPSTREAM: dict[str, dict[str, str]] = {
     "contrast": {"features": "features", "saliency": "saliency"},
     "proposals": {"masks": "masks", "saliency": "saliency"},
     "instances": {"proposals": "proposals", "features": "features"},
-    "pseudolabels": {"proposals": "proposals", "features": "features"},
+    "pseudolabels": {"proposals": "proposals", "features": "features", "crops": "features"},
     "train": {"pseudolabels": "pseudolabels", "features": "features"},
     "evaluate": {"predictions": "train"},
 }
+# References a variant may leave out: a pseudolabels method that clusters crops (transfgu) labels no proposals, and
+# only such a method reads crops.
+OPTIONAL_UPSTREAM: dict[str, tuple[str, ...]] = {"pseudolabels": ("proposals", "crops")}
 # A reference to a features variant may name a contrast variant instead: its store of learned embeddings is read as
 # any features variant's is. A pseudolabels variant's proposals may be an instances variant's detections (its last
 # round's instances.json, MaskDistill's hand-off from Mask R-CNN to the semantic path).
@@ -104,6 +107,8 @@ def check_variants(config: dict) -> None:
             if not VARIANT_NAME.match(str(variant)):
                 raise VariantError(f"{stage}.{variant}: a variant name must match {VARIANT_NAME.pattern}")
             for key, upstream in references.items():
+                if key not in settings and key in OPTIONAL_UPSTREAM.get(stage, ()):
+                    continue
                 if key not in settings:
                     raise VariantError(f"{stage}.{variant}.{key}: missing (name a variant of '{upstream}')")
                 if upstream == "features" and stage != "contrast":
@@ -148,17 +153,22 @@ def resolve_chain(config: dict, stage: str, variant: str) -> dict[str, dict[str,
         settings = config[current_stage][current_variant]
         chain.setdefault(current_stage, {})[current_variant] = settings
         for key, upstream in UPSTREAM[current_stage].items():
+            if key not in settings:  # an optional reference left out
+                continue
             pending.append((stage_of(config, upstream, settings[key]), settings[key]))
     chain["dataset"] = {config["dataset"]["name"]: config["dataset"]}
     return chain
 
 
-def follow(config: dict, stage: str, variant: str, *keys: str) -> str:
+def follow(config: dict, stage: str, variant: str, *keys: str) -> str | None:
     """Follow upstream references: ``follow(cfg, "evaluate", "val", "predictions", "pseudolabels", "proposals")``
-    returns the proposals variant behind evaluate variant ``val``."""
+    returns the proposals variant behind evaluate variant ``val``; None where the chain passes an optional reference
+    (``OPTIONAL_UPSTREAM``) that was left out."""
     for key in keys:
         if stage == "instances" and key not in UPSTREAM["instances"]:  # e.g. saliency: that of its proposals
             stage, variant = "proposals", config["instances"][variant]["proposals"]
+        if key not in config[stage][variant] and key in OPTIONAL_UPSTREAM.get(stage, ()):
+            return None
         variant = config[stage][variant][key]
         stage = stage_of(config, UPSTREAM[stage][key], variant)
     return variant

@@ -2,7 +2,7 @@
 from unseg.io import read_json
 from unseg.variants import VariantError, check_variants, dataset_root, follow, generated_dataset_root, is_owned_path
 from unseg.variants import COMPARED_SECTION, resolve_chain
-from unseg.train import check_round_chain, settings_of_round
+from unseg.train import check_round_chain, check_teacher_student, is_teacher_student, settings_of_round
 from unseg import instances as instance_rounds
 
 try:
@@ -17,7 +17,9 @@ def check_crf_available():
     from unseg.crf import INSTALL_HINT, crf_available
 
     for variant, settings in config["train"].items():
-        if settings["rounds"] > 1 and settings["crf"] and not crf_available():
+        # A teacher-student trainer's rounds bootstrap their labels without a CRF (its crf setting is not read).
+        if settings["rounds"] > 1 and settings["crf"] and not is_teacher_student(settings["method"]) \
+                and not crf_available():
             raise WorkflowError(f"config error: train.{variant}.crf: rounds {settings['rounds']} refine each round's "
                                 f"predictions with a dense CRF, and {INSTALL_HINT}; or set crf: false")
     for variant, settings in config["instances"].items():
@@ -30,6 +32,7 @@ check_crf_available()
 try:
     for _variant, _settings in config["train"].items():
         check_round_chain(_settings, _variant)
+        check_teacher_student(_settings, _variant)
     for _variant, _settings in config["instances"].items():
         instance_rounds.check_round_chain(_settings, _variant)
 except ValueError as error:
@@ -138,6 +141,8 @@ def along(stage, keys, artifact):
 
     def path(wildcards):
         variant = follow(config, stage, wildcards.variant, *keys)
+        if variant is None:  # an optional reference left out (a pseudolabels variant without proposals)
+            return []
         if artifact == "features" and variant in config["contrast"]:
             return PATHS["contrast_embeddings"].format(variant=variant)
         if artifact == "proposals" and variant in config["instances"]:  # its last round's detections
@@ -303,15 +308,27 @@ def finetuned_weights(round_of):
 def candidate_encoder_weights(wildcards):
     """Input function: the backbone's weights file when the pseudo-labels encode masked crops with it."""
     settings = config["pseudolabels"][wildcards.variant]
-    return backbone_weights(settings["features"]) if settings.get("candidate_feature") == "masked_crop_cls" else []
+    reads_backbone = settings.get("candidate_feature") == "masked_crop_cls" or settings["method"] == "transfgu"
+    return backbone_weights(settings["features"]) if reads_backbone else []
 
 
 def previous_model(wildcards):
-    """Input function: the previous round's model when this round starts from it, else nothing."""
+    """Input function: the previous round's model when this round starts from it, else nothing (a teacher-student
+    trainer's student starts afresh every round, whatever init_from_previous says: TransFGU, section 3.3)."""
     round_index = int(wildcards.round)
-    if round_index == 1 or not config["train"][wildcards.variant]["init_from_previous"]:
+    settings = config["train"][wildcards.variant]
+    if round_index == 1 or not settings["init_from_previous"] or is_teacher_student(settings["method"]):
         return {}
     return {"previous": PATHS["model"].format(variant=wildcards.variant, round=round_index - 1)}
+
+
+def bootstrap_initial_labels(wildcards):
+    """Input function of a round's labels: for a teacher-student trainer, the initial pseudo-labels that round r's
+    labels average with round r-1's model (TransFGU, Eq. 12), else nothing."""
+    settings = config["train"][wildcards.variant]
+    if not is_teacher_student(settings["method"]):
+        return {}
+    return {"initial": PATHS["pseudolabels"].format(variant=settings["pseudolabels"])}
 
 
 def support_split(wildcards):

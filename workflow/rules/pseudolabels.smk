@@ -4,6 +4,7 @@ rule pseudolabels:
         proposals=upstream("pseudolabels", "proposals", "proposals"),
         features=upstream("pseudolabels", "features", "features"),
         saliency=along("pseudolabels", ["proposals", "saliency"], "saliency"),
+        crops=upstream("pseudolabels", "crops", "features"),
         weights=candidate_encoder_weights,
     output:
         directory(PATHS["pseudolabels"]),

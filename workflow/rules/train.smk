@@ -28,9 +28,11 @@ rule train:
         "../scripts/train.py"
 
 
-# The labels of round r >= 2: round r-1's predictions of every image, refined by a dense CRF on the image.
+# The labels of round r >= 2: round r-1's predictions of every image, refined by a dense CRF on the image; for a
+# teacher-student trainer (transfgu_bootstrap), the initial pseudo-labels averaged with round r-1's model, no CRF.
 rule refine_labels:
     input:
+        unpack(bootstrap_initial_labels),
         index=PATHS["index"],
         model=lambda wildcards: PATHS["model"].format(variant=wildcards.variant, round=int(wildcards.round) - 1),
         features=upstream("train", "features", "features"),
@@ -38,7 +40,8 @@ rule refine_labels:
     output:
         directory(PATHS["round_labels"]),
     params:
-        crf=lambda wildcards: config["train"][wildcards.variant]["crf"],
+        crf=lambda wildcards: config["train"][wildcards.variant]["crf"]
+        and not is_teacher_student(config["train"][wildcards.variant]["method"]),
         support_split=support_split,
         chain=round_chain(offset=-1, keys=("crf",)),
     threads: 4
