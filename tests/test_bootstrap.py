@@ -290,3 +290,64 @@ def test_fine_tuning_is_refused_naming_the_setting(planted, tmp_path):
     with pytest.raises(ValueError, match=r"train\.boot\.finetune_blocks: .* round 2"):
         train_module.check_teacher_student(settings(rounds=2, round_settings={"2": {"finetune_blocks": 1}}), "boot")
     train_module.check_teacher_student(variant("train", finetune_blocks=1), "linear")  # other trainers may
+
+
+def test_the_augmented_crop_keeps_image_and_scores_aligned():
+    """TransFGU's augmentation: the right half of the image is red and class 1 in the scores; whatever crop and
+    flip a seed draws, the crop's red pixels lie over the cells that RoI-Align gives class 1. A whole-image crop is
+    an exact 2 x 2 average of the scores, NaN only where fewer than half the samples were labelled."""
+    from unseg.training_data import crop_with_scores
+
+    image = torch.zeros((3, 96, 128), dtype=torch.uint8)
+    image[0, :, 64:] = 255
+    scores = torch.zeros((2, 6, 8))
+    scores[0, :, :4] = 1
+    scores[1, :, 4:] = 1
+    plain = {"output_scale": 0.5, "hflip": 0.0, "color_jitter": 0.0, "grayscale": 0.0, "blur": 0.0}
+    for seed in range(8):
+        crop, cropped = crop_with_scores(image, scores, 16, {**plain, "crop_side": [0.4, 0.9], "hflip": 0.5}, seed)
+        assert crop.shape[1:] == (48, 64) and cropped.shape == (2, 3, 4)
+        red_cells = crop[0].float().reshape(3, 16, 4, 16).mean((1, 3)) > 127
+        assert ((cropped[1] > 0.5) == red_cells).float().mean() >= 0.75  # a boundary cell may straddle
+    scores[:, 0, 0] = scores[:, 0, 1] = scores[:, 1, 0] = float("nan")  # 3 of the first output cell's 4
+    scores[:, 2, 2] = scores[:, 2, 3] = float("nan")  # 2 of 4: kept, from its labelled half
+    _, whole = crop_with_scores(image, scores, 16, {**plain, "crop_side": [1.0, 1.0]}, 0)
+    np.testing.assert_allclose(whole[1, 1].numpy(), [0, 0, 1, 1])
+    assert torch.isnan(whole[:, 0, 0]).all() and torch.isnan(whole).sum() == 2
+    np.testing.assert_allclose(whole[:, 1, 1].numpy(), [1, 0])
+
+
+def test_augmented_training_through_the_frozen_vit_keeps_a_head_that_reads_the_store(tmp_path):
+    """augment: the student sees augmented images through the frozen (random) ViT; model.pt is the head alone,
+    which predicts from the stored tokens: it has learnt each image's red box (boxes on the 16-px token cells)."""
+    from PIL import Image
+
+    from unseg.features import extract_features
+
+    rng = np.random.default_rng(0)
+    image_paths, planted = {}, {}
+    labels_dir = tmp_path / "labels"
+    labels_dir.mkdir()
+    for index in range(3):
+        name = f"img{index}"
+        picture = rng.integers(30, 70, (96, 96, 3)).astype(np.uint8)
+        box = np.zeros((96, 96), dtype=np.uint8)
+        box[16 * (1 + index % 2) : 64, 32 : 64 + 16 * index] = 1
+        picture[box == 1] = (220, 30, 30)
+        image_paths[name] = str(tmp_path / f"{name}.png")
+        Image.fromarray(picture).save(image_paths[name])
+        write_label_png(labels_dir / f"{name}.png", box)
+        planted[name] = box[::16, ::16].astype(bool)
+    names = sorted(image_paths)
+    store_path = tmp_path / "f.zarr"
+    extract_features([image_paths[name] for name in names], names, [1, 2, 3], store_path, backbone="dino_vits16",
+                     weights="random", resolution=96, facets=["tokens"], progress=False, workers=0)
+    trained = run_train(store_path, labels_dir, names, tmp_path / "round", 2,
+                        settings(epochs=40, augment=True, output_scale=1.0), progress=False,
+                        image_paths=image_paths)
+    assert trained["epoch"] == 40
+    checkpoint = torch.load(tmp_path / "round" / "model.pt", weights_only=False)
+    assert not any(key.startswith(("head.", "backbone.")) for key in checkpoint["state_dict"])
+    logits = predictions(tmp_path / "round", store_path)
+    agreement = np.mean([(logits[name].argmax(0).numpy() == planted[name]).mean() for name in names])
+    assert agreement > 0.9

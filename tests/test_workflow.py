@@ -181,13 +181,19 @@ def test_transfgu_rounds_bootstrap_the_pseudolabels_with_the_teacher_and_reset_t
     (broken / "pydensecrf" / "__init__.py").write_text("raise ImportError('pydensecrf is not installed')\n")
     config = yaml.safe_load(TINY.read_text())
     config["train"]["linear"]["crf"] = False
-    config["train"]["boot"] = {"method": "transfgu_bootstrap", "pseudolabels": "km3", "features": "vits16",
+    # TransFGU's pseudo-labels: concepts from a crops variant, no proposals (nor masks, nor saliency) needed
+    config["features"]["crops"] = {"backbone": "dino_vits16", "weights": "random", "resolution": 112, "crops": {}}
+    config["pseudolabels"]["tf"] = {"method": "transfgu", "features": "vits16", "crops": "crops", "clusters": 3}
+    config["train"]["boot"] = {"method": "transfgu_bootstrap", "pseudolabels": "tf", "features": "vits16",
                                "rounds": 2, "epochs": 2, "width": 32, "heads": 2, "layers": 1}  # crf: true, unread
     target = "results/tiny/train/boot/round-2/model.pt"
     dry = snakemake(tmp_path, config, "-n", target, env={"PYTHONPATH": str(broken)}).stdout
     assert planned_jobs(dry)["train"] == 2 and planned_jobs(dry)["refine_labels"] == 1
+    assert planned_jobs(dry)["features"] == 2 and not {"masks", "saliency", "proposals"} & set(planned_jobs(dry))
+    [pseudolabels_inputs] = planned_job_inputs(dry, "pseudolabels")
+    assert "features/crops.zarr" in pseudolabels_inputs and "proposals" not in pseudolabels_inputs
     [labels_inputs] = planned_job_inputs(dry, "refine_labels")  # round 2's labels: M (Eq. 12) and the teacher
-    assert "results/tiny/pseudolabels/km3" in labels_inputs and "train/boot/round-1/model.pt" in labels_inputs
+    assert "results/tiny/pseudolabels/tf" in labels_inputs and "train/boot/round-1/model.pt" in labels_inputs
     second_round = [inputs for inputs in planned_job_inputs(dry, "train") if "round-2/labels" in inputs]
     assert second_round and "round-1/model.pt" not in second_round[0]  # the student starts afresh
     config["train"]["boot"]["finetune_blocks"] = 1

@@ -132,6 +132,10 @@ class ImageSegmenter(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.tokens(images))
 
+    def logits_and_class_embeddings(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A mask-transformer head's logits and class embeddings over the images' tokens (TransFGU's losses)."""
+        return self.head.logits_and_class_embeddings(self.tokens(images))
+
 
 def build_image_segmenter(config: Mapping[str, Any], head: TokenHead) -> ImageSegmenter:
     """The :class:`ImageSegmenter` a checkpoint's config describes (``backbone``, ``weights``, ``weights_digest``,

@@ -60,6 +60,7 @@ from .training_data import (
     AUGMENT_KEYS,
     TEACHER_FILE,
     ImageLabelDataset,
+    ImageScoreDataset,
     TokenLabelDataset,
     TokenScoreDataset,
     token_tensor,
@@ -646,10 +647,23 @@ TRAINING_ONLY_KEYS = ("label_scale", *(key for key in FINETUNE_SCHEMA if key != 
                                        "omega_1 = 1)"},
     "omega_uncertainty": {"type": "number", "minimum": 0, "default": 0.3,
                           "description": "weight of the uncertainty loss (TransFGU Eq. 14-16: omega_2 = 0.3)"},
+    "augment": {"type": "boolean", "default": False,
+                "description": "TransFGU sec. 4.2 'Data Augmentation': train on augmented images through the frozen "
+                               "ViT (a random crop resized to half the image, its class scores cropped by RoI-Align; "
+                               "flip; colour jitter, grayscale, blur), a ViT forward per image per epoch; false: on "
+                               "the stored tokens (no image decode)"},
+    "crop_side": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "minItems": 2,
+                  "maxItems": 2, "default": [0.4, 0.9],
+                  "description": "augment: the crop's side as a fraction of the image's, drawn uniformly (the "
+                                 "authors' code: 0.4-0.9)"},
+    "output_scale": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.5,
+                     "description": "augment: the crop is resized to this fraction of the image's size (sec. 4.2: "
+                                    "'resized to (H/2, W/2)')"},
+    **{key: FINETUNE_SCHEMA[key] for key in ("hflip", "color_jitter", "grayscale", "blur")},
 })
 def transfgu_bootstrap(inputs: TrainingInputs, *, width, layers, heads, dropout, alpha, alpha_start, omega_diversity,
                        omega_uncertainty, epochs, lr, weight_decay, batch_size, seed, device, workers, keep,
-                       finetune_blocks) -> dict:
+                       finetune_blocks, augment, crop_side, output_scale, **photometric) -> dict:
     """TransFGU's bootstrapped decoder (Yin et al., ECCV 2022, section 3.3): Segmenter's mask transformer on frozen
     tokens, trained on class scores with the peer, diversity and uncertainty losses (Eq. 13-16).
 
@@ -659,6 +673,11 @@ def transfgu_bootstrap(inputs: TrainingInputs, *, width, layers, heads, dropout,
     :func:`unseg.predict.bootstrap_labels`, with a ``teacher.json``) aggregate M and the teacher's softmax, and the
     student is reset, i.e. trained from the fresh initialisation of ``seed`` ("reset to the initial state"), never
     from the teacher's weights; so no ``initial_model`` is taken.
+
+    With ``augment`` the student trains on augmented images through the frozen ViT
+    (:class:`~unseg.training_data.ImageScoreDataset`, :class:`~unseg.finetune.ImageSegmenter` with no trained
+    block); the frozen ViT on an un-augmented image gives the stored tokens, so ``model.pt`` keeps the head alone
+    and predicts from the store like any frozen-token model.
     """
     method = inputs.config["method"]
     if finetune_blocks:
@@ -682,9 +701,41 @@ def transfgu_bootstrap(inputs: TrainingInputs, *, width, layers, heads, dropout,
     criterion = BootstrapCriterion(inputs.num_classes, alpha=alpha, alpha_start=alpha_start,
                                    omega_diversity=omega_diversity, omega_uncertainty=omega_uncertainty,
                                    teacher=teacher is not None, seed=seed)
-    return fit(model, dataset, inputs.out_dir, config=config, epochs=epochs, lr=lr, weight_decay=weight_decay,
-               batch_size=batch_size, seed=seed, device=device, workers=workers, keep=keep, monitor=monitor,
-               progress=inputs.progress, criterion=criterion)
+    statistics = None
+    if augment:
+        if inputs.image_paths is None:
+            raise ValueError(f"train.{method}: augment reads the images; no image paths given")
+        store = dataset.store
+        backbone, spec = load_store_backbone(store.attrs["backbone"], store.attrs["weights"],
+                                             store.attrs["weights_digest"])
+        statistics = scan_tokens(((dataset.names[i], *_with_scores(dataset[i])) for i in range(len(dataset))),
+                                 len(dataset), inputs.progress)  # of the stored tokens: the frozen ViT's own
+        model = ImageSegmenter(backbone, 0, model, spec.patch_size)
+        dataset = ImageScoreDataset(inputs.store_path, inputs.image_paths, inputs.label_paths, inputs.num_classes,
+                                    spec.mean, spec.std, {"crop_side": crop_side, "output_scale": output_scale,
+                                                          **photometric}, seed)
+        monitor = (ImageLabelDataset(inputs.store_path, inputs.image_paths, inputs.monitor_paths, None,
+                                     MONITOR_LABEL_SCALE, spec.mean, spec.std, None) if inputs.monitor_paths else None)
+    row = fit(model, dataset, inputs.out_dir, config=config, epochs=epochs, lr=lr, weight_decay=weight_decay,
+              batch_size=batch_size, seed=seed, device=device, workers=workers, keep=keep, monitor=monitor,
+              progress=inputs.progress, criterion=criterion, statistics=statistics)
+    if augment:
+        keep_head_only(inputs.out_dir / "model.pt")
+    return row
+
+
+def _with_scores(item: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    tokens, scores = item
+    return tokens, {"scores": scores}
+
+
+def keep_head_only(model_path: Path) -> None:
+    """Rewrite a checkpoint of an :class:`~unseg.finetune.ImageSegmenter` with no trained block as its head's
+    checkpoint (the ``head.`` prefix dropped): the frozen ViT adds nothing the stored tokens lack."""
+    checkpoint = torch.load(model_path, map_location="cpu", weights_only=False)
+    checkpoint["state_dict"] = {key.removeprefix("head."): value for key, value in checkpoint["state_dict"].items()}
+    with atomic_output(model_path) as tmp:
+        save_checkpoint(checkpoint, tmp)
 
 
 def is_teacher_student(method: str) -> bool:

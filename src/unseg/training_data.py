@@ -221,6 +221,98 @@ class TokenScoreDataset(StoreImages):
         return tokens, torch.from_numpy(scores)
 
 
+def crop_with_scores(image: torch.Tensor, scores: torch.Tensor, patch_size: int, settings: Mapping[str, Any],
+                     seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """TransFGU's training augmentation (section 4.2, "Data Augmentation"): a random crop of the image, resized to
+    half its size, with its class scores cropped from the token grid by RoI-Align; a flip of both; colour changes
+    (DINO's jitter, grayscale, blur) on the image only.
+
+    Args:
+        image: (3, Hc, Wc) uint8, the image in the store's geometry (its token grid is (Hc, Wc) / ``patch_size``).
+        scores: (C, h, w) float32 class scores on that grid, NaN where ignored.
+        settings: ``crop_side`` (the crop's side as a fraction of the image's, drawn uniformly in the range; the
+            authors' code draws 0.4-0.9), ``output_scale`` (the crop is resized to this fraction of the image's size,
+            0.5: "resized to (H/2, W/2)"), and :data:`AUGMENT_KEYS`' ``hflip``, ``color_jitter``, ``grayscale``,
+            ``blur``.
+        seed: fixes every draw.
+
+    Returns:
+        (the crop (3, H', W') uint8, its scores (C, H'/p, W'/p) float32, NaN where less than half of a cell's
+        RoI-Align samples were labelled), H' and W' multiples of the patch size.
+    """
+    from torchvision.ops import roi_align
+    from torchvision.transforms import v2
+
+    generator = torch.Generator().manual_seed(seed)
+    height, width = image.shape[-2:]
+    low, high = settings["crop_side"]
+    side = low + (high - low) * float(torch.rand((), generator=generator))
+    crop_h, crop_w = max(1, round(height * side)), max(1, round(width * side))
+    top = int(torch.randint(0, height - crop_h + 1, (), generator=generator))
+    left = int(torch.randint(0, width - crop_w + 1, (), generator=generator))
+    scale = float(settings["output_scale"])
+    out_h = max(patch_size, round(height * scale / patch_size) * patch_size)
+    out_w = max(patch_size, round(width * scale / patch_size) * patch_size)
+    crop = F.interpolate(image[None, :, top : top + crop_h, left : left + crop_w].float(), size=(out_h, out_w),
+                         mode="bilinear", align_corners=False, antialias=True)[0].round().clamp(0, 255).byte()
+    labelled = ~scores.isnan().any(0, keepdim=True)
+    box = torch.tensor([[0.0, left / patch_size, top / patch_size, (left + crop_w) / patch_size,
+                         (top + crop_h) / patch_size]])
+    grid = (out_h // patch_size, out_w // patch_size)
+    pooled = roi_align(torch.cat([scores.nan_to_num(0.0), labelled.float()])[None], box, grid, spatial_scale=1.0,
+                       sampling_ratio=2, aligned=True)[0]
+    cropped = pooled[:-1] / pooled[-1:].clamp(min=1e-6)
+    cropped[:, pooled[-1] < 0.5] = float("nan")
+    if float(torch.rand((), generator=generator)) < settings["hflip"]:
+        crop, cropped = crop.flip(-1), cropped.flip(-1)
+    photometric = v2.Compose([
+        v2.RandomApply([v2.ColorJitter(*settings.get("jitter", DINO_JITTER))], p=settings["color_jitter"]),
+        v2.RandomGrayscale(settings["grayscale"]),
+        v2.RandomApply([v2.GaussianBlur(23, sigma=(0.1, 2.0))], p=settings["blur"]),
+    ])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        crop = photometric(crop)
+    return crop, cropped
+
+
+class ImageScoreDataset(StoreImages):
+    """(augmented image (3, H', W') float32 normalised, its class scores (C, H'/p, W'/p) float32, NaN where ignored)
+    of each named image (:func:`crop_with_scores`, draws fixed by (seed, epoch, index)): TransFGU's augmented
+    training of its decoder through the frozen ViT.
+
+    Args:
+        image_paths: image name → image file; label_paths: image name → label PNG (soft scores beside it, as
+            :class:`TokenScoreDataset`).
+        mean, std: the backbone's input normalisation.
+        settings: of :func:`crop_with_scores`.
+    """
+
+    def __init__(self, store_path: str | Path, image_paths: Mapping[str, str | Path],
+                 label_paths: Mapping[str, str | Path], num_classes: int, mean: Sequence[float],
+                 std: Sequence[float], settings: Mapping[str, Any], seed: int = 0):
+        super().__init__(store_path, list(label_paths))
+        missing = [name for name in self.names if name not in image_paths]
+        if missing:
+            raise KeyError(f"no image path for {missing[:3]}")
+        self.image_paths = {name: Path(image_paths[name]) for name in self.names}
+        self.label_paths = {name: Path(path) for name, path in label_paths.items()}
+        self.num_classes, self.mean, self.std = int(num_classes), list(mean), list(std)
+        self.settings, self.seed, self.epoch = dict(settings), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        name = self.names[index]
+        geometry = self.store.geometry(name)
+        image = resize_and_crop(read_image(self.image_paths[name]), geometry)
+        scores = torch.from_numpy(class_scores(self.label_paths[name], geometry, self.num_classes))
+        crop, cropped = crop_with_scores(image, scores, self.store.patch_size, self.settings,
+                                         item_seed(self.seed, self.epoch, index))
+        return normalize_batch(crop[None], self.mean, self.std)[0], cropped
+
+
 class ImageLabelDataset(LabelledStoreImages):
     """(image (3, Hc, Wc) float32 normalised, labels (h·s, w·s) int64) of each named image, augmented (when
     ``augment`` is given) with draws fixed by (seed, epoch, index); geometry from the feature store.

@@ -295,12 +295,13 @@ def backbone_weights(features_variant):
 
 
 def finetuned_weights(round_of):
-    """Input function: the backbone's weights file when the round ``round_of(wildcards)`` fine-tunes the backbone's
-    last blocks (its model rebuilds the frozen blocks from that file), else nothing."""
+    """Input function: the backbone's weights file when the round ``round_of(wildcards)`` runs the backbone on
+    images (fine-tuning its last blocks, or TransFGU's augmented training through it), else nothing."""
 
     def inputs(wildcards):
         settings = settings_of_round(config["train"][wildcards.variant], round_of(wildcards))
-        return backbone_weights(settings["features"]) if settings.get("finetune_blocks") else []
+        reads_images = settings.get("finetune_blocks") or settings.get("augment")
+        return backbone_weights(settings["features"]) if reads_images else []
 
     return inputs
 
