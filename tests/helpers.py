@@ -1,5 +1,6 @@
 """Small array builders and child processes shared by the unit tests."""
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from unseg.io import encode_rle
 
@@ -99,3 +101,23 @@ def screenshot(url: str, out_png: str | Path, size: tuple[int, int] = (900, 700)
     subprocess.run([BROWSER, "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={size[0]},{size[1]}",
                     f"--screenshot={out_png}", url], capture_output=True, text=True, timeout=timeout, check=True)
     return Path(out_png)
+
+
+@contextlib.contextmanager
+def killed_after_saves(module, count: int = 2):
+    """A run inside the block is killed (KeyboardInterrupt) right after its ``count``-th resume save through
+    ``module.save_resume_state``; the real save is restored on leaving."""
+    real_save, saves = module.save_resume_state, []
+
+    def save_then_kill(*args, **kwargs):
+        real_save(*args, **kwargs)
+        saves.append(1)
+        if len(saves) == count:
+            raise KeyboardInterrupt
+
+    module.save_resume_state = save_then_kill
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        module.save_resume_state = real_save

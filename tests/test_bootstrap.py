@@ -28,7 +28,7 @@ from unseg.store import FeatureStore
 from unseg.train import run_train
 from unseg.training_data import TokenScoreDataset, label_fractions, token_tensor
 
-from helpers import variant
+from helpers import killed_after_saves, variant
 
 NAN = float("nan")
 
@@ -253,7 +253,7 @@ def test_round_two_bootstraps_round_ones_labels_with_its_model_and_resets_the_st
                   progress=False, initial_model=tmp_path / "round-1" / "model.pt")
 
 
-def test_a_resumed_round_with_a_teacher_draws_the_same_negatives(planted, tmp_path, monkeypatch):
+def test_a_resumed_round_with_a_teacher_draws_the_same_negatives(planted, tmp_path):
     store_path, labels_dir, image_paths, planted_labels = planted
     names = sorted(planted_labels)
     round_settings = settings(epochs=4, dropout=0.1)
@@ -262,18 +262,8 @@ def test_a_resumed_round_with_a_teacher_draws_the_same_negatives(planted, tmp_pa
     bootstrap_labels(tmp_path / "round-1" / "model.pt", store_path, labels_dir, image_paths, labels, progress=False)
     run_train(store_path, labels, names, tmp_path / "whole", 3, round_settings, progress=False)
 
-    real_save, saves = train_module.save_resume_state, []
-
-    def killed_after_the_second_epoch(*args, **kwargs):
-        real_save(*args, **kwargs)
-        saves.append(1)
-        if len(saves) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "save_resume_state", killed_after_the_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_saves(train_module, 2):
         run_train(store_path, labels, names, tmp_path / "resumed", 3, round_settings, progress=False)
-    monkeypatch.setattr(train_module, "save_resume_state", real_save)
     run_train(store_path, labels, names, tmp_path / "resumed", 3, round_settings, progress=False)
     whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=False)
     resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=False)

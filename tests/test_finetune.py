@@ -17,7 +17,7 @@ from unseg.store import FeatureStore
 from unseg.train import model_input, run_train
 from unseg.training_data import augment_pair, item_seed
 
-from helpers import variant
+from helpers import killed_after_saves, variant
 
 NAMES = ["a", "b", "c", "d"]
 COLOURS = np.array([[20, 20, 20], [230, 40, 40], [40, 40, 230]], dtype=np.uint8)  # one per label
@@ -151,25 +151,15 @@ def test_fine_tuning_needs_the_output_tokens(photos, tmp_path):
         fine_tune(photos, tmp_path / "train", facet="keys")
 
 
-def test_a_resumed_fine_tuning_ends_as_the_uninterrupted_one(photos, tmp_path, monkeypatch):
+def test_a_resumed_fine_tuning_ends_as_the_uninterrupted_one(photos, tmp_path):
     whole_dir = tmp_path / "whole" / "train"
     whole_dir.parent.mkdir()
     fine_tune(photos, whole_dir, probe_epochs=2)
     whole = torch.load(whole_dir / "model.pt", weights_only=False)
-    real_save, saves = train_module.save_resume_state, []
-
-    def killed_after_the_second_epoch(*args, **kwargs):
-        real_save(*args, **kwargs)
-        saves.append(1)
-        if len(saves) == 4:  # the probe's 2 epochs, then 2 of fine-tuning
-            raise KeyboardInterrupt
-
     resumed_dir = tmp_path / "resumed" / "train"
     resumed_dir.parent.mkdir()
-    monkeypatch.setattr(train_module, "save_resume_state", killed_after_the_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_saves(train_module, 4):  # the probe's 2 epochs, then 2 of fine-tuning
         fine_tune(photos, resumed_dir, probe_epochs=2)
-    monkeypatch.setattr(train_module, "save_resume_state", real_save)
     fine_tune(photos, resumed_dir, probe_epochs=2)
     resumed = torch.load(resumed_dir / "model.pt", weights_only=False)
     assert [row["loss"] for row in resumed["log"]] == [row["loss"] for row in whole["log"]]

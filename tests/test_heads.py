@@ -11,6 +11,8 @@ from unseg.metrics import confusion_matrix, hungarian_match
 from unseg.registry import REGISTRIES
 from unseg.train import fit
 
+from helpers import killed_after_saves
+
 HEAD_OPTIONS = {"linear": {}, "mask_transformer": {"width": 32, "layers": 1, "heads": 4, "dropout": 0.0},
                 "aspp": {"atrous_rates": [1, 2]}}
 
@@ -100,7 +102,7 @@ def test_a_trainer_recovers_planted_classes_from_noisy_labels(kind, tmp_path):
     assert log[0] == "epoch,loss,pseudo_label_accuracy,monitor_miou" and len(log) == 31
 
 
-def test_a_resumed_mask_transformer_with_dropout_ends_as_the_uninterrupted_one(tmp_path, monkeypatch):
+def test_a_resumed_mask_transformer_with_dropout_ends_as_the_uninterrupted_one(tmp_path):
     import unseg.train as train_module
 
     data = PlantedTokens(count=6)
@@ -114,18 +116,8 @@ def test_a_resumed_mask_transformer_with_dropout_ends_as_the_uninterrupted_one(t
         return torch.load(out / "model.pt", weights_only=False)
 
     whole = run(tmp_path / "whole")
-    real_save, saves = train_module.save_resume_state, []
-
-    def killed_after_the_second_epoch(*args, **kwargs):
-        real_save(*args, **kwargs)
-        saves.append(1)
-        if len(saves) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "save_resume_state", killed_after_the_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_saves(train_module, 2):
         run(tmp_path / "resumed")
-    monkeypatch.setattr(train_module, "save_resume_state", real_save)
     resumed = run(tmp_path / "resumed")
     assert [row["loss"] for row in resumed["log"]] == [row["loss"] for row in whole["log"]]
     for key, value in whole["state_dict"].items():

@@ -138,16 +138,14 @@ class ConceptCam:
         self.prefix = int(getattr(model, "num_prefix_tokens", 1))
 
     def last_block_input(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised images → (B, N, D) tokens entering the last block (no gradient)."""
-        captured: dict[str, torch.Tensor] = {}
-        handle = self.model.blocks[-1].register_forward_pre_hook(
-            lambda module, args: captured.__setitem__("tokens", args[0].detach()))
-        try:
-            with torch.no_grad():
-                self.model.forward_features(images)
-        finally:
-            handle.remove()
-        return captured["tokens"]
+        """(B, 3, H, W) normalised images → (B, N, D) tokens entering the last block (no gradient; the last block
+        itself is not run here: :meth:`cls_from_attention` runs it for the CLS token alone)."""
+        model = self.model
+        with torch.no_grad():
+            tokens = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
+            for block in model.blocks[:-1]:
+                tokens = block(tokens)
+        return tokens
 
     def cls_from_attention(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The last block on the CLS token alone, its attention row a leaf tensor that requires grad.
