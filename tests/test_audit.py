@@ -122,6 +122,9 @@ def test_proposals_are_scored_against_the_instances_and_paged_worst_first(tmp_pa
                                 "segmentation": encode_rle(mask)})
         for mask in ((left, right) if name == "both" else (left,)):
             proposals.append({"image_id": image_id, "segmentation": encode_rle(mask), "score": 0.9, "k": 2})
+    # a saliency component (no k: it is no spectral mask) on "one"'s left instance, which it already covers
+    proposals.append({"image_id": 2, "segmentation": encode_rle(left), "score": 0.4, "component": 1,
+                      "source": "saliency_component"})
     write_json(tmp_path / "proposals.json", proposals)
     page = audit_proposals(images, tmp_path / "proposals.json", tmp_path / "saliency", tmp_path / "audit",
                            ground_truth={"annotations": annotations}, page_size=1)
@@ -131,6 +134,7 @@ def test_proposals_are_scored_against_the_instances_and_paged_worst_first(tmp_pa
     assert [(href, name, float(recall), float(best)) for href, name, recall, best in rows] == [
         ("#one", "one", 50.0, 50.0), ("page-2.html#both", "both", 100.0, 100.0)]
     assert re.findall(r'<section id="(\w+)">', text) == ["one"]
+    assert "score 0.40 (saliency component 1, salient 0.00)" in text
     second = (tmp_path / "audit" / "page-2.html").read_text()
     assert re.findall(r'<section id="(\w+)">', second) == ["both"] and "<b>2</b>" in second
 

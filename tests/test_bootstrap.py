@@ -225,6 +225,10 @@ def test_round_two_bootstraps_round_ones_labels_with_its_model_and_resets_the_st
         png = read_label_png(tmp_path / "round-2" / "labels" / f"{name}.png")  # Eq. 11: argmax of the upsampled M̂
         upsampled = grid_to_image(expected, FeatureStore(store_path).geometry(name))
         assert png.shape == upsampled.shape[1:] and (png == upsampled.argmax(0)).mean() > 0.99
+        # the teacher's own prediction, for the audit: argmax of its upsampled logits, not of M̂
+        own = read_label_png(tmp_path / "round-2" / "labels" / "prediction" / f"{name}.png")
+        teacher_upsampled = grid_to_image(teacher_logits[name].numpy(), FeatureStore(store_path).geometry(name))
+        assert (own == teacher_upsampled.argmax(0)).mean() > 0.99
     teacher = read_json(tmp_path / "round-2" / "labels" / "teacher.json")
     assert teacher["model_digest"] == file_digest(tmp_path / "round-1" / "model.pt")
 

@@ -58,9 +58,9 @@ def test_the_trail_of_a_tiny_run_image_has_a_panel_per_stage_artifact(tiny_run, 
     name = (results / "index/images.csv").read_text().splitlines()[1].split(",")[1]
     panels = trail_panels(results, name)
     assert [panel.stage for panel in panels] == ["image", "ground truth", "saliency", "saliency", "masks",
-                                                 "proposals", "pseudolabels", "train", "predict"]
-    assert [panel.caption for panel in panels][6:] == ["pseudo-labels km3", "train linear round-2 labels",
-                                                       "predict linear"]
+                                                 "proposals", "pseudolabels", "train", "train", "predict"]
+    assert [panel.caption for panel in panels][6:] == ["pseudo-labels km3", "train linear round-1 prediction",
+                                                       "train linear round-2 labels", "predict linear"]
     image = read_image(next(path for path in (workdir / "resources/datasets/tiny/JPEGImages").iterdir()
                             if path.stem == name))
     assert np.array_equal(panels[0].picture, image)

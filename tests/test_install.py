@@ -39,8 +39,26 @@ def test_default_install_brings_what_snakemake_report_needs():
     assert "pytest" in install_closure("unseg", frozenset({"test"}))
 
 
-def test_report_bundles_the_evaluation_and_audit_pages(tiny_run):
+def test_report_bundles_the_evaluation_and_every_page_of_every_audit_gallery(tiny_run):
+    import zipfile
+
     workdir, config, _ = tiny_run
-    snakemake(workdir, config, "--report", "report.html")
-    report = (workdir / "report.html").read_text()
+    snakemake(workdir, config, "--report", "report.zip")
+    with zipfile.ZipFile(workdir / "report.zip") as bundle:
+        names = bundle.namelist()
+        report = bundle.read("report/report.html").decode()
     assert "Audit" in report and "Evaluation" in report
+    audit = workdir / "results" / "tiny" / "audit"
+    galleries = sorted(path.relative_to(audit) for path in audit.glob("*/*") if path.is_dir())
+    assert len(galleries) >= 5, galleries
+    # Snakemake puts each gallery folder under report/data/raw/{id}/: every page and panel, index.html first
+    bundled: dict[str, list[str]] = {}
+    for name in names:
+        folder, _, file_name = name.rpartition("/")
+        bundled.setdefault(folder, []).append(file_name)
+    bundled_galleries = [sorted(files) for files in bundled.values() if "index.html" in files]
+    for gallery in galleries:
+        files = sorted(path.relative_to(audit / gallery).as_posix() for path in (audit / gallery).rglob("*")
+                       if path.is_file() and path.name != ".snakemake_timestamp")
+        assert "page-2.html" in files and any(name.endswith(".png") for name in files), gallery  # 2 pages each
+        assert files in bundled_galleries, gallery

@@ -125,6 +125,8 @@ def test_each_self_training_round_is_its_own_artifact(tiny_run):
     workdir, config, _ = tiny_run
     round_two = workdir / "results/tiny/train/linear/round-2"
     assert len(list((round_two / "labels").glob("*.png"))) == 8  # round 1's CRF-refined predictions
+    before_crf = sorted(path.name for path in (round_two / "labels" / "prediction").glob("*.png"))  # for the audit
+    assert before_crf == sorted(path.name for path in (round_two / "labels").glob("*.png"))
     log = (round_two / "log.csv").read_text().splitlines()
     assert log[0] == "epoch,loss,pseudo_label_accuracy,monitor_miou" and len(log) == 1 + 2
     # Round 2 fine-tuned the ViT's last block (round_settings), starting from round 1's head.
@@ -286,6 +288,7 @@ def real_config(weights: Path) -> dict:
 SYNTHETIC_MIOU_FLOOR = 55.0
 
 
+@pytest.mark.slow  # ~5 min on 2 cores: the demo with real DINOv2 weights, 3 CRF rounds; run by hand with -m slow
 def test_real_weights_segment_the_synthetic_scenes(tmp_path, real_weights):
     config = real_config(real_weights)
     config["train"]["linear"]["rounds"] = 3  # the demo's commented linear-crf variant (the test extra has the CRF)
@@ -449,11 +452,11 @@ def test_a_side_by_side_page_compares_two_saliency_variants_of_the_tiny_run(tiny
     config = json.loads(json.dumps(config))
     config["saliency"]["otsu"] = {**config["saliency"]["bipart"], "threshold": "otsu"}
     config["audit"]["compare"] = {"split-rules": {"stage": "saliency", "variants": ["bipart", "otsu"]}}
-    target = "results/tiny/audit/compare/split-rules/index.html"
+    target = "results/tiny/audit/compare/split-rules"  # a folder: index.html, pages, panels
     assert planned_jobs(snakemake(tmp_path / "run", config, "-n", target).stdout) == {"saliency": 1,
                                                                                      "audit_compare": 1}
     snakemake(tmp_path / "run", config, target)
-    text = (tmp_path / "run" / target).read_text()
+    text = (tmp_path / "run" / target / "index.html").read_text()
     assert "bipart: IoU" in text and "otsu: IoU" in text and "Δ IoU" in text
     assert len(re.findall(r"<tr><td>", text)) == 8 and "bipart: soft map" in text and "otsu: soft map" in text
     bad = dict(config, audit={**config["audit"], "compare": {"x": {"stage": "saliency", "variants": ["bipart", "no"]}}})
@@ -462,12 +465,14 @@ def test_a_side_by_side_page_compares_two_saliency_variants_of_the_tiny_run(tiny
         result.stdout + result.stderr)
 
 
-def test_the_predictions_page_shows_what_every_round_trained_on(tiny_run):
+def test_the_predictions_page_shows_every_rounds_predictions_and_what_each_trained_on(tiny_run):
     workdir, _, _ = tiny_run
     text = (workdir / "results/tiny/audit/predict/linear/index.html").read_text()
     header = re.findall(r"<th>([^<]+)</th>", text)
-    assert header == ["image", "mIoU pseudo-labels", "mIoU round 2 labels", "mIoU prediction"]
-    assert "round 2 labels, mIoU" in text and "prediction, mIoU" in text and "ground truth" in text
+    assert header == ["image", "mIoU pseudo-labels", "mIoU round 1 prediction", "mIoU round 2 labels",
+                      "mIoU prediction"]
+    for caption in ("round 1 prediction, mIoU", "round 2 labels, mIoU", ">prediction, mIoU", "ground truth"):
+        assert caption in text, caption
 
 
 def test_instance_rounds_are_artifacts_and_hand_off_to_the_pseudolabels(tiny_run, tmp_path):
@@ -483,7 +488,7 @@ def test_instance_rounds_are_artifacts_and_hand_off_to_the_pseudolabels(tiny_run
         "round_settings": {"2": {"steps": 2}}}}
     config["pseudolabels"]["km-inst"] = {**config["pseudolabels"]["km3"], "proposals": "inst"}
     targets = ["results/tiny/instances/inst/report.md", "results/tiny/pseudolabels/km-inst",
-               "results/tiny/audit/instances/inst/index.html"]
+               "results/tiny/audit/instances/inst"]
     planned = planned_jobs(snakemake(run, config, "-n", *targets).stdout)
     assert planned == {"instances_train": 2, "instances_predict": 2, "instances_targets": 1, "instances_metrics": 2,
                        "instances_report": 1, "pseudolabels": 1, "audit_instances": 1}

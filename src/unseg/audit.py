@@ -159,6 +159,8 @@ def _mask_origin(det: dict) -> tuple[int, int]:
 
 
 def _origin_caption(det: dict) -> str:
+    if det.get("source") == "saliency_component":
+        return f"saliency component {det['component']}"
     kind, value = _mask_origin(det)
     return f"eigenvector {value}" if kind else f"k={value}"
 
@@ -592,12 +594,17 @@ def stage_view(stage: str, images: Sequence[tuple[int, str, str]], roles: Mappin
         return proposals_view(images, roles["proposals"], roles["saliency"], roles.get("rejected"), instances)
     if stage == "pseudolabels":
         return label_maps_view(images, [("pseudo-labels", roles["labels"])], ground_truth)
-    if stage == "predict":  # what each round trained on (round r's labels: round r-1 refined), then the prediction
+    if stage == "predict":  # each round's predictions and what the next trained on, then the last round's prediction
+        from .training_data import PREDICTION_FOLDER
+
         rounds = roles.get("rounds") or []
         rounds = [rounds] if isinstance(rounds, str) else list(rounds)
-        label_dirs = [("pseudo-labels", roles["pseudolabels"]),
-                      *((f"round {index} labels", folder) for index, folder in enumerate(rounds, start=2)),
-                      ("prediction", roles["labels"])]
+        label_dirs = [("pseudo-labels", roles["pseudolabels"])]
+        for index, folder in enumerate(rounds, start=2):
+            if (Path(folder) / PREDICTION_FOLDER).is_dir():  # round index-1's own, before the CRF or the average
+                label_dirs.append((f"round {index - 1} prediction", Path(folder) / PREDICTION_FOLDER))
+            label_dirs.append((f"round {index} labels", folder))
+        label_dirs.append(("prediction", roles["labels"]))
         return label_maps_view(images, label_dirs, ground_truth)
     if stage == "instances":  # the proposals, then every round's detections (the last is roles["instances"])
         rounds = roles.get("rounds") or [roles["instances"]]

@@ -7,7 +7,9 @@ probability). The model is rebuilt by the ``build_model`` of the trainer its che
 :func:`refine_labels` makes the training labels of a self-training round: the previous round's predictions, refined
 by a dense CRF on the image (:mod:`unseg.crf`) when asked. :func:`bootstrap_labels` makes those of a TransFGU round
 (teacher-student trainers, :func:`unseg.train.is_teacher_student`): the initial pseudo-labels averaged with the
-teacher's probabilities (section 3.3, Eq. 12).
+teacher's probabilities (section 3.3, Eq. 12). Both also keep the previous round's own predictions, before the CRF
+or the average, in ``prediction/{name}.png`` (:data:`PREDICTION_FOLDER`): the audit shows every round's predictions
+side by side.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .io import IGNORE_LABEL, atomic_output, encode_rle, read_image, write_json,
 from .provenance import file_digest
 from .store import FeatureStore
 from .train import model_input  # importing train registers the built-in trainers
-from .training_data import SOFT_FOLDER, TEACHER_FILE, class_scores
+from .training_data import PREDICTION_FOLDER, SOFT_FOLDER, TEACHER_FILE, class_scores
 
 
 def load_model(model_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -115,7 +117,8 @@ def refine_labels(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The next self-training round's labels: each image's predicted classes, refined by a dense CRF on the image
-    when ``crf`` (MaskDistill, Part 2), as ``out_dir/{name}.png`` (one atomic folder).
+    when ``crf`` (MaskDistill, Part 2), as ``out_dir/{name}.png`` (one atomic folder); with the CRF, the predictions
+    before it too, as ``out_dir/prediction/{name}.png`` (:data:`PREDICTION_FOLDER`; without it they are the labels).
 
     Args:
         image_paths: image name → image file (for the CRF's colour kernel), every image to label.
@@ -130,10 +133,13 @@ def refine_labels(
     changed = total = 0
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
+        if crf:
+            (tmp / PREDICTION_FOLDER).mkdir()
         for name in tqdm(sorted(image_paths), desc="refine labels", unit="img", disable=not progress):
             probabilities = image_probabilities(model, config, store, name, device, image_paths[name])
             labels = probabilities.argmax(0)
             if crf:
+                write_label_png(tmp / PREDICTION_FOLDER / f"{name}.png", labels.astype(np.uint8))
                 refined = dense_crf(read_image(image_paths[name]), probabilities, crf_params).argmax(0)
                 changed += int((refined != labels).sum())
                 labels = refined
@@ -162,7 +168,8 @@ def bootstrap_labels(
     * ``soft/{name}.npy`` — M̂, (C, h, w) float16, NaN where M is ignored: what the student trains on;
     * ``{name}.png`` — argmax of M̂ bilinearly upsampled to the original image size (Eq. 11; 255 where the ignored
       cells cover the pixel), for the audit pages and the label-agnostic trainers;
-    * ``teacher.json`` — the teacher's method and file digest, read by the trainer (its α ramp and its config).
+    * ``teacher.json`` — the teacher's method and file digest, read by the trainer (its α ramp and its config);
+    * ``prediction/{name}.png`` — the teacher's own label maps (argmax of P̂ bilinearly upsampled), for the audit.
 
     Args:
         image_paths: image name → image file, every image to label (files read only by a model that fine-tuned the
@@ -179,6 +186,7 @@ def bootstrap_labels(
     changed = total = 0
     with atomic_output(out_dir) as tmp:
         (tmp / SOFT_FOLDER).mkdir(parents=True)
+        (tmp / PREDICTION_FOLDER).mkdir()
         for name in tqdm(sorted(image_paths), desc="bootstrap labels", unit="img", disable=not progress):
             geometry = store.geometry(name)
             initial = torch.from_numpy(class_scores(Path(initial_dir) / f"{name}.png", geometry, num_classes))
@@ -192,6 +200,8 @@ def bootstrap_labels(
             labels = grid_to_image(scores.nan_to_num(0.0).numpy(), geometry).argmax(0).astype(np.uint8)
             labels[grid_to_image(ignored.float().numpy(), geometry) > 0.5] = IGNORE_LABEL
             write_label_png(tmp / f"{name}.png", labels)
+            write_label_png(tmp / PREDICTION_FOLDER / f"{name}.png",
+                            grid_to_image(logits.numpy(), geometry).argmax(0).astype(np.uint8))
         write_json(tmp / TEACHER_FILE, {"method": config["method"], "model_digest": file_digest(teacher_path),
                                         "rule": "TransFGU Eq. 12: 0.5 * (M + softmax(teacher))"})
     return {"num_images": len(image_paths), "changed_by_teacher": changed / max(total, 1)}

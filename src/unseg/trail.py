@@ -78,6 +78,10 @@ def trail_panels(results: str | Path, name: str) -> list[TrailPanel]:
     for variant in _variants(results / "train"):
         rounds = sorted(variant.glob("round-*/labels"), key=lambda path: int(path.parent.name[6:]))
         for labels in rounds:
+            previous = f"round-{int(labels.parent.name[6:]) - 1}"
+            if (labels / "prediction" / f"{name}.png").is_file():  # that round's own, before the CRF or average
+                panels.append(TrailPanel("train", f"train {variant.name} {previous} prediction",
+                                         overlay_labels(image, read_label_png(labels / "prediction" / f"{name}.png"))))
             if (labels / f"{name}.png").is_file():
                 panels.append(TrailPanel("train", f"train {variant.name} {labels.parent.name} labels",
                                          overlay_labels(image, read_label_png(labels / f"{name}.png"))))

