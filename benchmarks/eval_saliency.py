@@ -7,8 +7,9 @@ Usage (from the project root, after the workflow has written the store and the i
     .venv/bin/python benchmarks/eval_saliency.py --results results/horses --features dinov2-s14
     .venv/bin/python benchmarks/eval_saliency.py --results results/voc-crops --features dinov2-s14 --out /tmp/sal
 
-The variants are VARIANTS below (each completed by the config schema, as the workflow would); their maps are
-written under --out (default: a temporary folder) so they can be looked at.
+The variants are VARIANTS below (each completed by the config schema, as the workflow would; ``--only TEXT`` runs
+those whose label contains TEXT); their maps are written under --out (default: a temporary folder) so they can be
+looked at.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ VARIANTS = {
     "foreground_head (teacher border_background), MLP 64": {"method": "foreground_head", "hidden": 64},
     "foreground_head (teacher spectral_bipartition)": {"method": "foreground_head",
                                                        "teacher": "spectral_bipartition"},
+    "border_background, statistic mean, refine crf": {"method": "border_background", "refine": "crf"},
+    "foreground_head (teacher border_background), refine crf": {"method": "foreground_head", "refine": "crf"},
+    "foreground_head (teacher border_background), refine crf, threshold otsu": {"method": "foreground_head",
+                                                                                "refine": "crf", "threshold": "otsu"},
 }
 
 
@@ -59,6 +64,7 @@ def main() -> None:
     parser.add_argument("--features", required=True, help="the features variant")
     parser.add_argument("--facet", default="keys")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--only", default=None, help="run only the variants whose label contains this text")
     args = parser.parse_args()
     load_methods()
     schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
@@ -67,11 +73,14 @@ def main() -> None:
     store = args.results / "features" / f"{args.features}.zarr"
     print(f"{len(index)} images with ground truth; maps under {out}\n")
     print("| saliency variant | mean IoU | dataset IoU | max F-beta | s |\n|---|---|---|---|---|")
+    paths = dict(zip(index.index, index["path"]))  # read by the refinement step
     for label, given in VARIANTS.items():
+        if args.only and args.only not in label:
+            continue
         settings = variant_settings("saliency", {"facet": args.facet, **given}, schema)
         folder = out / label.split(" ")[0].replace(",", "") / str(abs(hash(label)) % 10**6)
         start = time.perf_counter()
-        run_saliency(store, folder, settings, progress=False)
+        run_saliency(store, folder, settings, progress=False, image_paths=paths)
         seconds = time.perf_counter() - start
         scores = score(index, folder)
         print(f"| {label} | {scores['mean_iou']:.1f} | {scores['dataset_iou']:.1f} | {scores['max_fbeta']:.1f} | "

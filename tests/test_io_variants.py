@@ -69,6 +69,17 @@ def test_check_variants_names_the_key():
         check_variants({**CONFIG, "masks": {"bad/name": {"features": "f"}}})
 
 
+def test_a_proposals_variant_may_name_a_second_saliency_map_for_its_components():
+    config = {**CONFIG, "saliency": {"s": {"features": "f"}, "sharp": {"features": "f"}},
+              "proposals": {"p": {"masks": "m", "saliency": "s", "components": "sharp"}}}
+    check_variants(config)
+    assert follow(config, "proposals", "p", "components") == "sharp"
+    assert follow(CONFIG, "proposals", "p", "components") is None  # optional: left out, no components
+    assert set(resolve_chain(config, "proposals", "p")["saliency"]) == {"s", "sharp"}
+    with pytest.raises(VariantError, match=r"proposals\.p\.components: no 'saliency' variant named 'nope'"):
+        check_variants({**config, "proposals": {"p": {"masks": "m", "saliency": "s", "components": "nope"}}})
+
+
 def test_pseudolabels_may_cluster_an_instances_variants_detections():
     config = {**CONFIG, "instances": {"i": {"proposals": "p", "features": "f"}},
               "pseudolabels": {"k": {"proposals": "i", "features": "f", "clusters": 2}}}

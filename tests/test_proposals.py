@@ -165,3 +165,55 @@ def test_a_minimum_area_in_patches_is_the_same_at_every_resolution():
         grid = np.zeros((side, side, 1))
         assert min_area_cells(0.015, grid, min_area_patches=4) == 4
         assert min_area_cells(0.015, grid) == int(np.ceil(0.015 * side * side))
+
+
+def test_saliency_components_are_the_foregrounds_pieces_scored_by_their_mean_saliency():
+    from unseg.io import decode_rle
+    from unseg.proposals import saliency_components
+
+    saliency = np.zeros((20, 20), dtype=np.float32)
+    saliency[2:8, 2:8] = 0.9  # 36 px
+    saliency[2:8, 8] = 0.6  # 6 px more, touching: one piece of 42 px, mean (36*0.9 + 6*0.6) / 42 = 0.857
+    saliency[12, 12] = 0.8  # 1 px (0.25 % of the image): under min_area_fraction 0.01
+    saliency[15:18, 0:3] = 0.4  # not foreground
+    saliency[14, 14], saliency[15, 15] = 0.7, 0.7  # diagonal neighbours: one 8-connected piece of 2 px (0.5 %)
+    found = saliency_components(saliency, image_id=7, min_area_fraction=0.004, weight=0.5)
+    assert [d["area"] for d in found] == [42, 2]
+    first = decode_rle(found[0]["segmentation"])
+    expected = np.zeros((20, 20), bool)
+    expected[2:8, 2:9] = True
+    assert (first == expected).all()
+    assert found[0]["score"] == pytest.approx(0.5 * (36 * 0.9 + 6 * 0.6) / 42, abs=1e-6)
+    assert found[1]["score"] == pytest.approx(0.35, abs=1e-6)
+    assert all(d["image_id"] == 7 and d["source"] == "saliency_component" for d in found)
+    assert [d["area"] for d in saliency_components(saliency, 7, min_area_fraction=0.01)] == [42]
+    assert saliency_components(np.zeros((4, 4), np.float32), 1) == []
+
+
+def test_saliency_components_join_the_kept_masks_beside_them(tmp_path):
+    from unseg.io import read_json
+    from unseg.proposals import run_proposals
+
+    semantic = np.zeros((32, 32), dtype=np.uint8)
+    semantic[4:16, 4:16] = 1
+    write_voc(tmp_path / "data", {"a": semantic})
+    write_index(build_index(tmp_path / "data"), tmp_path / "images.csv")
+    object_mask = semantic == 1
+    masks = [det(object_mask, 0.9, k=2, cluster=1), det(box((32, 32), 4, 4, 10, 10), 0.8, k=3, cluster=0)]
+    for mask in masks:
+        mask["image_id"] = 1
+    write_json(tmp_path / "masks.json", masks)
+    for folder, value in (("filter", 255), ("sharp", 230)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.where(object_mask, value, 0).astype(np.uint8)).save(tmp_path / folder / "a.png")
+    settings = {"min_salient_fraction": 0.5, "nms_iou": 0.5, "crf": False}
+    run_proposals(tmp_path / "masks.json", tmp_path / "filter", tmp_path / "images.csv", tmp_path / "plain.json",
+                  settings, progress=False)
+    run_proposals(tmp_path / "masks.json", tmp_path / "filter", tmp_path / "images.csv", tmp_path / "with.json",
+                  settings, progress=False, components_dir=tmp_path / "sharp")
+    plain, joined = read_json(tmp_path / "plain.json"), read_json(tmp_path / "with.json")
+    assert len(plain) == 2  # the masks overlap at IoU 0.25: both kept
+    # the component equals the first mask (IoU 1) and is kept beside it, not suppressed, scored 0.5 x 230/255
+    assert joined[:2] == plain and len(joined) == 3
+    assert joined[2]["source"] == "saliency_component" and joined[2]["segmentation"] == plain[0]["segmentation"]
+    assert joined[2]["score"] == pytest.approx(0.5 * 230 / 255, abs=1e-6)

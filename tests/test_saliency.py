@@ -172,3 +172,55 @@ def test_the_otsu_threshold_rule_splits_the_stored_map_at_each_images_otsu_thres
 def _first_channel(store_path, name):
     keys = FeatureStore(store_path).facet(name, "keys")[..., 0]
     return (keys - keys.min()) / (keys.max() - keys.min())
+
+
+# --- the refinement step ------------------------------------------------------------------------------------------
+def _blurred_box_maps(tiny_store, folder):
+    """Per tiny_store image: its red box (the truth) and a soft map of it 6 px too wide on each side with a blurred,
+    50 %-grey rim, as a mask_folder of soft PNGs."""
+    from PIL import Image
+    from scipy import ndimage
+
+    from unseg.io import read_image
+
+    folder.mkdir()
+    truths = {}
+    for name, path in tiny_store[1].items():
+        image = read_image(path)
+        truth = (image[..., 0] > 150) & (image[..., 1] < 100)
+        grown = ndimage.binary_dilation(truth, iterations=6)
+        soft = np.clip(ndimage.gaussian_filter(grown.astype(np.float32), 3.0) * 0.7 + 0.15, 0, 1)
+        Image.fromarray(np.round(soft * 255).astype(np.uint8), mode="L").save(folder / f"{name}.png")
+        truths[name] = truth
+    return truths
+
+
+def _iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+def test_the_crf_refinement_snaps_a_blurred_map_to_the_objects_edges(tiny_store, tmp_path):
+    pytest.importorskip("pydensecrf")
+    from unseg.io import read_image
+    from unseg.saliency import refine_with_crf
+
+    truths = _blurred_box_maps(tiny_store, tmp_path / "soft")
+    settings = variant("saliency", method="mask_folder", path=str(tmp_path / "soft"))
+    run_saliency(tiny_store[0], tmp_path / "raw", settings, progress=False)
+    run_saliency(tiny_store[0], tmp_path / "crf", {**settings, "refine": "crf"}, progress=False,
+                 image_paths=tiny_store[1])
+    for name, truth in truths.items():
+        raw, refined = read_saliency(tmp_path / "raw", name), read_saliency(tmp_path / "crf", name)
+        assert _iou(raw > 0.5, truth) < 0.7  # the map's foreground spills 6 px over the box
+        assert _iou(refined > 0.5, truth) > 0.95
+        # the stored map is the CRF's foreground marginal of the method's map, to the PNG's rounding
+        direct = refine_with_crf(read_image(tiny_store[1][name]), raw)
+        assert np.abs(refined - np.round(direct * 255) / 255).max() <= 1 / 255 + 1e-6
+
+
+def test_the_crf_refinement_needs_every_images_file(tiny_store, tmp_path):
+    settings = variant("saliency", method="test_first_channel", refine="crf")
+    with pytest.raises(ValueError, match=r"refine: crf reads each image.*\['c'\]"):
+        run_saliency(tiny_store[0], tmp_path / "out", settings, progress=False,
+                     image_paths={"a": tiny_store[1]["a"], "b": tiny_store[1]["b"]})
+    assert not (tmp_path / "out").exists()

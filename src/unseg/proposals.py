@@ -6,7 +6,8 @@ Artifacts:
   max(coherence, 0) (or × area fraction: ``score: salient_area``), so masks that are salient and coherent rank
   first; with ``unsalient_weight`` > 0 the masks the filter would drop are kept, scored that weight × coherence
   (or area fraction), marked ``"salient": false``; ``k``, ``cluster``, ``component`` and ``eigen_index`` are
-  carried over from the mask.
+  carried over from the mask. With ``components`` (a saliency variant), each connected component of that map's
+  foreground joins them (:func:`saliency_components`, ``"source": "saliency_component"``), beside the masks.
 - proposals report: :func:`evaluate_proposals` (class-agnostic AP/AR, recall by instance count, object IoU).
 """
 
@@ -133,6 +134,46 @@ def filter_proposals_explained(
     return kept, rejected
 
 
+SALIENCY_COMPONENT = "saliency_component"
+# A saliency component's score is COMPONENT_WEIGHT x its mean saliency; smaller ones than COMPONENT_MIN_AREA of the
+# image are left out (docs/benchmarks.md: weights 0.3-0.5 give the same AP50 and AR, 0.7-1 cost the demo's AP50).
+COMPONENT_WEIGHT = 0.5
+COMPONENT_MIN_AREA = 0.01
+
+
+def saliency_components(saliency: np.ndarray, image_id: int, min_area_fraction: float = COMPONENT_MIN_AREA,
+                        weight: float = COMPONENT_WEIGHT) -> list[dict]:
+    """Candidate proposals from a saliency map: each 8-connected component of its foreground (> 0.5) covering at
+    least ``min_area_fraction`` of the image, scored ``weight`` × its mean soft saliency.
+
+    A sharp saliency map (a foreground head refined by a dense CRF) outlines whole objects more closely than the
+    spectral masks cut on the token grid, but merges objects that touch; the weight (0.5) ranks the
+    components below most salient masks, so a merged pair costs little precision, and they do not take part in the
+    masks' NMS (each is one more candidate; AR counts the best one per object).
+
+    Args:
+        saliency: (H0, W0) float soft foreground in [0, 1].
+
+    Returns:
+        COCO results dicts (``category_id`` 1) with ``component`` (its index), ``salient_fraction`` 1.0 and
+        ``"source": "saliency_component"``, in component order.
+    """
+    labelled, count = ndimage.label(saliency > 0.5, structure=np.ones((3, 3), dtype=bool))
+    if not count:
+        return []
+    areas = np.bincount(labelled.ravel(), minlength=count + 1)
+    sums = np.bincount(labelled.ravel(), weights=saliency.ravel(), minlength=count + 1)
+    found = []
+    for component in range(1, count + 1):
+        if areas[component] < min_area_fraction * saliency.size:
+            continue
+        mask = labelled == component
+        found.append({"image_id": int(image_id), "category_id": 1, "segmentation": encode_rle(mask),
+                      "area": int(areas[component]), "score": round(weight * sums[component] / areas[component], 6),
+                      "salient_fraction": 1.0, "component": component, "source": SALIENCY_COMPONENT})
+    return found
+
+
 def refine_mask_with_crf(image: np.ndarray, mask: np.ndarray, confidence: float = 0.8) -> np.ndarray:
     """Snap a mask to image edges with a dense CRF (two labels: outside / inside).
 
@@ -157,6 +198,7 @@ def run_proposals(
     settings: Mapping[str, Any],
     progress: bool = True,
     out_rejected: str | Path | None = None,
+    components_dir: str | Path | None = None,
 ) -> int:
     """Saliency filter + NMS over all images' masks → COCO results JSON. Returns the proposal count.
 
@@ -168,6 +210,8 @@ def run_proposals(
         settings: the proposals variant: ``min_salient_fraction``, ``nms_iou`` (see :func:`filter_proposals`) and
             ``crf``: refine each kept proposal with :func:`refine_mask_with_crf` (needs pydensecrf); refined
             proposals carry ``"crf": true``, their score is kept, empty results are dropped.
+        components_dir: a saliency folder whose foreground's components join the kept masks
+            (:func:`saliency_components`; None: none do).
     """
     index = read_index(index_csv)
     names_by_id = index_names_by_id(index)
@@ -184,6 +228,8 @@ def run_proposals(
         name = names_by_id[image_id]
         kept, rejected = filter_proposals_explained(detections, read_saliency(saliency_dir, name),
                                                     min_salient_fraction, nms_iou, score, unsalient_weight)
+        if components_dir is not None:
+            kept += saliency_components(read_saliency(components_dir, name), image_id)
         if crf:
             image = read_image(image_paths[name])
             refined = []

@@ -16,15 +16,15 @@ UPSTREAM: dict[str, dict[str, str]] = {
     "masks": {"features": "features"},
     "saliency": {"features": "features"},
     "contrast": {"features": "features", "saliency": "saliency"},
-    "proposals": {"masks": "masks", "saliency": "saliency"},
+    "proposals": {"masks": "masks", "saliency": "saliency", "components": "saliency"},
     "instances": {"proposals": "proposals", "features": "features"},
     "pseudolabels": {"proposals": "proposals", "features": "features", "crops": "features"},
     "train": {"pseudolabels": "pseudolabels", "features": "features"},
     "evaluate": {"predictions": "train"},
 }
 # References a variant may leave out: a pseudolabels method that clusters crops (transfgu) labels no proposals, and
-# only such a method reads crops.
-OPTIONAL_UPSTREAM: dict[str, tuple[str, ...]] = {"pseudolabels": ("proposals", "crops")}
+# only such a method reads crops; a proposals variant adds saliency components only when it names their map.
+OPTIONAL_UPSTREAM: dict[str, tuple[str, ...]] = {"pseudolabels": ("proposals", "crops"), "proposals": ("components",)}
 # A reference to a features variant may name a contrast variant instead: its store of learned embeddings is read as
 # any features variant's is. A pseudolabels variant's proposals may be an instances variant's detections (its last
 # round's instances.json, MaskDistill's hand-off from Mask R-CNN to the semantic path).

@@ -3,6 +3,7 @@ rule proposals:
         index=PATHS["index"],
         masks=upstream("proposals", "masks", "masks"),
         saliency=upstream("proposals", "saliency", "saliency"),
+        components=upstream("proposals", "components", "saliency"),
     output:
         PATHS["proposals"],
         rejected=PATHS["proposals_rejected"],

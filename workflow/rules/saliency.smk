@@ -1,5 +1,6 @@
 rule saliency:
     input:
+        unpack(saliency_images),
         features=upstream("saliency", "features", "features"),
     output:
         directory(PATHS["saliency"]),

@@ -2,5 +2,6 @@ from unseg.jobs import stage_job
 from unseg.proposals import run_proposals
 
 with stage_job(snakemake) as job:
+    components = job.input.components or None  # [] when the variant names no components map
     run_proposals(job.input.masks, job.input.saliency, job.input.index, job.output[0], job.params.settings,
-                  out_rejected=job.output.rejected)
+                  out_rejected=job.output.rejected, components_dir=components)
