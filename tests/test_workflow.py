@@ -168,6 +168,13 @@ def test_rounds_without_pydensecrf_stop_before_any_job_naming_the_key(tmp_path):
     assert result.returncode != 0 and "train.linear.crf" in output and "pip install" in output, output[-2000:]
     config["train"]["linear"]["crf"] = False  # plain self-training needs no CRF
     assert snakemake(tmp_path, config, "-n", env={"PYTHONPATH": str(broken)}).returncode == 0
+    for stage, variant, setting in (("saliency", "bipart", {"refine": "crf"}), ("proposals", "default", {"crf": True})):
+        edited = json.loads(json.dumps(config))
+        edited[stage][variant].update(setting)
+        result = snakemake(tmp_path, edited, "-n", check=False, env={"PYTHONPATH": str(broken)})
+        output = result.stdout + result.stderr
+        key = f"{stage}.{variant}.{next(iter(setting))}"
+        assert result.returncode != 0 and key in output and "pip install" in output, output[-2000:]
 
 
 def planned_job_inputs(dry_run_output: str, rule: str) -> list[str]:
