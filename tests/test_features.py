@@ -313,3 +313,58 @@ def test_direct_writer_metadata_is_what_zarr_writes(tmp_path):
         assert json.loads((tmp_path / "z.zarr/x/zarr.json").read_text()) == zarr_array_metadata(shape)
         chunk = tmp_path / "z.zarr/x/c" / Path(*["0"] * len(shape))
         assert chunk.read_bytes() == data.astype("<f2").tobytes()
+
+
+def test_the_8_bit_writer_metadata_and_codes_are_what_zarr_writes_and_decodes(tmp_path):
+    import warnings
+
+    import zarr
+    from zarr.codecs import FixedScaleOffset
+
+    from unseg.features import quantize_uint8, zarr_array_metadata
+
+    data = (np.random.default_rng(0).normal(size=(3, 4, 5)) * 3).astype(np.float16)
+    codes, offset, scale = quantize_uint8(data)
+    assert codes.dtype == np.uint8 and codes.min() == 0 and codes.max() == 255
+    assert offset == float(data.min()) and scale == pytest.approx(255 / (float(data.max()) - float(data.min())))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        array = zarr.open_group(str(tmp_path / "z.zarr"), mode="w").create_array(
+            "x", shape=data.shape, chunks=data.shape, dtype="f2", compressors=None,
+            filters=[FixedScaleOffset(offset=offset, scale=scale, dtype="<f2", astype="|u1")])
+        array[...] = data
+        decoded = zarr.open_array(str(tmp_path / "z.zarr/x"))[...]
+    assert json.loads((tmp_path / "z.zarr/x/zarr.json").read_text()) == zarr_array_metadata(data.shape, (offset, scale))
+    # zarr's own encoding rounds in float16; ours in float64: the codes differ by at most one step
+    written = np.frombuffer((tmp_path / "z.zarr/x/c/0/0/0").read_bytes(), dtype=np.uint8).reshape(data.shape)
+    assert np.abs(written.astype(int) - codes.astype(int)).max() <= 1
+    step = (float(data.max()) - float(data.min())) / 255
+    assert np.abs(decoded.astype(np.float64) - data).max() <= step  # zarr's round trip, for reference
+    ours = codes / scale + offset
+    assert np.abs(ours - data.astype(np.float64)).max() <= step / 2 + 1e-9
+    assert quantize_uint8(np.full((2, 2), 3.0))[1:] == (3.0, 1.0)  # a constant array
+
+
+def test_an_8_bit_store_is_half_the_bytes_and_reads_within_half_a_step(tmp_path):
+    paths = write_images(tmp_path, [(40, 40), (40, 60)])
+    kwargs = dict(backbone="dino_vits16", weights="random", resolution=32, facets=["keys", "cls", "attn"],
+                  progress=False)
+    extract_features(paths, ["a", "b"], [1, 2], tmp_path / "f16.zarr", **kwargs)
+    extract_features(paths, ["a", "b"], [1, 2], tmp_path / "u8.zarr", quantize="uint8", **kwargs)
+    full, small = FeatureStore(tmp_path / "f16.zarr"), FeatureStore(tmp_path / "u8.zarr")
+    assert small.attrs["quantize"] == "uint8" and "quantize" not in full.attrs
+    for name in ("a", "b"):
+        for facet in ("keys", "cls", "attn"):
+            reference, read = full.facet(name, facet), small.facet(name, facet)
+            step = (reference.max() - reference.min()) / 255
+            # half a step of the code, plus float16's own rounding of the decoded value
+            assert np.abs(read - reference).max() <= step / 2 + np.abs(reference).max() * 2 ** -10, (name, facet)
+
+    def chunk_bytes(store):  # every chunk file (under a c/ folder), metadata left out
+        return sum(path.stat().st_size for path in Path(store).rglob("*")
+                   if path.is_file() and "c" in path.relative_to(store).parts)
+
+    values = sum(full.facet(name, facet).size for name in ("a", "b") for facet in ("keys", "cls", "attn"))
+    assert chunk_bytes(tmp_path / "u8.zarr") == values and chunk_bytes(tmp_path / "f16.zarr") == 2 * values
+    with pytest.raises(ValueError, match="quantize 'int4'"):
+        extract_features(paths, ["a", "b"], [1, 2], tmp_path / "x.zarr", quantize="int4", **kwargs)

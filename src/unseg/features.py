@@ -39,7 +39,10 @@ BASE_FACETS = GRID_FACETS + ("cls", "attn")
 FACET_PATTERN = re.compile(r"^(keys|queries|values|tokens|cls|attn)(?:@(-?[0-9]+))?$")
 # Attributes that must agree between the shards of one store.
 SHARED_ATTRS = ("backbone", "timm_name", "weights", "weights_digest", "resolution", "layout", "patch_size",
-                "embed_dim", "num_heads", "num_blocks", "facets")
+                "embed_dim", "num_heads", "num_blocks", "facets", "quantize")
+# How a store may keep its arrays: float16 (None), or 8 bits per value with each array's own offset and scale
+# (zarr's numcodecs.fixedscaleoffset codec, so any zarr reader decodes them back to float16).
+QUANTIZE = (None, "uint8")
 
 
 def normalize_batch(
@@ -245,15 +248,34 @@ def shard_plan(
     return plan
 
 
-def zarr_array_metadata(shape: Sequence[int]) -> dict:
-    """zarr v3 metadata of an uncompressed float16 array stored as one chunk (what ``zarr.create_array`` writes)."""
+def quantize_uint8(array: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """8-bit codes of one array over its own range: (codes uint8 of ``array``'s shape, offset, scale), decoded as
+    ``codes / scale + offset`` (numcodecs' FixedScaleOffset), so every value is within half a step,
+    (max − min) / 510, of the original. A constant array gets scale 1."""
+    values = np.asarray(array, dtype=np.float64)
+    offset = float(values.min()) if values.size else 0.0
+    spread = float(values.max()) - offset if values.size else 0.0
+    scale = 255.0 / spread if spread > 0 else 1.0
+    codes = np.clip(np.round((values - offset) * scale), 0, 255).astype(np.uint8)
+    return codes, offset, scale
+
+
+def zarr_array_metadata(shape: Sequence[int], offset_scale: tuple[float, float] | None = None) -> dict:
+    """zarr v3 metadata of an uncompressed float16 array stored as one chunk (what ``zarr.create_array`` writes);
+    with ``offset_scale``, stored as 8-bit codes through the ``numcodecs.fixedscaleoffset`` codec (what
+    ``zarr.create_array(..., filters=[FixedScaleOffset(offset, scale, dtype="<f2", astype="|u1")])`` writes)."""
+    codecs = [{"name": "bytes", "configuration": {"endian": "little"}}]
+    if offset_scale is not None:
+        codecs.insert(0, {"name": "numcodecs.fixedscaleoffset",
+                          "configuration": {"offset": offset_scale[0], "scale": offset_scale[1], "dtype": "<f2",
+                                            "astype": "|u1"}})
     return {
         "shape": list(shape),
         "data_type": "float16",
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(shape)}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
         "fill_value": 0.0,
-        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+        "codecs": codecs,
         "attributes": {},
         "zarr_format": 3,
         "node_type": "array",
@@ -261,8 +283,9 @@ def zarr_array_metadata(shape: Sequence[int]) -> dict:
     }
 
 
-def _write_image(folder: Path, item: _ImageItem, arrays: dict[str, np.ndarray]) -> None:
-    """One image's group as plain zarr v3 files: group metadata, and per facet its metadata and single chunk.
+def _write_image(folder: Path, item: _ImageItem, arrays: dict[str, np.ndarray], quantize: str | None = None) -> None:
+    """One image's group as plain zarr v3 files: group metadata, and per facet its metadata and single chunk
+    (float16, or with ``quantize="uint8"`` 8-bit codes over the array's own range, :func:`quantize_uint8`).
 
     Written directly rather than through zarr's API, whose per-node overhead (~5 ms) would make the writer, not
     the model, the bottleneck on a GPU; :func:`zarr_array_metadata` is tested against what zarr itself writes.
@@ -280,8 +303,13 @@ def _write_image(folder: Path, item: _ImageItem, arrays: dict[str, np.ndarray]) 
     for facet, array in arrays.items():
         chunk = group / facet / "c" / Path(*["0"] * array.ndim)
         chunk.parent.mkdir(parents=True)
-        (group / facet / "zarr.json").write_text(json.dumps(zarr_array_metadata(array.shape)))
-        chunk.write_bytes(np.ascontiguousarray(array, dtype="<f2").tobytes())
+        if quantize == "uint8":
+            codes, offset, scale = quantize_uint8(array)
+            (group / facet / "zarr.json").write_text(json.dumps(zarr_array_metadata(array.shape, (offset, scale))))
+            chunk.write_bytes(np.ascontiguousarray(codes).tobytes())
+        else:
+            (group / facet / "zarr.json").write_text(json.dumps(zarr_array_metadata(array.shape)))
+            chunk.write_bytes(np.ascontiguousarray(array, dtype="<f2").tobytes())
     # The group's metadata last: an image directory without it is one a killed writer did not finish.
     (group / "zarr.json").write_text(json.dumps({"attributes": attributes, "zarr_format": 3, "node_type": "group"}))
 
@@ -293,8 +321,9 @@ class _Writer:
     batch's event before touching the host buffers.
     """
 
-    def __init__(self, folder: Path, threads: int, max_pending: int):
+    def __init__(self, folder: Path, threads: int, max_pending: int, quantize: str | None = None):
         self.folder = folder
+        self.quantize = quantize
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="feature-writer")
         self.pending: list[Future] = []  # touched by the calling thread only
         self.slots = threading.BoundedSemaphore(max(1, max_pending))
@@ -313,7 +342,8 @@ class _Writer:
                 event.synchronize()
             arrays = {facet: tensor.numpy() for facet, tensor in host.items()}
             for row, item in enumerate(items):
-                _write_image(self.folder, item, {facet: array[row] for facet, array in arrays.items()})
+                _write_image(self.folder, item, {facet: array[row] for facet, array in arrays.items()},
+                             self.quantize)
         finally:
             self.slots.release()
 
@@ -365,13 +395,15 @@ def extract_features(
     image_sizes: Sequence[tuple[int, int]] | None = None,
     threads: int | None = None,
     image_digests: Sequence[str] | None = None,
+    quantize: str | None = None,
 ) -> Path:
     """Extract ViT facets for a list of images into a new zarr v3 store (written atomically).
 
     DataLoader workers decode, resize and crop the images in parallel; images of the same input size are
     batched together; on a GPU batches travel through pinned memory, the forward runs under bf16 autocast and
     writer threads store the previous batch while the next one computes. The CPU runs the same code in float32.
-    Arrays are stored as float16.
+    Arrays are stored as float16, or with ``quantize="uint8"`` as 8-bit codes over each array's own range (half
+    the bytes; :func:`quantize_uint8`), which zarr decodes back to float16 on reading.
 
     Args:
         image_paths, image_names, image_ids: parallel lists; names become the store's group names.
@@ -396,6 +428,8 @@ def extract_features(
     facets = tuple(facets)
     for facet in facets:
         parse_facet(facet)
+    if quantize not in QUANTIZE:
+        raise ValueError(f"quantize {quantize!r}: one of {list(QUANTIZE)}")
     if len(set(facets)) != len(facets):
         raise ValueError(f"facets {list(facets)} name one facet twice")
     if layout not in LAYOUTS:
@@ -441,6 +475,8 @@ def extract_features(
         complete=False,
         unseg_version=__version__,
     )
+    if quantize is not None:  # float16 stores keep the attributes (and resume keys) they always had
+        attributes["quantize"] = quantize
     if shard is not None:
         attributes["shard"] = {"index": shard[0], "count": shard[1]}
     attributes["resume_key"] = _resume_key(attributes, items, image_digests)
@@ -479,7 +515,7 @@ def extract_features(
         )
         mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
         std = torch.tensor(spec.std, dtype=torch.float32, device=device)
-        writer = _Writer(Path(tmp), writers, max_pending=2 * max(1, writers))
+        writer = _Writer(Path(tmp), writers, max_pending=2 * max(1, writers), quantize=quantize)
         bar = tqdm(total=len(items), initial=finished, desc=f"features {backbone}", unit="img", disable=not progress)
         try:
             for batch_positions, pixels in loader:
@@ -643,4 +679,5 @@ def run_features(
         writers=settings["writers"], device=settings.get("device"),
         shard=None if shard is None else (int(shard), int(settings["shards"])),
         image_sizes=list(zip(index.height, index.width)), threads=threads, image_digests=index.sha256.tolist(),
+        quantize=settings.get("quantize"),
     )

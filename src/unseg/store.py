@@ -15,7 +15,9 @@ Store layout (``features/{variant}.zarr``)::
                            attrs: image_id, original_size [H0, W0], resized_size [Hs, Ws],
                                   crop_box [top, left, Hc, Wc], grid_size [h, w]
 
-Each image's arrays are single chunks, so reading one image touches only that image's files. A store whose
+Each image's arrays are single chunks, so reading one image touches only that image's files. A store extracted
+with ``quantize: uint8`` keeps each array as 8-bit codes over its own range (root attribute ``quantize``), which zarr
+decodes back to float16. A store whose
 ``complete`` attribute is false (an interrupted extraction, a shard not yet joined) is refused.
 """
 
@@ -77,7 +79,9 @@ class FeatureStore:
             group = self.root[name]
         except KeyError:
             raise KeyError(f"image {name!r} is not in feature store {str(self.path)!r}") from None
-        return np.asarray(group[facet][...], dtype=np.float32)
+        with warnings.catch_warnings():  # an 8-bit store's numcodecs codec: zarr warns it is outside the v3 spec
+            warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3 specification")
+            return np.asarray(group[facet][...], dtype=np.float32)
 
     def geometry(self, name: str) -> ResizeGeometry:
         """The image's resize/crop geometry (cached: reading zarr attributes costs ~0.4 ms, and the masks stage
