@@ -373,6 +373,17 @@ def top_half(batch, *, rows):
         mask[: max(1, round(rows * grid.shape[0]))] = True
         masks.append([GridMask(mask, k=42, cluster=0, component=0, coherence=rows)])
     return masks
+
+
+@register("saliency", "lab_top_rows", schema={"rows": {"type": "number", "default": 0.5}})
+def top_rows(batch, *, rows):
+    """A lab's own saliency method: the top `rows` fraction of every token grid is foreground."""
+    maps = []
+    for grid in batch.grids:
+        soft = np.zeros(grid.shape[:2], dtype=np.float32)
+        soft[: max(1, round(rows * grid.shape[0]))] = 1.0
+        maps.append(soft)
+    return maps
 '''
 
 
@@ -383,7 +394,12 @@ def test_a_plugin_module_adds_a_method_without_forking(tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["plugins"] = ["lab_methods.py"]
     config["masks"]["top"] = {"method": "lab_top_half", "features": "vits16", "rows": 0.25}
-    snakemake(tmp_path, config, "results/tiny/masks/top/masks.json")
+    # a saliency method of the module, through the proposals: the top masks are all salient, the rest of the image not
+    config["saliency"]["top"] = {"method": "lab_top_rows", "features": "vits16", "rows": 0.5}
+    config["proposals"]["top"] = {"masks": "top", "saliency": "top"}
+    snakemake(tmp_path, config, "results/tiny/masks/top/masks.json", "results/tiny/proposals/top/proposals.json")
+    proposals = json.loads((tmp_path / "results/tiny/proposals/top/proposals.json").read_text())
+    assert len(proposals) == 8 and {p["salient_fraction"] for p in proposals} == {1.0}
     masks = json.loads((tmp_path / "results/tiny/masks/top/masks.json").read_text())
     assert len(masks) == 8 and {m["k"] for m in masks} == {42} and {m["score"] for m in masks} == {0.25}
     from unseg.io import decode_rle
