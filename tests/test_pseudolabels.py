@@ -1,5 +1,7 @@
 """The pseudolabels stage: mask features, k-means labels, painting, registered methods and the runner."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -55,7 +57,14 @@ def one_class_per_image(inputs, *, label):
     return PseudoLabels(maps, detections, {"num_proposals": len(inputs.proposals)})
 
 
-def test_a_method_registered_outside_the_project_runs_from_a_config_alone(tiny_store, tmp_path):
+def test_a_method_registered_outside_the_project_runs_from_a_config_alone(tiny_store, tmp_path, monkeypatch):
+    import unseg.io
+
+    # The label PNGs go into the folder's own temporary: no per-file temporary, whose leftover scan lists the
+    # folder once per image (quadratic: 10k images took 20x as long per image as 1k, benchmarks/bench_scale.py).
+    scanned = []
+    real_scan = unseg.io.stale_temporaries
+    monkeypatch.setattr(unseg.io, "stale_temporaries", lambda path: scanned.append(Path(path)) or real_scan(path))
     store_path, _ = tiny_store
     store = FeatureStore(store_path)
     names_by_id = {store.image_id(name): name for name in store.names}
@@ -72,6 +81,7 @@ def test_a_method_registered_outside_the_project_runs_from_a_config_alone(tiny_s
     np.testing.assert_array_equal(first, np.where(square, 2, 0))
     assert not read_label_png(tmp_path / "labels" / f"{names_by_id[2]}.png").any()
     assert read_json(tmp_path / "labels" / "pseudolabels.json")[0]["category_id"] == 2
+    assert tmp_path / "labels" in scanned and not [path for path in scanned if path.suffix == ".png"]
 
 
 def test_torch_kmeans_matches_faiss_on_the_same_points():

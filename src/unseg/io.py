@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import shutil
@@ -112,8 +113,15 @@ def voc_palette(num_colors: int = 256) -> np.ndarray:
     return palette
 
 
-def write_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
-    """Write an (H, W) uint8 label map as a palette PNG (VOC colours; 255 = ignore), atomically."""
+@functools.lru_cache(maxsize=1)
+def _palette_list() -> list[int]:
+    return voc_palette().reshape(-1).tolist()
+
+
+def write_label_png(path: str | os.PathLike, labels: np.ndarray, atomic: bool = True) -> None:
+    """Write an (H, W) uint8 label map as a palette PNG (VOC colours; 255 = ignore), atomically; ``atomic=False``
+    for a file inside a folder that is itself written atomically (:func:`atomic_output`), where a per-file
+    temporary would only cost a listing of the folder per file (quadratic in the number of images)."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"label map for {str(path)!r} must be 2-D, got shape {labels.shape}")
@@ -122,7 +130,10 @@ def write_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
             raise ValueError(f"labels for {str(path)!r} must lie in 0..255")
         labels = labels.astype(np.uint8)
     image = Image.fromarray(labels, mode="P")
-    image.putpalette(voc_palette().reshape(-1).tolist())
+    image.putpalette(_palette_list())
+    if not atomic:
+        image.save(path, format="PNG")
+        return
     with atomic_output(path) as tmp:
         image.save(tmp, format="PNG")
 

@@ -97,7 +97,7 @@ def predict(
         tmp.mkdir(parents=True)
         for name in tqdm(list(image_paths), desc="predict", unit="img", disable=not progress):
             probabilities = image_probabilities(model, config, store, name, device, image_paths[name])
-            write_label_png(tmp / f"{name}.png", probabilities.argmax(0).astype(np.uint8))
+            write_label_png(tmp / f"{name}.png", probabilities.argmax(0).astype(np.uint8), atomic=False)
             min_area = max(1, int(min_instance_area_fraction * probabilities.shape[1] * probabilities.shape[2]))
             for mask, class_index, score in instances_from_probabilities(probabilities, min_area):
                 detections.append({"image_id": store.image_id(name), "category_id": class_index,
@@ -139,12 +139,12 @@ def refine_labels(
             probabilities = image_probabilities(model, config, store, name, device, image_paths[name])
             labels = probabilities.argmax(0)
             if crf:
-                write_label_png(tmp / PREDICTION_FOLDER / f"{name}.png", labels.astype(np.uint8))
+                write_label_png(tmp / PREDICTION_FOLDER / f"{name}.png", labels.astype(np.uint8), atomic=False)
                 refined = dense_crf(read_image(image_paths[name]), probabilities, crf_params).argmax(0)
                 changed += int((refined != labels).sum())
                 labels = refined
             total += labels.size
-            write_label_png(tmp / f"{name}.png", labels.astype(np.uint8))
+            write_label_png(tmp / f"{name}.png", labels.astype(np.uint8), atomic=False)
     return {"num_images": len(image_paths), "changed_by_crf": changed / max(total, 1)}
 
 
@@ -199,9 +199,9 @@ def bootstrap_labels(
             total += int((~ignored).sum())
             labels = grid_to_image(scores.nan_to_num(0.0).numpy(), geometry).argmax(0).astype(np.uint8)
             labels[grid_to_image(ignored.float().numpy(), geometry) > 0.5] = IGNORE_LABEL
-            write_label_png(tmp / f"{name}.png", labels)
+            write_label_png(tmp / f"{name}.png", labels, atomic=False)
             write_label_png(tmp / PREDICTION_FOLDER / f"{name}.png",
-                            grid_to_image(logits.numpy(), geometry).argmax(0).astype(np.uint8))
+                            grid_to_image(logits.numpy(), geometry).argmax(0).astype(np.uint8), atomic=False)
         write_json(tmp / TEACHER_FILE, {"method": config["method"], "model_digest": file_digest(teacher_path),
                                         "rule": "TransFGU Eq. 12: 0.5 * (M + softmax(teacher))"})
     return {"num_images": len(image_paths), "changed_by_teacher": changed / max(total, 1)}

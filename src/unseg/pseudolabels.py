@@ -462,7 +462,7 @@ def run_pseudolabels(
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
         for name in sorted(painted):
-            write_label_png(tmp / f"{name}.png", result.label_maps[name])
+            write_label_png(tmp / f"{name}.png", result.label_maps[name], atomic=False)
         write_json(tmp / "pseudolabels.json", result.detections, indent=None)
         write_json(tmp / "summary.json", result.summary)
         if result.soft_maps is not None:
