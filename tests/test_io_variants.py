@@ -108,3 +108,58 @@ def test_a_folders_digest_ignores_its_own_sidecar_but_not_its_content(tmp_path):
     assert input_digest(tmp_path) == before
     (tmp_path / "a.png").write_bytes(b"123456")
     assert input_digest(tmp_path) != before
+
+
+def validated(config: dict) -> dict:
+    import copy
+    from pathlib import Path
+
+    from unseg.config import load_methods, validate_config
+
+    load_methods()
+    return validate_config(copy.deepcopy(config), Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml")
+
+
+def test_facets_consumers_stores_exactly_what_the_variants_read():
+    config = validated({**CONFIG, "features": {"f": {"backbone": "dino_vits16", "weights": "random",
+                                                     "facets": "consumers"}}})
+    check_variants(config)
+    # masks and saliency read keys (their default facet); pseudolabels, train: tokens; evaluate has no k-means
+    assert config["features"]["f"]["facets"] == ["keys", "tokens"]
+
+    config = validated({**CONFIG, "features": {"f": {"backbone": "dino_vits16", "weights": "random",
+                                                     "facets": "consumers"}},
+                        "masks": {"m": {"features": "f", "facet": "values@-2"}},
+                        "instances": {"i": {"proposals": "p", "features": "f", "rescore_facet": "queries"}},
+                        "evaluate": {"e": {"predictions": "t", "facet": "values", "kmeans": {}}}})
+    check_variants(config)
+    assert config["features"]["f"]["facets"] == ["keys", "queries", "tokens", "values", "values@-2"]
+
+    # TransFGU's object mode reads the attention prior of `features` and no facet; the crop store is not checked
+    transfgu = validated({
+        **CONFIG,
+        "features": {"f": {"backbone": "dino_vits16", "weights": "random", "facets": "consumers"},
+                     "c": {"backbone": "dino_vits16", "weights": "random", "crops": {}}},
+        "pseudolabels": {"k": {"method": "transfgu", "features": "f", "crops": "c", "clusters": 2}},
+        "train": {"t": {"pseudolabels": "k", "features": "f", "facet": "keys"}},
+    })
+    check_variants(transfgu)
+    assert transfgu["features"]["f"]["facets"] == ["attn", "keys"]
+
+
+def test_a_variant_reading_a_facet_its_store_lacks_is_a_config_error():
+    config = validated({**CONFIG, "features": {"f": {"backbone": "dino_vits16", "weights": "random",
+                                                     "facets": ["keys"]}}})
+    with pytest.raises(VariantError, match=r"train\.t\.facet: reads facet 'tokens' of features\.f, which "
+                                           r"stores \['keys'\]; add it to features\.f\.facets"):
+        check_variants(config)
+    nobody = validated({**CONFIG, "features": {"f": {"backbone": "dino_vits16", "weights": "random"},
+                                               "unused": {"backbone": "dino_vits16", "weights": "random",
+                                                          "facets": "consumers"}}})
+    with pytest.raises(VariantError, match=r"features\.unused\.facets: consumers, but no variant reads this store"):
+        check_variants(nobody)
+    # a facet outside the enum of names is a schema error, naming the key
+    from unseg.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"features\.f\.facets"):
+        validated({**CONFIG, "features": {"f": {"backbone": "dino_vits16", "weights": "random", "facets": "all"}}})

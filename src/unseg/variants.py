@@ -124,6 +124,65 @@ def check_variants(config: dict) -> None:
                         f"{stage}.{variant}.{key}: no {what} variant named {settings[key]!r} (known: {known})"
                     )
     check_comparisons(config)
+    resolve_facets(config)
+
+
+def facet_readers(config: dict) -> dict[str, dict[str, list[str]]]:
+    """What every feature store is read for: features variant → facet → the config keys of the variants reading it
+    (``"masks.default.facet"``). A variant reads its ``facet`` from the store its ``features`` names; an instances
+    variant rescoring by coherence also its ``rescore_facet``; TransFGU's object mode the ``attn`` foreground prior
+    and no ``facet``; contrast learns on ``tokens``; an evaluate variant with k-means, a probe or retrieval reads its
+    ``facet`` of its predictions' store. Stores named by a contrast variant (embeddings) and the crop stores a
+    pseudolabels ``crops`` key names are not feature stores of this kind and are left out."""
+    readers: dict[str, dict[str, list[str]]] = {}
+
+    def read(features_variant: str | None, facet: str, key: str) -> None:
+        if features_variant in (config.get("features") or {}):
+            readers.setdefault(features_variant, {}).setdefault(facet, []).append(key)
+
+    for stage in ("masks", "saliency", "train", "instances"):
+        for variant, settings in (config.get(stage) or {}).items():
+            read(settings.get("features"), settings.get("facet", "keys"), f"{stage}.{variant}.facet")
+            if stage == "instances" and settings.get("rescore") == "coherence":
+                read(settings.get("features"), settings.get("rescore_facet", "keys"),
+                     f"instances.{variant}.rescore_facet")
+    for variant, settings in (config.get("pseudolabels") or {}).items():
+        if settings.get("method") == "transfgu":
+            if settings.get("mode", "object") == "object":
+                read(settings.get("features"), "attn", f"pseudolabels.{variant}.mode")
+        else:
+            read(settings.get("features"), settings.get("facet", "tokens"), f"pseudolabels.{variant}.facet")
+    for variant, settings in (config.get("contrast") or {}).items():
+        read(settings.get("features"), "tokens", f"contrast.{variant}.features")
+    for variant, settings in (config.get("evaluate") or {}).items():
+        if any(settings.get(key) for key in ("kmeans", "linear_probe", "retrieval")):
+            train = (config.get("train") or {}).get(settings.get("predictions"), {})
+            read(train.get("features"), settings.get("facet", "tokens"), f"evaluate.{variant}.facet")
+    return readers
+
+
+CONSUMER_FACETS = "consumers"
+
+
+def resolve_facets(config: dict) -> None:
+    """Give every features variant with ``facets: consumers`` the facets its readers read (in place, so the rule's
+    params, the store and its resume key carry the list), then check that every facet a variant reads is one its
+    store keeps. Raises VariantError naming the config key."""
+    readers = facet_readers(config)
+    for variant, settings in (config.get("features") or {}).items():
+        if settings.get("crops") is not None:
+            continue
+        read = readers.get(variant, {})
+        if settings.get("facets") == CONSUMER_FACETS:
+            if not read:
+                raise VariantError(f"features.{variant}.facets: {CONSUMER_FACETS}, but no variant reads this store; "
+                                   "list the facets to store")
+            settings["facets"] = sorted(read)
+        for facet, keys in read.items():
+            if "facets" in settings and facet not in settings["facets"]:
+                raise VariantError(f"{keys[0]}: reads facet {facet!r} of features.{variant}, which stores "
+                                   f"{settings['facets']}; add it to features.{variant}.facets (or set facets: "
+                                   f"{CONSUMER_FACETS})")
 
 
 # The config section whose variants a side-by-side audit page (audit.compare) of each stage compares.
