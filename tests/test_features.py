@@ -345,6 +345,58 @@ def test_the_8_bit_writer_metadata_and_codes_are_what_zarr_writes_and_decodes(tm
     assert quantize_uint8(np.full((2, 2), 3.0))[1:] == (3.0, 1.0)  # a constant array
 
 
+def test_the_zstd_writer_metadata_and_chunks_are_what_zarr_writes_and_decodes(tmp_path):
+    import warnings
+
+    import zarr
+    from zarr.codecs import FixedScaleOffset, ZstdCodec
+
+    from unseg.features import _compressor, quantize_uint8, zarr_array_metadata
+
+    data = (np.random.default_rng(0).normal(size=(6, 4, 5)) * 3).astype(np.float16)
+    codes, offset, scale = quantize_uint8(data)
+    for name, offset_scale, payload in (("f16", None, data.astype("<f2").tobytes()),
+                                        ("u8", (offset, scale), codes.tobytes())):
+        with warnings.catch_warnings():  # zarr warns that numcodecs codecs are outside the v3 spec
+            warnings.simplefilter("ignore")
+            filters = None if offset_scale is None else [FixedScaleOffset(offset=offset, scale=scale, dtype="<f2",
+                                                                          astype="|u1")]
+            zarr.open_group(str(tmp_path / "z.zarr"), mode="a").create_array(
+                name, shape=data.shape, chunks=data.shape, dtype="f2", compressors=[ZstdCodec(level=1)],
+                filters=filters)
+        metadata = zarr_array_metadata(data.shape, offset_scale, "zstd")
+        assert json.loads((tmp_path / f"z.zarr/{name}/zarr.json").read_text()) == metadata
+        # our chunk, under zarr's own metadata: zarr decodes it to the data (8 bits: within half a step)
+        (tmp_path / f"z.zarr/{name}/c/0/0/0").parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"z.zarr/{name}/c/0/0/0").write_bytes(_compressor("zstd").encode(payload))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            decoded = zarr.open_array(str(tmp_path / f"z.zarr/{name}"))[...]
+        tolerance = 0 if offset_scale is None else (float(data.max()) - float(data.min())) / 510 + 0.01
+        assert np.abs(decoded.astype(np.float64) - data).max() <= tolerance, name
+
+
+def test_a_zstd_store_reads_back_what_the_uncompressed_one_holds_in_fewer_bytes(tmp_path):
+    paths = write_images(tmp_path, [(40, 40), (40, 60)])
+    kwargs = dict(backbone="dino_vits16", weights="random", resolution=32, facets=["keys", "attn"], progress=False)
+    extract_features(paths, ["a", "b"], [1, 2], tmp_path / "u8.zarr", quantize="uint8", **kwargs)
+    extract_features(paths, ["a", "b"], [1, 2], tmp_path / "u8z.zarr", quantize="uint8", compress="zstd", **kwargs)
+    plain, packed = FeatureStore(tmp_path / "u8.zarr"), FeatureStore(tmp_path / "u8z.zarr")
+    assert packed.attrs["compress"] == "zstd" and "compress" not in plain.attrs
+    assert packed.attrs["resume_key"] != plain.attrs["resume_key"]
+    for name in ("a", "b"):
+        for facet in ("keys", "attn"):
+            np.testing.assert_array_equal(packed.facet(name, facet), plain.facet(name, facet))
+
+    def chunk_bytes(store):
+        return sum(path.stat().st_size for path in Path(store).rglob("*")
+                   if path.is_file() and "c" in path.relative_to(store).parts)
+
+    assert chunk_bytes(tmp_path / "u8z.zarr") < chunk_bytes(tmp_path / "u8.zarr")
+    with pytest.raises(ValueError, match="compress 'lz4'"):
+        extract_features(paths, ["a", "b"], [1, 2], tmp_path / "x.zarr", compress="lz4", **kwargs)
+
+
 def test_an_8_bit_store_is_half_the_bytes_and_reads_within_half_a_step(tmp_path):
     paths = write_images(tmp_path, [(40, 40), (40, 60)])
     kwargs = dict(backbone="dino_vits16", weights="random", resolution=32, facets=["keys", "cls", "attn"],
