@@ -1,0 +1,142 @@
+"""Flat memory and constant per-image cost: the index, features, masks, saliency, proposals and pseudo-labels stages
+on generated synthetic datasets of growing size (small images, a random ViT, the CPU), each stage a library call in
+a fresh process, as a workflow job is.
+
+Prints, per dataset size and stage: images/s, bytes per image of the stage's artifact on disk and the process's
+peak resident memory; then each stage's per-image time and peak RSS at the largest size relative to the smallest
+(the goal: both within 20 %, i.e. ratios <= 1.2).
+
+Usage (from the project root)::
+
+    .venv/bin/python benchmarks/bench_scale.py --sizes 1000,3000,10000
+    .venv/bin/python benchmarks/bench_scale.py --sizes 100,300 --out /tmp/scale-small   # a quick look
+
+Each size gets its own dataset and results under --out (default /tmp/unseg-scale); datasets are kept between
+runs (generation is deterministic), results are recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+STAGES = ("index", "features", "masks", "saliency", "proposals", "pseudolabels")
+
+
+def variant(stage: str, **given) -> dict:
+    from unseg.config import load_methods, variant_settings
+
+    load_methods()
+    return variant_settings(stage, given, SCHEMA)
+
+
+def run_stage(stage: str, root: Path, results: Path, resolution: int) -> dict:
+    """One stage, in this process (the child): its artifact under ``results`` and how long it took."""
+    import unseg.features  # noqa: F401  (imports and method registration are start-up, not per-image cost)
+    import unseg.masks  # noqa: F401
+    import unseg.pseudolabels  # noqa: F401
+    import unseg.saliency  # noqa: F401
+
+    index_csv = results / "index" / "images.csv"
+    store = results / "features.zarr"
+    start = time.perf_counter()
+    if stage == "index":
+        from unseg.config import validate_config
+        from unseg.index import run_index
+
+        config = validate_config({"dataset": {"name": "scale", "root": str(root)}}, SCHEMA)
+        (results / "index").mkdir(parents=True, exist_ok=True)
+        run_index(root, index_csv, results / "index" / "skipped.csv", config["dataset"],
+                  resized_dir=results / "index" / "resized")
+        artifact = results / "index"
+    elif stage == "features":
+        from unseg.features import run_features
+
+        settings = variant("features", backbone="dino_vits16", weights="random", resolution=resolution,
+                           facets=["keys", "tokens"], batch_size=32)
+        run_features(index_csv, store, settings, threads=2)
+        artifact = store
+    elif stage == "masks":
+        from unseg.masks import run_masks
+
+        run_masks(store, results / "masks.json", variant("masks", features="f", k=[2, 3]), progress=False)
+        artifact = results / "masks.json"
+    elif stage == "saliency":
+        from unseg.saliency import run_saliency
+
+        run_saliency(store, results / "saliency", variant("saliency", features="f"), progress=False)
+        artifact = results / "saliency"
+    elif stage == "proposals":
+        from unseg.proposals import run_proposals
+
+        run_proposals(results / "masks.json", results / "saliency", index_csv, results / "proposals.json",
+                      variant("proposals", masks="m", saliency="s"), progress=False,
+                      out_rejected=results / "rejected.json")
+        artifact = results / "proposals.json"
+    elif stage == "pseudolabels":
+        from unseg.index import names_by_id, read_index
+        from unseg.pseudolabels import run_pseudolabels
+
+        run_pseudolabels(results / "proposals.json", store, results / "saliency",
+                         names_by_id(read_index(index_csv)), results / "pseudolabels",
+                         variant("pseudolabels", proposals="p", features="f", clusters=3), progress=False)
+        artifact = results / "pseudolabels"
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+    seconds = time.perf_counter() - start
+    files = [artifact] if artifact.is_file() else [path for path in artifact.rglob("*") if path.is_file()]
+    return {"seconds": seconds, "bytes": sum(path.stat().st_size for path in files),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,3000,10000", help="dataset sizes, comma-separated")
+    parser.add_argument("--image-size", type=int, default=64, help="side of the generated square images (px)")
+    parser.add_argument("--resolution", type=int, default=64, help="the ViT's input short side (px)")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/unseg-scale"))
+    parser.add_argument("--child", nargs=3, metavar=("STAGE", "ROOT", "RESULTS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:  # one stage in a fresh process: its numbers as JSON on the last line
+        stage, root, results = args.child
+        print(json.dumps(run_stage(stage, Path(root), Path(results), args.resolution)))
+        return
+
+    from unseg.synthetic import generate_synthetic_dataset
+
+    sizes = [int(size) for size in args.sizes.split(",")]
+    rows: dict[tuple[int, str], dict] = {}
+    print("| images | stage | images/s | bytes / image | peak RSS (MB) |\n|---|---|---|---|---|", flush=True)
+    for size in sizes:
+        root = args.out / f"data-{size}"
+        if not (root / "annotations" / "instances.json").is_file():
+            generate_synthetic_dataset(root, num_images=size, image_size=args.image_size)
+        results = args.out / f"results-{size}"
+        subprocess.run(["rm", "-rf", str(results)], check=True)
+        results.mkdir(parents=True)
+        for stage in STAGES:
+            done = subprocess.run([sys.executable, __file__, "--resolution", str(args.resolution), "--child", stage,
+                                   str(root), str(results)], capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"stage {stage} at {size} images failed:\n{done.stderr[-3000:]}")
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            rows[size, stage] = row
+            print(f"| {size} | {stage} | {size / row['seconds']:.1f} | {row['bytes'] / size:,.0f} | "
+                  f"{row['peak_rss_mb']:.0f} |", flush=True)
+    small, large = sizes[0], sizes[-1]
+    print(f"\n{large} images against {small}: per-image time and peak RSS ratios (goal <= 1.2)\n")
+    print("| stage | per-image time | peak RSS |\n|---|---|---|")
+    for stage in STAGES:
+        time_ratio = (rows[large, stage]["seconds"] / large) / (rows[small, stage]["seconds"] / small)
+        rss_ratio = rows[large, stage]["peak_rss_mb"] / rows[small, stage]["peak_rss_mb"]
+        print(f"| {stage} | {time_ratio:.2f} | {rss_ratio:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
