@@ -397,7 +397,11 @@ def test_a_plugin_module_adds_a_method_without_forking(tmp_path):
     # a saliency method of the module, through the proposals: the top masks are all salient, the rest of the image not
     config["saliency"]["top"] = {"method": "lab_top_rows", "features": "vits16", "rows": 0.5}
     config["proposals"]["top"] = {"masks": "top", "saliency": "top"}
+    # the store keeps only what the config's variants read: keys (masks, saliency), tokens (pseudolabels, train)
+    config["features"]["vits16"]["facets"] = "consumers"
     snakemake(tmp_path, config, "results/tiny/masks/top/masks.json", "results/tiny/proposals/top/proposals.json")
+    store = json.loads((tmp_path / "results/tiny/features/vits16.zarr/zarr.json").read_text())
+    assert store["attributes"]["facets"] == ["keys", "tokens"]
     proposals = json.loads((tmp_path / "results/tiny/proposals/top/proposals.json").read_text())
     assert len(proposals) == 8 and {p["salient_fraction"] for p in proposals} == {1.0}
     masks = json.loads((tmp_path / "results/tiny/masks/top/masks.json").read_text())
@@ -413,6 +417,13 @@ def test_a_plugin_module_adds_a_method_without_forking(tmp_path):
     result = snakemake(tmp_path, config, "-n", check=False)
     assert result.returncode != 0
     assert "masks.top.rows: 2 is greater than the maximum of 1" in result.stdout + result.stderr
+    # a facet the store does not keep: a config error naming the reader's key, before any job
+    config["masks"]["top"] = {"method": "lab_top_half", "features": "vits16", "rows": 0.25, "facet": "queries"}
+    config["features"]["vits16"]["facets"] = ["keys", "tokens"]
+    result = snakemake(tmp_path, config, "-n", check=False)
+    assert result.returncode != 0
+    assert ("masks.top.facet: reads facet 'queries' of features.vits16, which stores ['keys', 'tokens']"
+            in result.stdout + result.stderr)
 
 
 def test_each_gallery_links_the_provenance_of_what_it_shows(tiny_run):
