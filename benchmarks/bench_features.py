@@ -60,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--writers", type=int, default=2)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--store-dir", default=None, help="where the benchmark store goes (default: a temp dir)")
+    parser.add_argument("--quantize", default=None, choices=["uint8"], help="store 8-bit codes (features.quantize)")
+    parser.add_argument("--compress", default=None, choices=["zstd"], help="compress the chunks (features.compress)")
     return parser.parse_args(argv)
 
 
@@ -121,7 +123,8 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         extract_features(paths, names, list(range(1, len(paths) + 1)), store, backbone=args.backbone,
                          weights=args.weights, resolution=args.resolution, facets=facets, batch_size=args.batch_size,
-                         device=device, layout=args.layout, workers=args.workers, writers=args.writers)
+                         device=device, layout=args.layout, workers=args.workers, writers=args.writers,
+                         quantize=args.quantize, compress=args.compress)
         end_to_end = len(paths) / (time.perf_counter() - start)
     finally:
         if args.store_dir is None:
