@@ -272,7 +272,9 @@ def test_sharded_workflow_replans_only_the_edited_shard(tmp_path):
     root = Path(__file__).resolve().parents[1]
     config = yaml.safe_load((root / "tests/configs/tiny.yaml").read_text())
     config["dataset"]["generate"]["num_images"] = 4
-    config["features"]["vits16"].update(shards=2, batch_size=2, layout="crop", facets=["keys", "cls", "keys@-4"])
+    # tokens: the tiny config's pseudo-labels and heads read them (a store without them is a config error)
+    config["features"]["vits16"].update(shards=2, batch_size=2, layout="crop",
+                                        facets=["keys", "tokens", "cls", "keys@-4"])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     target = "results/tiny/features/vits16.zarr"
 
