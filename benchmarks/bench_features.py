@@ -36,7 +36,13 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from unseg.backbones import create_backbone  # noqa: E402
 from unseg.features import (  # noqa: E402
+    _DecodedImages,
+    _ImageItem,
+    _to_host,
+    _Writer,
+    default_workers,
     extract_features,
+    forward_facets,
     normalize_batch,
     shard_batches,
 )
@@ -62,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--store-dir", default=None, help="where the benchmark store goes (default: a temp dir)")
     parser.add_argument("--quantize", default=None, choices=["uint8"], help="store 8-bit codes (features.quantize)")
     parser.add_argument("--compress", default=None, choices=["zstd"], help="compress the chunks (features.compress)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time each part alone: decode (the stage's DataLoader), host-to-device copy, the "
+                             "facet forward, device-to-host copy and the writer threads")
     return parser.parse_args(argv)
 
 
@@ -78,6 +87,69 @@ def bare_forward_rate(model, batches: list[torch.Tensor], device: str) -> float:
         if on_cuda:
             torch.cuda.synchronize()
     return sum(len(batch) for batch in batches) / (time.perf_counter() - start)
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def profile_parts(args, model, spec, paths, sizes, batches_of_positions, batches, facets, device) -> dict[str, float]:
+    """Images/s of each part of the stage alone, on the same images and batches: decode (the stage's DataLoader
+    with its workers), H2D (pinned uint8 pixels to the device), forward (the stage's facet forward, hooks
+    included), D2H (facets to float16 host copies) and write (the writer threads storing the real facet arrays of
+    the first batch, for every batch, under ``--store-dir`` or a temp dir)."""
+    on_cuda = device.startswith("cuda")
+    geometries = [resize_geometry(size, args.resolution, spec.patch_size, args.layout) for size in sizes]
+    items = [_ImageItem(path, f"img{p}", p + 1, geometries[p]) for p, path in enumerate(paths)]
+    count = len(paths)
+    rates = {}
+
+    workers = default_workers() if args.workers is None else args.workers
+    loader = torch.utils.data.DataLoader(_DecodedImages(items), batch_sampler=batches_of_positions,
+                                         num_workers=workers, pin_memory=on_cuda,
+                                         prefetch_factor=4 if workers else None)
+    start = time.perf_counter()
+    decoded = [pixels for _, pixels in loader]
+    rates["decode"] = count / (time.perf_counter() - start)
+
+    if on_cuda:
+        synchronize(device)
+        start = time.perf_counter()
+        for pixels in decoded:
+            pixels.to(device, non_blocking=True)
+        synchronize(device)
+        rates["H2D copy"] = count / (time.perf_counter() - start)
+
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=device)
+    grid = [geometries[positions[0]].grid_size for positions in batches_of_positions]
+    with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
+        outputs = [forward_facets(model, batches[0], grid[0], facets)]  # warm-up
+        synchronize(device)
+        start = time.perf_counter()
+        outputs = [forward_facets(model, batch, grid[b], facets) for b, batch in enumerate(batches)]
+        synchronize(device)
+        rates["forward (facets)"] = count / (time.perf_counter() - start)
+    del mean, std
+
+    start = time.perf_counter()
+    hosts = [_to_host(output, pinned=on_cuda) for output in outputs]
+    synchronize(device)
+    rates["D2H copy"] = count / (time.perf_counter() - start)
+
+    store_dir = Path(tempfile.mkdtemp(prefix="bench_writes_", dir=args.store_dir))
+    try:
+        writer = _Writer(store_dir, args.writers, max_pending=2 * max(1, args.writers), quantize=args.quantize,
+                         compress=args.compress)
+        start = time.perf_counter()
+        for positions, host in zip(batches_of_positions, hosts):
+            writer.submit([items[p] for p in positions], host)
+        writer.close()
+        rates["write"] = count / (time.perf_counter() - start)
+    finally:
+        shutil.rmtree(store_dir, ignore_errors=True)
+    return rates
 
 
 def main(argv=None) -> int:
@@ -134,6 +206,13 @@ def main(argv=None) -> int:
     print(f"bare forward:  {bare:8.2f} images/s  (before {bare_before:.2f}, after {bare_after:.2f})")
     print(f"end to end:    {end_to_end:8.2f} images/s  (model loading, decoding, facets, float16, zarr writes)")
     print(f"ratio:         {end_to_end / bare:8.3f}")
+    if args.profile:
+        rates = profile_parts(args, model, spec, paths, sizes, batches_of_positions, batches, facets, device)
+        print("\n| part (alone) | images/s | × end to end |\n|---|---|---|")
+        for part, rate in rates.items():
+            print(f"| {part} | {rate:.2f} | {rate / end_to_end:.2f} |")
+        slowest = min((part for part in rates if not part.startswith("forward")), key=rates.get)
+        print(f"\nslowest part besides the forward: {slowest} ({rates[slowest]:.2f} images/s)")
     return 0
 
 
