@@ -1,6 +1,6 @@
-"""Flat memory and constant per-image cost: the index, features, masks, saliency, proposals and pseudo-labels stages
-on generated synthetic datasets of growing size (small images, a random ViT, the CPU), each stage a library call in
-a fresh process, as a workflow job is.
+"""Flat memory and constant per-image cost: the index, features, masks, saliency, proposals, pseudo-labels, train (a
+linear head, two epochs) and predict stages on generated synthetic datasets of growing size (small images, a random
+ViT, the CPU), each stage a library call in a fresh process, as a workflow job is.
 
 Prints, per dataset size and stage: images/s, bytes per image of the stage's artifact on disk and the process's
 peak resident memory; then each stage's per-image time and peak RSS at the largest size relative to the smallest
@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-STAGES = ("index", "features", "masks", "saliency", "proposals", "pseudolabels")
+STAGES = ("index", "features", "masks", "saliency", "proposals", "pseudolabels", "train", "predict")
+TRAIN_EPOCHS = 2  # a linear head: per-image cost is what scales, not how long it trains
 
 
 def variant(stage: str, **given) -> dict:
@@ -87,6 +88,20 @@ def run_stage(stage: str, root: Path, results: Path, resolution: int) -> dict:
                          names_by_id(read_index(index_csv)), results / "pseudolabels",
                          variant("pseudolabels", proposals="p", features="f", clusters=3), progress=False)
         artifact = results / "pseudolabels"
+    elif stage == "train":
+        from unseg.index import read_index
+        from unseg.train import run_train
+
+        run_train(store, results / "pseudolabels", read_index(index_csv).name.tolist(), results / "train", 4,
+                  variant("train", pseudolabels="k", features="f", method="linear_head", epochs=TRAIN_EPOCHS),
+                  progress=False)
+        artifact = results / "train"
+    elif stage == "predict":
+        from unseg.index import image_paths
+        from unseg.predict import predict
+
+        predict(results / "train" / "model.pt", store, image_paths(index_csv), results / "predict", progress=False)
+        artifact = results / "predict"
     else:
         raise ValueError(f"unknown stage {stage!r}")
     seconds = time.perf_counter() - start
