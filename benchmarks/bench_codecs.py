@@ -88,7 +88,7 @@ def main() -> None:
     from unseg.store import FeatureStore
 
     store = FeatureStore(args.store)
-    facets = [facet for facet in store.attrs["facets"]]
+    facets = list(store.attrs["facets"])
     names = store.names[: args.images]
     images = [{facet: store.facet(name, facet).astype(np.float16) for facet in facets} for name in names]
     raw_mb = sum(array.nbytes for arrays in images for array in arrays.values()) / 1e6

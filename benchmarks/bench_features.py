@@ -121,8 +121,6 @@ def profile_parts(args, model, spec, paths, sizes, batches_of_positions, batches
         synchronize(device)
         rates["H2D copy"] = count / (time.perf_counter() - start)
 
-    mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
-    std = torch.tensor(spec.std, dtype=torch.float32, device=device)
     grid = [geometries[positions[0]].grid_size for positions in batches_of_positions]
     with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
         outputs = [forward_facets(model, batches[0], grid[0], facets)]  # warm-up
@@ -131,7 +129,6 @@ def profile_parts(args, model, spec, paths, sizes, batches_of_positions, batches
         outputs = [forward_facets(model, batch, grid[b], facets) for b, batch in enumerate(batches)]
         synchronize(device)
         rates["forward (facets)"] = count / (time.perf_counter() - start)
-    del mean, std
 
     start = time.perf_counter()
     hosts = [_to_host(output, pinned=on_cuda) for output in outputs]

@@ -127,41 +127,42 @@ def check_variants(config: dict) -> None:
     resolve_facets(config)
 
 
+# features.{variant}.facets: consumers stores exactly the facets the config's variants read (resolve_facets).
+CONSUMER_FACETS = "consumers"
+
+
 def facet_readers(config: dict) -> dict[str, dict[str, list[str]]]:
     """What every feature store is read for: features variant → facet → the config keys of the variants reading it
     (``"masks.default.facet"``). A variant reads its ``facet`` from the store its ``features`` names; an instances
     variant rescoring by coherence also its ``rescore_facet``; TransFGU's object mode the ``attn`` foreground prior
     and no ``facet``; contrast learns on ``tokens``; an evaluate variant with k-means, a probe or retrieval reads its
     ``facet`` of its predictions' store. Stores named by a contrast variant (embeddings) and the crop stores a
-    pseudolabels ``crops`` key names are not feature stores of this kind and are left out."""
+    pseudolabels ``crops`` key names are not feature stores of this kind and are left out.
+
+    Reads a validated config (the schema's defaults filled in): a setting left out is not read."""
     readers: dict[str, dict[str, list[str]]] = {}
 
-    def read(features_variant: str | None, facet: str, key: str) -> None:
-        if features_variant in (config.get("features") or {}):
+    def read(features_variant: str | None, facet: str | None, key: str) -> None:
+        if facet is not None and features_variant in (config.get("features") or {}):
             readers.setdefault(features_variant, {}).setdefault(facet, []).append(key)
 
     for stage in ("masks", "saliency", "train", "instances"):
         for variant, settings in (config.get(stage) or {}).items():
-            read(settings.get("features"), settings.get("facet", "keys"), f"{stage}.{variant}.facet")
+            read(settings.get("features"), settings.get("facet"), f"{stage}.{variant}.facet")
             if stage == "instances" and settings.get("rescore") == "coherence":
-                read(settings.get("features"), settings.get("rescore_facet", "keys"),
-                     f"instances.{variant}.rescore_facet")
+                read(settings.get("features"), settings.get("rescore_facet"), f"instances.{variant}.rescore_facet")
     for variant, settings in (config.get("pseudolabels") or {}).items():
-        if settings.get("method") == "transfgu":
-            if settings.get("mode", "object") == "object":
-                read(settings.get("features"), "attn", f"pseudolabels.{variant}.mode")
-        else:
-            read(settings.get("features"), settings.get("facet", "tokens"), f"pseudolabels.{variant}.facet")
+        if settings.get("method") != "transfgu":
+            read(settings.get("features"), settings.get("facet"), f"pseudolabels.{variant}.facet")
+        elif settings.get("mode") == "object":
+            read(settings.get("features"), "attn", f"pseudolabels.{variant}.mode")
     for variant, settings in (config.get("contrast") or {}).items():
         read(settings.get("features"), "tokens", f"contrast.{variant}.features")
     for variant, settings in (config.get("evaluate") or {}).items():
         if any(settings.get(key) for key in ("kmeans", "linear_probe", "retrieval")):
             train = (config.get("train") or {}).get(settings.get("predictions"), {})
-            read(train.get("features"), settings.get("facet", "tokens"), f"evaluate.{variant}.facet")
+            read(train.get("features"), settings.get("facet"), f"evaluate.{variant}.facet")
     return readers
-
-
-CONSUMER_FACETS = "consumers"
 
 
 def resolve_facets(config: dict) -> None:
