@@ -71,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="also time each part alone: decode (the stage's DataLoader), host-to-device copy, the "
                              "facet forward, device-to-host copy and the writer threads")
+    parser.add_argument("--startup", action="store_true",
+                        help="also run the stage on the first batch alone: its time is the start-up (model, "
+                             "workers, first kernels) plus one batch, and the rest of the full run is the steady rate")
     return parser.parse_args(argv)
 
 
@@ -97,8 +100,9 @@ def synchronize(device: str) -> None:
 def profile_parts(args, model, spec, paths, sizes, batches_of_positions, batches, facets, device) -> dict[str, float]:
     """Images/s of each part of the stage alone, on the same images and batches: decode (the stage's DataLoader
     with its workers), H2D (pinned uint8 pixels to the device), forward (the stage's facet forward, hooks
-    included), D2H (facets to float16 host copies) and write (the writer threads storing the real facet arrays of
-    the first batch, for every batch, under ``--store-dir`` or a temp dir)."""
+    included), D2H (facets to float16 host copies; with ``--quantize`` the 8-bit codes made on the device) and write
+    (the writer threads storing, for every batch, the real facet arrays of the largest batch, under ``--store-dir``
+    or a temp dir)."""
     on_cuda = device.startswith("cuda")
     geometries = [resize_geometry(size, args.resolution, spec.patch_size, args.layout) for size in sizes]
     items = [_ImageItem(path, f"img{p}", p + 1, geometries[p]) for p, path in enumerate(paths)]
@@ -130,23 +134,46 @@ def profile_parts(args, model, spec, paths, sizes, batches_of_positions, batches
         synchronize(device)
         rates["forward (facets)"] = count / (time.perf_counter() - start)
 
-    start = time.perf_counter()
-    hosts = [_to_host(output, pinned=on_cuda) for output in outputs]
+    # Each batch's host copy is dropped once the next is issued, as the stage's writers drop theirs: the pinned
+    # buffers are then reused (keeping them all would time page pinning, not the copy).
+    _to_host(outputs[0], pinned=on_cuda, quantize=args.quantize)  # warm-up: the pinned buffers
     synchronize(device)
-    rates["D2H copy"] = count / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for output in outputs:
+        host = _to_host(output, pinned=on_cuda, quantize=args.quantize)
+        synchronize(device)
+    rates["D2H copy" if args.quantize is None else "quantize + D2H copy"] = count / (time.perf_counter() - start)
+    largest = max(range(len(outputs)), key=lambda b: len(batches_of_positions[b]))
+    largest_host = _to_host(outputs[largest], pinned=on_cuda, quantize=args.quantize)
+    synchronize(device)
+    del host, outputs
 
     store_dir = Path(tempfile.mkdtemp(prefix="bench_writes_", dir=args.store_dir))
     try:
         writer = _Writer(store_dir, args.writers, max_pending=2 * max(1, args.writers), quantize=args.quantize,
                          compress=args.compress)
         start = time.perf_counter()
-        for positions, host in zip(batches_of_positions, hosts):
-            writer.submit([items[p] for p in positions], host)
+        for positions in batches_of_positions:
+            writer.submit([items[p] for p in positions], largest_host)
         writer.close()
         rates["write"] = count / (time.perf_counter() - start)
     finally:
         shutil.rmtree(store_dir, ignore_errors=True)
     return rates
+
+
+def extraction_seconds(args, paths: list[str], names: list[str], facets: list[str], device: str) -> float:
+    """Seconds of one :func:`extract_features` call on these images into a fresh store (removed afterwards)."""
+    store_dir = Path(tempfile.mkdtemp(prefix="bench_features_", dir=args.store_dir))
+    try:
+        start = time.perf_counter()
+        extract_features(paths, names, list(range(1, len(paths) + 1)), store_dir / "bench.zarr",
+                         backbone=args.backbone, weights=args.weights, resolution=args.resolution, facets=facets,
+                         batch_size=args.batch_size, device=device, layout=args.layout, workers=args.workers,
+                         writers=args.writers, quantize=args.quantize, compress=args.compress)
+        return time.perf_counter() - start
+    finally:
+        shutil.rmtree(store_dir, ignore_errors=True)
 
 
 def main(argv=None) -> int:
@@ -186,23 +213,18 @@ def main(argv=None) -> int:
     print(f"{len(batches)} batches; first image's token grid {grid[0]}x{grid[1]}")
 
     bare_before = bare_forward_rate(model, batches, device)
-    store_dir = Path(args.store_dir or tempfile.mkdtemp(prefix="bench_features_"))
-    store = store_dir / "bench.zarr"
-    try:
-        start = time.perf_counter()
-        extract_features(paths, names, list(range(1, len(paths) + 1)), store, backbone=args.backbone,
-                         weights=args.weights, resolution=args.resolution, facets=facets, batch_size=args.batch_size,
-                         device=device, layout=args.layout, workers=args.workers, writers=args.writers,
-                         quantize=args.quantize, compress=args.compress)
-        end_to_end = len(paths) / (time.perf_counter() - start)
-    finally:
-        if args.store_dir is None:
-            shutil.rmtree(store_dir, ignore_errors=True)
+    end_to_end = len(paths) / extraction_seconds(args, paths, names, facets, device)
     bare_after = bare_forward_rate(model, batches, device)
     bare = float(np.mean([bare_before, bare_after]))
     print(f"bare forward:  {bare:8.2f} images/s  (before {bare_before:.2f}, after {bare_after:.2f})")
     print(f"end to end:    {end_to_end:8.2f} images/s  (model loading, decoding, facets, float16, zarr writes)")
     print(f"ratio:         {end_to_end / bare:8.3f}")
+    if args.startup:
+        first = batches_of_positions[0]
+        seconds_first = extraction_seconds(args, [paths[p] for p in first], [names[p] for p in first], facets, device)
+        steady = (len(paths) - len(first)) / max(len(paths) / end_to_end - seconds_first, 1e-9)
+        print(f"start-up + first batch of {len(first)}: {seconds_first:.2f} s; the rest of the run: {steady:.2f} "
+              f"images/s, ratio {steady / bare:.3f}")
     if args.profile:
         rates = profile_parts(args, model, spec, paths, sizes, batches_of_positions, batches, facets, device)
         print("\n| part (alone) | images/s | × end to end |\n|---|---|---|")

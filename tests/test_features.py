@@ -347,6 +347,41 @@ def test_the_8_bit_writer_metadata_and_codes_are_what_zarr_writes_and_decodes(tm
     assert quantize_uint8(np.full((2, 2), 3.0))[1:] == (3.0, 1.0)  # a constant array
 
 
+def test_quantizing_a_batch_on_the_device_gives_exactly_the_reference_codes_offsets_and_scales():
+    from unseg.features import quantize_uint8, quantize_uint8_rows
+
+    rows = (np.random.default_rng(1).normal(size=(4, 7, 9, 5)) * [[[[3.0]]], [[[0.01]]], [[[200.0]]], [[[1.0]]]])
+    rows = rows.astype(np.float16)
+    rows[3] = 2.5  # a constant row: scale 1, every code 0
+    codes, offsets, scales = quantize_uint8_rows(torch.from_numpy(rows))
+    assert codes.dtype == torch.uint8 and codes.shape == rows.shape
+    assert offsets.dtype == scales.dtype == torch.float64
+    for row in range(len(rows)):
+        reference_codes, reference_offset, reference_scale = quantize_uint8(rows[row])
+        np.testing.assert_array_equal(codes[row].numpy(), reference_codes)
+        assert float(offsets[row]) == reference_offset and float(scales[row]) == reference_scale
+    assert float(scales[3]) == 1.0 and int(codes[3].max()) == 0
+
+
+def test_a_uint8_store_decodes_to_the_reference_quantization_of_the_float16_store(tmp_path):
+    from unseg.features import quantize_uint8
+
+    paths = write_images(tmp_path, [(40, 40), (40, 60), (40, 40)])
+    names = ["a", "b", "c"]
+    stores = {}
+    for quantize in (None, "uint8"):
+        stores[quantize] = tmp_path / f"{quantize}.zarr"
+        extract_features(paths, names, [1, 2, 3], stores[quantize], backbone="dino_vits16", weights="random",
+                         resolution=48, facets=["keys", "cls"], batch_size=2, workers=0, progress=False,
+                         quantize=quantize)
+    float16, uint8 = FeatureStore(stores[None]), FeatureStore(stores["uint8"])
+    for name in names:
+        for facet in ("keys", "cls"):
+            codes, offset, scale = quantize_uint8(float16.facet(name, facet).astype(np.float16))
+            expected = (codes / scale + offset).astype(np.float16).astype(np.float32)
+            np.testing.assert_array_equal(uint8.facet(name, facet), expected)
+
+
 def test_the_zstd_writer_metadata_and_chunks_are_what_zarr_writes_and_decodes(tmp_path):
     import warnings
 

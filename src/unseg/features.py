@@ -255,13 +255,43 @@ def shard_plan(
 def quantize_uint8(array: np.ndarray) -> tuple[np.ndarray, float, float]:
     """8-bit codes of one array over its own range: (codes uint8 of ``array``'s shape, offset, scale), decoded as
     ``codes / scale + offset`` (numcodecs' FixedScaleOffset), so every value is within half a step,
-    (max − min) / 510, of the original. A constant array gets scale 1."""
+    (max − min) / 510, of the original. A constant array gets scale 1. The reference of
+    :func:`quantize_uint8_rows`, which the stage runs on the device."""
     values = np.asarray(array, dtype=np.float64)
     offset = float(values.min()) if values.size else 0.0
     spread = float(values.max()) - offset if values.size else 0.0
     scale = 255.0 / spread if spread > 0 else 1.0
     codes = np.clip(np.round((values - offset) * scale), 0, 255).astype(np.uint8)
     return codes, offset, scale
+
+
+def quantize_uint8_rows(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`quantize_uint8` of every row of a batch at once, on the batch's device, in the same float64
+    arithmetic (so the codes, offsets and scales are exactly the reference's).
+
+    Args:
+        batch: (B, ...) float tensor (float16 values: what the float16 store would hold).
+
+    Returns:
+        codes (B, ...) uint8, offset (B,) float64, scale (B,) float64.
+    """
+    values = batch.to(torch.float64)
+    rows = values.reshape(len(values), -1)
+    offset = rows.amin(dim=1)
+    spread = rows.amax(dim=1) - offset
+    scale = torch.where(spread > 0, 255.0 / spread.clamp(min=torch.finfo(torch.float64).tiny), 1.0)
+    shape = (-1,) + (1,) * (values.dim() - 1)
+    codes = torch.round((values - offset.view(shape)) * scale.view(shape)).clamp_(0, 255).to(torch.uint8)
+    return codes, offset, scale
+
+
+@dataclass(frozen=True)
+class QuantizedArray:
+    """One array as 8-bit ``codes`` that decode as ``codes / scale + offset`` (:func:`quantize_uint8`)."""
+
+    codes: np.ndarray
+    offset: float
+    scale: float
 
 
 def zarr_array_metadata(shape: Sequence[int], offset_scale: tuple[float, float] | None = None,
@@ -291,14 +321,21 @@ def zarr_array_metadata(shape: Sequence[int], offset_scale: tuple[float, float] 
     }
 
 
-def _write_image(folder: Path, item: _ImageItem, arrays: dict[str, np.ndarray], quantize: str | None = None,
-                 compress: str | None = None) -> None:
+@functools.lru_cache(maxsize=256)
+def _float16_metadata_text(shape: tuple[int, ...], compress: str | None) -> str:
+    """The zarr.json text of a float16 array (the same for every image of a grid size: written, not rebuilt)."""
+    return json.dumps(zarr_array_metadata(shape, compress=compress))
+
+
+def _write_image(folder: Path, item: _ImageItem, arrays: Mapping[str, np.ndarray | QuantizedArray],
+                 quantize: str | None = None, compress: str | None = None) -> None:
     """One image's group as plain zarr v3 files: group metadata, and per facet its metadata and single chunk
-    (float16, or with ``quantize="uint8"`` 8-bit codes over the array's own range, :func:`quantize_uint8`; with
-    ``compress="zstd"`` the chunk zstd-compressed, as zarr's ZstdCodec does).
+    (float16; a :class:`QuantizedArray`, or with ``quantize="uint8"`` any array, as 8-bit codes over the array's own
+    range, :func:`quantize_uint8`; with ``compress="zstd"`` the chunk zstd-compressed, as zarr's ZstdCodec does).
 
     Written directly rather than through zarr's API, whose per-node overhead (~5 ms) would make the writer, not
-    the model, the bottleneck on a GPU; :func:`zarr_array_metadata` is tested against what zarr itself writes.
+    the model, the bottleneck on a GPU; :func:`zarr_array_metadata` is tested against what zarr itself writes. The
+    arrays' own buffers go to the files (no copy into bytes), so the threads writing them hold the GIL little.
     """
     geometry = item.geometry
     group = folder / item.name
@@ -311,16 +348,20 @@ def _write_image(folder: Path, item: _ImageItem, arrays: dict[str, np.ndarray], 
         "grid_size": list(geometry.grid_size),
     }
     for facet, array in arrays.items():
-        chunk = group / facet / "c" / Path(*["0"] * array.ndim)
-        chunk.parent.mkdir(parents=True)
-        if quantize == "uint8":
-            codes, offset, scale = quantize_uint8(array)
-            metadata, payload = zarr_array_metadata(array.shape, (offset, scale), compress), codes.tobytes()
+        if quantize == "uint8" and not isinstance(array, QuantizedArray):
+            array = QuantizedArray(*quantize_uint8(array))
+        if isinstance(array, QuantizedArray):
+            shape = array.codes.shape
+            metadata = json.dumps(zarr_array_metadata(shape, (array.offset, array.scale), compress))
+            payload = np.ascontiguousarray(array.codes, dtype=np.uint8)
         else:
-            metadata = zarr_array_metadata(array.shape, compress=compress)
-            payload = np.ascontiguousarray(array, dtype="<f2").tobytes()
-        (group / facet / "zarr.json").write_text(json.dumps(metadata))
-        chunk.write_bytes(_compressor(compress).encode(payload) if compress else payload)
+            shape = np.shape(array)
+            metadata = _float16_metadata_text(tuple(shape), compress)
+            payload = np.ascontiguousarray(array, dtype="<f2")
+        chunk = group / facet / "c" / Path(*["0"] * len(shape))
+        chunk.parent.mkdir(parents=True)
+        (group / facet / "zarr.json").write_text(metadata)
+        chunk.write_bytes(_compressor(compress).encode(payload) if compress else payload.reshape(-1).view(np.uint8))
     # The group's metadata last: an image directory without it is one a killed writer did not finish.
     (group / "zarr.json").write_text(json.dumps({"attributes": attributes, "zarr_format": 3, "node_type": "group"}))
 
@@ -361,9 +402,16 @@ class _Writer:
         try:
             if event is not None:
                 event.synchronize()
-            arrays = {facet: tensor.numpy() for facet, tensor in host.items()}
+            arrays = {facet: tuple(part.numpy() for part in value) if isinstance(value, tuple) else value.numpy()
+                      for facet, value in host.items()}
+
+            def row_of(value, row: int):  # a tuple is (codes, offsets, scales) quantized on the device
+                if isinstance(value, tuple):
+                    return QuantizedArray(value[0][row], float(value[1][row]), float(value[2][row]))
+                return value[row]
+
             for row, item in enumerate(items):
-                _write_image(self.folder, item, {facet: array[row] for facet, array in arrays.items()},
+                _write_image(self.folder, item, {facet: row_of(value, row) for facet, value in arrays.items()},
                              self.quantize, self.compress)
         finally:
             self.slots.release()
@@ -376,17 +424,23 @@ class _Writer:
             self.pool.shutdown(wait=True)
 
 
-def _to_host(outputs: dict[str, torch.Tensor], pinned: bool) -> dict[str, torch.Tensor]:
-    """float16 host copies; on CUDA into pinned memory without blocking (the caller records an event)."""
+def _to_host(outputs: dict[str, torch.Tensor], pinned: bool, quantize: str | None = None
+             ) -> dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Host copies of a batch's facets: float16, or with ``quantize="uint8"`` the (codes, offsets, scales) of
+    :func:`quantize_uint8_rows` computed on the device (half the bytes to copy, no quantizing in the writers); on
+    CUDA into pinned memory without blocking (the caller records an event)."""
+
+    def copy(tensor: torch.Tensor) -> torch.Tensor:
+        if not pinned:
+            return tensor.cpu()
+        buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        buffer.copy_(tensor, non_blocking=True)
+        return buffer
+
     host = {}
     for facet, tensor in outputs.items():
         half = tensor.to(torch.float16)
-        if pinned:
-            buffer = torch.empty(half.shape, dtype=torch.float16, pin_memory=True)
-            buffer.copy_(half, non_blocking=True)
-            host[facet] = buffer
-        else:
-            host[facet] = half.cpu()
+        host[facet] = tuple(map(copy, quantize_uint8_rows(half))) if quantize == "uint8" else copy(half)
     return host
 
 
@@ -556,7 +610,7 @@ def extract_features(
                         part = pixels if len(positions) == len(batch_items) else pixels[list(positions)]
                         outputs = forward_facets(model, normalize_batch(part, mean, std),
                                                  batch_items[0].geometry.grid_size, facets)
-                    host = _to_host(outputs, pinned=on_cuda)
+                    host = _to_host(outputs, pinned=on_cuda, quantize=quantize)
                     event = None
                     if on_cuda:
                         event = torch.cuda.Event()
