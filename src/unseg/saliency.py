@@ -35,7 +35,7 @@ from .checkpoints import save_checkpoint
 from .cluster import kmeans
 from .crf import CrfParams, dense_crf
 from .devices import resolve_device
-from .geometry import grid_to_image, image_to_grid
+from .geometry import ResizeGeometry, grid_to_image, image_to_grid
 from .io import atomic_output, read_image, read_label_png, write_json
 from .registry import REGISTRIES, register
 from .retry import in_halves_on_oom
@@ -365,23 +365,45 @@ def save_soft_map(soft_pixels: np.ndarray, path: Path) -> None:
 def method_maps(method, method_settings: Mapping[str, Any], store: FeatureStore, facet: str, batch_size: int,
                 device: str | None, progress: bool, desc: str) -> Iterator[tuple[str, np.ndarray]]:
     """(name, (H0, W0) float32 soft map at the image's size, clipped to [0, 1]) of every image of the store by a
-    per-image ``method`` called in batches of ``batch_size`` (halved after an out-of-memory error)."""
-    pixel_maps = bool(method.attributes.get("pixel_maps"))
+    per-image ``method`` called in batches of ``batch_size`` (:meth:`~unseg.store.FeatureStore.name_batches`)."""
     bar = tqdm(total=len(store.names), desc=desc, unit="img", disable=not progress)
     for position, names in enumerate(store.name_batches(batch_size)):
-        grids = {name: store.facet(name, facet) for name in names}
-
-        def run(part: Sequence[str]) -> list[np.ndarray]:  # the batch, or a half of it after an OOM
-            batch = SaliencyBatch(part, [grids[name] for name in part], device,
-                                  first=position == 0 and part[0] == names[0],
-                                  image_sizes=[store.geometry(name).original_size for name in part])
-            return method.function(batch, **method_settings)
-
-        for name, soft in zip(names, in_halves_on_oom(run, names, "saliency batch")):
-            soft = np.asarray(soft, dtype=np.float32)
-            yield name, np.clip(soft if pixel_maps else grid_to_image(soft, store.geometry(name)), 0.0, 1.0)
+        grids = [store.facet(name, facet) for name in names]
+        yield from zip(names, batch_soft_maps(method, method_settings, names, grids,
+                                              [store.geometry(name) for name in names], device, position == 0))
         bar.update(len(names))
     bar.close()
+
+
+def batch_soft_maps(method, method_settings: Mapping[str, Any], names: Sequence[str], grids: Sequence[np.ndarray],
+                    geometries: Sequence[ResizeGeometry], device: str | None = None,
+                    first: bool = True) -> list[np.ndarray]:
+    """Per image of one batch its (H0, W0) float32 soft map at the image's size, clipped to [0, 1]: a per-image
+    ``method`` on the (h, w, D) float32 ``grids`` (halved after an out-of-memory error), its grid maps upsampled
+    bilinearly (``geometries``). The saliency stage and the fused extraction (:mod:`unseg.fused`) both call this."""
+    pixel_maps = bool(method.attributes.get("pixel_maps"))
+    by_name = dict(zip(names, grids))
+    sizes = dict(zip(names, (geometry.original_size for geometry in geometries)))
+
+    def run(part: Sequence[str]) -> list[np.ndarray]:  # the batch, or a half of it after an OOM
+        batch = SaliencyBatch(part, [by_name[name] for name in part], device, first=first and part[0] == names[0],
+                              image_sizes=[sizes[name] for name in part])
+        return method.function(batch, **method_settings)
+
+    maps = []
+    for soft, geometry in zip(in_halves_on_oom(run, list(names), "saliency batch"), geometries):
+        soft = np.asarray(soft, dtype=np.float32)
+        maps.append(np.clip(soft if pixel_maps else grid_to_image(soft, geometry), 0.0, 1.0))
+    return maps
+
+
+def finished_soft_map(soft: np.ndarray, settings: Mapping[str, Any], image_path: str | Path | None = None
+                      ) -> np.ndarray:
+    """A method's (H0, W0) soft map as the stage stores it: refined by a dense CRF on its image (``refine: crf``),
+    then split by the ``threshold`` rule."""
+    if settings.get("refine") == "crf":
+        soft = refine_with_crf(read_image(image_path), soft)
+    return THRESHOLD_RULES[settings.get("threshold", "split")](soft)
 
 
 def run_saliency(
@@ -404,7 +426,6 @@ def run_saliency(
     """
     method = REGISTRIES["saliency"].get(settings["method"])
     method_settings = method.settings(settings)
-    split = THRESHOLD_RULES[settings.get("threshold", "split")]
     refine = settings.get("refine")  # left out: the method's map as it is
     store = FeatureStore(store_path)
     if refine == "crf":
@@ -425,7 +446,5 @@ def run_saliency(
         if refine == "crf":  # ~1 s per photo on a CPU: a bar of its own
             maps = tqdm(maps, total=len(store.names), desc="saliency + dense CRF", unit="img", disable=not progress)
         for name, soft in maps:
-            if refine == "crf":
-                soft = refine_with_crf(read_image(image_paths[name]), soft)
-            save_soft_map(split(soft), tmp / f"{name}.png")
+            save_soft_map(finished_soft_map(soft, settings, (image_paths or {}).get(name)), tmp / f"{name}.png")
     return store.names

@@ -19,10 +19,16 @@ Each image's arrays are single chunks, so reading one image touches only that im
 with ``quantize: uint8`` keeps each array as 8-bit codes over its own range (root attribute ``quantize``), which zarr
 decodes back to float16. A store whose
 ``complete`` attribute is false (an interrupted extraction, a shard not yet joined) is refused.
+
+``order.json`` (not a zarr node) lists the images in the order they were extracted, one run per shard
+(``{"runs": [[name, ...], ...]}``): the stages reading the store batch images along it
+(:meth:`FeatureStore.name_batches`), so a job that computes masks while extracting one shard (:mod:`unseg.fused`)
+forms the very batches the masks stage forms from the joined store.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -30,6 +36,13 @@ import numpy as np
 import zarr
 
 from .geometry import ResizeGeometry
+
+ORDER_FILE = "order.json"
+
+
+def order_batches(runs: list[list[str]], size: int) -> list[list[str]]:
+    """Consecutive batches of at most ``size`` names along each run (none spans two runs)."""
+    return [run[start : start + size] for run in runs for start in range(0, len(run), size)]
 
 
 class FeatureStore:
@@ -60,9 +73,15 @@ class FeatureStore:
             return sorted(name for name, _ in self.root.groups())
 
     def name_batches(self, size: int) -> list[list[str]]:
-        """The image names in consecutive batches of at most ``size`` (the order of :attr:`names`)."""
-        names = self.names
-        return [names[start : start + size] for start in range(0, len(names), size)]
+        """The image names in consecutive batches of at most ``size``: along each run of ``order.json`` (a batch never
+        spans two shards), or in the order of :attr:`names` for a store without one (written before it existed, or
+        derived from another store)."""
+        return order_batches(self.order(), size)
+
+    def order(self) -> list[list[str]]:
+        """The runs of image names the stages batch along: ``order.json``'s, else one run of :attr:`names`."""
+        file = self.path / ORDER_FILE
+        return json.loads(file.read_text())["runs"] if file.is_file() else [self.names]
 
     @property
     def patch_size(self) -> int:

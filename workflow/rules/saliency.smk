@@ -1,6 +1,7 @@
 rule saliency:
     input:
         unpack(saliency_images),
+        unpack(fused_inputs("saliency")),
         features=upstream("saliency", "features", "features"),
     output:
         directory(PATHS["saliency"]),

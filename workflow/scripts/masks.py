@@ -1,6 +1,10 @@
+from unseg.fused import join_fused_masks
 from unseg.index import image_paths
 from unseg.jobs import stage_job
 from unseg.masks import run_masks
 
 with stage_job(snakemake) as job:
-    run_masks(job.input.features, job.output[0], job.params.settings, image_paths=image_paths(job.input.index))
+    if "fused" in job.input.keys():  # computed by the fused feature jobs: join their shards
+        join_fused_masks(job.input.fused, job.wildcards.variant, job.output[0])
+    else:
+        run_masks(job.input.features, job.output[0], job.params.settings, image_paths=image_paths(job.input.index))

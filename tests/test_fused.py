@@ -1,0 +1,156 @@
+"""The fused path (unseg.fused): one job per shard extracts the features and computes masks and saliency on the way;
+joined, its artifacts are byte for byte those of the unfused stages."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from unseg.config import validate_config
+from unseg.features import assemble_shards, run_features
+from unseg.fused import (
+    FUSED_FEATURES,
+    fused_reader,
+    fused_variants,
+    join_fused_masks,
+    join_fused_saliency,
+    run_fused_shard,
+)
+from unseg.index import build_index, write_index
+from unseg.masks import run_masks
+from unseg.saliency import run_saliency
+from unseg.store import FeatureStore
+from unseg.synthetic import generate_synthetic_dataset
+
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml"
+
+
+def _config(fused: bool, shards: int, **features):
+    return validate_config({
+        "dataset": {"name": "tiny", "root": "unused"},
+        "features": {"vits16": {"backbone": "dino_vits16", "weights": "random", "resolution": 64, "batch_size": 3,
+                                "facets": ["keys", "tokens"], "shards": shards, "fused": fused, "workers": 0,
+                                **features}},
+        "masks": {"multik": {"features": "vits16", "k": [2, 3], "min_area_fraction": 0.04, "batch_size": 4},
+                  "deep": {"method": "deep_spectral", "features": "vits16", "facet": "tokens", "batch_size": 2}},
+        "saliency": {"bipart": {"features": "vits16", "batch_size": 5},
+                     "border": {"method": "border_background", "features": "vits16", "threshold": "otsu"},
+                     "head": {"method": "foreground_head", "features": "vits16", "iterations": 2}},
+    }, SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def index_csv(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fused")
+    # two image sizes: the extraction batches by size, so its order is not the names' order
+    generate_synthetic_dataset(root / "a", num_images=5, image_size=64, seed=1)
+    generate_synthetic_dataset(root / "b", num_images=4, image_size=80, seed=2)
+    frames = [build_index(root / part) for part in ("a", "b")]
+    frames[1]["name"] = "b_" + frames[1]["name"]
+    frames[1]["image_id"] += 100
+    index = pd.concat(frames, ignore_index=True)
+    write_index(index, root / "images.csv")
+    return root / "images.csv"
+
+
+def test_only_masks_and_per_image_saliency_variants_of_a_fused_features_variant_are_fused():
+    config = _config(True, 2)
+    variants = fused_variants(config, "vits16")
+    assert sorted(variants["masks"]) == ["deep", "multik"]
+    assert sorted(variants["saliency"]) == ["bipart", "border"]  # the head trains across the dataset: not fused
+    assert fused_reader(config, "saliency", "head") is None and fused_reader(config, "masks", "deep") == "vits16"
+    assert fused_variants(_config(False, 2), "vits16") == {"masks": {}, "saliency": {}}
+
+
+@pytest.mark.parametrize("shards,quantize", [(2, None), (1, "uint8")])
+def test_fused_shards_join_into_the_unfused_stages_artifacts_byte_for_byte(index_csv, tmp_path, shards, quantize):
+    config = _config(True, shards, **({"quantize": quantize} if quantize else {}))
+    settings = config["features"]["vits16"]
+    variants = fused_variants(config, "vits16")
+    # the fused path: one folder per shard, joined as the workflow's rules join them
+    shard_dirs = [run_fused_shard(index_csv, tmp_path / f"{shard}.fused", settings, variants, shard=shard)
+                  for shard in range(shards)]
+    assemble_shards([folder / FUSED_FEATURES for folder in shard_dirs], tmp_path / "fused.zarr")
+    for name in variants["masks"]:
+        join_fused_masks(shard_dirs, name, tmp_path / f"fused_{name}.json")
+    for name in variants["saliency"]:
+        join_fused_saliency(shard_dirs, name, tmp_path / f"fused_{name}")
+    # the unfused path: the same shards' stores joined, then the masks and saliency stages reading the store
+    stores = [run_features(index_csv, tmp_path / f"{shard}.zarr", settings, shard=shard) for shard in range(shards)]
+    assemble_shards(stores, tmp_path / "plain.zarr")
+    fused_store, plain_store = FeatureStore(tmp_path / "fused.zarr"), FeatureStore(tmp_path / "plain.zarr")
+    assert fused_store.names == plain_store.names and len(plain_store.names) == 9
+    assert fused_store.order() == plain_store.order() and len(plain_store.order()) == shards
+    assert plain_store.order()[0][:5] != sorted(plain_store.names)[:5] or shards == 1  # batches follow extraction
+    for name in plain_store.names:
+        np.testing.assert_array_equal(fused_store.facet(name, "keys"), plain_store.facet(name, "keys"))
+    for name, masks_settings in variants["masks"].items():
+        run_masks(tmp_path / "plain.zarr", tmp_path / f"plain_{name}.json", masks_settings, progress=False)
+        fused_json = (tmp_path / f"fused_{name}.json").read_bytes()
+        assert fused_json == (tmp_path / f"plain_{name}.json").read_bytes(), name
+        assert len(json.loads(fused_json)) > 9
+    for name, saliency_settings in variants["saliency"].items():
+        run_saliency(tmp_path / "plain.zarr", tmp_path / f"plain_{name}", saliency_settings, progress=False)
+        pngs = sorted(path.name for path in (tmp_path / f"plain_{name}").glob("*.png"))
+        assert pngs == sorted(path.name for path in (tmp_path / f"fused_{name}").glob("*.png")) and len(pngs) == 9
+        for png in pngs:
+            assert (tmp_path / f"fused_{name}" / png).read_bytes() == (tmp_path / f"plain_{name}" / png).read_bytes()
+
+
+def test_a_fused_shard_that_fails_leaves_no_folder_and_a_missing_variant_is_named(index_csv, tmp_path):
+    config = _config(True, 1)
+    variants = fused_variants(config, "vits16")
+    broken = {"masks": {"multik": {**variants["masks"]["multik"], "facet": "queries"}}, "saliency": {}}
+    with pytest.raises(KeyError, match="queries"):
+        run_fused_shard(index_csv, tmp_path / "0.fused", config["features"]["vits16"], broken)
+    assert not (tmp_path / "0.fused").exists()
+    folder = run_fused_shard(index_csv, tmp_path / "0.fused", config["features"]["vits16"],
+                             {"masks": {}, "saliency": {}})
+    with pytest.raises(FileNotFoundError, match="variant 'multik'"):
+        join_fused_masks([folder], "multik", tmp_path / "masks.json")
+    assert not Path(tmp_path / "masks.json").exists()
+
+
+def test_the_workflow_runs_a_fused_variant_in_its_shard_jobs_and_joins_what_the_stages_would_write(tmp_path):
+    """fused: true: two features_fused jobs, then features, masks and saliency only join; the artifacts equal those
+    of the unfused workflow on the same config."""
+    import re
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((root / "tests/configs/tiny.yaml").read_text())
+    config["dataset"]["generate"]["num_images"] = 5
+    config["features"]["vits16"].update(shards=2, batch_size=2, resolution=64)
+    targets = ["results/tiny/masks/multik/masks.json", "results/tiny/saliency/bipart"]
+    outputs = {}
+    for fused in (True, False):
+        workdir = tmp_path / ("fused" if fused else "plain")
+        workdir.mkdir()
+        config["features"]["vits16"]["fused"] = fused
+        (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+        command = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "--directory", str(workdir),
+                   "--configfile", str(workdir / "config.yaml"), "--cores", "2", *targets]
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+        stats = result.stderr.split("Job stats:")[1] if "Job stats:" in result.stderr else result.stdout
+        jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", stats, re.M)}
+        if fused:
+            assert jobs["features_fused"] == 2 and "features_shard" not in jobs, jobs
+        else:
+            assert "features_fused" not in jobs, jobs
+        outputs[fused] = workdir / "results/tiny"
+    fused_masks = (outputs[True] / "masks/multik/masks.json").read_bytes()
+    assert fused_masks == (outputs[False] / "masks/multik/masks.json").read_bytes() and len(json.loads(fused_masks))
+    pngs = sorted(path.name for path in (outputs[False] / "saliency/bipart").glob("*.png"))
+    assert len(pngs) == 5
+    for png in pngs:
+        assert (outputs[True] / "saliency/bipart" / png).read_bytes() == \
+            (outputs[False] / "saliency/bipart" / png).read_bytes()
+    for name in FeatureStore(outputs[False] / "features/vits16.zarr").names:
+        np.testing.assert_array_equal(FeatureStore(outputs[True] / "features/vits16.zarr").facet(name, "tokens"),
+                                      FeatureStore(outputs[False] / "features/vits16.zarr").facet(name, "tokens"))
