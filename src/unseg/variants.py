@@ -169,6 +169,8 @@ def resolve_facets(config: dict) -> None:
     """Give every features variant with ``facets: consumers`` the facets its readers read (in place, so the rule's
     params, the store and its resume key carry the list), then check that every facet a variant reads is one its
     store keeps. Raises VariantError naming the config key."""
+    from .fused import fused_reader_keys
+
     readers = facet_readers(config)
     for variant, settings in (config.get("features") or {}).items():
         if settings.get("crops") is not None:
@@ -178,6 +180,11 @@ def resolve_facets(config: dict) -> None:
             if not read:
                 raise VariantError(f"features.{variant}.facets: {CONSUMER_FACETS}, but no variant reads this store; "
                                    "list the facets to store")
+        # a fused variant's masks and saliency read their facets in its own jobs (computed there, not stored)
+        in_job = fused_reader_keys(config, variant)
+        read = {facet: [key for key in keys if key not in in_job] for facet, keys in read.items()}
+        read = {facet: keys for facet, keys in read.items() if keys}
+        if settings.get("facets") == CONSUMER_FACETS:
             settings["facets"] = sorted(read)
         for facet, keys in read.items():
             if "facets" in settings and facet not in settings["facets"]:
