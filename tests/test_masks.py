@@ -94,3 +94,28 @@ def test_a_method_registered_outside_the_project_runs_from_a_config_alone(tiny_s
     with pytest.raises(ConfigError, match=r"'k' was unexpected"):
         validate_config({"dataset": {"name": "d", "root": "."},
                          "masks": {"bright": {"method": "test_brightest_cells", "features": "f", "k": [2]}}}, SCHEMA)
+
+
+def test_per_image_work_runs_on_the_jobs_threads_in_order_with_single_threaded_blas(monkeypatch):
+    import threading
+
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from unseg.threads import map_images
+
+    seen = []
+
+    def work(item):
+        # (a BLAS threaded by OpenMP, faiss's, counts per calling thread: faiss's k-means sets it for small problems)
+        blas = [pool["num_threads"] for pool in threadpool_info()
+                if pool["user_api"] == "blas" and pool.get("threading_layer") != "openmp"]
+        seen.append((threading.current_thread().name, blas))
+        return item * item
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert map_images(work, range(7)) == [i * i for i in range(7)]
+    assert all(name.startswith("per-image") and blas and set(blas) == {1} for name, blas in seen), seen
+    seen.clear()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # one thread: the caller's own, BLAS untouched
+    assert map_images(work, [3]) == [9] and seen[0][0] == threading.current_thread().name

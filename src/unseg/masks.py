@@ -38,6 +38,7 @@ from .spectral import (
     pass_dtype,
 )
 from .store import FeatureStore
+from .threads import map_images
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,10 @@ def spectral_multik(batch: MaskBatch, *, k, split_components, min_area_fraction,
     _log_precision(batch, solver_precision)
     ks = tuple(int(value) for value in k)
     spectra = grid_spectra(list(batch.grids), max(ks), device=batch.device, precision=solver_precision)
-    return [multik_masks(grid, ks, split_components, min_area_cells(min_area_fraction, grid, min_area_patches), seed,
-                         eigenvectors=vectors)
-            for grid, (vectors, _) in zip(batch.grids, spectra)]
+    return map_images(lambda job: multik_masks(job[0], ks, split_components,
+                                               min_area_cells(min_area_fraction, job[0], min_area_patches), seed,
+                                               eigenvectors=job[1][0]),
+                      zip(batch.grids, spectra))
 
 
 @register("masks", "deep_spectral", schema={
@@ -139,10 +141,11 @@ def deep_spectral(batch: MaskBatch, *, k, split_components, min_area_fraction, m
     ks = tuple(int(value) for value in k)
     extra = [color_weight * color_knn_affinity(image) for image in batch.images_at_grid()] if color_weight > 0 else None
     spectra = grid_spectra(list(batch.grids), num_eigenvectors, extra, device=batch.device, precision=solver_precision)
-    return [deep_spectral_masks(grid, ks, num_eigenvectors, eigen_masks, split_components,
-                                min_area_cells(min_area_fraction, grid, min_area_patches), drop_background, seed,
-                                eigenvectors=vectors, degree=degree)
-            for grid, (vectors, degree) in zip(batch.grids, spectra)]
+    return map_images(lambda job: deep_spectral_masks(job[0], ks, num_eigenvectors, eigen_masks, split_components,
+                                                      min_area_cells(min_area_fraction, job[0], min_area_patches),
+                                                      drop_background, seed, eigenvectors=job[1][0],
+                                                      degree=job[1][1]),
+                      zip(batch.grids, spectra))
 
 
 def grid_mask_to_image(grid_mask: np.ndarray, store: FeatureStore, name: str) -> np.ndarray:
@@ -195,9 +198,9 @@ def batch_mask_results(method, method_settings: Mapping[str, Any], names: Sequen
                           first=first and part[0] == names[0])
         return method.function(batch, **method_settings)
 
-    results = []
-    for grid_masks, geometry, image_id in zip(in_halves_on_oom(run, list(names), "masks batch"), geometries,
-                                              image_ids):
+    def rows(job) -> list[dict]:  # one image's masks at its own size, RLE-encoded
+        grid_masks, geometry, image_id = job
+        image_rows = []
         for grid_mask in grid_masks:
             pixels = grid_to_image(grid_mask.mask.astype(np.float32), geometry) > 0.5
             if not pixels.any():
@@ -214,5 +217,8 @@ def batch_mask_results(method, method_settings: Mapping[str, Any], names: Sequen
             }
             if grid_mask.eigen_index is not None:
                 result["eigen_index"] = grid_mask.eigen_index
-            results.append(result)
-    return results
+            image_rows.append(result)
+        return image_rows
+
+    per_image = map_images(rows, zip(in_halves_on_oom(run, list(names), "masks batch"), geometries, image_ids))
+    return [row for image_rows in per_image for row in image_rows]
