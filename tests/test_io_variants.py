@@ -145,6 +145,9 @@ def test_facets_consumers_stores_exactly_what_the_variants_read():
     })
     check_variants(transfgu)
     assert transfgu["features"]["f"]["facets"] == ["attn", "keys"]
+    transfgu["features"]["c"]["fused"] = True  # crops: nothing to fuse
+    with pytest.raises(VariantError, match=r"features\.c\.fused: a crops variant"):
+        check_variants(transfgu)
 
 
 def test_a_variant_reading_a_facet_its_store_lacks_is_a_config_error():

@@ -174,6 +174,9 @@ def resolve_facets(config: dict) -> None:
     readers = facet_readers(config)
     for variant, settings in (config.get("features") or {}).items():
         if settings.get("crops") is not None:
+            if settings.get("fused"):
+                raise VariantError(f"features.{variant}.fused: a crops variant stores crop CLS tokens, which no masks "
+                                   "or saliency method reads; leave fused off")
             continue
         read = readers.get(variant, {})
         if settings.get("facets") == CONSUMER_FACETS:
