@@ -667,8 +667,10 @@ def extract_features(
                 in_halves_on_oom(forward, list(range(len(batch_items))), "features batch")
                 bar.update(len(batch_items))
         finally:
-            writer.close()
-            bar.close()
+            try:
+                writer.close()  # re-raises a writer's (or the consumer's) error
+            finally:
+                bar.close()
         (Path(tmp) / ORDER_FILE).write_text(json.dumps({"runs": [[item.name for item in items]]}))
         if shard is None:
             root.attrs["complete"] = True
