@@ -208,11 +208,15 @@ def test_every_registry_entry_extracts_into_a_store(tmp_path, name):
 
 
 def _array_bytes(path):
+    import warnings
+
     import zarr
 
     root = zarr.open_group(str(path), mode="r")
-    return {(name, facet): (array.dtype, array[...].tobytes(), dict(group.attrs))
-            for name, group in root.groups() for facet, array in group.arrays()}
+    with warnings.catch_warnings():  # order.json sits in the store on purpose (not a zarr node)
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component")
+        return {(name, facet): (array.dtype, array[...].tobytes(), dict(group.attrs))
+                for name, group in root.groups() for facet, array in group.arrays()}
 
 
 def test_two_shards_equal_one_extraction_bit_for_bit(tmp_path):
