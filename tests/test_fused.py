@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from unseg.config import validate_config
+from unseg.crf import crf_available
 from unseg.features import assemble_shards, run_features
 from unseg.fused import (
     FUSED_FEATURES,
@@ -18,7 +19,7 @@ from unseg.fused import (
     join_fused_saliency,
     run_fused_shard,
 )
-from unseg.index import build_index, write_index
+from unseg.index import build_index, image_paths, write_index
 from unseg.masks import run_masks
 from unseg.saliency import run_saliency
 from unseg.store import FeatureStore
@@ -34,9 +35,12 @@ def _config(fused: bool, shards: int, **features):
                                 "facets": ["keys", "tokens"], "shards": shards, "fused": fused, "workers": 0,
                                 **features}},
         "masks": {"multik": {"features": "vits16", "k": [2, 3], "min_area_fraction": 0.04, "batch_size": 4},
-                  "deep": {"method": "deep_spectral", "features": "vits16", "facet": "tokens", "batch_size": 2}},
+                  # reads the pixels too (the colour affinity), as the CRF-refined saliency below does
+                  "deep": {"method": "deep_spectral", "features": "vits16", "facet": "tokens", "batch_size": 2,
+                           "color_weight": 0.5}},
         "saliency": {"bipart": {"features": "vits16", "batch_size": 5},
-                     "border": {"method": "border_background", "features": "vits16", "threshold": "otsu"},
+                     "border": {"method": "border_background", "features": "vits16", "threshold": "otsu",
+                                **({"refine": "crf"} if crf_available() else {})},
                      "head": {"method": "foreground_head", "features": "vits16", "iterations": 2}},
     }, SCHEMA)
 
@@ -87,12 +91,14 @@ def test_fused_shards_join_into_the_unfused_stages_artifacts_byte_for_byte(index
     for name in plain_store.names:
         np.testing.assert_array_equal(fused_store.facet(name, "keys"), plain_store.facet(name, "keys"))
     for name, masks_settings in variants["masks"].items():
-        run_masks(tmp_path / "plain.zarr", tmp_path / f"plain_{name}.json", masks_settings, progress=False)
+        run_masks(tmp_path / "plain.zarr", tmp_path / f"plain_{name}.json", masks_settings, progress=False,
+                  image_paths=image_paths(index_csv))
         fused_json = (tmp_path / f"fused_{name}.json").read_bytes()
         assert fused_json == (tmp_path / f"plain_{name}.json").read_bytes(), name
         assert len(json.loads(fused_json)) > 9
     for name, saliency_settings in variants["saliency"].items():
-        run_saliency(tmp_path / "plain.zarr", tmp_path / f"plain_{name}", saliency_settings, progress=False)
+        run_saliency(tmp_path / "plain.zarr", tmp_path / f"plain_{name}", saliency_settings, progress=False,
+                     image_paths=image_paths(index_csv))
         pngs = sorted(path.name for path in (tmp_path / f"plain_{name}").glob("*.png"))
         assert pngs == sorted(path.name for path in (tmp_path / f"fused_{name}").glob("*.png")) and len(pngs) == 9
         for png in pngs:
@@ -185,5 +191,6 @@ def test_with_facets_consumers_a_fused_variant_stores_only_what_later_stages_rea
     assemble_shards([plain], tmp_path / "joined.zarr")
     for name in ("multik", "deep"):
         join_fused_masks([folder], name, tmp_path / f"fused_{name}.json")
-        run_masks(tmp_path / "joined.zarr", tmp_path / f"plain_{name}.json", unfused["masks"][name], progress=False)
+        run_masks(tmp_path / "joined.zarr", tmp_path / f"plain_{name}.json", unfused["masks"][name], progress=False,
+                  image_paths=image_paths(index_csv))
         assert (tmp_path / f"fused_{name}.json").read_bytes() == (tmp_path / f"plain_{name}.json").read_bytes()
