@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from unseg.config import validate_config
 from unseg.crf import crf_available
@@ -194,3 +195,37 @@ def test_with_facets_consumers_a_fused_variant_stores_only_what_later_stages_rea
         run_masks(tmp_path / "joined.zarr", tmp_path / f"plain_{name}.json", unfused["masks"][name], progress=False,
                   image_paths=image_paths(index_csv))
         assert (tmp_path / f"fused_{name}.json").read_bytes() == (tmp_path / f"plain_{name}.json").read_bytes()
+
+
+def test_a_slow_consumer_holds_the_extraction_back_instead_of_piling_up_batches(tmp_path, monkeypatch):
+    """The fused path's memory stays flat: a batch keeps its writer slot until consumed, so at most 2 x writers
+    batches are ever written ahead of the masks."""
+    import threading
+    import time
+
+    import unseg.features as features
+    from unseg.features import extract_features
+
+    paths = [str(tmp_path / f"{i}.png") for i in range(12)]
+    for path in paths:
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+    lock, counts, ahead = threading.Lock(), {"written": 0, "consumed": 0}, []
+    real_write = features._write_image
+
+    def counting_write(*args, **kwargs):
+        real_write(*args, **kwargs)
+        with lock:
+            counts["written"] += 1
+            ahead.append(counts["written"] - counts["consumed"])
+
+    def slow_consumer(items, images):
+        time.sleep(0.05)
+        with lock:
+            counts["consumed"] += len(items)
+
+    monkeypatch.setattr(features, "_write_image", counting_write)
+    extract_features(paths, [f"i{i}" for i in range(12)], list(range(1, 13)), tmp_path / "s.zarr",
+                     backbone="dino_vits16", weights="random", resolution=32, facets=["keys"], batch_size=1,
+                     workers=0, writers=1, progress=False, on_written=slow_consumer)
+    assert counts == {"written": 12, "consumed": 12}
+    assert max(ahead) <= 2, ahead  # writers=1: two slots, each one batch of one image
