@@ -1,6 +1,7 @@
 """Flat memory and constant per-image cost: the index, features, masks, saliency, proposals, pseudo-labels, train (a
-linear head, two epochs) and predict stages on generated synthetic datasets of growing size (small images, a random
-ViT, the CPU), each stage a library call in a fresh process, as a workflow job is.
+linear head, two epochs) and predict stages, and the fused path (features + masks + saliency in one job,
+unseg.fused), on generated synthetic datasets of growing size (small images, a random ViT, the CPU), each stage a
+library call in a fresh process, as a workflow job is.
 
 Prints, per dataset size and stage: images/s, bytes per image of the stage's artifact on disk and the process's
 peak resident memory; then each stage's per-image time and peak RSS at the largest size relative to the smallest
@@ -10,6 +11,7 @@ Usage (from the project root)::
 
     .venv/bin/python benchmarks/bench_scale.py --sizes 1000,3000,10000
     .venv/bin/python benchmarks/bench_scale.py --sizes 100,300 --out /tmp/scale-small   # a quick look
+    .venv/bin/python benchmarks/bench_scale.py --stages index,fused                     # the fused path alone
 
 Each size gets its own dataset and results under --out (default /tmp/unseg-scale); datasets are kept between
 runs (generation is deterministic), results are recomputed.
@@ -26,7 +28,7 @@ import time
 from pathlib import Path
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-STAGES = ("index", "features", "masks", "saliency", "proposals", "pseudolabels", "train", "predict")
+STAGES = ("index", "features", "masks", "saliency", "proposals", "pseudolabels", "train", "predict", "fused")
 TRAIN_EPOCHS = 2  # a linear head: per-image cost is what scales, not how long it trains
 
 
@@ -63,6 +65,15 @@ def run_stage(stage: str, root: Path, results: Path, resolution: int) -> dict:
                            facets=["keys", "tokens"], batch_size=32)
         run_features(index_csv, store, settings, threads=2)
         artifact = store
+    elif stage == "fused":
+        from unseg.fused import run_fused_shard
+
+        settings = variant("features", backbone="dino_vits16", weights="random", resolution=resolution,
+                           facets=["keys", "tokens"], batch_size=32, fused=True)
+        fused = {"masks": {"m": variant("masks", features="f", k=[2, 3])}, "saliency": {"s": variant("saliency",
+                                                                                                   features="f")}}
+        run_fused_shard(index_csv, results / "fused", settings, fused, threads=2)
+        artifact = results / "fused"
     elif stage == "masks":
         from unseg.masks import run_masks
 
@@ -116,6 +127,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64, help="side of the generated square images (px)")
     parser.add_argument("--resolution", type=int, default=64, help="the ViT's input short side (px)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/unseg-scale"))
+    parser.add_argument("--stages", default=",".join(STAGES), help="the stages to run, in this order, comma-separated "
+                        "(a stage needs the artifacts of the stages before it in the default order; fused: index)")
     parser.add_argument("--child", nargs=3, metavar=("STAGE", "ROOT", "RESULTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:  # one stage in a fresh process: its numbers as JSON on the last line
@@ -126,6 +139,10 @@ def main() -> None:
     from unseg.synthetic import generate_synthetic_dataset
 
     sizes = [int(size) for size in args.sizes.split(",")]
+    stages = args.stages.split(",")
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        sys.exit(f"--stages: unknown {unknown}; choose from {list(STAGES)}")
     rows: dict[tuple[int, str], dict] = {}
     print("| images | stage | images/s | bytes / image | peak RSS (MB) |\n|---|---|---|---|---|", flush=True)
     for size in sizes:
@@ -135,7 +152,7 @@ def main() -> None:
         results = args.out / f"results-{size}"
         subprocess.run(["rm", "-rf", str(results)], check=True)
         results.mkdir(parents=True)
-        for stage in STAGES:
+        for stage in stages:
             done = subprocess.run([sys.executable, __file__, "--resolution", str(args.resolution), "--child", stage,
                                    str(root), str(results)], capture_output=True, text=True)
             if done.returncode:
@@ -147,7 +164,7 @@ def main() -> None:
     small, large = sizes[0], sizes[-1]
     print(f"\n{large} images against {small}: per-image time and peak RSS ratios (goal <= 1.2)\n")
     print("| stage | per-image time | peak RSS |\n|---|---|---|")
-    for stage in STAGES:
+    for stage in stages:
         time_ratio = (rows[large, stage]["seconds"] / large) / (rows[small, stage]["seconds"] / small)
         rss_ratio = rows[large, stage]["peak_rss_mb"] / rows[small, stage]["peak_rss_mb"]
         print(f"| {stage} | {time_ratio:.2f} | {rss_ratio:.2f} |")
