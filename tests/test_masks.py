@@ -83,7 +83,7 @@ def test_a_method_registered_outside_the_project_runs_from_a_config_alone(tiny_s
     assert [m["image_id"] for m in masks] == [store.image_id(name) for name in store.names]
     for name, result in zip(store.names, masks):
         keys = store.facet(name, "keys")[..., 0]
-        expected = grid_mask_to_image(keys > np.quantile(keys, 0.75), store, name)
+        expected = grid_mask_to_image(keys > np.quantile(keys, 0.75), store.geometry(name))
         np.testing.assert_array_equal(decode_rle(result["segmentation"]), expected)
         assert result["score"] == 0.75 and result["k"] == 0
     # its schema branch validates its settings like a built-in's

