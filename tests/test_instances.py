@@ -13,7 +13,19 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 import unseg.instances as instances_module
-from unseg.detection import FRAME_STRIDE, DropLossRoIHeads, SimpleFeaturePyramid, build_mask_rcnn, drop_loss
+from unseg.detection import (
+    FRAME_STRIDE,
+    DropLossRoIHeads,
+    SimpleFeaturePyramid,
+    build_mask_rcnn,
+    cells_in_boxes,
+    colour_similarities,
+    drop_loss,
+    pairwise_colour_loss,
+    projection_loss,
+    rgb_to_lab,
+    weak_mask_loss,
+)
 from unseg.features import extract_features, write_derived_store
 from unseg.geometry import boxes_to_frame, boxes_to_original, mask_in_frame, resize_geometry
 from unseg.instances import (
@@ -175,6 +187,124 @@ def test_copy_paste_drops_an_own_mask_mostly_covered():
 # ---------------------------------------------------------------------------------------------------- rounds
 
 
+# ---------------------------------------------------------------------------------------------------- weak mask loss
+
+
+def test_rgb_to_lab_matches_the_cie_reference_values():
+    # sRGB white, black, pure red and a mid grey under D65 (CIE L*a*b* reference values, e.g. Bruce Lindbloom's)
+    pixels = torch.tensor([[255, 255, 255], [0, 0, 0], [255, 0, 0], [119, 119, 119]], dtype=torch.uint8)
+    lab = rgb_to_lab(pixels.T[:, :, None])[:, :, 0].T
+    expected = torch.tensor([[100.0, 0.0, 0.0], [0.0, 0.0, 0.0], [53.24, 80.09, 67.20], [50.03, 0.0, 0.0]])
+    assert torch.allclose(lab, expected, atol=0.05)
+
+
+def test_the_projection_loss_sees_only_the_masks_axis_maxima():
+    # target: an L shape inside rows 0-1 and columns 0-1 of a 4 x 4 grid; its projections are those of the 2 x 2 box
+    target = torch.zeros(1, 4, 4)
+    target[0, 0, 0:2] = 1
+    target[0, 1, 0] = 1
+    box = torch.full((1, 4, 4), -30.0)
+    box[0, 0:2, 0:2] = 30.0
+    assert projection_loss(box, target).item() == pytest.approx(0.0, abs=1e-6)  # same projections, other interior
+    shifted = torch.full((1, 4, 4), -30.0)
+    shifted[0, 1:3, 1:3] = 30.0  # projections [0, 1, 1, 0] against [1, 1, 0, 0] on both axes: Dice 1 - 2/4 each
+    assert projection_loss(shifted, target).item() == pytest.approx(1.0, abs=1e-5)
+    half = torch.zeros(1, 4, 4)  # p = 0.5 everywhere: Dice = 1 - 2 * 1 / (4 * 0.25 + 2) = 1/3 per axis
+    assert projection_loss(half, target).item() == pytest.approx(2 / 3, abs=1e-6)
+
+
+def test_colour_similarities_are_exp_of_the_lab_distance_and_zero_off_the_grid():
+    colours = torch.zeros(1, 3, 3, 3)
+    colours[0, 0, :, 2] = 4.0  # the right column 4 L-units lighter
+    similarity = colour_similarities(colours)
+    # offsets (0, 1) is index 4: from the centre cell to its right neighbour exp(-4 / 2); from the left cell to the
+    # centre 1; from the right column to beyond the grid 0
+    assert similarity[0, 4, 1, 1].item() == pytest.approx(np.exp(-2.0))
+    assert similarity[0, 4, 1, 0].item() == pytest.approx(1.0)
+    assert similarity[0, 4, 1, 2].item() == 0.0
+    assert similarity[0, 0, 0, 0].item() == 0.0 and similarity[0, 7, 1, 1].item() == pytest.approx(np.exp(-2.0))
+
+
+def test_the_pairwise_loss_pulls_only_similar_neighbours_inside_the_box_together():
+    size = 4
+    split = torch.full((1, size, size), -30.0)
+    split[0, :, :2] = 30.0  # the left half object, the right half background
+    same_colour = colour_similarities(torch.zeros(1, 3, size, size))
+    edge = torch.zeros(1, 3, size, size)
+    edge[0, 0, :, 2:] = 50.0  # a strong colour edge exactly between the halves
+    inside = torch.ones(1, size, size, dtype=torch.bool)
+    # uniform colour: the edges crossing the split cost ~29.3 each; across a colour edge no pair is similar, so nothing
+    # is lost
+    crossing = pairwise_colour_loss(split, same_colour, inside).item()
+    assert crossing > 1.0
+    assert pairwise_colour_loss(split, colour_similarities(edge), inside).item() == pytest.approx(0.0, abs=1e-6)
+    # p = 0.5 everywhere: P(same) = 1/2 for every edge, loss log 2
+    assert pairwise_colour_loss(torch.zeros(1, size, size), same_colour, inside).item() == pytest.approx(np.log(2))
+    # no cell inside the box: no edge counts
+    assert pairwise_colour_loss(split, same_colour, torch.zeros_like(inside)).item() == 0.0
+    # by brute force: the mean over the grid's directed 8-neighbour edges of -log P(same), P(same) = 2 σ(30) σ(-30)
+    # across the split and 1 elsewhere
+    weights, crossed = 0, 0
+    for row in range(size):
+        for col in range(size):
+            for dy, dx in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)):
+                if 0 <= row + dy < size and 0 <= col + dx < size:
+                    weights += 1
+                    crossed += (col < 2) != (col + dx < 2)
+    logsigmoid = torch.nn.functional.logsigmoid
+    cost = -float(np.log(2) + logsigmoid(torch.tensor(30.0)) + logsigmoid(torch.tensor(-30.0)))
+    assert (weights, crossed) == (84, 20)
+    expected = crossed * cost / weights
+    assert crossing == pytest.approx(expected, rel=1e-4)
+
+
+def test_cells_in_boxes_tests_each_cell_centre():
+    regions = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 8.0, 4.0]])
+    boxes = torch.tensor([[1.0, 1.0, 3.0, 3.0], [4.0, 0.0, 8.0, 2.0]])
+    cells = cells_in_boxes(regions, boxes, 4)
+    assert cells[0].nonzero().tolist() == [[1, 1], [1, 2], [2, 1], [2, 2]]
+    # region 2: cell centres x = 1, 3, 5, 7 and y = 0.5, 1.5, 2.5, 3.5
+    assert cells[1].nonzero().tolist() == [[0, 2], [0, 3], [1, 2], [1, 3]]
+
+
+def test_the_weak_mask_loss_composes_projection_and_pairwise_terms_in_each_region():
+    torch.manual_seed(0)
+    masks = torch.zeros(1, 32, 32, dtype=torch.uint8)
+    masks[0, 8:24, 8:20] = 1
+    colours = torch.randn(3, 32, 32) * 3
+    target = {"masks": masks, "boxes": torch.tensor([[8.0, 8.0, 20.0, 24.0]]), "colours": colours}
+    regions = [torch.tensor([[4.0, 4.0, 28.0, 28.0], [8.0, 8.0, 20.0, 24.0]])]
+    logits = torch.randn(2, 2, 8, 8)
+    loss = weak_mask_loss(logits, regions, [target], [torch.tensor([0, 0])], pairwise_weight=0.5)
+    # the same by hand: the mask and the colours sampled in each region by RoI-Align, the box's cells by centre
+    from torchvision.ops import roi_align
+    mask_targets = torch.stack([roi_align(masks[None].float(), [regions[0][i:i + 1]], (8, 8), 1.0)[0, 0]
+                                for i in range(2)])
+    sampled = roi_align(colours[None], [regions[0]], (8, 8), 1.0)
+    in_box = cells_in_boxes(regions[0], target["boxes"].expand(2, 4), 8)
+    expected = projection_loss(logits[:, 1], mask_targets) + 0.5 * pairwise_colour_loss(
+        logits[:, 1], colour_similarities(sampled), in_box)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert in_box[1].all() and not in_box[0].all()
+
+
+def test_the_roi_heads_train_the_mask_head_with_the_weak_loss():
+    torch.manual_seed(0)
+    model = build_mask_rcnn(16, channels=8, scales=(1, 0.5), rois_per_image=16, mask_loss="projection")
+    heads: DropLossRoIHeads = model.roi_heads
+    heads.train()
+    features = OrderedDict((name, torch.randn(1, 8, size, size)) for name, size in (("0", 8), ("1", 4)))
+    target = {"boxes": torch.tensor([[10.0, 10.0, 60.0, 60.0]]), "labels": torch.ones(1, dtype=torch.int64),
+              "masks": torch.zeros(1, 128, 128, dtype=torch.uint8), "colours": torch.zeros(3, 128, 128)}
+    target["masks"][0, 10:60, 10:60] = 1
+    proposals = [torch.tensor([[12.0, 12.0, 58.0, 58.0], [90.0, 90.0, 120.0, 120.0]])]
+    loss = heads(features, proposals, [(128, 128)], [target])[1]["loss_mask"]
+    loss.backward()
+    assert loss.item() > 0 and heads.mask_predictor.mask_fcn_logits.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="mask_loss"):
+        build_mask_rcnn(16, channels=8, mask_loss="boxes")
+
+
 def square(size: int, top: int, left: int, side: int) -> np.ndarray:
     mask = np.zeros((size, size), dtype=bool)
     mask[top : top + side, left : left + side] = True
@@ -279,6 +409,32 @@ def test_two_planted_objects_are_recovered(planted, tmp_path):
             {"size": best["segmentation"]["size"], "counts": best["segmentation"]["counts"].encode()})])
     log = (tmp_path / "log.csv").read_text().splitlines()
     assert log[0].startswith("step,loss,") and len(log) > 10
+
+
+def test_the_weak_mask_loss_learns_the_planted_objects_from_their_colours(planted, tmp_path):
+    # mask_loss: projection sees only the pseudo-masks' projections and the images' colours (the squares are bright
+    # on a dark background): the objects are still recovered, and the loss needs the images
+    store, paths, masks = planted
+    settings = variant("instances", **TINY_MODEL, steps=120, mask_loss="projection")
+    names_by_id = {1: "img0", 2: "img1"}
+    with pytest.raises(ValueError, match="mask_loss: projection read"):
+        run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path, settings, progress=False)
+    run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path, settings, image_paths=paths,
+                        progress=False)
+    checkpoint = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert checkpoint["config"]["mask_loss"] == "projection" and not checkpoint["config"]["reads_images"]
+    run_instances_predict(tmp_path / "model.pt", store, ["img0", "img1"], tmp_path / "instances.json",
+                          progress=False, rescore="none")
+    detections = json.loads((tmp_path / "instances.json").read_text())
+    for image_id, name in names_by_id.items():
+        best = max((det for det in detections if det["image_id"] == image_id), key=lambda det: det["score"])
+        found = decode_rle(best["segmentation"])
+        assert (found & masks[name]).sum() / (found | masks[name]).sum() >= 0.7, name
+    dataset = instances_module.InstanceDataset(store, "tokens", {name: [] for name in masks}, paths,
+                                               reads_images=False, colours=True)
+    tokens, targets = dataset[0]
+    assert tokens.shape == (8, 6, 6) and targets["colours"].shape == (3, 96, 96)
+    assert targets["colours"][0, 40, 40] > 80 > 20 > targets["colours"][0, 2, 2]  # L of the square, of the noise
 
 
 def test_an_interrupted_training_resumes_to_the_same_weights(planted, tmp_path, monkeypatch):

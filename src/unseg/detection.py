@@ -17,6 +17,12 @@ box head and the Mask R-CNN mask head); what is ours is how the ViT feeds them:
 * **DropLoss** (CutLER, Wang et al. CVPR 2023, Eq. 2): a sampled region whose box overlaps no target box by more
   than ``drop_iou`` (0.01) gives no classification loss, so the model is not taught that an object the pseudo-masks
   missed is background.
+* **The mask loss** (``mask_loss``): Mask R-CNN's per-pixel cross-entropy against the pseudo-mask (``"mask"``), or
+  FreeSOLO's weak supervision (``"projection"``; Wang et al. CVPR 2022, section 3.3, after BoxInst, Tian et al.
+  CVPR 2021, section 3), which Engstler et al. 2023 (A.2.1) train their SOLOv2 with: only the pseudo-mask's
+  projections on the two axes are targets (:func:`projection_loss`), and inside the target's box neighbouring
+  cells of similar colour are pulled to the same label (:func:`pairwise_colour_loss`), so a coarse pseudo-mask's
+  outline is not learnt pixel for pixel and the image's edges decide it instead.
 """
 
 from __future__ import annotations
@@ -29,14 +35,15 @@ import torch.nn.functional as F
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss, project_masks_on_boxes
 from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
-from torchvision.ops import MultiScaleRoIAlign, box_iou
+from torchvision.ops import MultiScaleRoIAlign, box_iou, roi_align
 
 from .heads import TokenHead
 
 FRAME_STRIDE = 16  # model pixels per token
 PYRAMID_SCALES = (4.0, 2.0, 1.0, 0.5)  # ViTDet's simple feature pyramid: strides 4, 8, 16, 32 in the model frame
+MASK_LOSSES = ("mask", "projection")
 
 
 class LayerNorm2d(torch.nn.Module):
@@ -134,22 +141,148 @@ def drop_loss(class_logits: torch.Tensor, box_regression: torch.Tensor, labels: 
     return classification, box_loss
 
 
+def rgb_to_lab(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) sRGB in 0-255 (uint8 or float) → (3, H, W) float32 CIELAB under D65 (L in 0-100), the colour
+    space of BoxInst's pairwise similarities (section 3.3)."""
+    rgb = image.float() / 255.0
+    linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    to_xyz = linear.new_tensor([[0.412453, 0.357580, 0.180423],
+                                [0.212671, 0.715160, 0.072169],
+                                [0.019334, 0.119193, 0.950227]])
+    white = linear.new_tensor([0.950456, 1.0, 1.088754])
+    xyz = torch.einsum("ij,jhw->ihw", to_xyz, linear) / white[:, None, None]
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    return torch.stack([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def projection_loss(mask_logits: torch.Tensor, mask_targets: torch.Tensor) -> torch.Tensor:
+    """FreeSOLO's projection term (Wang et al. 2022, Eq. 3; BoxInst Eq. 2 with the box replaced by the
+    pseudo-mask): the Dice loss of the predicted mask's maxima along each axis against the target's.
+
+    Args:
+        mask_logits: (R, M, M) float logits of R regions.
+        mask_targets: (R, M, M) float in [0, 1], the pseudo-masks in the same regions.
+
+    Returns:
+        scalar: the mean over regions of Dice(max over rows) + Dice(max over columns), Dice(p, t) = 1 − 2Σpt /
+        (Σp² + Σt²) as BoxInst's.
+    """
+    if len(mask_logits) == 0:
+        return mask_logits.sum() * 0
+    probabilities = mask_logits.sigmoid()
+
+    def dice(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        overlap = (prediction * target).sum(-1)
+        return 1 - 2 * overlap / ((prediction ** 2).sum(-1) + (target ** 2).sum(-1)).clamp(min=1e-5)
+
+    loss = dice(probabilities.amax(-2), mask_targets.amax(-2)) + dice(probabilities.amax(-1), mask_targets.amax(-1))
+    return loss.mean()
+
+
+# BoxInst's 8 neighbours of a cell (section 3.3); on the mask head's M × M grid of a region rather than on the
+# image at stride 4, so adjacent cells (a cell spans 4-14 px of a 100-400 px object) instead of dilation 2.
+NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def colour_similarities(colours: torch.Tensor, theta: float = 2.0) -> torch.Tensor:
+    """(R, 3, M, M) CIELAB colours of each region's cells → (R, 8, M, M) similarity exp(−‖c_i − c_j‖ / θ) of cell i
+    with its neighbour j at :data:`NEIGHBOUR_OFFSETS` (BoxInst Eq. 4, θ = 2); 0 where the neighbour is outside."""
+    size = colours.shape[-1]
+    padded = F.pad(colours, (1, 1, 1, 1))
+    similarities = []
+    for dy, dx in NEIGHBOUR_OFFSETS:
+        neighbour = padded[..., 1 + dy : 1 + dy + size, 1 + dx : 1 + dx + size]
+        similarity = torch.exp(-(colours - neighbour).norm(dim=1) / theta)
+        inside = torch.zeros((size, size), dtype=torch.bool, device=colours.device)
+        inside[max(0, -dy) : size - max(0, dy), max(0, -dx) : size - max(0, dx)] = True
+        similarities.append(similarity * inside)
+    return torch.stack(similarities, dim=1)
+
+
+def pairwise_colour_loss(mask_logits: torch.Tensor, similarities: torch.Tensor, in_box: torch.Tensor,
+                         threshold: float = 0.3) -> torch.Tensor:
+    """BoxInst's pairwise term (Eq. 3-5): −log P(y_i = y_j), P = m_i m_j + (1 − m_i)(1 − m_j), averaged over the
+    edges whose colour similarity is at least ``threshold`` (τ = 0.3) from a cell i inside the target's box.
+
+    Args:
+        mask_logits: (R, M, M) logits.
+        similarities: (R, 8, M, M) from :func:`colour_similarities`.
+        in_box: (R, M, M) bool: the cell's centre lies inside the region's target box.
+    """
+    size = mask_logits.shape[-1]
+    log_fg, log_bg = F.logsigmoid(mask_logits), F.logsigmoid(-mask_logits)
+    padded_fg, padded_bg = F.pad(log_fg, (1, 1, 1, 1)), F.pad(log_bg, (1, 1, 1, 1))
+    terms = []
+    for dy, dx in NEIGHBOUR_OFFSETS:
+        rows, cols = slice(1 + dy, 1 + dy + size), slice(1 + dx, 1 + dx + size)
+        terms.append(torch.logaddexp(log_fg + padded_fg[..., rows, cols], log_bg + padded_bg[..., rows, cols]))
+    log_same = torch.stack(terms, dim=1)
+    weights = (similarities >= threshold).to(log_same.dtype) * in_box[:, None].to(log_same.dtype)
+    return -(log_same * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def cells_in_boxes(regions: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """(R, size, size) bool: which cells of each region's size × size grid (``regions`` (R, 4) x1, y1, x2, y2) have
+    their centre inside the matching ``boxes`` (R, 4)."""
+    steps = (torch.arange(size, device=regions.device, dtype=regions.dtype) + 0.5) / size
+    xs = regions[:, 0:1] + steps[None] * (regions[:, 2:3] - regions[:, 0:1])
+    ys = regions[:, 1:2] + steps[None] * (regions[:, 3:4] - regions[:, 1:2])
+    inside_x = (xs >= boxes[:, 0:1]) & (xs < boxes[:, 2:3])
+    inside_y = (ys >= boxes[:, 1:2]) & (ys < boxes[:, 3:4])
+    return inside_y[:, :, None] & inside_x[:, None, :]
+
+
+def weak_mask_loss(mask_logits: torch.Tensor, regions: Sequence[torch.Tensor], targets: Sequence[dict],
+                   matched: Sequence[torch.Tensor], pairwise_weight: float = 1.0,
+                   pairwise_threshold: float = 0.3) -> torch.Tensor:
+    """FreeSOLO's weakly supervised mask loss of the positive regions: :func:`projection_loss` against the
+    pseudo-masks + ``pairwise_weight`` × :func:`pairwise_colour_loss` on each image's ``colours``.
+
+    Args:
+        mask_logits: (R, 2, M, M) of the mask predictor (channel 1: the object class) for the positive regions of
+            all images, in image order.
+        regions: per image (R_i, 4) the positive regions' boxes, model pixels.
+        targets: per image ``masks`` (N, H, W), ``boxes`` (N, 4) and ``colours`` (3, H, W) CIELAB in the model frame.
+        matched: per image (R_i,) the index of each region's target.
+    """
+    if mask_logits.numel() == 0:
+        return mask_logits.sum() * 0
+    size = mask_logits.shape[-1]
+    logits = mask_logits[:, 1]
+    mask_targets = torch.cat([project_masks_on_boxes(target["masks"], boxes, index, size)
+                              for target, boxes, index in zip(targets, regions, matched)])
+    colours = torch.cat([roi_align(target["colours"][None].float(), [boxes], (size, size), 1.0)
+                         for target, boxes in zip(targets, regions)])
+    in_box = torch.cat([cells_in_boxes(boxes, target["boxes"][index].to(boxes.dtype), size)
+                        for target, boxes, index in zip(targets, regions, matched)])
+    pairwise = pairwise_colour_loss(logits, colour_similarities(colours), in_box, pairwise_threshold)
+    return projection_loss(logits, mask_targets) + pairwise_weight * pairwise
+
+
 class DropLossRoIHeads(RoIHeads):
     """torchvision's ``RoIHeads`` whose training classification loss is :func:`drop_loss` (``drop_iou`` None: the
-    plain loss). ``last_dropped`` holds the fraction of sampled regions the last training step dropped."""
+    plain loss) and whose mask loss is Mask R-CNN's or, with ``mask_loss="projection"``, :func:`weak_mask_loss`
+    (the targets then carry each image's ``colours``). ``last_dropped`` holds the fraction of sampled regions the
+    last training step dropped."""
 
-    def __init__(self, *args, drop_iou: float | None = 0.01, **kwargs):
+    def __init__(self, *args, drop_iou: float | None = 0.01, mask_loss: str = "mask", pairwise_weight: float = 1.0,
+                 pairwise_threshold: float = 0.3, **kwargs):
         super().__init__(*args, **kwargs)
-        self.drop_iou = drop_iou
+        if mask_loss not in MASK_LOSSES:
+            raise ValueError(f"mask_loss {mask_loss!r}: one of {list(MASK_LOSSES)}")
+        self.drop_iou, self.mask_loss = drop_iou, mask_loss
+        self.pairwise_weight, self.pairwise_threshold = pairwise_weight, pairwise_threshold
         self.last_dropped = 0.0
 
     def forward(self, features, proposals, image_shapes, targets=None):
-        if not self.training or self.drop_iou is None:
+        if not self.training or (self.drop_iou is None and self.mask_loss == "mask"):
             return super().forward(features, proposals, image_shapes, targets)
         proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         kept = []
         for boxes, target in zip(proposals, targets):
-            if target["boxes"].numel() == 0:
+            if self.drop_iou is None:
+                kept.append(torch.ones(len(boxes), dtype=torch.bool, device=boxes.device))
+            elif target["boxes"].numel() == 0:
                 kept.append(torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device))
             else:
                 kept.append(box_iou(boxes, target["boxes"].to(boxes.dtype)).max(dim=1).values > self.drop_iou)
@@ -162,8 +295,12 @@ class DropLossRoIHeads(RoIHeads):
         mask_proposals = [boxes[pos] for boxes, pos in zip(proposals, positives)]
         mask_matched = [matched[pos] for matched, pos in zip(matched_idxs, positives)]
         mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes)))
-        loss_mask = maskrcnn_loss(mask_logits, mask_proposals, [t["masks"] for t in targets],
-                                  [t["labels"] for t in targets], mask_matched)
+        if self.mask_loss == "projection":
+            loss_mask = weak_mask_loss(mask_logits, mask_proposals, targets, mask_matched, self.pairwise_weight,
+                                       self.pairwise_threshold)
+        else:
+            loss_mask = maskrcnn_loss(mask_logits, mask_proposals, [t["masks"] for t in targets],
+                                      [t["labels"] for t in targets], mask_matched)
         return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg, "loss_mask": loss_mask}
 
 
@@ -250,7 +387,8 @@ class InstanceSegmenter(torch.nn.Module):
 def build_mask_rcnn(embed_dim: int, *, channels: int = 256,
                     scales: Sequence[float] = PYRAMID_SCALES, rois_per_image: int = 512,
                     detections_per_image: int = 100, min_score: float = 0.05,
-                    drop_iou: float | None = 0.01, backbone: torch.nn.Module | None = None) -> InstanceSegmenter:
+                    drop_iou: float | None = 0.01, mask_loss: str = "mask", pairwise_weight: float = 1.0,
+                    pairwise_threshold: float = 0.3, backbone: torch.nn.Module | None = None) -> InstanceSegmenter:
     """A class-agnostic (one foreground class) Mask R-CNN on (B, D, h, w) token grids (of ``backbone`` on images,
     or stored).
 
@@ -259,7 +397,8 @@ def build_mask_rcnn(embed_dim: int, *, channels: int = 256,
     anchors per image, NMS 0.7, 2000 / 1000 proposals (train / test); RoI sampling IoU 0.5, ``rois_per_image``
     regions with 25 % positives; a two-layer box head of 4·``channels`` (1024 at 256); four 3×3 convolutions of
     ``channels`` and a deconvolution in the mask head (28 × 28 masks); detections: score > ``min_score``,
-    NMS 0.5, at most ``detections_per_image``.
+    NMS 0.5, at most ``detections_per_image``. ``mask_loss``, ``pairwise_weight`` and ``pairwise_threshold``:
+    :class:`DropLossRoIHeads`.
     """
     pyramid = SimpleFeaturePyramid(embed_dim, channels, scales)
     strides = pyramid.strides
@@ -274,5 +413,6 @@ def build_mask_rcnn(embed_dim: int, *, channels: int = 256,
         MultiScaleRoIAlign(names, 7, 2), TwoMLPHead(channels * 7 * 7, representation),
         FastRCNNPredictor(representation, 2), 0.5, 0.5, rois_per_image, 0.25, None, min_score, 0.5,
         detections_per_image, MultiScaleRoIAlign(names, 14, 2), MaskRCNNHeads(channels, (channels,) * 4, 1),
-        MaskRCNNPredictor(channels, channels, 2), drop_iou=drop_iou)
+        MaskRCNNPredictor(channels, channels, 2), drop_iou=drop_iou, mask_loss=mask_loss,
+        pairwise_weight=pairwise_weight, pairwise_threshold=pairwise_threshold)
     return InstanceSegmenter(TokenStandardiser(embed_dim), pyramid, rpn, roi_heads, backbone)

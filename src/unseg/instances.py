@@ -53,7 +53,15 @@ from .checkpoints import (
     save_checkpoint,
     save_resume_state,
 )
-from .detection import FRAME_STRIDE, PYRAMID_SCALES, InstanceSegmenter, TokenStandardiser, build_mask_rcnn
+from .detection import (
+    FRAME_STRIDE,
+    MASK_LOSSES,
+    PYRAMID_SCALES,
+    InstanceSegmenter,
+    TokenStandardiser,
+    build_mask_rcnn,
+    rgb_to_lab,
+)
 from .devices import resolve_device
 from .features import normalize_batch
 from .finetune import ImageSegmenter, load_store_backbone
@@ -170,16 +178,25 @@ class InstanceDataset(StoreImages):
         detections: image name → its target detections (COCO results at the original size), in item order.
         augment: ``hflip`` and ``copy_paste`` probabilities, ``copy_paste_scale``; None: the plain image.
         mean, std: the backbone's input normalisation (image path).
+        reads_images: the model input is the image (default: whenever ``image_paths`` are given); False with
+            ``image_paths`` reads the stored tokens and the images only for ``colours``.
+        colours: the targets also carry ``colours``, the (augmented) image's (3, 16h, 16w) CIELAB in the model frame
+            (:func:`frame_colours`; the pairwise term of ``mask_loss: projection``).
     """
 
     def __init__(self, store_path: str | Path, facet: str, detections: Mapping[str, Sequence[dict]],
                  image_paths: Mapping[str, str | Path] | None = None, augment: Mapping[str, Any] | None = None,
-                 mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0)):
+                 mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
+                 reads_images: bool | None = None, colours: bool = False):
         super().__init__(store_path, list(detections))
         self.facet = facet
         self.detections = {name: list(detections[name]) for name in self.names}
         self.image_paths = {name: Path(image_paths[name]) for name in self.names} if image_paths is not None else None
         self.augment, self.mean, self.std = augment, tuple(mean), tuple(std)
+        self.reads_images = self.image_paths is not None if reads_images is None else reads_images
+        if (self.reads_images or colours) and self.image_paths is None:
+            raise ValueError("InstanceDataset: reading images or their colours needs image_paths")
+        self.colours = colours
 
     def tokens(self, index: int) -> torch.Tensor:
         return token_tensor(self.store, self.names[index], self.facet)[0]
@@ -195,9 +212,12 @@ class InstanceDataset(StoreImages):
         index, draw = key if isinstance(key, tuple) else (key, None)
         name = self.names[index]
         geometry, patch = self.store.geometry(name), self.store.patch_size
-        if self.image_paths is None:
-            return self.tokens(index), frame_targets(masks_in_frame(self.detections[name], geometry, patch,
-                                                                    FRAME_STRIDE))
+        if not self.reads_images:
+            targets = frame_targets(masks_in_frame(self.detections[name], geometry, patch, FRAME_STRIDE))
+            if self.colours:
+                image = resize_and_crop(read_image(self.image_paths[name]), geometry)
+                targets["colours"] = frame_colours(image, geometry.grid_size)
+            return self.tokens(index), targets
         image, masks = self.image_and_masks(index)
         if self.augment is not None and draw is not None:
             rng = np.random.default_rng(draw)
@@ -212,7 +232,17 @@ class InstanceDataset(StoreImages):
         frame = F.interpolate(masks[None].float(), size=(grid_h * FRAME_STRIDE, grid_w * FRAME_STRIDE),
                               mode="nearest-exact")[0] > 0.5 if len(masks) else \
             torch.zeros((0, grid_h * FRAME_STRIDE, grid_w * FRAME_STRIDE), dtype=torch.bool)
-        return normalize_batch(image[None], self.mean, self.std)[0], frame_targets(frame)
+        targets = frame_targets(frame)
+        if self.colours:
+            targets["colours"] = frame_colours(image, geometry.grid_size)
+        return normalize_batch(image[None], self.mean, self.std)[0], targets
+
+
+def frame_colours(image: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """(3, h·p, w·p) uint8 ViT input → (3, 16h, 16w) float32 CIELAB in the model frame (bilinear)."""
+    frame = F.interpolate(image[None].float(), size=(grid_size[0] * FRAME_STRIDE, grid_size[1] * FRAME_STRIDE),
+                          mode="bilinear", align_corners=False)[0]
+    return rgb_to_lab(frame.clamp(0, 255))
 
 
 @dataclass(frozen=True)
@@ -380,6 +410,7 @@ def fit_detector(model: InstanceSegmenter, dataset: InstanceDataset, out_dir: st
 # The built-in method: Mask R-CNN on the ViT (unseg.detection).
 
 MODEL_KEYS = ("channels", "scales", "rois_per_image", "detections_per_image", "min_score", "drop_iou")
+LOSS_KEYS = ("mask_loss", "pairwise_weight", "pairwise_threshold")  # training only: absent from older checkpoints
 
 
 def reads_images(settings: Mapping[str, Any]) -> bool:
@@ -396,7 +427,8 @@ def build_instance_model(config: Mapping[str, Any], images: bool | None = None) 
         vit, spec = load_store_backbone(config["backbone"], config["weights"], config["weights_digest"])
         backbone = ImageSegmenter(vit, int(config["finetune_blocks"]), TokenStandardiser(config["embed_dim"]),
                                   spec.patch_size, config["backbone_lr"])
-    return build_mask_rcnn(config["embed_dim"], backbone=backbone, **{key: config[key] for key in MODEL_KEYS})
+    return build_mask_rcnn(config["embed_dim"], backbone=backbone, **{key: config[key] for key in MODEL_KEYS},
+                           **{key: config[key] for key in LOSS_KEYS if key in config})
 
 
 @register("instances", "mask_rcnn", build_model=build_instance_model, schema={
@@ -425,6 +457,18 @@ def build_instance_model(config: Mapping[str, Any], images: bool | None = None) 
     "drop_iou": {"type": ["number", "null"], "minimum": 0, "maximum": 1, "default": 0.01,
                  "description": "DropLoss (CutLER, Eq. 2): a sampled region whose box IoU with every target is at "
                                 "most this gives no classification loss; null: the plain loss"},
+    "mask_loss": {"enum": list(MASK_LOSSES), "default": "mask",
+                  "description": "mask: Mask R-CNN's per-pixel cross-entropy against the pseudo-mask; projection: "
+                                 "FreeSOLO's weak supervision (Wang et al. 2022, section 3.3), as Engstler et al. "
+                                 "train their SOLOv2 (A.2.1): the Dice of the mask's projections on both axes "
+                                 "against the pseudo-mask's, plus BoxInst's pairwise colour term (reads the "
+                                 "images' colours)"},
+    "pairwise_weight": {"type": "number", "minimum": 0, "default": 1.0,
+                        "description": "mask_loss projection: weight of the pairwise colour term (BoxInst: 1)"},
+    "pairwise_threshold": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.3,
+                           "description": "mask_loss projection: neighbouring cells whose colour similarity "
+                                          "exp(-|dLab| / 2) is at least this are pulled to one label (BoxInst, "
+                                          "section 4.1: tau = 0.3)"},
     "min_target_score": {"type": "number", "minimum": 0, "default": 0.0,
                          "description": "round 1: proposals scoring lower are not targets"},
     "copy_paste": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.0,
@@ -447,9 +491,9 @@ def build_instance_model(config: Mapping[str, Any], images: bool | None = None) 
                          "description": "steps between resumable checkpoints (last.pt)"},
 })
 def mask_rcnn(inputs: InstanceTrainingInputs, *, steps, batch_size, lr, weight_decay, warmup_steps, channels, scales,
-              rois_per_image, detections_per_image, min_score, mask_threshold, drop_iou, min_target_score,
-              copy_paste, copy_paste_scale, hflip, finetune_blocks, backbone_lr, seed, device, workers,
-              checkpoint_every) -> dict:
+              rois_per_image, detections_per_image, min_score, mask_threshold, drop_iou, mask_loss, pairwise_weight,
+              pairwise_threshold, min_target_score, copy_paste, copy_paste_scale, hflip, finetune_blocks, backbone_lr,
+              seed, device, workers, checkpoint_every) -> dict:
     """Class-agnostic Mask R-CNN (torchvision) over a simple feature pyramid of the ViT's tokens (ViTDet), with
     DropLoss (CutLER), trained on the proposals (:mod:`unseg.detection`)."""
     detections = {name: [det for det in dets if det.get("score", 1.0) >= min_target_score]
@@ -458,7 +502,8 @@ def mask_rcnn(inputs: InstanceTrainingInputs, *, steps, batch_size, lr, weight_d
     config = {**inputs.config, "embed_dim": int(store.attrs["embed_dim"]), "facet": inputs.facet,
               "channels": channels, "scales": [float(scale) for scale in scales], "rois_per_image": rois_per_image,
               "detections_per_image": detections_per_image, "min_score": min_score, "mask_threshold": mask_threshold,
-              "drop_iou": drop_iou, "finetune_blocks": finetune_blocks, "backbone_lr": backbone_lr,
+              "drop_iou": drop_iou, "mask_loss": mask_loss, "pairwise_weight": pairwise_weight,
+              "pairwise_threshold": pairwise_threshold, "finetune_blocks": finetune_blocks, "backbone_lr": backbone_lr,
               "reads_images": reads_images({"hflip": hflip, "copy_paste": copy_paste,
                                             "finetune_blocks": finetune_blocks})}
     config.update({key: store.attrs[key] for key in ("backbone", "weights", "weights_digest")})
@@ -477,13 +522,18 @@ def mask_rcnn(inputs: InstanceTrainingInputs, *, steps, batch_size, lr, weight_d
     model = build_instance_model(config)
     model.set_statistics(statistics.mean, statistics.std)
     dataset = token_data
+    colours = mask_loss == "projection"
+    if (config["reads_images"] or colours) and inputs.image_paths is None:
+        raise ValueError("instances.mask_rcnn: augmentations, finetune_blocks and mask_loss: projection read the "
+                         "images; no image paths")
     if config["reads_images"]:
-        if inputs.image_paths is None:
-            raise ValueError("instances.mask_rcnn: augmentations and finetune_blocks read the images; no image paths")
         spec = get_backbone_spec(config["backbone"])
         dataset = InstanceDataset(inputs.store_path, inputs.facet, detections, inputs.image_paths,
                                   {"hflip": hflip, "copy_paste": copy_paste, "copy_paste_scale": copy_paste_scale},
-                                  spec.mean, spec.std)
+                                  spec.mean, spec.std, colours=colours)
+    elif colours:
+        dataset = InstanceDataset(inputs.store_path, inputs.facet, detections, inputs.image_paths,
+                                  reads_images=False, colours=True)
     if inputs.initial_model is not None:
         load_initial_model(model, inputs.initial_model, config)
         config["initial_model_digest"] = data_digest(sorted(model.state_dict().items()))  # keys the resume
