@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from torchvision.models.detection.roi_heads import maskrcnn_loss
 
 import unseg.instances as instances_module
 from unseg.detection import (
@@ -19,12 +20,12 @@ from unseg.detection import (
     SimpleFeaturePyramid,
     build_mask_rcnn,
     cells_in_boxes,
+    colour_mask_loss,
     colour_similarities,
     drop_loss,
     pairwise_colour_loss,
     projection_loss,
     rgb_to_lab,
-    weak_mask_loss,
 )
 from unseg.features import extract_features, write_derived_store
 from unseg.geometry import boxes_to_frame, boxes_to_original, mask_in_frame, resize_geometry
@@ -267,7 +268,7 @@ def test_cells_in_boxes_tests_each_cell_centre():
     assert cells[1].nonzero().tolist() == [[0, 2], [0, 3], [1, 2], [1, 3]]
 
 
-def test_the_weak_mask_loss_composes_projection_and_pairwise_terms_in_each_region():
+def test_the_colour_mask_losses_compose_their_terms_in_each_region():
     torch.manual_seed(0)
     masks = torch.zeros(1, 32, 32, dtype=torch.uint8)
     masks[0, 8:24, 8:20] = 1
@@ -275,7 +276,9 @@ def test_the_weak_mask_loss_composes_projection_and_pairwise_terms_in_each_regio
     target = {"masks": masks, "boxes": torch.tensor([[8.0, 8.0, 20.0, 24.0]]), "colours": colours}
     regions = [torch.tensor([[4.0, 4.0, 28.0, 28.0], [8.0, 8.0, 20.0, 24.0]])]
     logits = torch.randn(2, 2, 8, 8)
-    loss = weak_mask_loss(logits, regions, [target], [torch.tensor([0, 0])], pairwise_weight=0.5)
+    loss = colour_mask_loss(logits, regions, [target], [torch.tensor([0, 0])], "projection", pairwise_weight=0.5)
+    hybrid = colour_mask_loss(logits, regions, [target], [torch.tensor([0, 0])], "mask_pairwise",
+                              pairwise_weight=0.5)
     # the same by hand: the mask and the colours sampled in each region by RoI-Align, the box's cells by centre
     from torchvision.ops import roi_align
     mask_targets = torch.stack([roi_align(masks[None].float(), [regions[0][i:i + 1]], (8, 8), 1.0)[0, 0]
@@ -286,6 +289,10 @@ def test_the_weak_mask_loss_composes_projection_and_pairwise_terms_in_each_regio
         logits[:, 1], colour_similarities(sampled), in_box)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert in_box[1].all() and not in_box[0].all()
+    # mask_pairwise: Mask R-CNN's own loss of these regions plus the same pairwise term
+    plain = maskrcnn_loss(logits, regions, [masks], [torch.ones(1, dtype=torch.int64)], [torch.tensor([0, 0])])
+    pairwise = expected - projection_loss(logits[:, 1], mask_targets)
+    assert hybrid.item() == pytest.approx((plain + pairwise).item(), rel=1e-5)
 
 
 def test_the_roi_heads_train_the_mask_head_with_the_weak_loss():
@@ -417,7 +424,7 @@ def test_the_weak_mask_loss_learns_the_planted_objects_from_their_colours(plante
     store, paths, masks = planted
     settings = variant("instances", **TINY_MODEL, steps=120, mask_loss="projection")
     names_by_id = {1: "img0", 2: "img1"}
-    with pytest.raises(ValueError, match="mask_loss: projection read"):
+    with pytest.raises(ValueError, match="mask_loss other than 'mask' read"):
         run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path, settings, progress=False)
     run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path, settings, image_paths=paths,
                         progress=False)

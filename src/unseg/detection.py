@@ -17,12 +17,15 @@ box head and the Mask R-CNN mask head); what is ours is how the ViT feeds them:
 * **DropLoss** (CutLER, Wang et al. CVPR 2023, Eq. 2): a sampled region whose box overlaps no target box by more
   than ``drop_iou`` (0.01) gives no classification loss, so the model is not taught that an object the pseudo-masks
   missed is background.
-* **The mask loss** (``mask_loss``): Mask R-CNN's per-pixel cross-entropy against the pseudo-mask (``"mask"``), or
+* **The mask loss** (``mask_loss``): Mask R-CNN's per-pixel cross-entropy against the pseudo-mask (``"mask"``),
   FreeSOLO's weak supervision (``"projection"``; Wang et al. CVPR 2022, section 3.3, after BoxInst, Tian et al.
   CVPR 2021, section 3), which Engstler et al. 2023 (A.2.1) train their SOLOv2 with: only the pseudo-mask's
   projections on the two axes are targets (:func:`projection_loss`), and inside the target's box neighbouring
   cells of similar colour are pulled to the same label (:func:`pairwise_colour_loss`), so a coarse pseudo-mask's
-  outline is not learnt pixel for pixel and the image's edges decide it instead.
+  outline is not learnt pixel for pixel and the image's edges decide it instead; or the per-pixel loss plus that
+  pairwise term (``"mask_pairwise"``). On the RoI mask head the projection term alone has a degenerate minimum (the
+  region's last row and column lit: both projections full) that the pairwise term does not prevent
+  (docs/benchmarks.md, "Instances stage").
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from .heads import TokenHead
 
 FRAME_STRIDE = 16  # model pixels per token
 PYRAMID_SCALES = (4.0, 2.0, 1.0, 0.5)  # ViTDet's simple feature pyramid: strides 4, 8, 16, 32 in the model frame
-MASK_LOSSES = ("mask", "projection")
+MASK_LOSSES = ("mask", "projection", "mask_pairwise")
 
 
 class LayerNorm2d(torch.nn.Module):
@@ -232,11 +235,13 @@ def cells_in_boxes(regions: torch.Tensor, boxes: torch.Tensor, size: int) -> tor
     return inside_y[:, :, None] & inside_x[:, None, :]
 
 
-def weak_mask_loss(mask_logits: torch.Tensor, regions: Sequence[torch.Tensor], targets: Sequence[dict],
-                   matched: Sequence[torch.Tensor], pairwise_weight: float = 1.0,
-                   pairwise_threshold: float = 0.3) -> torch.Tensor:
-    """FreeSOLO's weakly supervised mask loss of the positive regions: :func:`projection_loss` against the
-    pseudo-masks + ``pairwise_weight`` × :func:`pairwise_colour_loss` on each image's ``colours``.
+def colour_mask_loss(mask_logits: torch.Tensor, regions: Sequence[torch.Tensor], targets: Sequence[dict],
+                     matched: Sequence[torch.Tensor], mask_loss: str = "projection", pairwise_weight: float = 1.0,
+                     pairwise_threshold: float = 0.3) -> torch.Tensor:
+    """The mask loss of the positive regions with the pairwise colour term: ``pairwise_weight`` ×
+    :func:`pairwise_colour_loss` on each image's ``colours`` plus, for ``mask_loss`` ``"projection"``, FreeSOLO's
+    :func:`projection_loss` against the pseudo-masks, or for ``"mask_pairwise"`` Mask R-CNN's per-pixel
+    cross-entropy against them (torchvision's ``maskrcnn_loss``: the same RoI-Aligned targets).
 
     Args:
         mask_logits: (R, 2, M, M) of the mask predictor (channel 1: the object class) for the positive regions of
@@ -256,14 +261,16 @@ def weak_mask_loss(mask_logits: torch.Tensor, regions: Sequence[torch.Tensor], t
     in_box = torch.cat([cells_in_boxes(boxes, target["boxes"][index].to(boxes.dtype), size)
                         for target, boxes, index in zip(targets, regions, matched)])
     pairwise = pairwise_colour_loss(logits, colour_similarities(colours), in_box, pairwise_threshold)
-    return projection_loss(logits, mask_targets) + pairwise_weight * pairwise
+    if mask_loss == "projection":
+        return projection_loss(logits, mask_targets) + pairwise_weight * pairwise
+    return F.binary_cross_entropy_with_logits(logits, mask_targets) + pairwise_weight * pairwise
 
 
 class DropLossRoIHeads(RoIHeads):
     """torchvision's ``RoIHeads`` whose training classification loss is :func:`drop_loss` (``drop_iou`` None: the
-    plain loss) and whose mask loss is Mask R-CNN's or, with ``mask_loss="projection"``, :func:`weak_mask_loss`
-    (the targets then carry each image's ``colours``). ``last_dropped`` holds the fraction of sampled regions the
-    last training step dropped."""
+    plain loss) and whose mask loss is Mask R-CNN's or, with ``mask_loss`` ``"projection"`` or ``"mask_pairwise"``,
+    :func:`colour_mask_loss` (the targets then carry each image's ``colours``). ``last_dropped`` holds the fraction
+    of sampled regions the last training step dropped."""
 
     def __init__(self, *args, drop_iou: float | None = 0.01, mask_loss: str = "mask", pairwise_weight: float = 1.0,
                  pairwise_threshold: float = 0.3, **kwargs):
@@ -295,9 +302,9 @@ class DropLossRoIHeads(RoIHeads):
         mask_proposals = [boxes[pos] for boxes, pos in zip(proposals, positives)]
         mask_matched = [matched[pos] for matched, pos in zip(matched_idxs, positives)]
         mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes)))
-        if self.mask_loss == "projection":
-            loss_mask = weak_mask_loss(mask_logits, mask_proposals, targets, mask_matched, self.pairwise_weight,
-                                       self.pairwise_threshold)
+        if self.mask_loss != "mask":
+            loss_mask = colour_mask_loss(mask_logits, mask_proposals, targets, mask_matched, self.mask_loss,
+                                         self.pairwise_weight, self.pairwise_threshold)
         else:
             loss_mask = maskrcnn_loss(mask_logits, mask_proposals, [t["masks"] for t in targets],
                                       [t["labels"] for t in targets], mask_matched)

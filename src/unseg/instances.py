@@ -461,14 +461,17 @@ def build_instance_model(config: Mapping[str, Any], images: bool | None = None) 
                   "description": "mask: Mask R-CNN's per-pixel cross-entropy against the pseudo-mask; projection: "
                                  "FreeSOLO's weak supervision (Wang et al. 2022, section 3.3), as Engstler et al. "
                                  "train their SOLOv2 (A.2.1): the Dice of the mask's projections on both axes "
-                                 "against the pseudo-mask's, plus BoxInst's pairwise colour term (reads the "
-                                 "images' colours)"},
+                                 "against the pseudo-mask's, plus BoxInst's pairwise colour term; mask_pairwise: "
+                                 "the per-pixel cross-entropy plus that pairwise term. Both read the images' "
+                                 "colours. projection learns nothing on the horses (the RoI head lights its last "
+                                 "row and column: docs/benchmarks.md, 'Instances stage')"},
     "pairwise_weight": {"type": "number", "minimum": 0, "default": 1.0,
-                        "description": "mask_loss projection: weight of the pairwise colour term (BoxInst: 1)"},
+                        "description": "mask_loss projection, mask_pairwise: weight of the pairwise colour term "
+                                       "(BoxInst: 1)"},
     "pairwise_threshold": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.3,
-                           "description": "mask_loss projection: neighbouring cells whose colour similarity "
-                                          "exp(-|dLab| / 2) is at least this are pulled to one label (BoxInst, "
-                                          "section 4.1: tau = 0.3)"},
+                           "description": "mask_loss projection, mask_pairwise: neighbouring cells whose colour "
+                                          "similarity exp(-|dLab| / 2) is at least this are pulled to one label "
+                                          "(BoxInst, section 4.1: tau = 0.3)"},
     "min_target_score": {"type": "number", "minimum": 0, "default": 0.0,
                          "description": "round 1: proposals scoring lower are not targets"},
     "copy_paste": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.0,
@@ -522,10 +525,10 @@ def mask_rcnn(inputs: InstanceTrainingInputs, *, steps, batch_size, lr, weight_d
     model = build_instance_model(config)
     model.set_statistics(statistics.mean, statistics.std)
     dataset = token_data
-    colours = mask_loss == "projection"
+    colours = mask_loss != "mask"
     if (config["reads_images"] or colours) and inputs.image_paths is None:
-        raise ValueError("instances.mask_rcnn: augmentations, finetune_blocks and mask_loss: projection read the "
-                         "images; no image paths")
+        raise ValueError("instances.mask_rcnn: augmentations, finetune_blocks and mask_loss other than 'mask' "
+                         "read the images; no image paths")
     if config["reads_images"]:
         spec = get_backbone_spec(config["backbone"])
         dataset = InstanceDataset(inputs.store_path, inputs.facet, detections, inputs.image_paths,
