@@ -181,7 +181,7 @@ class InstanceDataset(StoreImages):
         reads_images: the model input is the image (default: whenever ``image_paths`` are given); False with
             ``image_paths`` reads the stored tokens and the images only for ``colours``.
         colours: the targets also carry ``colours``, the (augmented) image's (3, 16h, 16w) CIELAB in the model frame
-            (:func:`frame_colours`; the pairwise term of ``mask_loss: projection``).
+            (:func:`frame_colours`; the pairwise term of ``mask_loss`` ``projection`` and ``mask_pairwise``).
     """
 
     def __init__(self, store_path: str | Path, facet: str, detections: Mapping[str, Sequence[dict]],
@@ -463,8 +463,8 @@ def build_instance_model(config: Mapping[str, Any], images: bool | None = None) 
                                  "train their SOLOv2 (A.2.1): the Dice of the mask's projections on both axes "
                                  "against the pseudo-mask's, plus BoxInst's pairwise colour term; mask_pairwise: "
                                  "the per-pixel cross-entropy plus that pairwise term. Both read the images' "
-                                 "colours. projection learns nothing on the horses (the RoI head lights its last "
-                                 "row and column: docs/benchmarks.md, 'Instances stage')"},
+                                 "colours. projection learns no masks on the demo or the horses (the RoI head lights "
+                                 "its last row and column: docs/benchmarks.md, 'Instances stage')"},
     "pairwise_weight": {"type": "number", "minimum": 0, "default": 1.0,
                         "description": "mask_loss projection, mask_pairwise: weight of the pairwise colour term "
                                        "(BoxInst: 1)"},
