@@ -187,19 +187,19 @@ def projection_loss(mask_logits: torch.Tensor, mask_targets: torch.Tensor) -> to
 NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
+def neighbours(grid: torch.Tensor) -> torch.Tensor:
+    """(R, C, M, M) → (R, C, 8, M, M): each cell's neighbour at :data:`NEIGHBOUR_OFFSETS` (row-major 3 × 3 window
+    without its centre), 0 beyond the grid."""
+    regions, channels, size = grid.shape[0], grid.shape[1], grid.shape[-1]
+    windows = F.unfold(grid, kernel_size=3, padding=1).view(regions, channels, 9, size, size)
+    return windows[:, :, [0, 1, 2, 3, 5, 6, 7, 8]]
+
+
 def colour_similarities(colours: torch.Tensor, theta: float = 2.0) -> torch.Tensor:
     """(R, 3, M, M) CIELAB colours of each region's cells → (R, 8, M, M) similarity exp(−‖c_i − c_j‖ / θ) of cell i
     with its neighbour j at :data:`NEIGHBOUR_OFFSETS` (BoxInst Eq. 4, θ = 2); 0 where the neighbour is outside."""
-    size = colours.shape[-1]
-    padded = F.pad(colours, (1, 1, 1, 1))
-    similarities = []
-    for dy, dx in NEIGHBOUR_OFFSETS:
-        neighbour = padded[..., 1 + dy : 1 + dy + size, 1 + dx : 1 + dx + size]
-        similarity = torch.exp(-(colours - neighbour).norm(dim=1) / theta)
-        inside = torch.zeros((size, size), dtype=torch.bool, device=colours.device)
-        inside[max(0, -dy) : size - max(0, dy), max(0, -dx) : size - max(0, dx)] = True
-        similarities.append(similarity * inside)
-    return torch.stack(similarities, dim=1)
+    on_grid = neighbours(torch.ones_like(colours[:, :1]))[:, 0]
+    return torch.exp(-(colours[:, :, None] - neighbours(colours)).norm(dim=1) / theta) * on_grid
 
 
 def pairwise_colour_loss(mask_logits: torch.Tensor, similarities: torch.Tensor, in_box: torch.Tensor,
@@ -209,17 +209,12 @@ def pairwise_colour_loss(mask_logits: torch.Tensor, similarities: torch.Tensor, 
 
     Args:
         mask_logits: (R, M, M) logits.
-        similarities: (R, 8, M, M) from :func:`colour_similarities`.
+        similarities: (R, 8, M, M) from :func:`colour_similarities` (0 for a neighbour beyond the grid, so never
+            counted).
         in_box: (R, M, M) bool: the cell's centre lies inside the region's target box.
     """
-    size = mask_logits.shape[-1]
-    log_fg, log_bg = F.logsigmoid(mask_logits), F.logsigmoid(-mask_logits)
-    padded_fg, padded_bg = F.pad(log_fg, (1, 1, 1, 1)), F.pad(log_bg, (1, 1, 1, 1))
-    terms = []
-    for dy, dx in NEIGHBOUR_OFFSETS:
-        rows, cols = slice(1 + dy, 1 + dy + size), slice(1 + dx, 1 + dx + size)
-        terms.append(torch.logaddexp(log_fg + padded_fg[..., rows, cols], log_bg + padded_bg[..., rows, cols]))
-    log_same = torch.stack(terms, dim=1)
+    log_fg, log_bg = F.logsigmoid(mask_logits)[:, None], F.logsigmoid(-mask_logits)[:, None]
+    log_same = torch.logaddexp(log_fg + neighbours(log_fg)[:, 0], log_bg + neighbours(log_bg)[:, 0])
     weights = (similarities >= threshold).to(log_same.dtype) * in_box[:, None].to(log_same.dtype)
     return -(log_same * weights).sum() / weights.sum().clamp(min=1.0)
 
