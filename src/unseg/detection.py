@@ -198,7 +198,8 @@ def neighbours(grid: torch.Tensor) -> torch.Tensor:
 def colour_similarities(colours: torch.Tensor, theta: float = 2.0) -> torch.Tensor:
     """(R, 3, M, M) CIELAB colours of each region's cells → (R, 8, M, M) similarity exp(−‖c_i − c_j‖ / θ) of cell i
     with its neighbour j at :data:`NEIGHBOUR_OFFSETS` (BoxInst Eq. 4, θ = 2); 0 where the neighbour is outside."""
-    on_grid = neighbours(torch.ones_like(colours[:, :1]))[:, 0]
+    size = colours.shape[-1]
+    on_grid = neighbours(colours.new_ones(1, 1, size, size))[:, 0]  # (1, 8, M, M): one grid, every region's
     return torch.exp(-(colours[:, :, None] - neighbours(colours)).norm(dim=1) / theta) * on_grid
 
 
