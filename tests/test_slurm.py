@@ -213,7 +213,8 @@ def test_a_requeued_training_resumes_from_its_last_checkpoint(cluster, tmp_path)
     script = tmp_path / "train_child.py"
     script.write_text(TRAIN_CHILD)
     out = tmp_path / "requeued"
-    submitted = cluster.run("sbatch", "--parsable", "--requeue", "-p", "cpu", "-c", "1", "-o",
+    # --open-mode=append keeps the first run's output beside the second's: a failure shows both.
+    submitted = cluster.run("sbatch", "--parsable", "--requeue", "--open-mode=append", "-p", "cpu", "-c", "1", "-o",
                             str(tmp_path / "job-%j.log"), "--export=ALL,OMP_NUM_THREADS=1,PYTHONWARNINGS=ignore",
                             "--wrap", f"{sys.executable} {script} {out} 0.5")
     job_id = submitted.stdout.strip().split(";")[0]
@@ -229,14 +230,19 @@ def test_a_requeued_training_resumes_from_its_last_checkpoint(cluster, tmp_path)
         time.sleep(0.1)
     assert state()["JobState"] == "RUNNING", state()
     cluster.run("scontrol", "requeue", job_id)
+    hurried = False
     while state()["JobState"] not in ("COMPLETED", "FAILED", "CANCELLED") and time.monotonic() < deadline + 300:
-        if state()["JobState"] == "PENDING" and "BeginTime" in state().get("Reason", ""):
-            cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)  # no requeue delay
+        # SLURM holds a requeued job back (BeginTime) for minutes before its second run; shorten that, but not to
+        # "now": slurmd refuses to launch a job whose credential is as old as its kill, to the second ("Job N already
+        # killed, do not launch batch job"), and the job then fails with exit 1:0 before it starts.
+        if not hurried and state()["JobState"] == "PENDING" and "BeginTime" in state().get("Reason", ""):
+            cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now+3", check=False)
+            hurried = True
         time.sleep(0.5)
     job = state()
     log = (tmp_path / f"job-{job_id}.log").read_text()
     facts = {key: job.get(key) for key in ("JobState", "Reason", "ExitCode", "Restarts", "RunTime")}
-    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", (facts, log[-3000:])
+    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", (facts, log[-3000:], cluster.log_tail())
     assert "resume: continuing" in log, log[-3000:]
     expected = torch.load(tmp_path / "whole" / "model.pt", weights_only=False)
     got = torch.load(out / "model.pt", weights_only=False)
