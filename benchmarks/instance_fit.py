@@ -1,0 +1,109 @@
+"""How well a trained instance model fits its own training targets, beside how well it fits the ground truth.
+
+For a one-object dataset (the Weizmann horses) and a variant trained on proposals, this runs the round's model on
+the first ``--images`` training photos (no CRF; scores rescored by coherence, as the stage does) and prints, each
+as a mean over images of an IoU in %:
+
+- ``target``: against the image's *target*, the training proposal of ``--target-source`` (``saliency_component``:
+  the components proposals' foreground pieces) that best overlaps the ground truth, i.e. the one mask the model was
+  taught for this horse;
+- ``ground truth``: against the human mask;
+
+each for the top-scored detection (``top``) and for the best of all detections (``best``), with the AR@100 the
+best masks give (the mean over IoU thresholds 0.50:0.05:0.95 of the fraction of images whose best mask reaches it:
+COCO's AR@100 for one object per image). A model that fits its targets reads ``target best`` near 100; the gap
+between ``target best`` and the targets' own ground-truth IoU (``targets vs ground truth``) is what the model
+loses against what it was taught.
+
+Usage (from the project root, after the variant's round was trained)::
+
+    .venv/bin/python benchmarks/instance_fit.py --results results/horses --variant maskrcnn-comp --round 1 \\
+        --proposals components --images 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from unseg.index import image_paths, read_index  # noqa: E402
+from unseg.instances import detect_instances, load_instance_model  # noqa: E402
+from unseg.io import decode_rle, read_json  # noqa: E402
+from unseg.store import FeatureStore  # noqa: E402
+
+THRESHOLDS = np.linspace(0.5, 0.95, 10)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def recall_over_thresholds(best: np.ndarray) -> float:
+    """COCO's AR@100 for one object per image whose best masks overlap it by ``best`` (n,) IoUs."""
+    return float(np.mean([(best >= threshold).mean() for threshold in THRESHOLDS]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=ROOT / "results" / "horses")
+    parser.add_argument("--variant", default="maskrcnn-comp")
+    parser.add_argument("--round", type=int, default=1)
+    parser.add_argument("--proposals", default="components", help="the proposals variant the model trained on")
+    parser.add_argument("--target-source", default="saliency_component",
+                        help="which training proposals are targets (their 'source'; 'any' for all)")
+    parser.add_argument("--features", default="dinov2-s14")
+    parser.add_argument("--masks", type=Path, default=ROOT.parent / "shared/data/weizmann-horse/masks",
+                        help="ground truth: <name>.png, object > 127")
+    parser.add_argument("--images", type=int, default=40)
+    args = parser.parse_args()
+
+    index = args.results / "index" / "images.csv"
+    names = list(read_index(index)["name"])[: args.images]
+    store = FeatureStore(args.results / "features" / f"{args.features}.zarr")
+    model, config = load_instance_model(args.results / "instances" / args.variant / f"round-{args.round}" / "model.pt")
+    detections = detect_instances(model, config, store, names, image_paths(index))
+    by_image: dict[int, list[dict]] = {}
+    for det in detections:
+        by_image.setdefault(int(det["image_id"]), []).append(det)
+    targets: dict[int, list[dict]] = {}
+    for proposal in read_json(args.results / "proposals" / args.proposals / "proposals.json"):
+        if args.target_source == "any" or proposal.get("source") == args.target_source:
+            targets.setdefault(int(proposal["image_id"]), []).append(proposal)
+
+    rows = {"target": [], "ground truth": []}
+    target_vs_truth = []
+    for name in names:
+        image_id = store.image_id(name)
+        truth = np.asarray(Image.open(args.masks / f"{name}.png").convert("L")) > 127
+        found = sorted(by_image.get(image_id, []), key=lambda det: -det["score"])
+        masks = [decode_rle(det["segmentation"]).astype(bool) for det in found]
+        candidates = [decode_rle(p["segmentation"]).astype(bool) for p in targets.get(image_id, [])]
+        target = max(candidates, key=lambda mask: iou(mask, truth)) if candidates else None
+        ious = [iou(mask, truth) for mask in masks] or [0.0]
+        rows["ground truth"].append((ious[0], max(ious)))
+        if target is not None:
+            target_vs_truth.append(iou(target, truth))
+            ious = [iou(mask, target) for mask in masks] or [0.0]
+            rows["target"].append((ious[0], max(ious)))
+
+    print(f"{args.variant} round {args.round}, first {len(names)} images of {args.results} "
+          f"({len(rows['target'])} with a {args.target_source} target)")
+    for key, values in rows.items():
+        values = np.asarray(values)
+        print(f"  vs {key:13s} top {100 * values[:, 0].mean():5.1f}  best {100 * values[:, 1].mean():5.1f}  "
+              f"AR@100 {100 * recall_over_thresholds(values[:, 1]):5.1f}")
+    truth_ious = np.asarray(target_vs_truth)
+    print(f"  targets vs ground truth: IoU {100 * truth_ious.mean():5.1f}, AR@100 "
+          f"{100 * recall_over_thresholds(truth_ious):5.1f}")
+
+
+if __name__ == "__main__":
+    main()
