@@ -12,11 +12,13 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import maskrcnn_loss
+from torchvision.ops import roi_align
 
 import unseg.instances as instances_module
 from unseg.detection import (
     FRAME_STRIDE,
     DropLossRoIHeads,
+    ImageDetail,
     SimpleFeaturePyramid,
     build_mask_rcnn,
     cells_in_boxes,
@@ -312,6 +314,51 @@ def test_the_roi_heads_train_the_mask_head_with_the_weak_loss():
         build_mask_rcnn(16, channels=8, mask_loss="boxes")
 
 
+def test_image_detail_starts_as_the_token_only_model_and_adds_local_detail_at_each_stride():
+    torch.manual_seed(0)
+    detail = ImageDetail(8, [4, 8, 16], width=4)
+    features = OrderedDict((str(i), torch.randn(1, 8, 32 // stride, 32 // stride))
+                           for i, stride in enumerate((4, 8, 16)))
+    features["pool"] = torch.randn(1, 8, 1, 1)
+    colours = torch.rand(1, 3, 32, 32) * 100
+    start = detail(features, colours)
+    for name in ("0", "1", "2"):  # zero-initialised projections: exactly the token-only pyramid
+        assert torch.equal(start[name], features[name])
+    for projection in detail.projections:
+        torch.nn.init.normal_(projection.weight)
+    before = detail(features, colours)
+    changed = colours.clone()
+    changed[..., :8, :8] += 50  # the top-left 8 x 8 frame pixels
+    after = detail(features, changed)
+    # two 3x3 stride-2 convolutions: stride-4 cell j sees frame pixels 4j-3 .. 4j+3, so cells 0-2 see the change
+    # and cell 3 does not; at stride 8 (cells of two) cells 0 and 1 do; at stride 16 cell 0 only
+    for name, stride, touched in (("0", 4, 3), ("1", 8, 2), ("2", 16, 1)):
+        difference = (after[name] - before[name]).abs().sum(dim=1)[0]
+        assert (difference[:touched, :touched] > 0).all(), name
+        assert difference[touched:].abs().max() == 0 and difference[:, touched:].abs().max() == 0, name
+    assert torch.equal(after["pool"], torch.nn.functional.max_pool2d(after["2"], 1, 2))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        ImageDetail(8, [2, 4], width=4)
+    model = build_mask_rcnn(16, channels=8, scales=(1, 0.5), rois_per_image=16, detail_channels=4).eval()
+    with pytest.raises(ValueError, match="colours"):
+        model([torch.randn(16, 4, 4)])
+    assert model([torch.randn(16, 4, 4)], colours=[torch.rand(3, 64, 64)])[0]["boxes"].shape[1] == 4
+
+
+def test_mask_level_finest_reads_every_region_from_the_finest_level():
+    torch.manual_seed(0)
+    features = OrderedDict((str(i), torch.randn(1, 8, 256 // stride, 256 // stride))
+                           for i, stride in enumerate((4, 8, 16)))
+    box = [torch.tensor([[8.0, 8.0, 248.0, 248.0]])]  # 240 px: FPN's Eq. 1 puts it at stride 16
+    finest = build_mask_rcnn(16, channels=8, scales=(4, 2, 1), mask_level="finest").roi_heads.mask_roi_pool
+    by_size = build_mask_rcnn(16, channels=8, scales=(4, 2, 1)).roi_heads.mask_roi_pool
+    expected = {stride: roi_align(features[name], box, 14, 1 / stride, 2) for name, stride in (("0", 4), ("2", 16))}
+    assert torch.allclose(finest(features, box, [(256, 256)]), expected[4])
+    assert torch.allclose(by_size(features, box, [(256, 256)]), expected[16])
+    with pytest.raises(ValueError, match="mask_level"):
+        build_mask_rcnn(16, channels=8, mask_level="coarsest")
+
+
 def square(size: int, top: int, left: int, side: int) -> np.ndarray:
     mask = np.zeros((size, size), dtype=bool)
     mask[top : top + side, left : left + side] = True
@@ -442,6 +489,29 @@ def test_the_weak_mask_loss_learns_the_planted_objects_from_their_colours(plante
     tokens, targets = dataset[0]
     assert tokens.shape == (8, 6, 6) and targets["colours"].shape == (3, 96, 96)
     assert targets["colours"][0, 40, 40] > 80 > 20 > targets["colours"][0, 2, 2]  # L of the square, of the noise
+
+
+def test_a_model_with_image_detail_trains_and_detects_on_the_images(planted, tmp_path):
+    store, paths, masks = planted
+    settings = variant("instances", **TINY_MODEL, steps=120, detail_channels=8)
+    names_by_id = {1: "img0", 2: "img1"}
+    with pytest.raises(ValueError, match="detail_channels"):
+        run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path, settings, progress=False)
+    run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path, settings, image_paths=paths,
+                        progress=False)
+    checkpoint = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert checkpoint["config"]["detail_channels"] == 8 and not checkpoint["config"]["reads_images"]
+    # the detail was learnt: its projections left their zero start
+    assert all(checkpoint["state_dict"][f"detail.projections.{i}.weight"].abs().sum() > 0 for i in range(3))
+    with pytest.raises(ValueError, match="detail_channels"):
+        run_instances_predict(tmp_path / "model.pt", store, ["img0"], tmp_path / "none.json", progress=False)
+    run_instances_predict(tmp_path / "model.pt", store, ["img0", "img1"], tmp_path / "instances.json", paths,
+                          progress=False, rescore="none")
+    detections = json.loads((tmp_path / "instances.json").read_text())
+    for image_id, name in names_by_id.items():
+        best = max((det for det in detections if det["image_id"] == image_id), key=lambda det: det["score"])
+        found = decode_rle(best["segmentation"])
+        assert (found & masks[name]).sum() / (found | masks[name]).sum() >= 0.7, name
 
 
 def test_an_interrupted_training_resumes_to_the_same_weights(planted, tmp_path, monkeypatch):

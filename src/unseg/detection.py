@@ -14,6 +14,10 @@ box head and the Mask R-CNN mask head); what is ours is how the ViT feeds them:
 * **What it reads**: the stored tokens (the frozen backbone's exact output, read from the zarr store), or images
   through the ViT itself (frozen, or its last blocks trained), for augmented inputs; either way standardised per
   channel with the training tokens' statistics before the pyramid.
+* **Image detail** (``detail_channels``, off by default): a small convolutional stem on the image's CIELAB colours
+  in the model frame, pooled to each pyramid level's stride and added to it (:class:`ImageDetail`). The token-derived
+  levels only know the image at 16-px tokens; a mask head that reads them under-fits its own pseudo-masks' outlines
+  (docs/benchmarks.md, "Instances stage").
 * **DropLoss** (CutLER, Wang et al. CVPR 2023, Eq. 2): a sampled region whose box overlaps no target box by more
   than ``drop_iou`` (0.01) gives no classification loss, so the model is not taught that an object the pseudo-masks
   missed is background.
@@ -47,6 +51,7 @@ from .heads import TokenHead
 FRAME_STRIDE = 16  # model pixels per token
 PYRAMID_SCALES = (4.0, 2.0, 1.0, 0.5)  # ViTDet's simple feature pyramid: strides 4, 8, 16, 32 in the model frame
 MASK_LOSSES = ("mask", "projection", "mask_pairwise")
+MASK_LEVELS = ("by_size", "finest")
 
 
 class LayerNorm2d(torch.nn.Module):
@@ -107,6 +112,48 @@ class SimpleFeaturePyramid(torch.nn.Module):
         maps = OrderedDict((str(i), level(tokens)) for i, level in enumerate(self.levels))
         maps["pool"] = F.max_pool2d(maps[str(len(self.levels) - 1)], kernel_size=1, stride=2)
         return maps
+
+
+class ImageDetail(torch.nn.Module):
+    """Adds the image's own detail to the pyramid: (B, 3, 16h, 16w) CIELAB colours in the model frame → a stride-4
+    map of ``width`` channels (two 3×3 convolutions of stride 2, each with LayerNorm and GELU), average-pooled to
+    each level's stride and projected to the pyramid's C channels by a 1×1 convolution, which starts at zero (the
+    model starts as the token-only one).
+
+    Args:
+        channels: C, the pyramid's width; strides: each level's stride in model pixels (multiples of 4).
+        width: the stem's channels.
+    """
+
+    # CIELAB's nominal ranges (L 0..100, a and b about -128..127) → about unit scale
+    LAB_SCALE = (100.0, 128.0, 128.0)
+
+    def __init__(self, channels: int, strides: Sequence[int], width: int):
+        super().__init__()
+        if any(stride % 4 for stride in strides):
+            raise ValueError(f"image detail: every level's stride must be a multiple of 4, not {list(strides)}")
+        self.strides = [int(stride) for stride in strides]
+        self.stem = torch.nn.Sequential(
+            torch.nn.Conv2d(3, width, 3, stride=2, padding=1), LayerNorm2d(width), torch.nn.GELU(),
+            torch.nn.Conv2d(width, width, 3, stride=2, padding=1), LayerNorm2d(width), torch.nn.GELU())
+        self.projections = torch.nn.ModuleList(torch.nn.Conv2d(width, channels, 1) for _ in self.strides)
+        for projection in self.projections:
+            torch.nn.init.zeros_(projection.weight)
+            torch.nn.init.zeros_(projection.bias)
+        self.register_buffer("lab_scale", torch.tensor(self.LAB_SCALE).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, features: OrderedDict[str, torch.Tensor],
+                colours: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        """``features``: the pyramid's levels "0", "1", ... (B, C, 16h/s, 16w/s) and "pool"; ``colours``: (B, 3, 16h,
+        16w) float CIELAB. Returns the levels with the detail added, "pool" pooled again from the last."""
+        detail = self.stem(colours / self.lab_scale)
+        out = OrderedDict()
+        for index, (stride, projection) in enumerate(zip(self.strides, self.projections)):
+            level = features[str(index)]
+            pooled = F.avg_pool2d(detail, stride // 4) if stride > 4 else detail
+            out[str(index)] = level + projection(pooled)[..., : level.shape[-2], : level.shape[-1]].to(level.dtype)
+        out["pool"] = F.max_pool2d(out[str(len(self.strides) - 1)], kernel_size=1, stride=2)
+        return out
 
 
 class TokenStandardiser(TokenHead):
@@ -311,22 +358,29 @@ class InstanceSegmenter(torch.nn.Module):
     """(backbone →) standardise → :class:`SimpleFeaturePyramid` → RPN → RoI heads, in the model frame
     (:data:`FRAME_STRIDE`).
 
-    ``forward(inputs, targets)``: ``inputs`` is a list of per-image tensors: (D, h, w) stored tokens, or, with a
-    ``backbone`` (an :class:`unseg.finetune.ImageSegmenter` whose ``tokens`` run the ViT), (3, h·p, w·p)
-    normalised images. Items of one size are encoded together; the standardised token grids are zero-padded to the
-    batch's largest. Training (``targets``: per image ``boxes`` (N, 4) float model pixels x1, y1, x2, y2,
-    ``labels`` (N,) int64 ones, ``masks`` (N, 16h, 16w) uint8) returns the dict of losses; evaluation returns per
-    image ``boxes`` (N, 4), ``scores`` (N,), ``labels`` (N,) and ``masks`` (N, 1, 28, 28) probabilities in the box.
+    ``forward(inputs, targets, colours)``: ``inputs`` is a list of per-image tensors: (D, h, w) stored tokens, or,
+    with a ``backbone`` (an :class:`unseg.finetune.ImageSegmenter` whose ``tokens`` run the ViT), (3, h·p, w·p)
+    normalised images; ``colours``, which a model with ``detail`` (:class:`ImageDetail`) needs, per image the (3,
+    16h, 16w) CIELAB in the model frame (:func:`unseg.instances.frame_colours`). Items of one size are encoded
+    together; the standardised token grids (and colours) are zero-padded to the batch's largest. Training
+    (``targets``: per image ``boxes`` (N, 4) float model pixels x1, y1, x2, y2, ``labels`` (N,) int64 ones,
+    ``masks`` (N, 16h, 16w) uint8) returns the dict of losses; evaluation returns per image ``boxes`` (N, 4),
+    ``scores`` (N,), ``labels`` (N,) and ``masks`` (N, 1, 28, 28) probabilities in the box.
 
     ``state_dict`` holds what is trained: a backbone's frozen blocks come from its weights file and are neither
     saved nor expected by ``load_state_dict``.
     """
 
     def __init__(self, standardise: TokenStandardiser, pyramid: SimpleFeaturePyramid, rpn: RegionProposalNetwork,
-                 roi_heads: DropLossRoIHeads, backbone: torch.nn.Module | None = None):
+                 roi_heads: DropLossRoIHeads, backbone: torch.nn.Module | None = None,
+                 detail: ImageDetail | None = None):
         super().__init__()
         self.standardise, self.pyramid, self.rpn, self.roi_heads = standardise, pyramid, rpn, roi_heads
-        self.backbone = backbone
+        self.backbone, self.detail = backbone, detail
+
+    @property
+    def reads_colours(self) -> bool:
+        return self.detail is not None
 
     @property
     def reads_images(self) -> bool:
@@ -338,7 +392,8 @@ class InstanceSegmenter(torch.nn.Module):
 
     def parameter_groups(self, lr: float) -> list[dict]:
         """Optimiser groups: the detector at ``lr``, a fine-tuned backbone tail at its own rate."""
-        detector = [p for module in (self.pyramid, self.rpn, self.roi_heads) for p in module.parameters()]
+        modules = (self.pyramid, self.rpn, self.roi_heads) + ((self.detail,) if self.detail is not None else ())
+        detector = [p for module in modules for p in module.parameters()]
         groups = [{"params": detector, "lr": lr}]
         if self.backbone is not None:
             # its head is a parameter-free placeholder: the non-empty groups are the fine-tuned blocks
@@ -364,11 +419,20 @@ class InstanceSegmenter(torch.nn.Module):
         sizes = [(int(grid.shape[-2]) * FRAME_STRIDE, int(grid.shape[-1]) * FRAME_STRIDE) for grid in grids]
         return batch, sizes
 
-    def forward(self, inputs: Sequence[torch.Tensor], targets: Sequence[dict] | None = None):
+    def forward(self, inputs: Sequence[torch.Tensor], targets: Sequence[dict] | None = None,
+                colours: Sequence[torch.Tensor] | None = None):
         if self.training and targets is None:
             raise ValueError("training needs targets")
         tokens, sizes = self.encode(inputs)
         features = self.pyramid(tokens)
+        if self.detail is not None:
+            if colours is None or len(colours) != len(inputs):
+                raise ValueError("a model with image detail (detail_channels) needs every image's colours")
+            frame = tokens.new_zeros((len(colours), 3, tokens.shape[-2] * FRAME_STRIDE,
+                                      tokens.shape[-1] * FRAME_STRIDE))
+            for position, image in enumerate(colours):
+                frame[position, :, : image.shape[-2], : image.shape[-1]] = image
+            features = self.detail(features, frame)
         # The RPN's anchor generator reads only the padded batch size off the image tensor: an empty one will do.
         frame = tokens.new_empty((len(sizes), 0, tokens.shape[-2] * FRAME_STRIDE, tokens.shape[-1] * FRAME_STRIDE))
         targets = list(targets) if targets is not None else None
@@ -391,7 +455,8 @@ def build_mask_rcnn(embed_dim: int, *, channels: int = 256,
                     scales: Sequence[float] = PYRAMID_SCALES, rois_per_image: int = 512,
                     detections_per_image: int = 100, min_score: float = 0.05,
                     drop_iou: float | None = 0.01, mask_loss: str = "mask", pairwise_weight: float = 1.0,
-                    pairwise_threshold: float = 0.3, backbone: torch.nn.Module | None = None) -> InstanceSegmenter:
+                    pairwise_threshold: float = 0.3, detail_channels: int = 0, mask_level: str = "by_size",
+                    backbone: torch.nn.Module | None = None) -> InstanceSegmenter:
     """A class-agnostic (one foreground class) Mask R-CNN on (B, D, h, w) token grids (of ``backbone`` on images,
     or stored).
 
@@ -401,8 +466,13 @@ def build_mask_rcnn(embed_dim: int, *, channels: int = 256,
     regions with 25 % positives; a two-layer box head of 4·``channels`` (1024 at 256); four 3×3 convolutions of
     ``channels`` and a deconvolution in the mask head (28 × 28 masks); detections: score > ``min_score``,
     NMS 0.5, at most ``detections_per_image``. ``mask_loss``, ``pairwise_weight`` and ``pairwise_threshold``:
-    :class:`DropLossRoIHeads`.
+    :class:`DropLossRoIHeads`. ``detail_channels`` > 0 adds an :class:`ImageDetail` of that width.
+    ``mask_level``: where the mask head reads a region: ``by_size``, the pyramid level of the box's size as the
+    box head does (FPN, Lin et al. CVPR 2017, Eq. 1: a 224-px box at stride 16), or ``finest``, the finest level
+    for every box (the only level where :class:`ImageDetail` is finer than a token, for a large object).
     """
+    if mask_level not in MASK_LEVELS:
+        raise ValueError(f"mask_level {mask_level!r}: one of {MASK_LEVELS}")
     pyramid = SimpleFeaturePyramid(embed_dim, channels, scales)
     strides = pyramid.strides
     anchors = AnchorGenerator(tuple((8 * stride,) for stride in strides), ((0.5, 1.0, 2.0),) * len(strides))
@@ -415,7 +485,9 @@ def build_mask_rcnn(embed_dim: int, *, channels: int = 256,
     roi_heads = DropLossRoIHeads(
         MultiScaleRoIAlign(names, 7, 2), TwoMLPHead(channels * 7 * 7, representation),
         FastRCNNPredictor(representation, 2), 0.5, 0.5, rois_per_image, 0.25, None, min_score, 0.5,
-        detections_per_image, MultiScaleRoIAlign(names, 14, 2), MaskRCNNHeads(channels, (channels,) * 4, 1),
+        detections_per_image, MultiScaleRoIAlign(names if mask_level == "by_size" else names[:1], 14, 2),
+        MaskRCNNHeads(channels, (channels,) * 4, 1),
         MaskRCNNPredictor(channels, channels, 2), drop_iou=drop_iou, mask_loss=mask_loss,
         pairwise_weight=pairwise_weight, pairwise_threshold=pairwise_threshold)
-    return InstanceSegmenter(TokenStandardiser(embed_dim), pyramid, rpn, roi_heads, backbone)
+    detail = ImageDetail(channels, strides[:-1], detail_channels) if detail_channels else None
+    return InstanceSegmenter(TokenStandardiser(embed_dim), pyramid, rpn, roi_heads, backbone, detail)

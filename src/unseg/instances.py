@@ -55,6 +55,7 @@ from .checkpoints import (
 )
 from .detection import (
     FRAME_STRIDE,
+    MASK_LEVELS,
     MASK_LOSSES,
     PYRAMID_SCALES,
     InstanceSegmenter,
@@ -304,8 +305,9 @@ def detection_losses(model: torch.nn.Module, items: Sequence[tuple[torch.Tensor,
         chunk = items[start : start + micro_batch]
         inputs = [item.to(device, non_blocking=True) for item, _ in chunk]
         targets = [{key: value.to(device, non_blocking=True) for key, value in target.items()} for _, target in chunk]
+        colours = [target["colours"] for target in targets] if getattr(model, "reads_colours", False) else None
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            losses = model(inputs, targets)
+            losses = model(inputs, targets, colours)
         weight = len(chunk) / len(items)
         (sum(losses.values()) * weight).backward()
         for name in LOSS_NAMES:
@@ -428,6 +430,8 @@ def build_instance_model(config: Mapping[str, Any], images: bool | None = None) 
         backbone = ImageSegmenter(vit, int(config["finetune_blocks"]), TokenStandardiser(config["embed_dim"]),
                                   spec.patch_size, config["backbone_lr"])
     return build_mask_rcnn(config["embed_dim"], backbone=backbone, **{key: config[key] for key in MODEL_KEYS},
+                           detail_channels=config.get("detail_channels", 0),  # these two absent from older
+                           mask_level=config.get("mask_level", "by_size"),  # checkpoints
                            **{key: config[key] for key in LOSS_KEYS if key in config})
 
 
@@ -447,6 +451,16 @@ def build_instance_model(config: Mapping[str, Any], images: bool | None = None) 
                "default": list(PYRAMID_SCALES),
                "description": "the simple feature pyramid's scales of the token grid (ViTDet: 4, 2, 1, 0.5), "
                               "decreasing"},
+    "detail_channels": {"type": "integer", "minimum": 0, "default": 0,
+                        "description": "> 0: the width of a convolutional stem on the image's colours whose output "
+                                       "is added to every pyramid level (unseg.detection.ImageDetail), so the mask "
+                                       "head sees edges finer than a token; reads the images. 0: tokens only, as "
+                                       "ViTDet"},
+    "mask_level": {"enum": list(MASK_LEVELS), "default": "by_size",
+                   "description": "which pyramid level the mask head reads a region from: by_size, the level of "
+                                  "the box's size (FPN, Lin et al. 2017, Eq. 1; a 224-px box at stride 16), as "
+                                  "torchvision's Mask R-CNN; finest, the finest level for every box (with "
+                                  "detail_channels, the only level finer than a token for a large object)"},
     "rois_per_image": {"type": "integer", "minimum": 1, "default": 512,
                        "description": "regions sampled per image for the box and mask heads (25 % positives)"},
     "detections_per_image": {"type": "integer", "minimum": 1, "default": 100},
@@ -494,16 +508,18 @@ def build_instance_model(config: Mapping[str, Any], images: bool | None = None) 
                          "description": "steps between resumable checkpoints (last.pt)"},
 })
 def mask_rcnn(inputs: InstanceTrainingInputs, *, steps, batch_size, lr, weight_decay, warmup_steps, channels, scales,
-              rois_per_image, detections_per_image, min_score, mask_threshold, drop_iou, mask_loss, pairwise_weight,
-              pairwise_threshold, min_target_score, copy_paste, copy_paste_scale, hflip, finetune_blocks, backbone_lr,
-              seed, device, workers, checkpoint_every) -> dict:
+              detail_channels, mask_level, rois_per_image, detections_per_image, min_score, mask_threshold,
+              drop_iou, mask_loss, pairwise_weight, pairwise_threshold, min_target_score, copy_paste, copy_paste_scale,
+              hflip, finetune_blocks, backbone_lr, seed, device, workers, checkpoint_every) -> dict:
     """Class-agnostic Mask R-CNN (torchvision) over a simple feature pyramid of the ViT's tokens (ViTDet), with
     DropLoss (CutLER), trained on the proposals (:mod:`unseg.detection`)."""
     detections = {name: [det for det in dets if det.get("score", 1.0) >= min_target_score]
                   for name, dets in inputs.detections.items()}
     store = FeatureStore(inputs.store_path)
     config = {**inputs.config, "embed_dim": int(store.attrs["embed_dim"]), "facet": inputs.facet,
-              "channels": channels, "scales": [float(scale) for scale in scales], "rois_per_image": rois_per_image,
+              "channels": channels, "scales": [float(scale) for scale in scales], "detail_channels": detail_channels,
+              "mask_level": mask_level,
+              "rois_per_image": rois_per_image,
               "detections_per_image": detections_per_image, "min_score": min_score, "mask_threshold": mask_threshold,
               "drop_iou": drop_iou, "mask_loss": mask_loss, "pairwise_weight": pairwise_weight,
               "pairwise_threshold": pairwise_threshold, "finetune_blocks": finetune_blocks, "backbone_lr": backbone_lr,
@@ -525,10 +541,10 @@ def mask_rcnn(inputs: InstanceTrainingInputs, *, steps, batch_size, lr, weight_d
     model = build_instance_model(config)
     model.set_statistics(statistics.mean, statistics.std)
     dataset = token_data
-    colours = mask_loss != "mask"
+    colours = mask_loss != "mask" or detail_channels > 0
     if (config["reads_images"] or colours) and inputs.image_paths is None:
-        raise ValueError("instances.mask_rcnn: augmentations, finetune_blocks and mask_loss other than 'mask' "
-                         "read the images; no image paths")
+        raise ValueError("instances.mask_rcnn: augmentations, finetune_blocks, detail_channels and mask_loss other "
+                         "than 'mask' read the images; no image paths")
     if config["reads_images"]:
         spec = get_backbone_spec(config["backbone"])
         dataset = InstanceDataset(inputs.store_path, inputs.facet, detections, inputs.image_paths,
@@ -676,6 +692,9 @@ def detect_instances(model: torch.nn.Module, config: Mapping[str, Any], store: F
         raise ValueError(f"instances rescore {rescore!r}: one of {RESCORE_RULES}")
     if crf and image_paths is None:
         raise ValueError("instances crf: refining the detections reads the images; no image paths given")
+    reads_colours = getattr(model, "reads_colours", False)
+    if reads_colours and image_paths is None:
+        raise ValueError("instances: a model with detail_channels reads the images; no image paths given")
     device = device or torch.device("cpu")
     model.to(device).eval()
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
@@ -684,13 +703,14 @@ def detect_instances(model: torch.nn.Module, config: Mapping[str, Any], store: F
     results = []
     for name in tqdm(names, desc="detect instances", unit="img", disable=not progress):
         geometry = store.geometry(name)
+        image = resize_and_crop(read_image(image_paths[name]), geometry) if reads or reads_colours else None
         if reads:
-            image = resize_and_crop(read_image(image_paths[name]), geometry)
             model_input = normalize_batch(image[None], spec.mean, spec.std)[0]
         else:
             model_input = token_tensor(store, name, config["facet"])[0]
+        colours = [frame_colours(image, geometry.grid_size).to(device)] if reads_colours else None
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            found = model([model_input.to(device)])[0]
+            found = model([model_input.to(device)], colours=colours)[0]
         pasted = paste_detections(found["boxes"], found["scores"], found["masks"], geometry, store.patch_size,
                                   store.image_id(name), config.get("mask_threshold", 0.5))
         if rescore == "coherence":  # of the model's own mask: the CRF's pixel edges are not what tokens judge
