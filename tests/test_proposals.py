@@ -217,3 +217,14 @@ def test_saliency_components_join_the_kept_masks_beside_them(tmp_path):
     assert joined[:2] == plain and len(joined) == 3
     assert joined[2]["source"] == "saliency_component" and joined[2]["segmentation"] == plain[0]["segmentation"]
     assert joined[2]["score"] == pytest.approx(0.5 * 230 / 255, abs=1e-6)
+    # components_only: the component alone is the proposal; both kept masks are rejected with that reason
+    run_proposals(tmp_path / "masks.json", tmp_path / "filter", tmp_path / "images.csv", tmp_path / "only.json",
+                  {**settings, "components_only": True}, progress=False, components_dir=tmp_path / "sharp",
+                  out_rejected=tmp_path / "rejected.json")
+    assert read_json(tmp_path / "only.json") == joined[2:]
+    rejected = read_json(tmp_path / "rejected.json")
+    assert [det["rejected"] for det in rejected] == ["components_only"] * 2
+    assert [det["segmentation"] for det in rejected] == [det["segmentation"] for det in plain]
+    with pytest.raises(ValueError, match="components_only"):
+        run_proposals(tmp_path / "masks.json", tmp_path / "filter", tmp_path / "images.csv", tmp_path / "x.json",
+                      {**settings, "components_only": True}, progress=False)

@@ -309,7 +309,7 @@ def proposals_view(images: Sequence[tuple[int, str, str]], proposals_json: str |
                           f"salient {det.get('salient_fraction', 0):.2f})",
                           overlay_masks(image, [decode_rle(det["segmentation"])])))
         rejected = rejected_by_image.get(image_id, [])
-        for reason in ("saliency", "nms", "crf"):
+        for reason in ("saliency", "nms", "crf", "components_only"):
             dropped = [det for det in rejected if det["rejected"] == reason]
             if dropped:
                 shown.append((f"dropped by {reason}: {len(dropped)}",

@@ -211,7 +211,8 @@ def run_proposals(
             ``crf``: refine each kept proposal with :func:`refine_mask_with_crf` (needs pydensecrf); refined
             proposals carry ``"crf": true``, their score is kept, empty results are dropped.
         components_dir: a saliency folder whose foreground's components join the kept masks
-            (:func:`saliency_components`; None: none do).
+            (:func:`saliency_components`; None: none do). With ``settings["components_only"]`` they are the only
+            proposals: the masks the filter kept are rejected too (``"rejected": "components_only"``).
     """
     index = read_index(index_csv)
     names_by_id = index_names_by_id(index)
@@ -220,6 +221,10 @@ def run_proposals(
     score, unsalient_weight = settings.get("score", "salient_coherence"), settings.get("unsalient_weight", 0.0)
     if crf and not image_paths:
         raise ValueError("CRF refinement of proposals needs the image paths")
+    components_only = bool(settings.get("components_only", False))
+    if components_only and components_dir is None:
+        raise ValueError("proposals components_only: the proposals would be empty without 'components' (a saliency "
+                         "variant whose foreground's pieces are the proposals)")
     by_image: dict[int, list[dict]] = {}
     for det in read_json(masks_json):
         by_image.setdefault(int(det["image_id"]), []).append(det)
@@ -228,6 +233,10 @@ def run_proposals(
         name = names_by_id[image_id]
         kept, rejected = filter_proposals_explained(detections, read_saliency(saliency_dir, name),
                                                     min_salient_fraction, nms_iou, score, unsalient_weight)
+        if components_only:
+            rejected += [{**det, "rejected": "components_only",
+                          "reason": "components_only: only the saliency components are proposals"} for det in kept]
+            kept = []
         if components_dir is not None:
             kept += saliency_components(read_saliency(components_dir, name), image_id)
         if crf:
