@@ -15,9 +15,9 @@ box head and the Mask R-CNN mask head); what is ours is how the ViT feeds them:
   through the ViT itself (frozen, or its last blocks trained), for augmented inputs; either way standardised per
   channel with the training tokens' statistics before the pyramid.
 * **Image detail** (``detail_channels``, off by default): a small convolutional stem on the image's CIELAB colours
-  in the model frame, pooled to each pyramid level's stride and added to it (:class:`ImageDetail`). The token-derived
-  levels only know the image at 16-px tokens; a mask head that reads them under-fits its own pseudo-masks' outlines
-  (docs/benchmarks.md, "Instances stage").
+  in the model frame, pooled to each pyramid level's stride and added to it (:class:`ImageDetail`), since the
+  token-derived levels know the image at 16-px tokens only. On the horses it does not help the mask head fit its
+  pseudo-masks (docs/benchmarks.md, "Does sub-token detail let the mask head fit its targets?").
 * **DropLoss** (CutLER, Wang et al. CVPR 2023, Eq. 2): a sampled region whose box overlaps no target box by more
   than ``drop_iou`` (0.01) gives no classification loss, so the model is not taught that an object the pseudo-masks
   missed is background.
