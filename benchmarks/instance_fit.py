@@ -15,10 +15,19 @@ COCO's AR@100 for one object per image). A model that fits its targets reads ``t
 between ``target best`` and the targets' own ground-truth IoU (``targets vs ground truth``) is what the model
 loses against what it was taught.
 
+Then the mask head alone, read on every training proposal in that proposal's own box (so the detector's boxes play
+no part), as in training: the mean binary cross-entropy of its M x M logits against the proposal's mask projected
+on the box (torchvision's ``project_masks_on_boxes``) and the IoU of the two at M x M (> 0.5), by kind of proposal:
+the targets (every proposal of ``--target-source``), the other proposals whose box overlaps a target's by IoU > 0.8
+(the same object, cut otherwise), and the rest (its parts, other things, background pieces).
+
 Usage (from the project root, after the variant's round was trained)::
 
     .venv/bin/python benchmarks/instance_fit.py --results results/horses --variant maskrcnn-comp --round 1 \\
         --proposals components --images 40
+
+(``--proposals`` may name other proposals than the variant trained on: ``--variant maskrcnn-componly --proposals
+components`` reads the head trained on the components alone on the multi-k masks it never saw.)
 """
 
 from __future__ import annotations
@@ -28,15 +37,32 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
+from torchvision.models.detection.roi_heads import project_masks_on_boxes
+from torchvision.ops import box_iou
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from unseg.geometry import resize_and_crop  # noqa: E402
 from unseg.index import image_paths, read_index  # noqa: E402
-from unseg.instances import detect_instances, load_instance_model  # noqa: E402
-from unseg.io import decode_rle, read_json  # noqa: E402
+from unseg.instances import (  # noqa: E402
+    FRAME_STRIDE,
+    detect_instances,
+    frame_colours,
+    frame_targets,
+    load_instance_model,
+    masks_in_frame,
+)
+from unseg.io import (  # noqa: E402
+    decode_rle,
+    read_image,  # noqa: E402
+    read_json,
+)
 from unseg.store import FeatureStore  # noqa: E402
+from unseg.training_data import token_tensor  # noqa: E402
 
 THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
@@ -49,6 +75,28 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def recall_over_thresholds(best: np.ndarray) -> float:
     """COCO's AR@100 for one object per image whose best masks overlap it by ``best`` (n,) IoUs."""
     return float(np.mean([(best >= threshold).mean() for threshold in THRESHOLDS]))
+
+
+def head_in_own_boxes(model, config: dict, store: FeatureStore, name: str, proposals: list[dict],
+                       image_path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) mean BCE and (N,) M x M IoU of the mask head on each of ``proposals`` (one image's, COCO results), read in
+    the proposal's own box in the model frame. A proposal the model frame empties gives neither (dropped)."""
+    geometry = store.geometry(name)
+    targets = frame_targets(masks_in_frame(proposals, geometry, store.patch_size, FRAME_STRIDE))
+    boxes = targets["boxes"]
+    with torch.no_grad():
+        tokens, sizes = model.encode([token_tensor(store, name, config["facet"])[0]])
+        features = model.pyramid(tokens)
+        if getattr(model, "detail", None) is not None:
+            colours = frame_colours(resize_and_crop(read_image(image_path), geometry), geometry.grid_size)
+            features = model.detail(features, colours[None])
+        heads = model.roi_heads
+        logits = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, [boxes], sizes)))[:, 1]
+    wanted = project_masks_on_boxes(targets["masks"], boxes, torch.arange(len(boxes)), logits.shape[-1])
+    loss = F.binary_cross_entropy_with_logits(logits, wanted, reduction="none").mean((1, 2))
+    found, truth = logits > 0, wanted > 0.5
+    iou_cells = (found & truth).sum((1, 2)) / (found | truth).sum((1, 2)).clamp(min=1)
+    return loss.numpy(), iou_cells.numpy()
 
 
 def main() -> None:
@@ -74,9 +122,14 @@ def main() -> None:
     for det in detections:
         by_image.setdefault(int(det["image_id"]), []).append(det)
     targets: dict[int, list[dict]] = {}
+    every_proposal: dict[int, list[dict]] = {}
     for proposal in read_json(args.results / "proposals" / args.proposals / "proposals.json"):
+        every_proposal.setdefault(int(proposal["image_id"]), []).append(proposal)
         if args.target_source == "any" or proposal.get("source") == args.target_source:
             targets.setdefault(int(proposal["image_id"]), []).append(proposal)
+    paths = image_paths(index)
+    kinds = ("a target", "same box as a target (IoU > 0.8)", "the other proposals")
+    by_kind: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
 
     rows = {"target": [], "ground truth": []}
     target_vs_truth = []
@@ -93,6 +146,23 @@ def main() -> None:
             target_vs_truth.append(iou(target, truth))
             ious = [iou(mask, target) for mask in masks] or [0.0]
             rows["target"].append((ious[0], max(ious)))
+        # the head in each proposal's own box; the kind comes from the boxes in the model frame
+        proposals = [p for p in every_proposal.get(image_id, []) if decode_rle(p["segmentation"]).any()]
+        if proposals:
+            loss, cells = head_in_own_boxes(model, config, store, name, proposals, paths[name])
+            is_target = np.array([args.target_source == "any" or p.get("source") == args.target_source
+                                  for p in proposals])
+            boxes = frame_targets(masks_in_frame(proposals, store.geometry(name), store.patch_size,
+                                                 FRAME_STRIDE))["boxes"]
+            overlap = box_iou(boxes, boxes[torch.from_numpy(is_target)]) if is_target.any() else None
+            for position in range(len(proposals)):
+                if is_target[position]:
+                    kind = kinds[0]
+                elif overlap is not None and float(overlap[position].max()) > 0.8:
+                    kind = kinds[1]
+                else:
+                    kind = kinds[2]
+                by_kind[kind].append((float(loss[position]), float(cells[position])))
 
     print(f"{args.variant} round {args.round}, first {len(names)} images of {args.results} "
           f"({len(rows['target'])} with a {args.target_source} target)")
@@ -103,6 +173,12 @@ def main() -> None:
     truth_ious = np.asarray(target_vs_truth)
     print(f"  targets vs ground truth: IoU {100 * truth_ious.mean():5.1f}, AR@100 "
           f"{100 * recall_over_thresholds(truth_ious):5.1f}")
+    print(f"the mask head in each training proposal's own box ({args.proposals} proposals):")
+    for kind, values in by_kind.items():
+        if values:
+            values = np.asarray(values)
+            print(f"  {kind:33s} n {len(values):4d}  BCE {values[:, 0].mean():.3f}  "
+                  f"IoU at the head's resolution {100 * values[:, 1].mean():5.1f}")
 
 
 if __name__ == "__main__":
