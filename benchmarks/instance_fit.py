@@ -77,12 +77,11 @@ def recall_over_thresholds(best: np.ndarray) -> float:
     return float(np.mean([(best >= threshold).mean() for threshold in THRESHOLDS]))
 
 
-def head_in_own_boxes(model, config: dict, store: FeatureStore, name: str, proposals: list[dict],
+def head_in_own_boxes(model, config: dict, store: FeatureStore, name: str, targets: dict[str, torch.Tensor],
                        image_path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) mean BCE and (N,) M x M IoU of the mask head on each of ``proposals`` (one image's, COCO results), read in
-    the proposal's own box in the model frame. A proposal the model frame empties gives neither (dropped)."""
+    """(N,) mean BCE and (N,) M x M IoU of the mask head on each of one image's ``targets`` (:func:`frame_targets`
+    of its proposals: ``boxes`` and ``masks`` in the model frame), each read in its own box."""
     geometry = store.geometry(name)
-    targets = frame_targets(masks_in_frame(proposals, geometry, store.patch_size, FRAME_STRIDE))
     boxes = targets["boxes"]
     with torch.no_grad():
         tokens, sizes = model.encode([token_tensor(store, name, config["facet"])[0]])
@@ -146,14 +145,17 @@ def main() -> None:
             target_vs_truth.append(iou(target, truth))
             ious = [iou(mask, target) for mask in masks] or [0.0]
             rows["target"].append((ious[0], max(ious)))
-        # the head in each proposal's own box; the kind comes from the boxes in the model frame
-        proposals = [p for p in every_proposal.get(image_id, []) if decode_rle(p["segmentation"]).any()]
+        # the head in each proposal's own box; the kind comes from the boxes in the model frame. frame_targets drops
+        # a mask the frame empties: the same proposals are dropped here, so the two lists stay aligned.
+        proposals = every_proposal.get(image_id, [])
+        in_frame = masks_in_frame(proposals, store.geometry(name), store.patch_size, FRAME_STRIDE)
+        proposals = [p for p, present in zip(proposals, in_frame.flatten(1).any(1).tolist()) if present]
         if proposals:
-            loss, cells = head_in_own_boxes(model, config, store, name, proposals, paths[name])
+            frame = frame_targets(in_frame)
+            loss, cells = head_in_own_boxes(model, config, store, name, frame, paths[name])
             is_target = np.array([args.target_source == "any" or p.get("source") == args.target_source
                                   for p in proposals])
-            boxes = frame_targets(masks_in_frame(proposals, store.geometry(name), store.patch_size,
-                                                 FRAME_STRIDE))["boxes"]
+            boxes = frame["boxes"]
             overlap = box_iou(boxes, boxes[torch.from_numpy(is_target)]) if is_target.any() else None
             for position in range(len(proposals)):
                 if is_target[position]:

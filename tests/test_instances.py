@@ -465,6 +465,14 @@ def test_two_planted_objects_are_recovered(planted, tmp_path):
     assert log[0].startswith("step,loss,") and len(log) > 10
 
 
+def assert_top_detections_recover(detections: list[dict], names_by_id: dict[int, str], masks: dict) -> None:
+    """Each image's top-scored detection overlaps its planted object by IoU >= 0.7."""
+    for image_id, name in names_by_id.items():
+        best = max((det for det in detections if det["image_id"] == image_id), key=lambda det: det["score"])
+        found = decode_rle(best["segmentation"])
+        assert (found & masks[name]).sum() / (found | masks[name]).sum() >= 0.7, name
+
+
 def test_the_weak_mask_loss_learns_the_planted_objects_from_their_colours(planted, tmp_path):
     # mask_loss: projection sees only the pseudo-masks' projections and the images' colours (the squares are bright
     # on a dark background): the objects are still recovered, and the loss needs the images
@@ -479,11 +487,7 @@ def test_the_weak_mask_loss_learns_the_planted_objects_from_their_colours(plante
     assert checkpoint["config"]["mask_loss"] == "projection" and not checkpoint["config"]["reads_images"]
     run_instances_predict(tmp_path / "model.pt", store, ["img0", "img1"], tmp_path / "instances.json",
                           progress=False, rescore="none")
-    detections = json.loads((tmp_path / "instances.json").read_text())
-    for image_id, name in names_by_id.items():
-        best = max((det for det in detections if det["image_id"] == image_id), key=lambda det: det["score"])
-        found = decode_rle(best["segmentation"])
-        assert (found & masks[name]).sum() / (found | masks[name]).sum() >= 0.7, name
+    assert_top_detections_recover(json.loads((tmp_path / "instances.json").read_text()), names_by_id, masks)
     dataset = instances_module.InstanceDataset(store, "tokens", {name: [] for name in masks}, paths,
                                                reads_images=False, colours=True)
     tokens, targets = dataset[0]
@@ -507,11 +511,7 @@ def test_a_model_with_image_detail_trains_and_detects_on_the_images(planted, tmp
         run_instances_predict(tmp_path / "model.pt", store, ["img0"], tmp_path / "none.json", progress=False)
     run_instances_predict(tmp_path / "model.pt", store, ["img0", "img1"], tmp_path / "instances.json", paths,
                           progress=False, rescore="none")
-    detections = json.loads((tmp_path / "instances.json").read_text())
-    for image_id, name in names_by_id.items():
-        best = max((det for det in detections if det["image_id"] == image_id), key=lambda det: det["score"])
-        found = decode_rle(best["segmentation"])
-        assert (found & masks[name]).sum() / (found | masks[name]).sum() >= 0.7, name
+    assert_top_detections_recover(json.loads((tmp_path / "instances.json").read_text()), names_by_id, masks)
 
 
 def test_an_interrupted_training_resumes_to_the_same_weights(planted, tmp_path, monkeypatch):
