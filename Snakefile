@@ -7,7 +7,7 @@ import os
 
 from snakemake.utils import min_version
 
-from unseg.config import ConfigError, load_methods, validate_config
+from unseg.config.schema import ConfigError, load_methods, validate_config
 
 min_version("9.0")
 
@@ -19,7 +19,7 @@ if not workflow.overwrite_configfiles:
     configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-# The schema is workflow/schemas/config.schema.yaml plus one branch per registered method (unseg.config); the
+# The schema is workflow/schemas/config.schema.yaml plus one branch per registered method (unseg.config.schema); the
 # config's plugins (your own methods) are imported first, so their settings are validated like the built-ins'.
 try:
     load_methods(config.get("plugins", []))

@@ -1,6 +1,6 @@
 """Feature stage speed: end-to-end extraction vs. the bare model forward, in one process, on the same images.
 
-End-to-end is one :func:`unseg.features.extract_features` call into a fresh store (model and weights loading,
+End-to-end is one :func:`unseg.features.extract.extract_features` call into a fresh store (model and weights loading,
 DataLoader workers decoding/resizing JPEGs, the facet hooks, float16 host copies, zarr writes). The bare forward
 is ``model.forward_features`` on the same images already decoded, resized and normalised, in the same batches
 (same sizes, same batch size), under the same precision (bf16 autocast on CUDA, float32 on the CPU). The bare
@@ -34,8 +34,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unseg.backbones import create_backbone  # noqa: E402
-from unseg.features import (  # noqa: E402
+from unseg.core.geometry import resize_and_crop, resize_geometry  # noqa: E402
+from unseg.core.io import image_size, read_image  # noqa: E402
+from unseg.features.backbones import create_backbone  # noqa: E402
+from unseg.features.extract import (  # noqa: E402
     _DecodedImages,
     _ImageItem,
     _to_host,
@@ -46,8 +48,6 @@ from unseg.features import (  # noqa: E402
     normalize_batch,
     shard_batches,
 )
-from unseg.geometry import resize_and_crop, resize_geometry  # noqa: E402
-from unseg.io import image_size, read_image  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

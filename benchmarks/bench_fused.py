@@ -1,4 +1,5 @@
-"""The fused path's speed: features + masks + saliency in one process (unseg.fused) against the unfused stages run one
+"""The fused path's speed: features + masks + saliency in one process (unseg.features.fused) against the unfused stages
+run one
 after the other (extraction, then the masks and saliency stages reading the store back), on the same images.
 
 Prints images/s of: the extraction alone; the masks stage and the saliency stage from the store; the unfused
@@ -27,11 +28,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unseg.config import validate_config  # noqa: E402
-from unseg.features import extract_features  # noqa: E402
-from unseg.fused import FusedConsumer, fused_variants  # noqa: E402
-from unseg.masks import run_masks  # noqa: E402
-from unseg.saliency import run_saliency  # noqa: E402
+from unseg.config.schema import validate_config  # noqa: E402
+from unseg.features.extract import extract_features  # noqa: E402
+from unseg.features.fused import FusedConsumer, fused_variants  # noqa: E402
+from unseg.stages.masks import run_masks  # noqa: E402
+from unseg.stages.saliency import run_saliency  # noqa: E402
 
 
 def main(argv=None) -> int:

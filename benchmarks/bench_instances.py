@@ -42,9 +42,11 @@ def main() -> None:
 
     import torch
 
-    from unseg.config import load_methods, variant_settings
-    from unseg.index import image_paths, names_by_id, read_index
-    from unseg.instances import (
+    from unseg.config.schema import load_methods, variant_settings
+    from unseg.core.io import read_json
+    from unseg.data.index import image_paths, names_by_id, read_index
+    from unseg.features.store import FeatureStore
+    from unseg.stages.instances import (
         InstanceDataset,
         build_instance_model,
         detect_instances,
@@ -52,8 +54,6 @@ def main() -> None:
         reads_images,
         token_tensor,
     )
-    from unseg.io import read_json
-    from unseg.store import FeatureStore
 
     load_methods()
     results = Path(args.results)
@@ -79,7 +79,7 @@ def main() -> None:
             model = build_instance_model(config).to(device).train()
             spec_mean_std = {}
             if path == "images":
-                from unseg.backbones import get_backbone_spec
+                from unseg.features.backbones import get_backbone_spec
 
                 spec = get_backbone_spec(config["backbone"])
                 spec_mean_std = {"mean": spec.mean, "std": spec.std}

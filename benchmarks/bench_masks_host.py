@@ -1,5 +1,5 @@
 """The masks stage's per-image host work (k-means for every k, components, upsampling to the image, RLE encoding),
-on one thread against the job's threads (unseg.threads.map_images), in one process on the same images.
+on one thread against the job's threads (unseg.core.threads.map_images), in one process on the same images.
 
 On a GPU the eigensolver takes a fraction of a millisecond per image, so this host work bounds the masks stage (and
 the fused path): docs/benchmarks.md, "The fused path". The spectra are solved once, before timing. Prints ms per
@@ -24,11 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unseg.features import extract_features  # noqa: E402
-from unseg.masks import batch_mask_results  # noqa: E402
-from unseg.registry import REGISTRIES  # noqa: E402
-from unseg.spectral import grid_spectra  # noqa: E402
-from unseg.store import FeatureStore  # noqa: E402
+from unseg.config.registry import REGISTRIES  # noqa: E402
+from unseg.features.extract import extract_features  # noqa: E402
+from unseg.features.store import FeatureStore  # noqa: E402
+from unseg.ops.spectral import grid_spectra  # noqa: E402
+from unseg.stages.masks import batch_mask_results  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     if not paths:
         print(f"no images match {args.images!r}", file=sys.stderr)
         return 2
-    import unseg.config  # noqa: F401  (registers the methods)
+    import unseg.config.schema  # noqa: F401  (registers the methods)
 
     method = REGISTRIES["masks"].get(args.method)
     settings = method.settings({})
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
 
             @staticmethod
             def function(batch, **kwargs):
-                import unseg.masks as masks
+                import unseg.stages.masks as masks
 
                 original = masks.grid_spectra
                 masks.grid_spectra = lambda *a, **k: [spectra[names.index(n)] for n in batch.names]

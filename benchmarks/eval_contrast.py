@@ -27,12 +27,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unseg import probe  # noqa: E402
-from unseg.config import load_methods, variant_settings  # noqa: E402
-from unseg.contrast import EMBEDDINGS_FACET, ContrastInputs, run_contrast  # noqa: E402
-from unseg.index import index_split, read_index  # noqa: E402
-from unseg.io import read_label_png, read_saliency  # noqa: E402
-from unseg.store import FeatureStore  # noqa: E402
+from unseg.evaluation import probe  # noqa: E402
+from unseg.config.schema import load_methods, variant_settings  # noqa: E402
+from unseg.core.io import read_label_png, read_saliency  # noqa: E402
+from unseg.data.index import index_split, read_index  # noqa: E402
+from unseg.features.store import FeatureStore  # noqa: E402
+from unseg.stages.contrast import EMBEDDINGS_FACET, ContrastInputs, run_contrast  # noqa: E402
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 

@@ -22,13 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unseg.config import load_methods, variant_settings  # noqa: E402
-from unseg.features import extract_features  # noqa: E402
-from unseg.index import build_index, write_index  # noqa: E402
-from unseg.masks import run_masks  # noqa: E402
-from unseg.proposals import evaluate_proposals, run_proposals  # noqa: E402
-from unseg.saliency import run_saliency  # noqa: E402
-from unseg.store import FeatureStore  # noqa: E402
+from unseg.config.schema import load_methods, variant_settings  # noqa: E402
+from unseg.data.index import build_index, write_index  # noqa: E402
+from unseg.features.extract import extract_features  # noqa: E402
+from unseg.features.store import FeatureStore  # noqa: E402
+from unseg.stages.masks import run_masks  # noqa: E402
+from unseg.stages.proposals import evaluate_proposals, run_proposals  # noqa: E402
+from unseg.stages.saliency import run_saliency  # noqa: E402
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 

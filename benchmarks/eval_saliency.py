@@ -1,6 +1,6 @@
 """Every saliency variant of a table on one feature store, scored against ground-truth foreground (label > 0, void
 left out): mean per-image foreground IoU, dataset IoU and max F-beta (beta² = 0.3), as the evaluate stage scores a
-branch's saliency (unseg.metrics.object_segmentation_scores) — at each image's original resolution.
+branch's saliency (unseg.evaluation.metrics.object_segmentation_scores) — at each image's original resolution.
 
 Usage (from the project root, after the workflow has written the store and the index)::
 
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from unseg.config import load_methods, variant_settings
-from unseg.io import IGNORE_LABEL, read_label_png, read_saliency
-from unseg.metrics import object_segmentation_scores
-from unseg.saliency import run_saliency
+from unseg.config.schema import load_methods, variant_settings
+from unseg.core.io import IGNORE_LABEL, read_label_png, read_saliency
+from unseg.evaluation.metrics import object_segmentation_scores
+from unseg.stages.saliency import run_saliency
 
 VARIANTS = {
     "spectral_bipartition (split, the old default)": {"method": "spectral_bipartition"},

@@ -4,7 +4,7 @@ predictions, mIoU (Hungarian over the split, percent) against the dataset's grou
 Reads a finished workflow run (``results/{dataset}/``): the index, the pseudolabels variant the train variant trains
 on, ``train/{variant}/round-{r}/`` (labels of rounds >= 2, model.pt) and the feature store; each round's model
 predicts every image of the split into a temporary folder (the predict stage's function), then everything is
-scored by :func:`unseg.metrics.evaluate_semantic`.
+scored by :func:`unseg.evaluation.metrics.evaluate_semantic`.
 
 Usage (from the project root, after ``snakemake --cores 2``)::
 
@@ -22,10 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unseg.index import index_split, read_index  # noqa: E402
-from unseg.metrics import evaluate_semantic  # noqa: E402
-from unseg.predict import predict  # noqa: E402
-from unseg.provenance import sidecar_path  # noqa: E402
+from unseg.core.provenance import sidecar_path  # noqa: E402
+from unseg.data.index import index_split, read_index  # noqa: E402
+from unseg.evaluation.metrics import evaluate_semantic  # noqa: E402
+from unseg.stages.predict import predict  # noqa: E402
 
 
 def score(folder: Path, rows, num_predicted: int, num_classes: int) -> float:

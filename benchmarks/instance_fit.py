@@ -46,9 +46,15 @@ from torchvision.ops import box_iou
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unseg.geometry import resize_and_crop  # noqa: E402
-from unseg.index import image_paths, read_index  # noqa: E402
-from unseg.instances import (  # noqa: E402
+from unseg.core.geometry import resize_and_crop  # noqa: E402
+from unseg.core.io import (  # noqa: E402
+    decode_rle,
+    read_image,  # noqa: E402
+    read_json,
+)
+from unseg.data.index import image_paths, read_index  # noqa: E402
+from unseg.features.store import FeatureStore  # noqa: E402
+from unseg.stages.instances import (  # noqa: E402
     FRAME_STRIDE,
     detect_instances,
     frame_colours,
@@ -56,13 +62,7 @@ from unseg.instances import (  # noqa: E402
     load_instance_model,
     masks_in_frame,
 )
-from unseg.io import (  # noqa: E402
-    decode_rle,
-    read_image,  # noqa: E402
-    read_json,
-)
-from unseg.store import FeatureStore  # noqa: E402
-from unseg.training_data import token_tensor  # noqa: E402
+from unseg.training.data import token_tensor  # noqa: E402
 
 THRESHOLDS = np.linspace(0.5, 0.95, 10)
 

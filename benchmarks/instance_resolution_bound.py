@@ -31,7 +31,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unseg.geometry import grid_to_image, image_to_grid, resize_geometry  # noqa: E402
+from unseg.core.geometry import grid_to_image, image_to_grid, resize_geometry  # noqa: E402
 
 THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     if args.crf:
-        from unseg.proposals import refine_mask_with_crf
+        from unseg.stages.proposals import refine_mask_with_crf
 
     names = sorted(path.stem for path in (args.root / "masks").glob("*.png"))[: args.images]
     ious: dict[str, list[float]] = {}

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from unseg.features import extract_features
+from unseg.features.extract import extract_features
 
 from workflow_helpers import TINY, snakemake
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from unseg.io import encode_rle, write_json, write_label_png
+from unseg.core.io import encode_rle, write_json, write_label_png
 
 HEIGHT, WIDTH = 40, 56
 

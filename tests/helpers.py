@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unseg.io import encode_rle
+from unseg.core.io import encode_rle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 def variant(stage: str, **given):
     """A variant's settings as the config schema completes them (defaults of the stage and of its method)."""
-    from unseg.config import load_methods, variant_settings
+    from unseg.config.schema import load_methods, variant_settings
 
     load_methods()
     return variant_settings(stage, given, SCHEMA)
@@ -43,7 +43,7 @@ def variant(stage: str, **given):
 TRAIN_CHILD = """
 import sys, time
 import numpy as np, torch
-import unseg.train as train
+import unseg.stages.train as train
 real_save = train.save_resume_state
 def slow_save(*args, **kwargs):
     real_save(*args, **kwargs)

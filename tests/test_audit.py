@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unseg.io import encode_rle, write_json
+from unseg.core.io import encode_rle, write_json
 
 from helpers import BROWSER, load_in_browser, screenshot
 
 
 def test_audit_masks_shows_panels_per_k_and_per_eigenvector(tmp_path):
-    from unseg.audit import audit_masks
+    from unseg.reports.audit import audit_masks
 
     Image.fromarray(np.full((8, 8, 3), 90, dtype=np.uint8)).save(tmp_path / "a.png")
     square = np.zeros((8, 8), dtype=bool)
@@ -28,8 +28,8 @@ def test_audit_masks_shows_panels_per_k_and_per_eigenvector(tmp_path):
 
 def saliency_page(tmp_path):
     """The saliency page of three 10 x 10 images whose maps have foreground IoU 100, 26/49 and 0 (void left out)."""
-    from unseg.audit import audit_saliency
-    from unseg.io import write_label_png
+    from unseg.core.io import write_label_png
+    from unseg.reports.audit import audit_saliency
 
     (tmp_path / "saliency" / "extras" / "teacher").mkdir(parents=True)
     truth = np.zeros((10, 10), dtype=np.uint8)
@@ -106,7 +106,7 @@ def test_proposals_are_scored_against_the_instances_and_paged_worst_first(tmp_pa
     best-overlap IoU 50 %), image "both" covers both exactly (100 %); one image per page, the worse first."""
     import re
 
-    from unseg.audit import audit_proposals
+    from unseg.reports.audit import audit_proposals
 
     left, right = np.zeros((12, 12), dtype=bool), np.zeros((12, 12), dtype=bool)
     left[2:6, 1:5] = True
@@ -143,8 +143,8 @@ def test_per_image_miou_is_under_the_matching_of_all_the_images(tmp_path):
     """Cluster 1 is class 2 and cluster 2 is class 1 everywhere: image a is then perfect (100) although its ids
     differ; image b paints half of its class-1 object with cluster 1 (class 2's): IoU class 1 = 1/2, class 2 = 0
     (predicted, absent), background 1 → mIoU 50."""
-    from unseg.audit import per_image_miou
-    from unseg.io import write_label_png
+    from unseg.core.io import write_label_png
+    from unseg.reports.audit import per_image_miou
 
     truth_a = np.zeros((4, 8), np.uint8)
     truth_a[:, 2:4], truth_a[:, 4:6] = 1, 2
@@ -169,7 +169,7 @@ def test_two_saliency_variants_side_by_side_differ_most_first(tmp_path):
     import re
     import shutil
 
-    from unseg.audit import audit_side_by_side, saliency_view
+    from unseg.reports.audit import audit_side_by_side, saliency_view
 
     saliency_page(tmp_path)
     images = [(1, "good", str(tmp_path / "good.png")), (2, "half", str(tmp_path / "half.png")),

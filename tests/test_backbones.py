@@ -8,8 +8,8 @@ import hashlib
 import pytest
 import torch
 
-from unseg import backbones
-from unseg.backbones import (
+from unseg.features import backbones
+from unseg.features.backbones import (
     BACKBONES,
     BackboneSpec,
     CheckpointError,

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-import unseg.train as train_module
-from unseg.bootstrap import (
+import unseg.stages.train as train_module
+from unseg.core.geometry import grid_to_image, resize_geometry
+from unseg.core.io import read_json, read_label_png, write_label_png
+from unseg.core.provenance import file_digest
+from unseg.features.extract import write_derived_store
+from unseg.features.store import FeatureStore
+from unseg.stages.predict import bootstrap_labels, load_model
+from unseg.stages.train import run_train
+from unseg.training.bootstrap import (
     alpha_at,
     bootstrapped_scores,
     bootstrapping_loss,
@@ -18,15 +25,8 @@ from unseg.bootstrap import (
     peer_loss,
     uncertainty_loss,
 )
-from unseg.features import write_derived_store
-from unseg.geometry import grid_to_image, resize_geometry
-from unseg.heads import build_head
-from unseg.io import read_json, read_label_png, write_label_png
-from unseg.predict import bootstrap_labels, load_model
-from unseg.provenance import file_digest
-from unseg.store import FeatureStore
-from unseg.train import run_train
-from unseg.training_data import TokenScoreDataset, label_fractions, token_tensor
+from unseg.training.data import TokenScoreDataset, label_fractions, token_tensor
+from unseg.training.heads import build_head
 
 from helpers import killed_after_saves, variant
 
@@ -290,7 +290,7 @@ def test_the_augmented_crop_keeps_image_and_scores_aligned():
     """TransFGU's augmentation: the right half of the image is red and class 1 in the scores; whatever crop and
     flip a seed draws, the crop's red pixels lie over the cells that RoI-Align gives class 1. A whole-image crop is
     an exact 2 x 2 average of the scores, NaN only where fewer than half the samples were labelled."""
-    from unseg.training_data import crop_with_scores
+    from unseg.training.data import crop_with_scores
 
     image = torch.zeros((3, 96, 128), dtype=torch.uint8)
     image[0, :, 64:] = 255
@@ -316,7 +316,7 @@ def test_augmented_training_through_the_frozen_vit_keeps_a_head_that_reads_the_s
     which predicts from the stored tokens: it has learnt each image's red box (boxes on the 16-px token cells)."""
     from PIL import Image
 
-    from unseg.features import extract_features
+    from unseg.features.extract import extract_features
 
     rng = np.random.default_rng(0)
     image_paths, planted = {}, {}

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 from unseg.cli import main
-from unseg.provenance import input_digest
+from unseg.core.provenance import input_digest
 
 
 def test_provenance_prints_the_chain_upstream_first_with_digests(tiny_run, capsys):
@@ -49,9 +49,9 @@ def test_the_command_runs_as_a_program(tiny_run):
 def test_the_trail_of_a_tiny_run_image_has_a_panel_per_stage_artifact(tiny_run, tmp_path, capsys):
     from PIL import Image
 
-    from unseg.io import read_image, read_label_png
-    from unseg.overlays import overlay_labels
-    from unseg.trail import trail_panels
+    from unseg.core.io import read_image, read_label_png
+    from unseg.reports.overlays import overlay_labels
+    from unseg.reports.trail import trail_panels
 
     workdir, _, _ = tiny_run
     results = workdir / "results/tiny"

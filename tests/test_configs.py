@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from unseg.config import load_methods, validate_config
-from unseg.variants import check_variants
+from unseg.config.schema import load_methods, validate_config
+from unseg.config.variants import check_variants
 
 from helpers import ROOT, SCHEMA
 

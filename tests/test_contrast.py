@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from unseg.contrast import (
+from unseg.evaluation.probe import foreground_prototype, object_kmeans_evaluation, pca_whiten
+from unseg.stages.contrast import (
     EMBEDDINGS_FACET,
     PrototypeQueue,
     balanced_bce,
@@ -17,7 +18,6 @@ from unseg.contrast import (
     momentum_update,
     prototype_contrastive_loss,
 )
-from unseg.probe import foreground_prototype, object_kmeans_evaluation, pca_whiten
 
 TINY_SETTINGS = {"epochs": 3, "batch_size": 2, "embedding_dim": 8, "head": "linear", "queue_size": 4,
                  "label_scale": 2, "lr": 0.05}
@@ -53,7 +53,7 @@ def planted_images(folder, count: int = 6, size: int = 64, tinted: bool = False)
 
 
 def planted_store(folder, paths) -> None:
-    from unseg.features import extract_features
+    from unseg.features.extract import extract_features
 
     extract_features([str(p) for p in paths.values()], list(paths), list(range(1, len(paths) + 1)), folder / "f.zarr",
                      backbone="dino_vits16", weights="random", resolution=64, facets=["tokens"], progress=False,
@@ -61,8 +61,8 @@ def planted_store(folder, paths) -> None:
 
 
 def contrast_inputs(folder, paths, out: str, **settings):
-    from unseg.config import variant_settings
-    from unseg.contrast import ContrastInputs
+    from unseg.config.schema import variant_settings
+    from unseg.stages.contrast import ContrastInputs
 
     from helpers import SCHEMA
 
@@ -74,9 +74,9 @@ def contrast_inputs(folder, paths, out: str, **settings):
 @pytest.fixture(scope="module")
 def contrast_run(tmp_path_factory):
     """A tiny MaskContrast run on planted boxes over random ViT-S/16 tokens: (input store, learned store, folder)."""
-    from unseg.config import load_methods
-    from unseg.contrast import run_contrast
-    from unseg.store import FeatureStore
+    from unseg.config.schema import load_methods
+    from unseg.features.store import FeatureStore
+    from unseg.stages.contrast import run_contrast
 
     load_methods()
     folder = tmp_path_factory.mktemp("contrast")
@@ -200,7 +200,7 @@ def test_pca_whitening_gives_unit_variance_axes_and_refuses_too_few_points():
 
 
 def test_the_learned_store_has_the_embeddings_of_every_image_in_the_input_geometry(contrast_run):
-    from unseg.store import FeatureStore
+    from unseg.features.store import FeatureStore
 
     base, learned, _ = contrast_run
     assert learned.attrs["facets"] == [EMBEDDINGS_FACET] and learned.attrs["embed_dim"] == 8
@@ -214,7 +214,7 @@ def test_the_learned_store_has_the_embeddings_of_every_image_in_the_input_geomet
 
 
 def test_an_interrupted_training_resumes_to_the_uninterrupted_weights(contrast_run, monkeypatch):
-    import unseg.contrast as contrast
+    import unseg.stages.contrast as contrast
 
     base, _, folder = contrast_run
     paths = {name: folder / f"{name}.png" for name in base.names}
@@ -242,7 +242,7 @@ def test_an_interrupted_training_resumes_to_the_uninterrupted_weights(contrast_r
 
 
 def test_a_store_without_tokens_is_refused_naming_it(contrast_run, tmp_path):
-    from unseg.contrast import run_contrast
+    from unseg.stages.contrast import run_contrast
 
     base, learned, folder = contrast_run
     paths = {name: folder / f"{name}.png" for name in base.names}
@@ -313,9 +313,9 @@ def test_config_errors_about_contrast_variants_name_the_key(tmp_path):
 def test_masks_made_elsewhere_are_a_saliency_variant_at_full_resolution(contrast_run, tmp_path):
     from PIL import Image
 
-    from unseg.config import variant_settings
-    from unseg.io import read_saliency
-    from unseg.saliency import folder_listing_digest, run_saliency
+    from unseg.config.schema import variant_settings
+    from unseg.core.io import read_saliency
+    from unseg.stages.saliency import folder_listing_digest, run_saliency
 
     from helpers import SCHEMA
 
@@ -341,7 +341,7 @@ def test_masks_made_elsewhere_are_a_saliency_variant_at_full_resolution(contrast
 
 
 def test_settings_made_for_ten_thousand_images_warn_on_a_few_dozen():
-    from unseg.contrast import warn_small_dataset
+    from unseg.stages.contrast import warn_small_dataset
 
     # MaskContrast's defaults on 24 images: 3 steps per epoch, 120 steps, 0.999^120 = 0.89 of the key's start kept
     warnings = warn_small_dataset(24, 40, 8, 256, 0.999)
@@ -361,9 +361,9 @@ def test_on_planted_boxes_the_embeddings_separate_the_classes_better_than_their_
     # 16 pictures of a red or a blue box on a background of a random colour per image; a random ViT's raw tokens
     # mix that colour into the boxes' prototypes, and MaskContrast's objective (jittered views of the same box must
     # agree) learns to look past it: MaskContrast's object k-means, raw 84.8 -> learned 100.0 mIoU
-    from unseg.config import load_methods
-    from unseg.contrast import run_contrast
-    from unseg.store import FeatureStore
+    from unseg.config.schema import load_methods
+    from unseg.features.store import FeatureStore
+    from unseg.stages.contrast import run_contrast
 
     load_methods()
     paths, truth = planted_images(tmp_path, count=16, tinted=True)
@@ -383,8 +383,8 @@ def test_on_planted_boxes_the_embeddings_separate_the_classes_better_than_their_
 
 
 def test_fine_tuned_blocks_train_and_embed_through_the_images(contrast_run):
-    from unseg.contrast import run_contrast
-    from unseg.store import FeatureStore
+    from unseg.features.store import FeatureStore
+    from unseg.stages.contrast import run_contrast
 
     base, frozen, folder = contrast_run
     paths = {name: folder / f"{name}.png" for name in base.names}
@@ -403,9 +403,9 @@ def test_fine_tuned_blocks_train_and_embed_through_the_images(contrast_run):
 def test_images_of_several_aspect_ratios_train_in_one_run(tmp_path):
     from PIL import Image
 
-    from unseg.config import load_methods
-    from unseg.contrast import run_contrast
-    from unseg.store import FeatureStore
+    from unseg.config.schema import load_methods
+    from unseg.features.store import FeatureStore
+    from unseg.stages.contrast import run_contrast
 
     load_methods()
     (tmp_path / "saliency").mkdir()

@@ -1,11 +1,11 @@
-"""Tests for unseg.crf. The refining tests need pydensecrf (extra "crf") and are skipped cleanly without it."""
+"""Tests for unseg.ops.crf. The refining tests need pydensecrf (extra "crf") and are skipped cleanly without it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from unseg.crf import (
+from unseg.ops.crf import (
     CrfParams,
     crf_available,
     dense_crf,

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 import dataset_fixtures as fixtures
-from unseg.config import load_methods, validate_config
-from unseg.index import read_classes, run_index
+from unseg.config.schema import load_methods, validate_config
+from unseg.data.index import read_classes, run_index
 
 from helpers import ROOT, SCHEMA
 from workflow_helpers import planned_jobs, snakemake

@@ -11,10 +11,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 import dataset_fixtures as fixtures
-from unseg.config import ConfigError, load_methods, validate_config
-from unseg.datasets import DatasetError, read_layout
-from unseg.index import coco_ground_truth, read_classes, run_index
-from unseg.io import decode_rle, read_json, read_label_png, write_json
+from unseg.config.schema import ConfigError, load_methods, validate_config
+from unseg.core.io import decode_rle, read_json, read_label_png, write_json
+from unseg.data.formats import DatasetError, read_layout
+from unseg.data.index import coco_ground_truth, read_classes, run_index
 
 from helpers import SCHEMA
 
@@ -228,11 +228,11 @@ def test_rle_of_the_rasterised_dog_equals_pycocotools_decode(tmp_path):
 def test_a_dataset_without_background_is_scored_with_its_own_class_names_and_no_foreground(tmp_path):
     """Cityscapes: evaluate names the 27 classes from classes.json; the proposals report has no object or
     connected-component scores, since every pixel is some class."""
-    from unseg.config import variant_settings
-    from unseg.evaluate import run_evaluation
-    from unseg.index import write_index
-    from unseg.io import write_label_png
-    from unseg.proposals import evaluate_proposals
+    from unseg.config.schema import variant_settings
+    from unseg.core.io import write_label_png
+    from unseg.data.index import write_index
+    from unseg.stages.evaluate import run_evaluation
+    from unseg.stages.proposals import evaluate_proposals
 
     fixtures.write_cityscapes(tmp_path / "data")
     df, truth = index(tmp_path / "data", tmp_path, format="cityscapes")

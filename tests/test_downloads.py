@@ -10,8 +10,8 @@ import zipfile
 
 import pytest
 
-from unseg import downloads
-from unseg.downloads import Archive, DownloadError, download_dataset, unpack
+from unseg.data import downloads
+from unseg.data.downloads import Archive, DownloadError, download_dataset, unpack
 
 
 def _tar(path, members: dict[str, bytes]) -> None:

@@ -1,4 +1,4 @@
-"""Tests for unseg.evaluate: every expected number below is computed by hand in the comments."""
+"""Tests for unseg.stages.evaluate: every expected number below is computed by hand in the comments."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from unseg.instance_metrics import (
+from unseg.core.io import encode_rle, write_label_png
+from unseg.evaluation.instance_metrics import (
     coco_mask_ap,
     recall_by_instance_count,
     single_and_multi_ap,
 )
-from unseg.io import encode_rle, write_label_png
-from unseg.metrics import (
+from unseg.evaluation.metrics import (
     confusion_matrix,
     evaluate_semantic,
     evaluate_semantic_arrays,
@@ -23,7 +23,7 @@ from unseg.metrics import (
     object_segmentation_scores,
     segmentation_scores,
 )
-from unseg.report import write_report
+from unseg.reports.markdown import write_report
 
 # ----------------------------------------------------------------------------------------------------------------
 # confusion matrix and matching

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from unseg.backbones import BACKBONES, create_backbone
-from unseg.features import extract_features, forward_facets
-from unseg.geometry import grid_to_image, image_to_grid, resize_geometry
-from unseg.store import FeatureStore
+from unseg.core.geometry import grid_to_image, image_to_grid, resize_geometry
+from unseg.features.backbones import BACKBONES, create_backbone
+from unseg.features.extract import extract_features, forward_facets
+from unseg.features.store import FeatureStore
 
 
 def test_resize_geometry_keeps_aspect_and_patch_multiples():
@@ -66,8 +66,8 @@ def test_store_round_trip_is_lazy_and_complete(tmp_path):
     assert store.attrs["complete"] and store.attrs["weights_digest"]
     # The stored keys equal a direct forward in float16 precision.
     model, spec = create_backbone("dino_vits16", "random")
-    from unseg.features import preprocess_image
-    from unseg.io import read_image
+    from unseg.core.io import read_image
+    from unseg.features.extract import preprocess_image
 
     direct = forward_facets(
         model, preprocess_image(read_image(paths[1]), store.geometry("b"), spec.mean, spec.std)[None], (2, 3)
@@ -101,7 +101,7 @@ def test_unreadable_image_names_the_file(tmp_path):
 
 
 def test_grid_image_round_trip():
-    from unseg.geometry import ResizeGeometry
+    from unseg.core.geometry import ResizeGeometry
 
     geometry = ResizeGeometry((8, 12), (32, 48), (2, 3))
     grid = np.zeros((2, 3), dtype=np.float32)
@@ -127,7 +127,7 @@ def test_crop_geometry_keeps_the_exact_aspect_and_crops_the_remainder():
 
 
 def test_grid_to_image_honours_the_crop_by_hand():
-    from unseg.geometry import ResizeGeometry
+    from unseg.core.geometry import ResizeGeometry
 
     # Original 10x10 shown at 20x20; the ViT saw the top-left 16x16 (2x2 cells of 8 px). Cell centres sit at
     # resized 4 and 12, i.e. original 2 and 6; pixel y has centre y + 0.5, so its grid coordinate is (y - 1.5) / 4.
@@ -148,7 +148,7 @@ def test_grid_to_image_honours_the_crop_by_hand():
 
 
 def test_image_to_grid_with_a_crop_by_hand():
-    from unseg.geometry import ResizeGeometry
+    from unseg.core.geometry import ResizeGeometry
 
     # Same geometry as above: cell rows cover original rows [0, 4) and [4, 8); rows 8-9 were cropped off.
     geometry = ResizeGeometry((10, 10), (20, 20), (2, 2), (0, 0, 16, 16))
@@ -220,7 +220,7 @@ def _array_bytes(path):
 
 
 def test_two_shards_equal_one_extraction_bit_for_bit(tmp_path):
-    from unseg.features import assemble_shards, shard_plan
+    from unseg.features.extract import assemble_shards, shard_plan
 
     paths = write_images(tmp_path, [(40, 40), (40, 60), (40, 40), (40, 60), (40, 40)])
     names, ids = ["a", "b", "c", "d", "e"], [1, 2, 3, 4, 5]
@@ -311,7 +311,7 @@ def test_sharded_workflow_replans_only_the_edited_shard(tmp_path):
 def test_direct_writer_metadata_is_what_zarr_writes(tmp_path):
     import zarr
 
-    from unseg.features import zarr_array_metadata
+    from unseg.features.extract import zarr_array_metadata
 
     for shape in [(3, 4, 5), (7,)]:
         data = np.arange(np.prod(shape), dtype=np.float16).reshape(shape)
@@ -327,7 +327,7 @@ def test_the_8_bit_writer_metadata_and_codes_are_what_zarr_writes_and_decodes(tm
     import zarr
     from zarr.codecs import FixedScaleOffset
 
-    from unseg.features import quantize_uint8, zarr_array_metadata
+    from unseg.features.extract import quantize_uint8, zarr_array_metadata
 
     data = (np.random.default_rng(0).normal(size=(3, 4, 5)) * 3).astype(np.float16)
     codes, offset, scale = quantize_uint8(data)
@@ -352,7 +352,7 @@ def test_the_8_bit_writer_metadata_and_codes_are_what_zarr_writes_and_decodes(tm
 
 
 def test_quantizing_a_batch_on_the_device_gives_exactly_the_reference_codes_offsets_and_scales():
-    from unseg.features import quantize_uint8, quantize_uint8_rows
+    from unseg.features.extract import quantize_uint8, quantize_uint8_rows
 
     rows = (np.random.default_rng(1).normal(size=(4, 7, 9, 5)) * [[[[3.0]]], [[[0.01]]], [[[200.0]]], [[[1.0]]]])
     rows = rows.astype(np.float16)
@@ -368,7 +368,7 @@ def test_quantizing_a_batch_on_the_device_gives_exactly_the_reference_codes_offs
 
 
 def test_a_uint8_store_decodes_to_the_reference_quantization_of_the_float16_store(tmp_path):
-    from unseg.features import quantize_uint8
+    from unseg.features.extract import quantize_uint8
 
     paths = write_images(tmp_path, [(40, 40), (40, 60), (40, 40)])
     names = ["a", "b", "c"]
@@ -392,7 +392,7 @@ def test_the_zstd_writer_metadata_and_chunks_are_what_zarr_writes_and_decodes(tm
     import zarr
     from zarr.codecs import FixedScaleOffset, ZstdCodec
 
-    from unseg.features import _compressor, quantize_uint8, zarr_array_metadata
+    from unseg.features.extract import _compressor, quantize_uint8, zarr_array_metadata
 
     data = (np.random.default_rng(0).normal(size=(6, 4, 5)) * 3).astype(np.float16)
     codes, offset, scale = quantize_uint8(data)

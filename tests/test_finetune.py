@@ -7,15 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-import unseg.train as train_module
-from unseg.features import extract_features
-from unseg.finetune import ImageSegmenter, build_image_segmenter
-from unseg.heads import build_head
-from unseg.io import read_label_png, write_label_png
-from unseg.predict import load_model, predict
-from unseg.store import FeatureStore
-from unseg.train import model_input, run_train
-from unseg.training_data import augment_pair, item_seed
+import unseg.stages.train as train_module
+from unseg.core.io import read_label_png, write_label_png
+from unseg.features.extract import extract_features
+from unseg.features.store import FeatureStore
+from unseg.stages.predict import load_model, predict
+from unseg.stages.train import model_input, run_train
+from unseg.training.data import augment_pair, item_seed
+from unseg.training.finetune import ImageSegmenter, build_image_segmenter
+from unseg.training.heads import build_head
 
 from helpers import killed_after_saves, variant
 

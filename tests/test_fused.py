@@ -1,4 +1,5 @@
-"""The fused path (unseg.fused): one job per shard extracts the features and computes masks and saliency on the way;
+"""The fused path (unseg.features.fused): one job per shard extracts the features and computes masks and saliency on
+the way;
 joined, its artifacts are byte for byte those of the unfused stages."""
 
 import json
@@ -9,10 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from unseg.config import validate_config
-from unseg.crf import crf_available
-from unseg.features import assemble_shards, run_features
-from unseg.fused import (
+from unseg.config.schema import validate_config
+from unseg.data.index import build_index, image_paths, write_index
+from unseg.data.synthetic import generate_synthetic_dataset
+from unseg.features.extract import assemble_shards, run_features
+from unseg.features.fused import (
     FUSED_FEATURES,
     fused_reader,
     fused_variants,
@@ -20,11 +22,10 @@ from unseg.fused import (
     join_fused_saliency,
     run_fused_shard,
 )
-from unseg.index import build_index, image_paths, write_index
-from unseg.masks import run_masks
-from unseg.saliency import run_saliency
-from unseg.store import FeatureStore
-from unseg.synthetic import generate_synthetic_dataset
+from unseg.features.store import FeatureStore
+from unseg.ops.crf import crf_available
+from unseg.stages.masks import run_masks
+from unseg.stages.saliency import run_saliency
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml"
 
@@ -115,7 +116,7 @@ def test_a_fused_shard_that_fails_leaves_no_folder_and_a_missing_variant_is_name
         raise RuntimeError("the method failed")
 
     with monkeypatch.context() as patch:
-        patch.setattr("unseg.fused.batch_mask_results", failing_method)
+        patch.setattr("unseg.features.fused.batch_mask_results", failing_method)
         with pytest.raises(RuntimeError, match="the method failed"):
             run_fused_shard(index_csv, tmp_path / "0.fused", config["features"]["vits16"], variants)
     assert not (tmp_path / "0.fused").exists() and not list(tmp_path.iterdir())
@@ -174,7 +175,7 @@ def test_the_workflow_runs_a_fused_variant_in_its_shard_jobs_and_joins_what_the_
 
 
 def test_with_facets_consumers_a_fused_variant_stores_only_what_later_stages_read(index_csv, tmp_path):
-    from unseg.variants import resolve_facets
+    from unseg.config.variants import resolve_facets
 
     config = _config(True, 1, facets="consumers")
     resolve_facets(config)
@@ -203,8 +204,8 @@ def test_a_slow_consumer_holds_the_extraction_back_instead_of_piling_up_batches(
     import threading
     import time
 
-    import unseg.features as features
-    from unseg.features import extract_features
+    import unseg.features.extract as features
+    from unseg.features.extract import extract_features
 
     paths = [str(tmp_path / f"{i}.png") for i in range(12)]
     for path in paths:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from unseg.heads import AsppHead, LinearHead, MaskTransformerHead, build_head
-from unseg.metrics import confusion_matrix, hungarian_match
-from unseg.registry import REGISTRIES
-from unseg.train import fit
+from unseg.config.registry import REGISTRIES
+from unseg.evaluation.metrics import confusion_matrix, hungarian_match
+from unseg.stages.train import fit
+from unseg.training.heads import AsppHead, LinearHead, MaskTransformerHead, build_head
 
 from helpers import killed_after_saves
 
@@ -103,7 +103,7 @@ def test_a_trainer_recovers_planted_classes_from_noisy_labels(kind, tmp_path):
 
 
 def test_a_resumed_mask_transformer_with_dropout_ends_as_the_uninterrupted_one(tmp_path):
-    import unseg.train as train_module
+    import unseg.stages.train as train_module
 
     data = PlantedTokens(count=6)
     options = {"width": 16, "layers": 1, "heads": 2, "dropout": 0.3}  # dropout: the RNG state must be resumed too

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from unseg.datasets import read_layout
-from unseg.index import (
+from unseg.core.io import ImageReadError, decode_rle, read_label_png
+from unseg.data.formats import read_layout
+from unseg.data.index import (
     INDEX_COLUMNS,
     build_index,
     collect_instances,
@@ -21,8 +22,7 @@ from unseg.index import (
     read_index,
     write_index,
 )
-from unseg.io import ImageReadError, decode_rle, read_label_png
-from unseg.synthetic import generate_synthetic_dataset
+from unseg.data.synthetic import generate_synthetic_dataset
 
 VOC_CROPS = Path(__file__).resolve().parents[2] / "shared/data/voc2012-val-crops"
 
@@ -183,7 +183,7 @@ def test_voc2012_val_crops() -> None:
 
 def test_a_support_root_joins_the_index_as_its_own_split_without_ground_truth(synthetic_root: Path,
                                                                                tmp_path: Path) -> None:
-    from unseg.index import run_index, split_names
+    from unseg.data.index import run_index, split_names
 
     support = tmp_path / "extra"
     support.mkdir()

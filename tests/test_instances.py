@@ -14,8 +14,12 @@ from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import maskrcnn_loss
 from torchvision.ops import roi_align
 
-import unseg.instances as instances_module
-from unseg.detection import (
+import unseg.stages.instances as instances_module
+from unseg.core.geometry import boxes_to_frame, boxes_to_original, mask_in_frame, resize_geometry
+from unseg.core.io import decode_rle, encode_rle, write_json
+from unseg.features.extract import extract_features, write_derived_store
+from unseg.features.store import FeatureStore
+from unseg.stages.instance_model import (
     FRAME_STRIDE,
     DropLossRoIHeads,
     ImageDetail,
@@ -29,9 +33,7 @@ from unseg.detection import (
     projection_loss,
     rgb_to_lab,
 )
-from unseg.features import extract_features, write_derived_store
-from unseg.geometry import boxes_to_frame, boxes_to_original, mask_in_frame, resize_geometry
-from unseg.instances import (
+from unseg.stages.instances import (
     boxes_of_masks,
     copy_paste,
     frame_targets,
@@ -42,8 +44,6 @@ from unseg.instances import (
     run_instances_train,
     write_rounds_report,
 )
-from unseg.io import decode_rle, encode_rle, write_json
-from unseg.store import FeatureStore
 
 from helpers import variant
 

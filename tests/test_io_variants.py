@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from unseg.io import (
+from unseg.config.variants import VariantError, check_variants, follow, resolve_chain
+from unseg.core.io import (
     atomic_output,
     decode_rle,
     encode_rle,
@@ -10,7 +11,6 @@ from unseg.io import (
     voc_palette,
     write_label_png,
 )
-from unseg.variants import VariantError, check_variants, follow, resolve_chain
 
 
 def test_rle_round_trip_and_area():
@@ -99,7 +99,7 @@ def test_pseudolabels_may_cluster_an_instances_variants_detections():
 
 
 def test_a_folders_digest_ignores_its_own_sidecar_but_not_its_content(tmp_path):
-    from unseg.provenance import input_digest
+    from unseg.core.provenance import input_digest
 
     (tmp_path / "a.png").write_bytes(b"12345")
     (tmp_path / "provenance.json").write_text('{"run": {"wall_time_s": 0.1}}')
@@ -114,7 +114,7 @@ def validated(config: dict) -> dict:
     import copy
     from pathlib import Path
 
-    from unseg.config import load_methods, validate_config
+    from unseg.config.schema import load_methods, validate_config
 
     load_methods()
     return validate_config(copy.deepcopy(config), Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml")
@@ -162,7 +162,7 @@ def test_a_variant_reading_a_facet_its_store_lacks_is_a_config_error():
     with pytest.raises(VariantError, match=r"features\.unused\.facets: consumers, but no variant reads this store"):
         check_variants(nobody)
     # a facet outside the enum of names is a schema error, naming the key
-    from unseg.config import ConfigError
+    from unseg.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match=r"features\.f\.facets"):
         validated({**CONFIG, "features": {"f": {"backbone": "dino_vits16", "weights": "random", "facets": "all"}}})

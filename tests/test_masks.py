@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unseg.config import ConfigError, validate_config
-from unseg.io import decode_rle, read_json
-from unseg.masks import MaskBatch, deep_spectral, grid_mask_to_image, run_masks
-from unseg.registry import REGISTRIES, register
-from unseg.saliency import run_saliency
-from unseg.spectral import GridMask
-from unseg.store import FeatureStore
+from unseg.config.registry import REGISTRIES, register
+from unseg.config.schema import ConfigError, validate_config
+from unseg.core.io import decode_rle, read_json
+from unseg.features.store import FeatureStore
+from unseg.ops.spectral import GridMask
+from unseg.stages.masks import MaskBatch, deep_spectral, grid_mask_to_image, run_masks
+from unseg.stages.saliency import run_saliency
 
 from helpers import SCHEMA, variant
 
@@ -102,7 +102,7 @@ def test_per_image_work_runs_on_the_jobs_threads_in_order_with_single_threaded_b
     import torch
     from threadpoolctl import threadpool_info
 
-    from unseg.threads import map_images
+    from unseg.core.threads import map_images
 
     seen = []
 

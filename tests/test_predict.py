@@ -3,12 +3,12 @@
 import numpy as np
 import torch
 
-from unseg.config import validate_config
-from unseg.io import read_label_png, write_label_png
-from unseg.predict import instances_from_probabilities, load_model, predict
-from unseg.registry import register
-from unseg.store import FeatureStore
-from unseg.train import LinearHead, run_train
+from unseg.config.registry import register
+from unseg.config.schema import validate_config
+from unseg.core.io import read_label_png, write_label_png
+from unseg.features.store import FeatureStore
+from unseg.stages.predict import instances_from_probabilities, load_model, predict
+from unseg.stages.train import LinearHead, run_train
 
 from helpers import SCHEMA, variant
 

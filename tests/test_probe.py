@@ -1,4 +1,4 @@
-"""Tests for unseg.probe: k-means evaluation, linear probe and segment retrieval on hand-built token grids.
+"""Tests for unseg.evaluation.probe: k-means evaluation, linear probe and segment retrieval on hand-built token grids.
 
 Token grids are 4x4 cells over 8x8-pixel label maps, each cell covering a uniform 2x2 pixel block, so that
 the bilinear upsampling of a cell-constant map is exact away from cell borders and the expected scores can be
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unseg.probe import (
+from unseg.evaluation.probe import (
     kmeans_evaluation,
     linear_probe,
     segment_embeddings,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unseg.index import build_index, write_index
-from unseg.io import encode_rle, write_json, write_label_png
-from unseg.proposals import (
+from unseg.core.io import encode_rle, write_json, write_label_png
+from unseg.data.index import build_index, write_index
+from unseg.stages.proposals import (
     evaluate_proposals,
     filter_proposals,
     mask_nms,
@@ -82,7 +82,7 @@ def test_evaluate_proposals_scores_perfect_proposals_fully(tmp_path):
 
 def test_crf_snaps_a_proposal_to_the_colour_edge():
     pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf is not installed (pip install 'pydensecrf2==1.1')")
-    from unseg.proposals import refine_mask_with_crf
+    from unseg.stages.proposals import refine_mask_with_crf
 
     image = np.zeros((64, 64, 3), dtype=np.uint8)
     image[:, 32:] = 255  # the object: the right half
@@ -124,7 +124,7 @@ def test_filter_proposals_keeps_salient_and_rescores():
 
 
 def test_every_dropped_mask_is_kept_with_its_reason_and_numbers(tmp_path):
-    from unseg.proposals import filter_proposals_explained
+    from unseg.stages.proposals import filter_proposals_explained
 
     saliency = np.zeros((10, 10), dtype=np.float32)
     saliency[:, :5] = 1.0
@@ -159,7 +159,7 @@ def test_unsalient_masks_can_be_kept_below_the_salient_ones_and_scored_by_area()
 
 
 def test_a_minimum_area_in_patches_is_the_same_at_every_resolution():
-    from unseg.masks import min_area_cells
+    from unseg.stages.masks import min_area_cells
 
     for side in (16, 32, 64):
         grid = np.zeros((side, side, 1))
@@ -168,8 +168,8 @@ def test_a_minimum_area_in_patches_is_the_same_at_every_resolution():
 
 
 def test_saliency_components_are_the_foregrounds_pieces_scored_by_their_mean_saliency():
-    from unseg.io import decode_rle
-    from unseg.proposals import saliency_components
+    from unseg.core.io import decode_rle
+    from unseg.stages.proposals import saliency_components
 
     saliency = np.zeros((20, 20), dtype=np.float32)
     saliency[2:8, 2:8] = 0.9  # 36 px
@@ -191,8 +191,8 @@ def test_saliency_components_are_the_foregrounds_pieces_scored_by_their_mean_sal
 
 
 def test_saliency_components_join_the_kept_masks_beside_them(tmp_path):
-    from unseg.io import read_json
-    from unseg.proposals import run_proposals
+    from unseg.core.io import read_json
+    from unseg.stages.proposals import run_proposals
 
     semantic = np.zeros((32, 32), dtype=np.uint8)
     semantic[4:16, 4:16] = 1

@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unseg.config import validate_config
-from unseg.io import decode_rle, read_json, read_label_png, write_json, write_label_png
-from unseg.pseudolabels import PseudoLabels, mask_feature, paint_label_map, run_pseudolabels
-from unseg.registry import register
-from unseg.store import FeatureStore
+from unseg.config.registry import register
+from unseg.config.schema import validate_config
+from unseg.core.io import decode_rle, read_json, read_label_png, write_json, write_label_png
+from unseg.features.store import FeatureStore
+from unseg.stages.pseudolabels import PseudoLabels, mask_feature, paint_label_map, run_pseudolabels
 
 from helpers import SCHEMA, box, det
 
@@ -34,7 +34,7 @@ def test_paint_label_map_most_confident_on_top():
 
 
 def test_assign_background_clusters_maps_nearest_to_zero():
-    from unseg.pseudolabels import assign_background_clusters
+    from unseg.stages.pseudolabels import assign_background_clusters
 
     centroids = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.7, 0.7, 0.0], [0.0, 0.0, 1.0]])
     background = np.array([0.0, 2.0, 0.1])  # nearest: cluster 1, then cluster 2
@@ -58,13 +58,13 @@ def one_class_per_image(inputs, *, label):
 
 
 def test_a_method_registered_outside_the_project_runs_from_a_config_alone(tiny_store, tmp_path, monkeypatch):
-    import unseg.io
+    import unseg.core.io
 
     # The label PNGs go into the folder's own temporary: no per-file temporary, whose leftover scan lists the
     # folder once per image (quadratic: 10k images took 20x as long per image as 1k, benchmarks/bench_scale.py).
     scanned = []
-    real_scan = unseg.io.stale_temporaries
-    monkeypatch.setattr(unseg.io, "stale_temporaries", lambda path: scanned.append(Path(path)) or real_scan(path))
+    real_scan = unseg.core.io.stale_temporaries
+    monkeypatch.setattr(unseg.core.io, "stale_temporaries", lambda path: scanned.append(Path(path)) or real_scan(path))
     store_path, _ = tiny_store
     store = FeatureStore(store_path)
     names_by_id = {store.image_id(name): name for name in store.names}
@@ -85,7 +85,7 @@ def test_a_method_registered_outside_the_project_runs_from_a_config_alone(tiny_s
 
 
 def test_torch_kmeans_matches_faiss_on_the_same_points():
-    from unseg.cluster import kmeans, kmeans_over_seeds, torch_kmeans
+    from unseg.ops.cluster import kmeans, kmeans_over_seeds, torch_kmeans
 
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 1, (5, 8)) * 6
@@ -134,7 +134,7 @@ def test_the_support_set_changes_the_clustering_but_never_the_painted_images(tin
 
 
 def test_masked_crop_is_a_square_around_the_mask_filled_outside_it():
-    from unseg.pseudolabels import masked_crop
+    from unseg.stages.pseudolabels import masked_crop
 
     image = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
     mask = np.zeros((10, 12), dtype=bool)
@@ -160,10 +160,10 @@ def test_masked_crop_cls_clusters_the_candidates_by_their_own_pixels(tmp_path):
     import torch
     from PIL import Image
 
-    from unseg.backbones import create_backbone
-    from unseg.features import extract_features, normalize_batch
-    from unseg.io import encode_rle
-    from unseg.pseudolabels import MaskedCropEncoder, masked_crop
+    from unseg.core.io import encode_rle
+    from unseg.features.backbones import create_backbone
+    from unseg.features.extract import extract_features, normalize_batch
+    from unseg.stages.pseudolabels import MaskedCropEncoder, masked_crop
 
     rng = np.random.default_rng(3)
     paths, proposals, colours = {}, [], {}

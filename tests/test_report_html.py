@@ -1,4 +1,4 @@
-"""Tests for unseg.report_html: figures, the self-contained page and the comparison table."""
+"""Tests for unseg.reports.html: figures, the self-contained page and the comparison table."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from unseg.report_html import (
+from unseg.reports.html import (
     comparison_rows,
     confusion_figure,
     evaluation_sections,

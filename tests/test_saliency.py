@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from unseg.config import validate_config
-from unseg.geometry import grid_to_image
-from unseg.io import read_saliency
-from unseg.registry import register
-from unseg.saliency import run_saliency
-from unseg.store import FeatureStore
+from unseg.config.registry import register
+from unseg.config.schema import validate_config
+from unseg.core.geometry import grid_to_image
+from unseg.core.io import read_saliency
+from unseg.features.store import FeatureStore
+from unseg.stages.saliency import run_saliency
 
 from helpers import SCHEMA, variant
 
@@ -50,7 +50,7 @@ def test_a_method_registered_outside_the_project_runs_from_a_config_alone(tiny_s
 # --- thresholds, the k-means bipartition, the background prior and the learned foreground head -----------------
 
 def test_otsu_threshold_maximises_the_between_class_variance_of_the_histogram():
-    from unseg.saliency import otsu_threshold
+    from unseg.stages.saliency import otsu_threshold
 
     rng = np.random.default_rng(0)
     values = (np.concatenate([rng.integers(20, 90, 300), rng.integers(150, 230, 100)]) + 0.5) / 256  # bin centres
@@ -68,7 +68,7 @@ def test_otsu_threshold_maximises_the_between_class_variance_of_the_histogram():
 
 
 def test_split_at_moves_the_threshold_to_one_half_and_keeps_the_order():
-    from unseg.saliency import split_at
+    from unseg.stages.saliency import split_at
 
     soft = np.linspace(0, 1, 101, dtype=np.float32)
     moved = split_at(soft, 0.7)
@@ -92,8 +92,8 @@ def planted_grid(box, size=(8, 10), dim=16, seed=0, scale=0.1):
                                               ("spectral_bipartition", {"partition": "fiedler_sign",
                                                                         "solver_precision": "float32"})])
 def test_planted_objects_are_exactly_the_foreground(method, settings):
-    from unseg.registry import REGISTRIES
-    from unseg.saliency import SaliencyBatch
+    from unseg.config.registry import REGISTRIES
+    from unseg.stages.saliency import SaliencyBatch
 
     boxes = [np.s_[2:6, 3:7], np.s_[0:5, 6:10]]  # the second touches the top and right border
     grids = [planted_grid(box, seed=i) for i, box in enumerate(boxes)]
@@ -116,7 +116,7 @@ def planted_teacher(batch):
 def planted_head_store(tiny_store, tmp_path_factory):
     """tiny_store's three images with planted 4-d keys (few noise channels to overfit) on their 6 x 6 grids, the
     object box differs per image."""
-    from unseg.features import write_derived_store
+    from unseg.features.extract import write_derived_store
 
     base = FeatureStore(tiny_store[0])
     boxes = {"a": np.s_[1:4, 1:4], "b": np.s_[2:5, 2:6], "c": np.s_[0:3, 3:6]}
@@ -154,7 +154,7 @@ def test_a_teacher_setting_it_does_not_take_is_refused_naming_it(planted_head_st
 
 
 def test_the_otsu_threshold_rule_splits_the_stored_map_at_each_images_otsu_threshold(tiny_store, tmp_path):
-    from unseg.saliency import otsu_threshold
+    from unseg.stages.saliency import otsu_threshold
 
     store_path, _ = tiny_store
     run_saliency(store_path, tmp_path / "split", variant("saliency", method="test_first_channel"), progress=False)
@@ -181,7 +181,7 @@ def _blurred_box_maps(tiny_store, folder):
     from PIL import Image
     from scipy import ndimage
 
-    from unseg.io import read_image
+    from unseg.core.io import read_image
 
     folder.mkdir()
     truths = {}
@@ -201,8 +201,8 @@ def _iou(a, b):
 
 def test_the_crf_refinement_snaps_a_blurred_map_to_the_objects_edges(tiny_store, tmp_path):
     pytest.importorskip("pydensecrf")
-    from unseg.io import read_image
-    from unseg.saliency import refine_with_crf
+    from unseg.core.io import read_image
+    from unseg.stages.saliency import refine_with_crf
 
     truths = _blurred_box_maps(tiny_store, tmp_path / "soft")
     settings = variant("saliency", method="mask_folder", path=str(tmp_path / "soft"))

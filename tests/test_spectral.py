@@ -4,7 +4,7 @@ import scipy.linalg
 import scipy.sparse.linalg
 import torch
 
-from unseg.spectral import (
+from unseg.ops.spectral import (
     LowRankSettings,
     _orthonormalize,
     bipartition_saliency,

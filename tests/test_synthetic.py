@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from unseg.io import IGNORE_LABEL, decode_rle, read_image, read_json, read_label_png
-from unseg.synthetic import CATEGORY_NAMES, generate_synthetic_dataset
+from unseg.core.io import IGNORE_LABEL, decode_rle, read_image, read_json, read_label_png
+from unseg.data.synthetic import CATEGORY_NAMES, generate_synthetic_dataset
 
 NUM_IMAGES = 6
 IMAGE_SIZE = 96

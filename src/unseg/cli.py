@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .io import read_json
-from .provenance import sidecar_path
-from .variants import UPSTREAM
+from unseg.config.variants import UPSTREAM
+from unseg.core.io import read_json
+from unseg.core.provenance import sidecar_path
 
 # Upstream first: the order a reader follows a chain in.
 STAGE_ORDER = ("dataset", *UPSTREAM)
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _trail(args: argparse.Namespace) -> int:
-    from .trail import render_trail, trail_panels
+    from unseg.reports.trail import render_trail, trail_panels
 
     try:
         panels = trail_panels(args.results, args.image)

@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from unseg.backbones import CheckpointError, create_backbone, get_backbone_spec
-from unseg.config import ConfigError, load_methods, validate_config
-from unseg.index import build_index
-from unseg.variants import VariantError, check_variants
+from unseg.config.schema import ConfigError, load_methods, validate_config
+from unseg.config.variants import VariantError, check_variants
+from unseg.data.index import build_index
+from unseg.features.backbones import CheckpointError, create_backbone, get_backbone_spec
 
 from helpers import SCHEMA
 from workflow_helpers import TINY

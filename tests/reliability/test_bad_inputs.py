@@ -11,10 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from unseg.datasets import read_layout
-from unseg.features import extract_features
-from unseg.index import build_index, collect_instances, resample_labels, run_index, working_size
-from unseg.io import (
+from unseg.core.io import (
     ImageReadError,
     decode_rle,
     encode_rle,
@@ -24,7 +21,10 @@ from unseg.io import (
     write_json,
     write_label_png,
 )
-from unseg.store import FeatureStore
+from unseg.data.formats import read_layout
+from unseg.data.index import build_index, collect_instances, resample_labels, run_index, working_size
+from unseg.features.extract import extract_features
+from unseg.features.store import FeatureStore
 
 from workflow_helpers import TINY, snakemake
 
@@ -304,7 +304,7 @@ def test_an_image_smaller_than_one_patch_still_gets_a_token_grid(tmp_path):
 
 
 def test_a_pseudo_label_outside_the_class_range_is_refused_naming_the_file(tiny_store, tmp_path):
-    from unseg.train import run_train
+    from unseg.stages.train import run_train
 
     from helpers import variant
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from unseg.io import atomic_output, stale_temporaries
-from unseg.store import FeatureStore
+from unseg.core.io import atomic_output, stale_temporaries
+from unseg.features.store import FeatureStore
 
 from helpers import training
 
@@ -25,7 +25,7 @@ from helpers import training
 # writing each image (the writer of the real code, wrapped).
 CHILD = """
 import sys, time
-import unseg.features as features
+import unseg.features.extract as features
 real_write = features._write_image
 def slow_write(*args):
     real_write(*args)
@@ -113,10 +113,10 @@ def test_out_of_gpu_memory_halves_the_batch_and_says_so(tmp_path, monkeypatch, c
     # An injected OOM on the CPU: the model "fits" one image at a time, and the masks method two grids at a time.
     import torch
 
-    import unseg.features as features
-    from unseg.features import extract_features
-    from unseg.masks import run_masks
-    from unseg.registry import register
+    import unseg.features.extract as features
+    from unseg.config.registry import register
+    from unseg.features.extract import extract_features
+    from unseg.stages.masks import run_masks
 
     folder = images(tmp_path / "photos")
     paths = [str(folder / f"img{i:02d}.png") for i in range(4)]
@@ -142,7 +142,7 @@ def test_out_of_gpu_memory_halves_the_batch_and_says_so(tmp_path, monkeypatch, c
     def two_at_a_time(batch):
         if len(batch.names) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
-        from unseg.spectral import GridMask
+        from unseg.ops.spectral import GridMask
 
         return [[GridMask(grid[..., 0] > 0, 0, 0, 0, 1.0)] for grid in batch.grids]
 
@@ -156,7 +156,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_artifact(tmp_path, monkeypat
 
     import pytest
 
-    from unseg.io import write_json
+    from unseg.core.io import write_json
 
     (tmp_path / "masks.json").write_text("[1]")  # the previous, complete artifact
     real_write_text = Path.write_text
@@ -267,7 +267,7 @@ def test_out_of_gpu_memory_in_training_accumulates_the_gradient_over_halves(tmp_
     # summed gradient, so the weights end as an unconstrained run's (up to float summation order).
     import torch
 
-    import unseg.train as train
+    import unseg.stages.train as train
 
     rng = np.random.default_rng(0)
     items = []

@@ -1,10 +1,10 @@
 # The table of artifact paths, and the path and variant helpers shared by every rule file.
-from unseg.io import read_json
-from unseg.variants import VariantError, check_variants, dataset_root, follow, generated_dataset_root, is_owned_path
-from unseg.variants import COMPARED_SECTION, resolve_chain
-from unseg.train import check_round_chain, check_teacher_student, is_teacher_student, settings_of_round
-from unseg import instances as instance_rounds
-from unseg.fused import fused_reader, fused_variants
+from unseg.core.io import read_json
+from unseg.config.variants import VariantError, check_variants, dataset_root, follow, generated_dataset_root, is_owned_path
+from unseg.config.variants import COMPARED_SECTION, resolve_chain
+from unseg.stages.train import check_round_chain, check_teacher_student, is_teacher_student, settings_of_round
+from unseg.stages import instances as instance_rounds
+from unseg.features.fused import fused_reader, fused_variants
 
 try:
     check_variants(config)
@@ -15,7 +15,7 @@ except VariantError as error:
 def check_crf_available():
     """Stop before any job when a saliency, proposals, train or instances variant needs the dense CRF and pydensecrf
     is not installed."""
-    from unseg.crf import INSTALL_HINT, crf_available
+    from unseg.ops.crf import INSTALL_HINT, crf_available
 
     for variant, settings in config["train"].items():
         # A teacher-student trainer's rounds bootstrap their labels without a CRF (its crf setting is not read).
@@ -388,7 +388,7 @@ def training_label_sources(wildcards):
 
 def mask_folder_listing(settings):
     """Params value: for a mask_folder variant, a digest of its folder's files (edited masks re-run it)."""
-    from unseg.saliency import folder_listing_digest
+    from unseg.stages.saliency import folder_listing_digest
 
     return folder_listing_digest(settings["path"]) if settings["method"] == "mask_folder" else ""
 

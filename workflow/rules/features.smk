@@ -4,7 +4,7 @@
 # store and depends only on its own images), and `features` then joins the shards by hard links and marks the
 # store complete. Downstream rules read the joined store only.
 # fused: true runs features_fused instead of features_shard (always through the plan, even for one shard): each job
-# also computes the masks and per-image saliency variants that read this variant (unseg.fused); `features`, `masks`
+# also computes the masks and per-image saliency variants that read this variant (unseg.features.fused); `features`, `masks`
 # and `saliency` then join the shard folders.
 
 

@@ -1,4 +1,4 @@
-# Instance self-training (unseg.instances): round 1 trains a class-agnostic instance segmenter on the proposals, round
+# Instance self-training (unseg.stages.instances): round 1 trains a class-agnostic instance segmenter on the proposals, round
 # r on round r-1's confident detections merged with the proposals they do not cover. Each round is a folder and jobs
 # of its own: targets (r >= 2), model, detections of every image, metrics; the report puts them side by side.
 rule instances_targets:

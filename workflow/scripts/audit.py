@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from unseg.audit import audit_stage
-from unseg.jobs import stage_job
+from unseg.core.jobs import stage_job
+from unseg.reports.audit import audit_stage
 
 with stage_job(snakemake) as job:
     page = Path(job.output[0]) / "index.html"  # the rule's output is the page's folder

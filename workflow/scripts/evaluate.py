@@ -1,5 +1,5 @@
-from unseg.evaluate import run_evaluation
-from unseg.jobs import stage_job
+from unseg.core.jobs import stage_job
+from unseg.stages.evaluate import run_evaluation
 
 with stage_job(snakemake) as job:
     run_evaluation(job.input.index, job.input.truth, job.input.predictions, job.input.proposals or None,

@@ -1,6 +1,6 @@
-from unseg.features import assemble_shards, run_features
-from unseg.fused import shard_store
-from unseg.jobs import stage_job
+from unseg.core.jobs import stage_job
+from unseg.features.extract import assemble_shards, run_features
+from unseg.features.fused import shard_store
 
 with stage_job(snakemake) as job:
     if "shards" in job.input.keys():  # join the shard stores (a fused variant's: inside its shard folders)

@@ -1,7 +1,7 @@
-from unseg.features import shard_plan
-from unseg.index import read_index
-from unseg.io import write_json
-from unseg.jobs import stage_job
+from unseg.core.io import write_json
+from unseg.core.jobs import stage_job
+from unseg.data.index import read_index
+from unseg.features.extract import shard_plan
 
 with stage_job(snakemake):
     s = snakemake.params.settings

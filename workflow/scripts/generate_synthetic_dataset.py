@@ -1,5 +1,5 @@
-from unseg.jobs import stage_job
-from unseg.synthetic import generate_synthetic_dataset
+from unseg.core.jobs import stage_job
+from unseg.data.synthetic import generate_synthetic_dataset
 
 with stage_job(snakemake):
     settings = {k: v for k, v in snakemake.params.settings.items() if k != "kind"}

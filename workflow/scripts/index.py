@@ -1,5 +1,5 @@
-from unseg.index import run_index
-from unseg.jobs import stage_job
+from unseg.core.jobs import stage_job
+from unseg.data.index import run_index
 
 with stage_job(snakemake) as job:
     run_index(job.params.root, job.output.index, job.output.skipped, job.params.settings,

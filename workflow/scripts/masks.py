@@ -1,7 +1,7 @@
-from unseg.fused import join_fused_masks
-from unseg.index import image_paths
-from unseg.jobs import stage_job
-from unseg.masks import run_masks
+from unseg.core.jobs import stage_job
+from unseg.data.index import image_paths
+from unseg.features.fused import join_fused_masks
+from unseg.stages.masks import run_masks
 
 with stage_job(snakemake) as job:
     if "fused" in job.input.keys():  # computed by the fused feature jobs: join their shards

@@ -1,5 +1,5 @@
-from unseg.jobs import stage_job
-from unseg.proposals import run_proposals
+from unseg.core.jobs import stage_job
+from unseg.stages.proposals import run_proposals
 
 with stage_job(snakemake) as job:
     components = job.input.components or None  # [] when the variant names no components map

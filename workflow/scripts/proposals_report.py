@@ -1,5 +1,5 @@
-from unseg.jobs import stage_job
-from unseg.proposals import evaluate_proposals
+from unseg.core.jobs import stage_job
+from unseg.stages.proposals import evaluate_proposals
 
 with stage_job(snakemake) as job:
     evaluate_proposals(job.input.index, job.input.truth, job.input.proposals, job.input.saliency, job.output.metrics,

@@ -1,6 +1,6 @@
-from unseg.index import image_paths, names_by_id, read_index, split_names
-from unseg.jobs import stage_job
-from unseg.pseudolabels import run_pseudolabels
+from unseg.core.jobs import stage_job
+from unseg.data.index import image_paths, names_by_id, read_index, split_names
+from unseg.stages.pseudolabels import run_pseudolabels
 
 with stage_job(snakemake) as job:
     index = read_index(job.input.index)

@@ -1,6 +1,6 @@
-from unseg.index import image_paths, read_index, split_names
-from unseg.jobs import stage_job
-from unseg.predict import bootstrap_labels, refine_labels
+from unseg.core.jobs import stage_job
+from unseg.data.index import image_paths, read_index, split_names
+from unseg.stages.predict import bootstrap_labels, refine_labels
 
 with stage_job(snakemake) as job:
     support = split_names(read_index(job.input.index), job.params.support_split)  # never trained on

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from unseg.index import image_paths, read_index, split_ground_truth, split_names
-from unseg.jobs import stage_job
-from unseg.train import run_train
+from unseg.core.jobs import stage_job
+from unseg.data.index import image_paths, read_index, split_ground_truth, split_names
+from unseg.stages.train import run_train
 
 with stage_job(snakemake) as job:
     index = read_index(job.input.index)

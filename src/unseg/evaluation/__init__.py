@@ -1,0 +1,1 @@
+"""Metrics: semantic and object scores, class-agnostic instance AP/AR, probes of frozen features."""

@@ -1,0 +1,1 @@
+"""Numerical building blocks shared by stages: the batched spectral eigensolver, k-means, the dense CRF."""

@@ -1,0 +1,844 @@
+"""The train stage: a segmentation head trained on pseudo-labels → ``train/{variant}/round-{r}/model.pt``.
+
+Trainers are registered with ``@register("train", name, schema=..., build_model=...)`` (:mod:`unseg.config.registry`):
+the
+function takes :class:`TrainingInputs` and its settings as keywords and writes ``model.pt`` (a checkpoint whose
+``config`` names its ``method``), ``last.pt`` and ``log.csv``; ``build_model(config)`` rebuilds the model from a
+checkpoint's config, so prediction (:mod:`unseg.stages.predict`) builds the right model for any trainer.
+
+The built-in trainers are one loop (:func:`fit`) around the heads of :mod:`unseg.training.heads`: ``linear_head``,
+``mask_transformer`` (Segmenter) and ``deeplab_aspp`` (DeepLab-v3's ASPP head), each on frozen tokens or, with
+``finetune_blocks: N``, over the ViT whose last N blocks are fine-tuned on augmented images
+(:mod:`unseg.training.finetune`;
+the token statistics and the resume digest still come from the store); and ``transfgu_bootstrap`` (TransFGU,
+section 3.3), Segmenter's mask transformer on frozen tokens trained against class scores on the token grid with the
+bootstrapping losses of :mod:`unseg.training.bootstrap` (:class:`BootstrapCriterion`, the loop's ``criterion``). The
+loop
+
+* streams (tokens, labels) pairs from the zarr feature store one batch at a time (:class:`TokenLabelDataset`), so
+  peak memory does not grow with the number of images; the token statistics and the resume digest come from one
+  streaming pass (:func:`scan`);
+* runs on CUDA when present, with bfloat16 autocast and pinned memory, else on the CPU in float32;
+* writes ``last.pt`` after every epoch (resumed only for the same settings and the same tokens and labels, see
+  :mod:`unseg.core.checkpoints`), and ``model.pt`` at the end: the last epoch, or (``keep: lowest_loss``) the epoch with
+  the lowest loss against the training labels;
+* logs per epoch the loss, the agreement with the pseudo-labels and, when a ``monitor_split`` is set, the mIoU
+  (Hungarian) of its held-out images against their ground truth: monitoring only, never used to choose a model.
+
+Self-training rounds (``rounds``): round 1 trains on the pseudo-labels, round r on round r-1's predictions refined by
+a dense CRF, starting from round r-1's weights (MaskDistill, Part 2: "iteratively updating the segmentation maps and
+model weights"; its CRF configs start from the previous model); each round is its own folder and job
+(:func:`unseg.stages.predict.refine_labels` makes its labels). A teacher-student trainer (``transfgu_bootstrap``,
+:func:`is_teacher_student`) runs TransFGU's rounds instead: round r's labels average the initial pseudo-labels with
+round r-1's model's probabilities (Eq. 12, :func:`unseg.stages.predict.bootstrap_labels`, no CRF), and its student
+starts
+from the same fresh initialisation in every round.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from unseg.config.registry import REGISTRIES, register
+from unseg.core.checkpoints import (
+    data_digest,
+    digest_array,
+    load_resume_state,
+    resume_key,
+    save_checkpoint,
+    save_resume_state,
+)
+from unseg.core.devices import resolve_device
+from unseg.core.io import IGNORE_LABEL, atomic_output, read_image, read_json
+from unseg.evaluation.metrics import evaluate_semantic_arrays
+from unseg.features.backbones import get_backbone_spec
+from unseg.features.extract import preprocess_image
+from unseg.features.store import FeatureStore
+from unseg.training.bootstrap import alpha_at, bootstrapping_loss, labelled_cells
+from unseg.training.data import (
+    AUGMENT_KEYS,
+    TEACHER_FILE,
+    ImageLabelDataset,
+    ImageScoreDataset,
+    TokenLabelDataset,
+    TokenScoreDataset,
+    token_tensor,
+)
+from unseg.training.finetune import FINETUNE_SCHEMA, ImageSegmenter, build_image_segmenter, load_store_backbone
+from unseg.training.heads import AsppHead, LinearHead, MaskTransformerHead, TokenHead, build_head
+
+__all__ = ["AsppHead", "BootstrapCriterion", "Criterion", "CrossEntropy", "LinearHead", "MaskTransformerHead",
+           "TokenLabelDataset", "TokenScoreDataset", "TrainingInputs", "fit",
+           "run_train", "scan", "settings_of_round", "token_tensor"]
+
+
+def model_input(config: Mapping[str, Any], store: FeatureStore, name: str, image_path: str | Path | None,
+                ) -> torch.Tensor:
+    """What a trained model reads for one image, batched: the stored (1, D, h, w) token grid, or for a fine-tuned
+    model the (1, 3, Hc, Wc) normalised image in the store's geometry."""
+    if int(config.get("finetune_blocks", 0)) == 0:
+        return token_tensor(store, name, config["facet"])
+    if image_path is None:
+        raise ValueError(f"a model that fine-tunes the backbone reads images; no image path given for {name!r}")
+    spec = get_backbone_spec(config["backbone"])
+    return preprocess_image(read_image(image_path), store.geometry(name), spec.mean, spec.std)[None]
+
+
+@dataclass(frozen=True)
+class DatasetScan:
+    """One streaming pass over a :class:`TokenLabelDataset`: per-channel token statistics and the data digest."""
+
+    mean: torch.Tensor  # (D,) float32
+    std: torch.Tensor  # (D,) float32
+    embed_dim: int
+    digest: str  # sha256 over (name, tokens, labels) of every item, in order
+
+
+def scan(dataset: TokenLabelDataset, progress: bool = True) -> DatasetScan:
+    """Mean and standard deviation of every token of the dataset (float64 sums) and the digest of its items, one
+    item in memory at a time."""
+
+    def items():
+        for index in range(len(dataset)):
+            tokens, labels = dataset[index]
+            yield dataset.names[index], tokens, {"labels": labels}
+
+    return scan_tokens(items(), len(dataset), progress)
+
+
+def scan_tokens(items: Iterable[tuple[str, torch.Tensor, Mapping[str, Any]]], total: int | None = None,
+                progress: bool = True) -> DatasetScan:
+    """:class:`DatasetScan` of (name, (D, h, w) tokens, {what else keys the data: array}) items, streamed: the
+    per-channel mean and standard deviation of every token (float64 sums), and the sha256 over each item's tokens
+    and arrays, in order."""
+    sums = squares = None
+    count = 0
+    digest = hashlib.sha256()
+    for name, tokens, extras in tqdm(items, total=total, desc="scan tokens", unit="img", disable=not progress):
+        flat = tokens.flatten(1).double()  # (D, h·w)
+        sums = flat.sum(1) if sums is None else sums + flat.sum(1)
+        squares = (flat**2).sum(1) if squares is None else squares + (flat**2).sum(1)
+        count += flat.shape[1]
+        digest_array(digest, f"{name}/tokens", tokens)
+        for key, value in extras.items():
+            digest_array(digest, f"{name}/{key}", value)
+    if sums is None:
+        raise ValueError("no image to train on")
+    mean = sums / count
+    std = (squares / count - mean**2).clamp(min=0).sqrt() * (count / max(count - 1, 1)) ** 0.5
+    return DatasetScan(mean.float(), std.float(), int(mean.shape[0]), digest.hexdigest())
+
+
+def batch_logits(model: torch.nn.Module, tokens: Sequence[torch.Tensor], label_sizes: Sequence[tuple[int, int]],
+                 device: torch.device, autocast_dtype: torch.dtype | None) -> list[torch.Tensor]:
+    """The model's logits of each item, bilinearly upsampled to its label size: (C, H, W) float32 each.
+
+    Items of equal grid size are stacked into one forward pass; a dataset whose images differ in aspect ratio
+    runs one pass per size.
+    """
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for position, item in enumerate(tokens):
+        by_shape.setdefault(tuple(item.shape), []).append(position)
+    outputs: list[torch.Tensor | None] = [None] * len(tokens)
+    for positions in by_shape.values():
+        stacked = torch.stack([tokens[p] for p in positions]).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(stacked)
+        logits = F.interpolate(logits.float(), size=label_sizes[positions[0]], mode="bilinear", align_corners=False)
+        for offset, position in enumerate(positions):
+            outputs[position] = logits[offset]
+    return outputs
+
+
+@torch.no_grad()
+def monitor_miou(model: torch.nn.Module, dataset: TokenLabelDataset, num_classes: int, device: torch.device,
+                 autocast_dtype: torch.dtype | None) -> float:
+    """mIoU (Hungarian, percent) of the model's predictions on ``dataset``'s ground truth, at its label resolution."""
+    model.eval()
+    pairs, num_gt = [], 1
+    for index in range(len(dataset)):
+        tokens, target = dataset[index]
+        logits = batch_logits(model, [tokens], [tuple(target.shape)], device, autocast_dtype)[0]
+        valid = target[target != IGNORE_LABEL]
+        num_gt = max(num_gt, int(valid.max()) + 1 if len(valid) else 1)
+        pairs.append((dataset.names[index], logits.argmax(0).cpu().numpy(), target.numpy()))
+    model.train()
+    return float(evaluate_semantic_arrays(pairs, num_classes, num_gt)["miou"])
+
+
+class Criterion:
+    """What :func:`fit` minimises, for one optimiser step at a time; this base class holds the hooks a criterion
+    without state leaves as they are.
+
+    Attributes:
+        log_fields: the further terms the criterion reports per batch (``log.csv`` columns after
+            :data:`LOG_FIELDS`, each the epoch's mean over labelled positions).
+    """
+
+    log_fields: tuple[str, ...] = ()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch ``epoch`` (0-based) starts."""
+
+    def start_step(self) -> None:
+        """An optimiser step starts (called once per batch, not again when the batch is redone in sub-batches)."""
+
+    def labelled(self, target: torch.Tensor) -> int:
+        """The number of positions of one item's target that count in the loss."""
+        raise NotImplementedError
+
+    def __call__(self, model: torch.nn.Module, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+                 valid: int, device: torch.device, autocast_dtype: torch.dtype | None,
+                 ) -> tuple[torch.Tensor, int, dict[str, float]]:
+        """The loss of a sub-batch of items, summed over their labelled positions and divided by the whole batch's
+        ``valid`` (so that a batch's sub-batch losses add up to its mean loss): (0-dim loss with its graph, the
+        number of labelled positions the model predicts right, {log field: the term, reduced like the loss})."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run restores (random generators)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+class CrossEntropy(Criterion):
+    """The default criterion: cross-entropy of the logits, bilinearly upsampled to the label map's size, against the
+    (H, W) int64 label map, 255 ignored."""
+
+    def labelled(self, target: torch.Tensor) -> int:
+        return int((target != IGNORE_LABEL).sum())
+
+    def __call__(self, model, inputs, targets, valid, device, autocast_dtype):
+        logits = batch_logits(model, inputs, [tuple(t.shape) for t in targets], device, autocast_dtype)
+        loss = sum(F.cross_entropy(item[None], target[None], ignore_index=IGNORE_LABEL, reduction="sum")
+                   for item, target in zip(logits, targets)) / max(valid, 1)
+        correct = sum(int(((item.argmax(0) == target) & (target != IGNORE_LABEL)).sum())
+                      for item, target in zip(logits, targets))
+        return loss, correct, {}
+
+
+class BootstrapCriterion(Criterion):
+    """TransFGU's loss (section 3.3, Eq. 16 with Eq. 13-15; :func:`unseg.training.bootstrap.bootstrapping_loss`) of a
+    :class:`~unseg.training.heads.MaskTransformerHead` against (C, h, w) class scores on the token grid (NaN cells
+    ignored).
+
+    Each optimiser step draws the permutation of its negative labels (Eq. 13) from a generator seeded with
+    ``seed``, saved in ``last.pt``, so that a resumed run draws what an uninterrupted one does. α follows
+    :func:`unseg.training.bootstrap.alpha_at` over the round's epochs (0 without a teacher).
+    """
+
+    log_fields = ("peer_loss", "diversity_loss", "uncertainty_loss")
+
+    def __init__(self, num_classes: int, *, alpha: float, alpha_start: float, omega_diversity: float,
+                 omega_uncertainty: float, teacher: bool, seed: int):
+        self.num_classes, self.teacher = int(num_classes), bool(teacher)
+        self.alpha, self.alpha_start = alpha, alpha_start
+        self.omega_diversity, self.omega_uncertainty = omega_diversity, omega_uncertainty
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch, self.permutation = 0, torch.arange(self.num_classes)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def start_step(self) -> None:
+        self.permutation = torch.randperm(self.num_classes, generator=self.generator)
+
+    def labelled(self, target: torch.Tensor) -> int:
+        return int(labelled_cells(target[None]).sum())
+
+    def __call__(self, model, inputs, targets, valid, device, autocast_dtype):
+        alpha = alpha_at(self.epoch, self.alpha, self.alpha_start, self.teacher)
+        by_shape: dict[tuple[int, ...], list[int]] = {}  # items of equal grid size share a forward pass
+        for position, item in enumerate(inputs):
+            by_shape.setdefault(tuple(item.shape), []).append(position)
+        sums: dict[str, torch.Tensor] = {}
+        correct = 0
+        for positions in by_shape.values():
+            stacked = torch.stack([inputs[p] for p in positions]).to(device, non_blocking=True)
+            scores = torch.stack([targets[p] for p in positions])
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits, classes = model.logits_and_class_embeddings(stacked)
+            terms = bootstrapping_loss(logits.float(), classes.float(), scores, self.permutation, alpha,
+                                       self.omega_diversity, self.omega_uncertainty, reduction="sum")
+            for key, value in terms.items():
+                sums[key] = sums[key] + value if key in sums else value
+            right = logits.argmax(1) == scores.nan_to_num(0.0).argmax(1)
+            correct += int((right & labelled_cells(scores)).sum())
+        scale = max(valid, 1)
+        return sums["loss"] / scale, correct, {key: float(sums[key].detach()) / scale for key in self.log_fields}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+
+
+def accumulate_gradients(model: torch.nn.Module, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
+                         valid: int, micro_batch: int, device: torch.device, autocast_dtype: torch.dtype | None,
+                         criterion: Criterion | None = None) -> tuple[float, int, dict[str, float]]:
+    """Back-propagate the batch's loss (``criterion``, default :class:`CrossEntropy`: summed over its ``valid``
+    labelled positions, divided by ``valid``) in sub-batches of ``micro_batch`` items; gradients add up in the
+    parameters' ``.grad``.
+
+    Returns:
+        (the batch's mean loss, its number of correctly predicted labelled positions, {the criterion's log field:
+        the batch's mean term}).
+    """
+    criterion = criterion or CrossEntropy()
+    loss_total, correct, terms = 0.0, 0, dict.fromkeys(criterion.log_fields, 0.0)
+    for start in range(0, len(inputs), micro_batch):
+        loss, chunk_correct, chunk_terms = criterion(model, inputs[start : start + micro_batch],
+                                                     targets[start : start + micro_batch], valid, device,
+                                                     autocast_dtype)
+        loss.backward()
+        loss_total += float(loss.detach())
+        correct += chunk_correct
+        for key, value in chunk_terms.items():
+            terms[key] += value
+    return loss_total, correct, terms
+
+
+LOG_FIELDS = ("epoch", "loss", "pseudo_label_accuracy", "monitor_miou")
+
+
+def fit(
+    model: TokenHead | ImageSegmenter,
+    dataset: TokenLabelDataset | ImageLabelDataset,
+    out_dir: str | Path,
+    *,
+    config: Mapping[str, Any],
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int,
+    device: str | None = None,
+    workers: int = 0,
+    keep: str = "last",
+    monitor: TokenLabelDataset | ImageLabelDataset | None = None,
+    progress: bool = True,
+    statistics: DatasetScan | None = None,
+    criterion: Criterion | None = None,
+) -> dict:
+    """Train ``model`` on ``dataset`` with AdamW (cosine learning-rate decay over all steps) and cross-entropy
+    (255 ignored) or another ``criterion``; write ``last.pt`` every epoch, then ``model.pt`` (see ``keep``) and
+    ``log.csv``.
+
+    Args:
+        model: an untrained head (or :class:`~unseg.training.finetune.ImageSegmenter` over images); its token statistics
+            are set here, from ``statistics``.
+        dataset: (model input, labels) items: stored tokens, or images (augmented per epoch through its
+            ``set_epoch``).
+        config: stored in ``model.pt`` (must name the ``method`` and what ``build_model`` needs); it and the data
+            digest key the resume.
+        batch_size: images per optimiser step.
+        workers: DataLoader processes reading the store.
+        keep: which epoch's weights become ``model.pt``: ``"last"``, or ``"lowest_loss"`` (the epoch whose mean
+            loss against the training labels was lowest). Never the ground truth's choice.
+        monitor: held-out images with their ground truth, scored after every epoch (``monitor_miou``, logging only).
+        statistics: the token statistics and data digest (default: :func:`scan` of ``dataset``, which must then be
+            a :class:`TokenLabelDataset`); the digest keys the resume.
+        criterion: the loss and what counts as a labelled position (default :class:`CrossEntropy` against label
+            maps); its state (random draws) is saved in ``last.pt``, its ``log_fields`` extend ``log.csv``.
+
+    Returns:
+        the log row of the epoch kept as ``model.pt``.
+    """
+    torch.manual_seed(seed)
+    criterion = criterion or CrossEntropy()
+    device_ = resolve_device(device)
+    autocast_dtype = torch.bfloat16 if device_.type == "cuda" else None
+    statistics = statistics or scan(dataset, progress)
+    model.set_statistics(statistics.mean, statistics.std)
+    model.to(device_).train()
+    optimizer = torch.optim.AdamW(model.parameter_groups(lr), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = -(-len(dataset) // batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = resume_key({**config, "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
+                      "seed": seed, "keep": keep, "monitor": monitor.names if monitor else None}, statistics.digest)
+    start_epoch, rows, best = 0, [], None
+    last_path = out_dir / "last.pt"
+    state = load_resume_state(last_path, key)
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng_state"])  # dropout draws as in an uninterrupted run
+        criterion.load_state_dict(state.get("criterion", {}))
+        start_epoch, rows, best = state["epoch"], state["log"], state["best"]
+
+    pin = device_.type == "cuda"
+    micro_batch = batch_size  # halved for the rest of the run when a batch runs out of GPU memory
+    for epoch in tqdm(range(start_epoch, epochs), desc=f"train {config.get('method', '')}", unit="epoch",
+                      disable=not progress):
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        criterion.set_epoch(epoch)
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=list, num_workers=workers,
+                                             pin_memory=pin)
+        total_loss, correct, counted = 0.0, 0, 0
+        term_totals = dict.fromkeys(criterion.log_fields, 0.0)
+        for items in loader:
+            targets = [target.to(device_, non_blocking=True) for _, target in items]
+            valid = sum(criterion.labelled(target) for target in targets)
+            criterion.start_step()
+            while True:
+                optimizer.zero_grad()
+                try:
+                    loss, step_correct, terms = accumulate_gradients(model, [tokens for tokens, _ in items], targets,
+                                                                     valid, micro_batch, device_, autocast_dtype,
+                                                                     criterion)
+                    break
+                except torch.cuda.OutOfMemoryError:
+                    # Halve the sub-batch and redo the step: the summed gradient is the same, only smaller pieces.
+                    if min(micro_batch, len(items)) <= 1:
+                        raise
+                    micro_batch = min(micro_batch, len(items)) // 2
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    print(f"out of GPU memory on a training batch of {len(items)}: accumulating its gradient over "
+                          f"sub-batches of {micro_batch}", file=sys.stderr)
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss * valid
+            counted += valid
+            correct += step_correct
+            for key, value in terms.items():
+                term_totals[key] += value * valid
+        row = {"epoch": epoch + 1, "loss": total_loss / max(counted, 1),
+               "pseudo_label_accuracy": correct / max(counted, 1),
+               "monitor_miou": monitor_miou(model, monitor, config["num_classes"], device_, autocast_dtype)
+               if monitor is not None and len(monitor) else None,
+               **{key: total / max(counted, 1) for key, total in term_totals.items()}}
+        rows.append(row)
+        if keep == "lowest_loss" and (best is None or row["loss"] < best["row"]["loss"]):
+            best = {"row": row, "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        save_resume_state(last_path, key, {
+            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(), "rng_state": torch.get_rng_state(), "epoch": epoch + 1, "log": rows,
+            "best": best, "config": dict(config), "criterion": criterion.state_dict()})
+
+    with atomic_output(out_dir / "log.csv") as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS + criterion.log_fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    if keep == "last":
+        best = {"row": rows[-1], "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    with atomic_output(out_dir / "model.pt") as tmp:
+        save_checkpoint({"state_dict": best["state_dict"], "config": dict(config), "log": rows,
+                         "best_epoch": best["row"]["epoch"]}, tmp)
+    if monitor is not None and len(monitor):
+        print(f"monitor ({len(monitor)} held-out images, ground truth; not used for training or model choice): "
+              f"mIoU {rows[-1]['monitor_miou']:.2f} after epoch {rows[-1]['epoch']}", file=sys.stderr)
+    return best["row"]
+
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What a trainer reads and where it writes.
+
+    Attributes:
+        store_path: the feature store of the variant's ``features``; ``facet`` is the facet trained on.
+        label_paths: image name → label PNG to train on (0 background, 1..num_classes-1 pseudo-classes, 255
+            ignored); ``transfgu_bootstrap`` reads the soft class scores ``soft/{name}.npy`` beside it when present.
+        out_dir: the round's folder (``model.pt``, ``last.pt``, ``log.csv``).
+        num_classes: output classes including background.
+        config: the variant's settings, stored in the checkpoint (with ``method``).
+        monitor_paths: held-out image name → ground-truth PNG, scored every epoch for the log only.
+        initial_model: a checkpoint of the same trainer to start from (the previous self-training round's).
+        image_paths: image name → image file, of the trained and monitored images: read by trainers that fine-tune
+            the backbone (``finetune_blocks`` > 0).
+    """
+
+    store_path: Path
+    label_paths: Mapping[str, Path]
+    out_dir: Path
+    num_classes: int
+    facet: str
+    config: Mapping[str, Any]
+    progress: bool = True
+    monitor_paths: Mapping[str, Path] | None = None
+    initial_model: Path | None = None
+    image_paths: Mapping[str, Path] | None = None
+
+
+def training_schema(epochs: int, lr: float) -> dict[str, dict]:
+    """The loop's settings (:func:`fit`), with a trainer's own default epochs and learning rate."""
+    return {
+        "epochs": {"type": "integer", "minimum": 1, "default": epochs},
+        "lr": {"type": "number", "exclusiveMinimum": 0, "default": lr,
+               "description": "AdamW peak learning rate (cosine decay to 0 over all steps)"},
+        "weight_decay": {"type": "number", "minimum": 0, "default": 1e-4, "description": "AdamW weight decay"},
+        "batch_size": {"type": "integer", "minimum": 1, "default": 8, "description": "images per optimiser step"},
+        "label_scale": {"type": "integer", "minimum": 1, "default": 4,
+                        "description": "the loss is computed at this many times the token grid (labels resized by "
+                                       "nearest)"},
+        "seed": {"type": "integer", "default": 0},
+        "device": {"type": ["string", "null"], "default": None,
+                   "description": "torch device; null: cuda when available (bfloat16 autocast), else cpu"},
+        "workers": {"type": "integer", "minimum": 0, "default": 0, "description": "DataLoader processes"},
+        "keep": {"enum": ["last", "lowest_loss"], "default": "last",
+                 "description": "model.pt: the last epoch, or the epoch with the lowest loss against the training "
+                                "labels (never chosen on ground truth)"},
+        **FINETUNE_SCHEMA,
+    }
+
+
+def load_initial_model(model: TokenHead | ImageSegmenter, path: Path, config: Mapping[str, Any]) -> None:
+    """Start ``model`` from the checkpoint ``path`` of the same trainer: all its weights, or (a frozen-token round
+    before a fine-tuning one) its head.
+
+    Raises:
+        ValueError: the checkpoint is another method, class count or token size, or fine-tuned other blocks.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    saved = checkpoint["config"]
+    keys = ("method", "num_classes", "embed_dim")
+    previous_blocks, blocks = int(saved.get("finetune_blocks", 0)), int(config.get("finetune_blocks", 0))
+    if {key: saved.get(key) for key in keys} != {key: config.get(key) for key in keys} or \
+            previous_blocks not in (0, blocks):
+        raise ValueError(f"{path}: a {saved.get('method')} model with {saved.get('num_classes')} classes on "
+                         f"{saved.get('embed_dim')}-dim tokens, fine-tuning {previous_blocks} blocks, cannot start a "
+                         f"{config.get('method')} training with {config.get('num_classes')} classes on "
+                         f"{config.get('embed_dim')}-dim tokens fine-tuning {blocks}")
+    target = model.head if previous_blocks == 0 and blocks > 0 else model
+    target.load_state_dict(checkpoint["state_dict"])
+
+
+def train_head(inputs: TrainingInputs, kind: str, head_options: Mapping[str, Any], *, epochs, lr, weight_decay,
+               batch_size, label_scale, seed, device, workers, keep, finetune_blocks, backbone_lr,
+               probe_epochs, **augment) -> dict:
+    """Build the ``kind`` head (:mod:`unseg.training.heads`) and :func:`fit` it on the inputs' labels: on the stored
+    tokens,
+    or (``finetune_blocks`` > 0) under the backbone's last blocks on augmented images (:mod:`unseg.training.finetune`),
+    after
+    ``probe_epochs`` of the head alone on the stored tokens (``out_dir/probe/``) unless an initial model is given."""
+    tokens = TokenLabelDataset(inputs.store_path, inputs.facet, inputs.label_paths, inputs.num_classes, label_scale)
+    monitor = (TokenLabelDataset(inputs.store_path, inputs.facet, inputs.monitor_paths, None, label_scale)
+               if inputs.monitor_paths else None)
+    embed_dim = tokens[0][0].shape[0] if len(tokens) else 0
+    config = {**inputs.config, "num_classes": inputs.num_classes, "facet": inputs.facet, "embed_dim": embed_dim,
+              "label_scale": label_scale}
+    torch.manual_seed(seed)  # the head's initial weights
+    model = build_head(kind, embed_dim, inputs.num_classes, head_options)
+    dataset, statistics = tokens, None
+    if finetune_blocks:
+        method = inputs.config["method"]
+        if inputs.facet != "tokens":
+            raise ValueError(f"train.{method}: finetune_blocks={finetune_blocks} trains on the backbone's output "
+                             f"tokens (facet: tokens), not on facet {inputs.facet!r}")
+        if inputs.image_paths is None:
+            raise ValueError(f"train.{method}: finetune_blocks={finetune_blocks} reads the images; no image paths")
+        store = tokens.store
+        config.update({key: store.attrs[key] for key in ("backbone", "weights", "weights_digest")})
+        backbone, spec = load_store_backbone(config["backbone"], config["weights"], config["weights_digest"])
+        model = ImageSegmenter(backbone, finetune_blocks, model, spec.patch_size, backbone_lr)
+        statistics = scan(tokens, inputs.progress)  # of the stored tokens: what the unchanged backbone gives
+        dataset = ImageLabelDataset(inputs.store_path, inputs.image_paths, inputs.label_paths, inputs.num_classes,
+                                    label_scale, spec.mean, spec.std, {key: augment[key] for key in AUGMENT_KEYS},
+                                    seed)
+        monitor = (ImageLabelDataset(inputs.store_path, inputs.image_paths, inputs.monitor_paths, None, label_scale,
+                                     spec.mean, spec.std, None) if inputs.monitor_paths else None)
+    if inputs.initial_model is not None:
+        load_initial_model(model, inputs.initial_model, config)
+        config["initial_model_digest"] = data_digest(sorted(model.state_dict().items()))  # keys the resume
+    elif finetune_blocks and probe_epochs:
+        # Linear probing, then fine-tuning (LP-FT): the head first learns on the frozen tokens.
+        fit(model.head, tokens, inputs.out_dir / "probe", config={**config, "finetune_blocks": 0}, epochs=probe_epochs,
+            lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=device, workers=workers,
+            keep="last", progress=inputs.progress, statistics=statistics)
+        model.head.to("cpu")
+        config["initial_model_digest"] = data_digest(sorted(model.state_dict().items()))  # keys the resume
+    return fit(model, dataset, inputs.out_dir, config=config, epochs=epochs, lr=lr, weight_decay=weight_decay,
+               batch_size=batch_size, seed=seed, device=device, workers=workers, keep=keep, monitor=monitor,
+               progress=inputs.progress, statistics=statistics)
+
+
+def _builder(kind: str, option_keys: Sequence[str]):
+    """build_model for a head trainer: the head its checkpoint config describes, untrained."""
+    def build_model(config: Mapping[str, Any]) -> TokenHead | ImageSegmenter:
+        head = build_head(kind, config["embed_dim"], config["num_classes"], {key: config[key] for key in option_keys})
+        return build_image_segmenter(config, head) if config.get("finetune_blocks") else head
+    return build_model
+
+
+@register("train", "linear_head", build_model=_builder("linear", ()), schema=training_schema(epochs=60, lr=0.01))
+def linear_head(inputs: TrainingInputs, **loop) -> dict:
+    """A linear 1×1 head on frozen standardised tokens, trained with AdamW and cross-entropy on the pseudo-labels."""
+    return train_head(inputs, "linear", {}, **loop)
+
+
+MASK_TRANSFORMER_OPTIONS = ("width", "layers", "heads", "dropout")
+
+
+@register("train", "mask_transformer", build_model=_builder("mask_transformer", MASK_TRANSFORMER_OPTIONS), schema={
+    **training_schema(epochs=40, lr=1e-3),
+    "width": {"type": "integer", "minimum": 8, "default": 384,
+              "description": "decoder width (Segmenter: the encoder's, 384 for ViT-S)"},
+    "layers": {"type": "integer", "minimum": 1, "default": 2, "description": "decoder layers (Segmenter: 2)"},
+    "heads": {"type": "integer", "minimum": 1, "default": 6, "description": "attention heads (must divide width)"},
+    "dropout": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.1, "description": "Segmenter: 0.1"},
+})
+def mask_transformer(inputs: TrainingInputs, *, width, layers, heads, dropout, **loop) -> dict:
+    """Segmenter's mask transformer (class embeddings decoded with the patch tokens) on frozen tokens."""
+    if width % heads:
+        raise ValueError(f"train.mask_transformer: heads={heads} must divide width={width}")
+    return train_head(inputs, "mask_transformer", {"width": width, "layers": layers, "heads": heads,
+                                                   "dropout": dropout}, **loop)
+
+
+@register("train", "deeplab_aspp", build_model=_builder("aspp", ("atrous_rates",)), schema={
+    **training_schema(epochs=40, lr=1e-3),
+    "atrous_rates": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1,
+                     "default": [6, 12, 18], "description": "DeepLab-v3 (sec. 3.3) rates at output stride 16"},
+})
+def deeplab_aspp(inputs: TrainingInputs, *, atrous_rates, **loop) -> dict:
+    """DeepLab-v3's ASPP head (torchvision's DeepLabHead) on frozen tokens."""
+    return train_head(inputs, "aspp", {"atrous_rates": list(atrous_rates)}, **loop)
+
+
+def read_teacher(label_paths: Mapping[str, Path]) -> dict[str, Any] | None:
+    """The teacher of a TransFGU round, from its label folder's ``teacher.json`` (written with the labels by
+    :func:`unseg.stages.predict.bootstrap_labels`), or None: the labels are the initial pseudo-labels (round 1)."""
+    folders = {Path(path).parent for path in label_paths.values()}
+    teachers = [folder / TEACHER_FILE for folder in folders if (folder / TEACHER_FILE).exists()]
+    if not teachers:
+        return None
+    if len(folders) > 1:
+        raise ValueError(f"labels from {len(folders)} folders, one of them bootstrapped by a teacher ({teachers[0]}); "
+                         "a round trains on one label folder")
+    return read_json(teachers[0])
+
+
+# The model's loss is computed on the token grid (TransFGU: at the pseudo-labels' size); the monitored ground truth
+# is scored at training_schema's default label_scale, 4 × the grid.
+MONITOR_LABEL_SCALE = 4
+TRAINING_ONLY_KEYS = ("label_scale", *(key for key in FINETUNE_SCHEMA if key != "finetune_blocks"))
+
+
+@register("train", "transfgu_bootstrap", build_model=_builder("mask_transformer", MASK_TRANSFORMER_OPTIONS),
+          teacher_student=True, schema={
+    **{key: prop for key, prop in training_schema(epochs=40, lr=1e-3).items() if key not in TRAINING_ONLY_KEYS},
+    "finetune_blocks": {"type": "integer", "minimum": 0, "default": 0,
+                        "description": "must be 0: the student trains on the stored tokens (fine-tuning the backbone "
+                                       "is not supported by this trainer)"},
+    "width": {"type": "integer", "minimum": 8, "default": 384,
+              "description": "decoder width (Segmenter: the encoder's, 384 for ViT-S)"},
+    "layers": {"type": "integer", "minimum": 1, "default": 2, "description": "decoder layers (Segmenter: 2)"},
+    "heads": {"type": "integer", "minimum": 1, "default": 6, "description": "attention heads (must divide width)"},
+    "dropout": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.1, "description": "Segmenter: 0.1"},
+    "alpha": {"type": "number", "minimum": 0, "default": 0.1,
+              "description": "weight of the peer loss's negative term (TransFGU Eq. 13) once ramped up; the paper "
+                             "gives no value, the authors' code ramps it over the epochs since the teacher's update: "
+                             "alpha_start, +0.01 per epoch, up to alpha (0.03, 0.04, ..., 0.1). Rounds >= 2 only: "
+                             "round 1, without a teacher, trains with plain cross-entropy, as in the code"},
+    "alpha_start": {"type": "number", "minimum": 0, "default": 0.03,
+                    "description": "alpha in a round's first epoch (authors' code), +0.01 per epoch up to alpha"},
+    "omega_diversity": {"type": "number", "minimum": 0, "default": 1.0,
+                        "description": "weight of the class-embedding diversity loss (TransFGU Eq. 15-16: "
+                                       "omega_1 = 1)"},
+    "omega_uncertainty": {"type": "number", "minimum": 0, "default": 0.3,
+                          "description": "weight of the uncertainty loss (TransFGU Eq. 14-16: omega_2 = 0.3)"},
+    "augment": {"type": "boolean", "default": False,
+                "description": "TransFGU sec. 4.2 'Data Augmentation': train on augmented images through the frozen "
+                               "ViT (a random crop resized to half the image, its class scores cropped by RoI-Align; "
+                               "flip; colour jitter, grayscale, blur), a ViT forward per image per epoch; false: on "
+                               "the stored tokens (no image decode)"},
+    "crop_side": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "minItems": 2,
+                  "maxItems": 2, "default": [0.4, 0.9],
+                  "description": "augment: the crop's side as a fraction of the image's, drawn uniformly (the "
+                                 "authors' code: 0.4-0.9)"},
+    "output_scale": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.5,
+                     "description": "augment: the crop is resized to this fraction of the image's size (sec. 4.2: "
+                                    "'resized to (H/2, W/2)')"},
+    **{key: FINETUNE_SCHEMA[key] for key in ("hflip", "color_jitter", "grayscale", "blur")},
+})
+def transfgu_bootstrap(inputs: TrainingInputs, *, width, layers, heads, dropout, alpha, alpha_start, omega_diversity,
+                       omega_uncertainty, epochs, lr, weight_decay, batch_size, seed, device, workers, keep,
+                       finetune_blocks, augment, crop_side, output_scale, **photometric) -> dict:
+    """TransFGU's bootstrapped decoder (Yin et al., ECCV 2022, section 3.3): Segmenter's mask transformer on frozen
+    tokens, trained on class scores with the peer, diversity and uncertainty losses (Eq. 13-16).
+
+    The targets are (C, h, w) class scores on the token grid (:class:`~unseg.training.data.TokenScoreDataset`):
+    the pseudo-labels' soft maps, or the one-hot of any label PNG per cell. Round 1 trains the student on the
+    initial pseudo-labels M. In round r ≥ 2 the teacher is round r-1's model: its labels M̂ (Eq. 12,
+    :func:`unseg.stages.predict.bootstrap_labels`, with a ``teacher.json``) aggregate M and the teacher's softmax, and
+    the
+    student is reset, i.e. trained from the fresh initialisation of ``seed`` ("reset to the initial state"), never
+    from the teacher's weights; so no ``initial_model`` is taken.
+
+    With ``augment`` the student trains on augmented images through the frozen ViT
+    (:class:`~unseg.training.data.ImageScoreDataset`, :class:`~unseg.training.finetune.ImageSegmenter` with no trained
+    block); the frozen ViT on an un-augmented image gives the stored tokens, so ``model.pt`` keeps the head alone
+    and predicts from the store like any frozen-token model.
+    """
+    method = inputs.config["method"]
+    if finetune_blocks:
+        raise ValueError(f"train.<variant>.finetune_blocks = {finetune_blocks}: the {method} trainer trains its "
+                         "student on the stored tokens only; set finetune_blocks to 0")
+    if inputs.initial_model is not None:
+        raise ValueError(f"train.{method} resets the student each round (TransFGU, sec. 3.3): it starts from no "
+                         f"previous model, and was given {inputs.initial_model}")
+    if width % heads:
+        raise ValueError(f"train.{method}: heads={heads} must divide width={width}")
+    dataset = TokenScoreDataset(inputs.store_path, inputs.facet, inputs.label_paths, inputs.num_classes)
+    monitor = (TokenLabelDataset(inputs.store_path, inputs.facet, inputs.monitor_paths, None, MONITOR_LABEL_SCALE)
+               if inputs.monitor_paths else None)
+    teacher = read_teacher(inputs.label_paths)
+    embed_dim = dataset[0][0].shape[0] if len(dataset) else 0
+    config = {**inputs.config, "num_classes": inputs.num_classes, "facet": inputs.facet, "embed_dim": embed_dim,
+              "teacher": teacher, "student": f"reset: initialised with seed {seed}"}
+    options = {"width": width, "layers": layers, "heads": heads, "dropout": dropout}
+    torch.manual_seed(seed)  # the student's initial weights: the same in every round
+    model = build_head("mask_transformer", embed_dim, inputs.num_classes, options)
+    criterion = BootstrapCriterion(inputs.num_classes, alpha=alpha, alpha_start=alpha_start,
+                                   omega_diversity=omega_diversity, omega_uncertainty=omega_uncertainty,
+                                   teacher=teacher is not None, seed=seed)
+    statistics = None
+    if augment:
+        if inputs.image_paths is None:
+            raise ValueError(f"train.{method}: augment reads the images; no image paths given")
+        store = dataset.store
+        backbone, spec = load_store_backbone(store.attrs["backbone"], store.attrs["weights"],
+                                             store.attrs["weights_digest"])
+        statistics = scan_tokens(((dataset.names[i], *_with_scores(dataset[i])) for i in range(len(dataset))),
+                                 len(dataset), inputs.progress)  # of the stored tokens: the frozen ViT's own
+        model = ImageSegmenter(backbone, 0, model, spec.patch_size)
+        dataset = ImageScoreDataset(inputs.store_path, inputs.image_paths, inputs.label_paths, inputs.num_classes,
+                                    spec.mean, spec.std, {"crop_side": crop_side, "output_scale": output_scale,
+                                                          **photometric}, seed)
+        monitor = (ImageLabelDataset(inputs.store_path, inputs.image_paths, inputs.monitor_paths, None,
+                                     MONITOR_LABEL_SCALE, spec.mean, spec.std, None) if inputs.monitor_paths else None)
+    row = fit(model, dataset, inputs.out_dir, config=config, epochs=epochs, lr=lr, weight_decay=weight_decay,
+              batch_size=batch_size, seed=seed, device=device, workers=workers, keep=keep, monitor=monitor,
+              progress=inputs.progress, criterion=criterion, statistics=statistics)
+    if augment:
+        keep_head_only(inputs.out_dir / "model.pt")
+    return row
+
+
+def _with_scores(item: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    tokens, scores = item
+    return tokens, {"scores": scores}
+
+
+def keep_head_only(model_path: Path) -> None:
+    """Rewrite a checkpoint of an :class:`~unseg.training.finetune.ImageSegmenter` with no trained block as its head's
+    checkpoint (the ``head.`` prefix dropped): the frozen ViT adds nothing the stored tokens lack."""
+    checkpoint = torch.load(model_path, map_location="cpu", weights_only=False)
+    checkpoint["state_dict"] = {key.removeprefix("head."): value for key, value in checkpoint["state_dict"].items()}
+    with atomic_output(model_path) as tmp:
+        save_checkpoint(checkpoint, tmp)
+
+
+def is_teacher_student(method: str) -> bool:
+    """Whether the trainer ``method`` runs TransFGU's teacher-student rounds (registry attribute
+    ``teacher_student``): round r's labels bootstrap the initial pseudo-labels with round r-1's model
+    (:func:`unseg.stages.predict.bootstrap_labels`, no CRF) and its student starts afresh, not from round r-1's
+    weights."""
+    return method in REGISTRIES["train"] and bool(REGISTRIES["train"].get(method).attributes.get("teacher_student"))
+
+
+def check_teacher_student(settings: Mapping[str, Any], variant: str) -> None:
+    """Raise a ValueError naming ``train.{variant}.finetune_blocks`` when a teacher-student trainer
+    (``transfgu_bootstrap``) is asked to fine-tune the backbone in some round; other trainers pass."""
+    if not is_teacher_student(settings.get("method", "")):
+        return
+    method = REGISTRIES["train"].get(settings["method"])
+    for round_index in range(1, int(settings.get("rounds", 1)) + 1):
+        blocks = int(settings_of_round(settings, round_index).get("finetune_blocks", 0))
+        if blocks:
+            raise ValueError(f"train.{variant}.finetune_blocks: {method.name} trains its student on the stored "
+                             f"tokens; round {round_index} asks to fine-tune the ViT's last {blocks} block(s) (set 0)")
+
+
+# The variant's settings about its rounds, not about one round's training.
+ROUND_KEYS = ("rounds", "crf", "round_settings", "init_from_previous")
+
+
+def settings_of_round(settings: Mapping[str, Any], round_index: int, round_keys: Sequence[str] = ROUND_KEYS,
+                      ) -> dict[str, Any]:
+    """The settings one round trains with: the variant's, without the ``round_keys`` (settings of the rounds, not
+    of one round's training), with ``round_settings[r]`` on top.
+
+    Raises:
+        ValueError: ``round_index`` outside 1..rounds.
+    """
+    rounds = int(settings.get("rounds", 1))
+    if not 1 <= round_index <= rounds:
+        raise ValueError(f"round {round_index} does not exist: the variant trains rounds 1..{rounds} ('rounds')")
+    override = dict((settings.get("round_settings") or {}).get(str(round_index), {}))
+    return {**{key: value for key, value in settings.items() if key not in round_keys}, **override}
+
+
+def check_round_chain(settings: Mapping[str, Any], variant: str) -> None:
+    """Raise a ValueError naming ``train.{variant}.round_settings`` when a round that starts from the previous one
+    cannot: a fine-tuned round's model (backbone blocks and head) does not start a frozen-token round, nor one that
+    fine-tunes another number of blocks. (A frozen round does start a fine-tuning one: its head.)"""
+    if not settings.get("init_from_previous", True):
+        return
+    blocks = [int(settings_of_round(settings, r).get("finetune_blocks", 0))
+              for r in range(1, int(settings.get("rounds", 1)) + 1)]
+    for round_index in range(2, len(blocks) + 1):
+        previous, current = blocks[round_index - 2], blocks[round_index - 1]
+        if previous not in (0, current):
+            raise ValueError(f"train.{variant}.round_settings: round {round_index} (finetune_blocks {current}) starts "
+                             f"from round {round_index - 1}, which fine-tunes {previous} blocks; give both rounds the "
+                             "same finetune_blocks, or set init_from_previous: false")
+
+
+def run_train(
+    store_path: str | Path,
+    label_dir: str | Path,
+    names: Sequence[str],
+    out_dir: str | Path,
+    num_classes: int,
+    settings: Mapping[str, Any],
+    progress: bool = True,
+    monitor_paths: Mapping[str, str | Path] | None = None,
+    initial_model: str | Path | None = None,
+    image_paths: Mapping[str, str | Path] | None = None,
+) -> dict:
+    """Train the variant's method on the labels ``label_dir/{name}.png`` of ``names``.
+
+    Args:
+        num_classes: output classes including background (the pseudolabels variant's ``clusters`` + 1).
+        settings: the train variant: ``method``, ``facet`` and the method's own settings.
+        monitor_paths: held-out image name → ground-truth PNG, scored each epoch for the log (not trained on).
+        initial_model: start from this checkpoint of the same trainer (a previous round's ``model.pt``).
+        image_paths: image name → image file (read when the method fine-tunes the backbone).
+
+    Returns:
+        the trainer's log row of the kept epoch.
+    """
+    method = REGISTRIES["train"].get(settings["method"])
+    config = {"method": method.name, "facet": settings["facet"], **method.settings(settings)}
+    monitor = {name: Path(path) for name, path in (monitor_paths or {}).items()}
+    inputs = TrainingInputs(Path(store_path),
+                            {name: Path(label_dir) / f"{name}.png" for name in names if name not in monitor},
+                            Path(out_dir), int(num_classes), settings["facet"], config, progress, monitor or None,
+                            Path(initial_model) if initial_model else None,
+                            {name: Path(path) for name, path in image_paths.items()} if image_paths else None)
+    return method(inputs, settings=settings)
