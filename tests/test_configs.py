@@ -1,4 +1,5 @@
-"""Every config the project ships (the demo, the template, the benchmarks') is valid: schema and variant references."""
+"""Every config the project ships (the demo, the template, the recipes, the benchmarks') is valid: schema and variant
+references."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from unseg.config.variants import check_variants
 
 from helpers import ROOT, SCHEMA
 
-FOLDERS = ("config", "benchmarks/configs", "tests/configs")
+FOLDERS = ("config", "config/recipes", "benchmarks/configs", "tests/configs")
 SHIPPED = sorted(path for folder in FOLDERS for path in (ROOT / folder).glob("*.yaml"))
 
 
