@@ -53,10 +53,10 @@ from unseg.core.io import atomic_output, read_image, read_saliency
 from unseg.features.backbones import get_backbone_spec
 from unseg.features.extract import normalize_batch, preprocess_image, write_derived_store
 from unseg.features.store import FeatureStore
-from unseg.stages.train import scan  # the trainers' streaming token statistics
 from unseg.training.data import TokenLabelDataset, augment_pair, item_seed, token_tensor
 from unseg.training.finetune import ImageSegmenter, load_store_backbone
 from unseg.training.heads import build_head
+from unseg.training.statistics import scan  # the trainers' streaming token statistics
 
 EMBEDDINGS_FACET = "embeddings"
 # MaskContrast's colour jitter (brightness, contrast, saturation, hue): get_train_transformations.
