@@ -12,12 +12,12 @@ The built-in trainers are one loop (:func:`fit`) around the heads of :mod:`unseg
 (:mod:`unseg.training.finetune`;
 the token statistics and the resume digest still come from the store); and ``transfgu_bootstrap`` (TransFGU,
 section 3.3), Segmenter's mask transformer on frozen tokens trained against class scores on the token grid with the
-bootstrapping losses of :mod:`unseg.training.bootstrap` (:class:`BootstrapCriterion`, the loop's ``criterion``). The
-loop
+bootstrapping losses of :mod:`unseg.training.bootstrap` (:class:`~unseg.training.losses.BootstrapCriterion`, the
+loop's ``criterion``). The loop (:class:`HeadTraining` on the training engine, :mod:`unseg.training.engine`)
 
 * streams (tokens, labels) pairs from the zarr feature store one batch at a time (:class:`TokenLabelDataset`), so
   peak memory does not grow with the number of images; the token statistics and the resume digest come from one
-  streaming pass (:func:`scan`);
+  streaming pass (:func:`unseg.training.statistics.scan`);
 * runs on CUDA when present, with bfloat16 autocast and pinned memory, else on the CPU in float32;
 * writes ``last.pt`` after every epoch (resumed only for the same settings and the same tokens and labels, see
   :mod:`unseg.core.checkpoints`), and ``model.pt`` at the end: the last epoch, or (``keep: lowest_loss``) the epoch with
@@ -29,10 +29,9 @@ Self-training rounds (``rounds``): round 1 trains on the pseudo-labels, round r 
 a dense CRF, starting from round r-1's weights (MaskDistill, Part 2: "iteratively updating the segmentation maps and
 model weights"; its CRF configs start from the previous model); each round is its own folder and job
 (:func:`unseg.stages.predict.refine_labels` makes its labels). A teacher-student trainer (``transfgu_bootstrap``,
-:func:`is_teacher_student`) runs TransFGU's rounds instead: round r's labels average the initial pseudo-labels with
-round r-1's model's probabilities (Eq. 12, :func:`unseg.stages.predict.bootstrap_labels`, no CRF), and its student
-starts
-from the same fresh initialisation in every round.
+:func:`unseg.training.rounds.is_teacher_student`) runs TransFGU's rounds instead: round r's labels average the
+initial pseudo-labels with round r-1's model's probabilities (Eq. 12, :func:`unseg.stages.predict.bootstrap_labels`,
+no CRF), and its student starts from the same fresh initialisation in every round.
 """
 
 from __future__ import annotations
