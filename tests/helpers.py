@@ -44,11 +44,12 @@ TRAIN_CHILD = """
 import sys, time
 import numpy as np, torch
 import unseg.stages.train as train
-real_save = train.save_resume_state
+import unseg.training.engine as engine
+real_save = engine.save_resume_state
 def slow_save(*args, **kwargs):
     real_save(*args, **kwargs)
     time.sleep(float(sys.argv[2]))
-train.save_resume_state = slow_save
+engine.save_resume_state = slow_save
 
 class Planted(torch.utils.data.Dataset):
     def __init__(self):

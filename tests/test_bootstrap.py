@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import unseg.stages.train as train_module
+import unseg.training.engine as engine_module
+import unseg.training.rounds as rounds_module
 from unseg.core.geometry import grid_to_image, resize_geometry
 from unseg.core.io import read_json, read_label_png, write_label_png
 from unseg.core.provenance import file_digest
@@ -266,7 +268,7 @@ def test_a_resumed_round_with_a_teacher_draws_the_same_negatives(planted, tmp_pa
     bootstrap_labels(tmp_path / "round-1" / "model.pt", store_path, labels_dir, image_paths, labels, progress=False)
     run_train(store_path, labels, names, tmp_path / "whole", 3, round_settings, progress=False)
 
-    with killed_after_saves(train_module, 2):
+    with killed_after_saves(engine_module, 2):
         run_train(store_path, labels, names, tmp_path / "resumed", 3, round_settings, progress=False)
     run_train(store_path, labels, names, tmp_path / "resumed", 3, round_settings, progress=False)
     whole = torch.load(tmp_path / "whole" / "model.pt", weights_only=False)
@@ -282,8 +284,8 @@ def test_fine_tuning_is_refused_naming_the_setting(planted, tmp_path):
         run_train(store_path, labels_dir, sorted(planted_labels), tmp_path, 3, settings(finetune_blocks=1),
                   progress=False)
     with pytest.raises(ValueError, match=r"train\.boot\.finetune_blocks: .* round 2"):
-        train_module.check_teacher_student(settings(rounds=2, round_settings={"2": {"finetune_blocks": 1}}), "boot")
-    train_module.check_teacher_student(variant("train", finetune_blocks=1), "linear")  # other trainers may
+        rounds_module.check_teacher_student(settings(rounds=2, round_settings={"2": {"finetune_blocks": 1}}), "boot")
+    rounds_module.check_teacher_student(variant("train", finetune_blocks=1), "linear")  # other trainers may
 
 
 def test_the_augmented_crop_keeps_image_and_scores_aligned():

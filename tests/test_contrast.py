@@ -215,12 +215,13 @@ def test_the_learned_store_has_the_embeddings_of_every_image_in_the_input_geomet
 
 def test_an_interrupted_training_resumes_to_the_uninterrupted_weights(contrast_run, monkeypatch):
     import unseg.stages.contrast as contrast
+    import unseg.training.engine as engine
 
     base, _, folder = contrast_run
     paths = {name: folder / f"{name}.png" for name in base.names}
     uninterrupted = torch.load(folder / "run" / "model" / "model.pt", weights_only=False)
     inputs, settings = contrast_inputs(folder, paths, "killed")
-    saved = contrast.save_resume_state
+    saved = engine.save_resume_state
     calls = []
 
     def crash_after_two_epochs(*args, **kwargs):
@@ -229,11 +230,11 @@ def test_an_interrupted_training_resumes_to_the_uninterrupted_weights(contrast_r
         if len(calls) == 2:
             raise KeyboardInterrupt  # the job dies after writing last.pt of epoch 2
 
-    monkeypatch.setattr(contrast, "save_resume_state", crash_after_two_epochs)
+    monkeypatch.setattr(engine, "save_resume_state", crash_after_two_epochs)
     with pytest.raises(KeyboardInterrupt):
         contrast.run_contrast(inputs, settings)
     assert not (inputs.out_dir / "model.pt").exists() and not inputs.embeddings_path.exists()
-    monkeypatch.setattr(contrast, "save_resume_state", saved)
+    monkeypatch.setattr(engine, "save_resume_state", saved)
     contrast.run_contrast(inputs, settings)
     resumed = torch.load(inputs.out_dir / "model.pt", weights_only=False)
     assert [row["epoch"] for row in resumed["log"]] == [1, 2, 3]

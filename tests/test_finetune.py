@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import unseg.stages.train as train_module
+import unseg.training.engine as engine_module
 from unseg.core.io import read_label_png, write_label_png
 from unseg.features.extract import extract_features
 from unseg.features.store import FeatureStore
@@ -158,7 +159,7 @@ def test_a_resumed_fine_tuning_ends_as_the_uninterrupted_one(photos, tmp_path):
     whole = torch.load(whole_dir / "model.pt", weights_only=False)
     resumed_dir = tmp_path / "resumed" / "train"
     resumed_dir.parent.mkdir()
-    with killed_after_saves(train_module, 4):  # the probe's 2 epochs, then 2 of fine-tuning
+    with killed_after_saves(engine_module, 4):  # the probe's 2 epochs, then 2 of fine-tuning
         fine_tune(photos, resumed_dir, probe_epochs=2)
     fine_tune(photos, resumed_dir, probe_epochs=2)
     resumed = torch.load(resumed_dir / "model.pt", weights_only=False)

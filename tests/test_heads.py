@@ -103,7 +103,7 @@ def test_a_trainer_recovers_planted_classes_from_noisy_labels(kind, tmp_path):
 
 
 def test_a_resumed_mask_transformer_with_dropout_ends_as_the_uninterrupted_one(tmp_path):
-    import unseg.stages.train as train_module
+    import unseg.training.engine as engine_module
 
     data = PlantedTokens(count=6)
     options = {"width": 16, "layers": 1, "heads": 2, "dropout": 0.3}  # dropout: the RNG state must be resumed too
@@ -116,7 +116,7 @@ def test_a_resumed_mask_transformer_with_dropout_ends_as_the_uninterrupted_one(t
         return torch.load(out / "model.pt", weights_only=False)
 
     whole = run(tmp_path / "whole")
-    with killed_after_saves(train_module, 2):
+    with killed_after_saves(engine_module, 2):
         run(tmp_path / "resumed")
     resumed = run(tmp_path / "resumed")
     assert [row["loss"] for row in resumed["log"]] == [row["loss"] for row in whole["log"]]

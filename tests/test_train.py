@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import unseg.stages.train as train_module
+import unseg.training.engine as engine_module
 from unseg.core.checkpoints import (
     data_digest,
     load_resume_state,
@@ -84,7 +84,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(store, tmp_path,
     train(store, labels, tmp_path / "whole", epochs=5)
 
     saves = {"count": 0}
-    real_save = train_module.save_resume_state
+    real_save = engine_module.save_resume_state
 
     def killed_after_two_epochs(*args, **kwargs):
         real_save(*args, **kwargs)
@@ -92,11 +92,11 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(store, tmp_path,
         if saves["count"] == 2:
             raise KeyboardInterrupt  # the job is killed right after its second checkpoint
 
-    monkeypatch.setattr(train_module, "save_resume_state", killed_after_two_epochs)
+    monkeypatch.setattr(engine_module, "save_resume_state", killed_after_two_epochs)
     with pytest.raises(KeyboardInterrupt):
         train(store, labels, tmp_path / "resumed", epochs=5)
     assert not (tmp_path / "resumed" / "model.pt").exists()
-    monkeypatch.setattr(train_module, "save_resume_state", real_save)
+    monkeypatch.setattr(engine_module, "save_resume_state", real_save)
     capsys.readouterr()
     train(store, labels, tmp_path / "resumed", epochs=5)
     assert "continuing" in capsys.readouterr().err
@@ -137,7 +137,7 @@ def test_linear_head_standardises_then_classifies():
 
 
 def test_a_round_trains_with_the_variants_settings_and_its_own_override():
-    from unseg.stages.train import settings_of_round
+    from unseg.training.rounds import settings_of_round
 
     settings = variant("train", epochs=10, rounds=3, round_settings={"3": {"epochs": 2, "lr": 0.5}})
     first, third = settings_of_round(settings, 1), settings_of_round(settings, 3)
@@ -190,7 +190,7 @@ def test_a_monitor_split_is_held_out_and_scored_every_epoch(store, tmp_path):
 
 
 def test_a_fine_tuned_round_cannot_start_a_frozen_one():
-    from unseg.stages.train import check_round_chain
+    from unseg.training.rounds import check_round_chain
 
     frozen_then_tuned = {"rounds": 3, "finetune_blocks": 0, "round_settings": {"2": {"finetune_blocks": 2},
                                                                              "3": {"finetune_blocks": 2}}}

@@ -2,7 +2,7 @@
 from unseg.core.io import read_json
 from unseg.config.variants import VariantError, check_variants, dataset_root, follow, generated_dataset_root, is_owned_path
 from unseg.config.variants import COMPARED_SECTION, resolve_chain
-from unseg.stages.train import check_round_chain, check_teacher_student, is_teacher_student, settings_of_round
+from unseg.training.rounds import check_round_chain, check_teacher_student, is_teacher_student, settings_of_round
 from unseg.stages import instances as instance_rounds
 from unseg.features.fused import fused_reader, fused_variants
 

@@ -33,9 +33,8 @@ read it as they read any features variant (``features: {variant}``).
 from __future__ import annotations
 
 import copy
-import csv
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,20 +42,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from unseg.config.registry import REGISTRIES, register
-from unseg.core.checkpoints import load_resume_state, resume_key, save_checkpoint, save_resume_state
 from unseg.core.devices import resolve_device
 from unseg.core.geometry import labels_at_input, resize_and_crop
-from unseg.core.io import atomic_output, read_image, read_saliency
+from unseg.core.io import read_image, read_saliency
 from unseg.features.backbones import get_backbone_spec
 from unseg.features.extract import normalize_batch, preprocess_image, write_derived_store
 from unseg.features.store import FeatureStore
-from unseg.stages.train import scan  # the trainers' streaming token statistics
 from unseg.training.data import TokenLabelDataset, augment_pair, item_seed, token_tensor
+from unseg.training.engine import TrainingTask, autocast, run_training
 from unseg.training.finetune import ImageSegmenter, load_store_backbone
 from unseg.training.heads import build_head
+from unseg.training.statistics import scan  # the trainers' streaming token statistics
 
 EMBEDDINGS_FACET = "embeddings"
 # MaskContrast's colour jitter (brightness, contrast, saturation, hue): get_train_transformations.
@@ -290,6 +288,83 @@ CONTRAST_SCHEMA: dict[str, dict] = {
 }
 
 
+class MaskContrastTraining(TrainingTask):
+    """MaskContrast's part of the training engine: one step per batch of views with a usable mask in both (a batch
+    left empty is skipped), the momentum update of the key model, the contrastive and saliency losses over the whole
+    batch (they couple its images: the step does not split), then the batch's prototypes into the queue."""
+
+    log_fields = LOG_FIELDS
+
+    def __init__(self, model: ImageSegmenter, key_model: ImageSegmenter, views: ContrastViews, queue: PrototypeQueue,
+                 generator: torch.Generator, *, batch_size: int, workers: int, device: torch.device,
+                 embedding_dim: int, label_scale: int, key_momentum: float, temperature: float,
+                 saliency_loss_weight: float, area: tuple[float, float]):
+        self.model, self.key_model, self.views, self.queue, self.generator = model, key_model, views, queue, generator
+        self.batch_size, self.workers, self.device = batch_size, workers, device
+        self.embedding_dim, self.label_scale, self.key_momentum = embedding_dim, label_scale, key_momentum
+        self.temperature, self.saliency_loss_weight, self.area = temperature, saliency_loss_weight, area
+        self.sums: dict[str, float] = {}
+        self.steps = self.used = 0
+
+    def batches(self, epoch: int) -> Iterator[list]:
+        self.views.set_epoch(epoch)
+        self.sums = {"loss": 0.0, "contrastive_loss": 0.0, "saliency_loss": 0.0}
+        self.steps = self.used = 0
+        order = torch.randperm(len(self.views), generator=self.generator).tolist()
+        batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        loader = torch.utils.data.DataLoader(self.views, batch_sampler=batches, collate_fn=list,
+                                             num_workers=self.workers)
+        for items in loader:
+            items = [item for item in items if item[4]]
+            if items:
+                yield items
+
+    def step(self, items: list, micro_batch: int | None) -> dict[str, float]:
+        device, dim, scale = self.device, self.embedding_dim, self.label_scale
+        image_ids = torch.tensor([item[5] for item in items], dtype=torch.int64, device=device)
+        with autocast(device):
+            queries = embeddings_and_saliency(self.model, [item[0].to(device) for item in items], dim, scale)
+            with torch.no_grad():
+                momentum_update(self.key_model, self.model, self.key_momentum)
+                keys = embeddings_and_saliency(self.key_model, [item[2].to(device) for item in items], dim, scale)
+        # masks at each view's embedding resolution: foreground where over half of the cell is
+        query_masks = [grid_masks(item[1][None].to(device), tuple(embedding.shape[-2:]))[0]
+                       for item, (embedding, _) in zip(items, queries)]
+        key_masks = [grid_masks(item[3][None].to(device), tuple(embedding.shape[-2:]))[0]
+                     for item, (embedding, _) in zip(items, keys)]
+        prototypes = mask_prototypes([embedding for embedding, _ in keys], key_masks)
+        contrastive = prototype_contrastive_loss([embedding for embedding, _ in queries],
+                                                 [mask > 0.5 for mask in query_masks], prototypes,
+                                                 self.queue.vectors.to(device), self.temperature, image_ids,
+                                                 self.queue.owners.to(device))
+        saliency = balanced_bce(torch.cat([logits.flatten() for _, logits in queries]),
+                                torch.cat([mask.flatten() for mask in query_masks]))
+        loss = contrastive + self.saliency_loss_weight * saliency
+        loss.backward()
+        self.queue.enqueue(prototypes, image_ids)
+        terms = {"loss": float(loss.detach()), "contrastive_loss": float(contrastive.detach()),
+                 "saliency_loss": float(saliency.detach())}
+        for key, value in terms.items():
+            self.sums[key] += value
+        self.steps += 1
+        self.used += len(items)
+        return terms
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        if self.used == 0:
+            print(f"contrast: epoch {epoch + 1}: no image had a usable saliency mask in both views "
+                  f"(foreground fraction within ({self.area[0]}, {self.area[1]}))", file=sys.stderr)
+        return {"epoch": epoch + 1, **{key: value / max(self.steps, 1) for key, value in self.sums.items()},
+                "images_used": self.used}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"key_state_dict": self.key_model.state_dict(), "queue": self.queue.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.key_model.load_state_dict(state["key_state_dict"])
+        self.queue.load_state_dict(state["queue"])
+
+
 def build_embedder(config: Mapping[str, Any]) -> ImageSegmenter:
     """The (untrained) query model a config describes: the store's backbone and a head with embedding_dim + 1
     outputs."""
@@ -314,7 +389,6 @@ def maskcontrast(inputs: ContrastInputs, *, epochs, batch_size, lr, sgd_momentum
         raise ValueError(f"contrast: no saliency map in {str(inputs.saliency_dir)!r} for the store's images")
     warn_small_dataset(len(names), epochs, batch_size, queue_size, key_momentum)
     device_ = resolve_device(device)
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device_.type == "cuda")
     tokens = TokenLabelDataset(inputs.store_path, "tokens", {n: inputs.saliency_dir / f"{n}.png" for n in names},
                                None, 1)
     statistics = scan(tokens, inputs.progress)
@@ -335,86 +409,18 @@ def maskcontrast(inputs: ContrastInputs, *, epochs, batch_size, lr, sgd_momentum
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: (1 - epoch / epochs) ** 0.9)
     generator = torch.Generator().manual_seed(seed)
     queue = PrototypeQueue(queue_size, embedding_dim, generator)
-
-    out_dir = Path(inputs.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    task = MaskContrastTraining(model, key_model, views, queue, generator, batch_size=batch_size, workers=workers,
+                                device=device_, embedding_dim=embedding_dim, label_scale=label_scale,
+                                key_momentum=key_momentum, temperature=temperature,
+                                saliency_loss_weight=saliency_loss_weight, area=(min_area, max_area))
     loop = dict(epochs=epochs, batch_size=batch_size, lr=lr, sgd_momentum=sgd_momentum, weight_decay=weight_decay,
                 temperature=temperature, key_momentum=key_momentum, queue_size=queue_size,
                 saliency_loss_weight=saliency_loss_weight, augment=augment, area=[min_area, max_area],
                 label_scale=label_scale, seed=seed)
-    key = resume_key({**config, **loop, "names": names}, statistics.digest)
-    start_epoch, rows = 0, []
-    state = load_resume_state(out_dir / "last.pt", key)
-    if state is not None:
-        model.load_state_dict(state["state_dict"])
-        key_model.load_state_dict(state["key_state_dict"])
-        queue.load_state_dict(state["queue"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["rng_state"])
-        start_epoch, rows = state["epoch"], state["log"]
-
-    for epoch in tqdm(range(start_epoch, epochs), desc="train maskcontrast", unit="epoch", disable=not inputs.progress):
-        views.set_epoch(epoch)
-        order = torch.randperm(len(views), generator=generator).tolist()
-        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        loader = torch.utils.data.DataLoader(views, batch_sampler=batches, collate_fn=list, num_workers=workers)
-        sums = {"loss": 0.0, "contrastive_loss": 0.0, "saliency_loss": 0.0}
-        steps, used = 0, 0
-        for items in loader:
-            items = [item for item in items if item[4]]
-            if not items:
-                continue
-            image_ids = torch.tensor([item[5] for item in items], dtype=torch.int64, device=device_)
-            with autocast:
-                queries = embeddings_and_saliency(model, [item[0].to(device_) for item in items], embedding_dim,
-                                                  label_scale)
-                with torch.no_grad():
-                    momentum_update(key_model, model, key_momentum)
-                    keys = embeddings_and_saliency(key_model, [item[2].to(device_) for item in items], embedding_dim,
-                                                   label_scale)
-            # masks at each view's embedding resolution: foreground where over half of the cell is
-            query_masks = [grid_masks(item[1][None].to(device_), tuple(embedding.shape[-2:]))[0]
-                           for item, (embedding, _) in zip(items, queries)]
-            key_masks = [grid_masks(item[3][None].to(device_), tuple(embedding.shape[-2:]))[0]
-                         for item, (embedding, _) in zip(items, keys)]
-            prototypes = mask_prototypes([embedding for embedding, _ in keys], key_masks)
-            contrastive = prototype_contrastive_loss([embedding for embedding, _ in queries],
-                                                     [mask > 0.5 for mask in query_masks], prototypes,
-                                                     queue.vectors.to(device_), temperature, image_ids,
-                                                     queue.owners.to(device_))
-            saliency = balanced_bce(torch.cat([logits.flatten() for _, logits in queries]),
-                                    torch.cat([mask.flatten() for mask in query_masks]))
-            loss = contrastive + saliency_loss_weight * saliency
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            queue.enqueue(prototypes, image_ids)
-            sums["loss"] += float(loss.detach())
-            sums["contrastive_loss"] += float(contrastive.detach())
-            sums["saliency_loss"] += float(saliency.detach())
-            steps += 1
-            used += len(items)
-        scheduler.step()
-        rows.append({"epoch": epoch + 1, **{k: v / max(steps, 1) for k, v in sums.items()}, "images_used": used})
-        save_resume_state(out_dir / "last.pt", key, {
-            "state_dict": model.state_dict(), "key_state_dict": key_model.state_dict(), "queue": queue.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(), "rng_state": torch.get_rng_state(), "epoch": epoch + 1, "log": rows,
-            "config": config})
-        if used == 0:
-            print(f"contrast: epoch {epoch + 1}: no image had a usable saliency mask in both views "
-                  f"(foreground fraction within ({min_area}, {max_area}))", file=sys.stderr)
-
-    with atomic_output(out_dir / "log.csv") as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-    with atomic_output(out_dir / "model.pt") as tmp:
-        save_checkpoint({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                         "config": config, "log": rows}, tmp)
+    rows = run_training(task, model, optimizer, inputs.out_dir, epochs=epochs, config=config,
+                        settings={**config, **loop, "names": names}, inputs_digest=statistics.digest,
+                        scheduler=scheduler, scheduler_interval="epoch", generator=generator,
+                        progress=inputs.progress, desc="train maskcontrast")
     write_embeddings(model.eval(), config, inputs.store_path, inputs.image_paths, inputs.embeddings_path, device_,
                      inputs.progress)
     return rows[-1] if rows else {}

@@ -73,10 +73,10 @@ from unseg.stages.instance_model import (
     build_mask_rcnn,
     rgb_to_lab,
 )
-from unseg.stages.train import scan_tokens
-from unseg.stages.train import settings_of_round as train_settings_of_round
 from unseg.training.data import StoreImages, item_seed, token_tensor
 from unseg.training.finetune import ImageSegmenter, load_store_backbone
+from unseg.training.rounds import round_settings as train_settings_of_round
+from unseg.training.statistics import scan_tokens
 
 # ----------------------------------------------------------------------------------------------------------------
 # Targets: proposals (COCO RLE at the original resolution) as masks and boxes in a frame.

@@ -6,11 +6,11 @@ probability). The model is rebuilt by the ``build_model`` of the trainer its che
 (:mod:`unseg.stages.train`).
 
 :func:`refine_labels` makes the training labels of a self-training round: the previous round's predictions, refined
-by a dense CRF on the image (:mod:`unseg.ops.crf`) when asked. :func:`bootstrap_labels` makes those of a TransFGU round
-(teacher-student trainers, :func:`unseg.stages.train.is_teacher_student`): the initial pseudo-labels averaged with the
-teacher's probabilities (section 3.3, Eq. 12). Both also keep the previous round's own predictions, before the CRF
-or the average, in ``prediction/{name}.png`` (:data:`PREDICTION_FOLDER`): the audit shows every round's predictions
-side by side.
+by a dense CRF on the image (:mod:`unseg.ops.crf`) when asked. :func:`bootstrap_labels` makes those of a TransFGU
+round (teacher-student trainers, :func:`unseg.training.rounds.is_teacher_student`): the initial pseudo-labels averaged
+with the teacher's probabilities (section 3.3, Eq. 12). Both also keep the previous round's own predictions, before
+the CRF or the average, in ``prediction/{name}.png`` (:data:`PREDICTION_FOLDER`): the audit shows every round's
+predictions side by side.
 """
 
 from __future__ import annotations

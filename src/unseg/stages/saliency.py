@@ -32,7 +32,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from unseg.config.registry import REGISTRIES, register
-from unseg.core.checkpoints import save_checkpoint
 from unseg.core.devices import resolve_device
 from unseg.core.geometry import ResizeGeometry, grid_to_image, image_to_grid
 from unseg.core.io import atomic_output, read_image, read_label_png, write_json
@@ -47,6 +46,7 @@ from unseg.ops.spectral import (
     grid_spectra,
     pass_dtype,
 )
+from unseg.training.engine import TrainingTask, run_training
 
 
 @dataclass(frozen=True)
@@ -288,27 +288,14 @@ def foreground_head(data: SaliencyDataset, *, teacher, teacher_settings, hidden,
                                 torch.nn.Linear(hidden, 1))).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=lr_gamma)
-    order, cursor, curve = generator.permutation(len(trained)), 0, []
-    bar = tqdm(range(iterations), desc="foreground head", unit="it", disable=not data.progress)
-    for iteration in bar:
-        if cursor + min(batch_images, len(trained)) > len(order):
-            order, cursor = generator.permutation(len(trained)), 0
-        batch = order[cursor : cursor + batch_images]
-        cursor += len(batch)
-        rows = tokens.rows(batch)
-        logits = head(tokens.standardised(rows)).squeeze(1)
-        if iteration < teacher_iterations:
-            loss = F.binary_cross_entropy_with_logits(logits, target_rows[rows])
-        else:
-            loss = self_weight * F.binary_cross_entropy_with_logits(logits, (logits.detach() > 0).float())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if iteration % 10 == 0 or iteration == iterations - 1:
-            curve.append({"iteration": iteration, "loss": round(float(loss.detach()), 5),
-                          "target": "teacher" if iteration < teacher_iterations else "self"})
-    bar.close()
+    task = ForegroundHeadTraining(head, tokens, target_rows, generator, batch_images=batch_images,
+                                  teacher_iterations=teacher_iterations, self_weight=self_weight)
+    # Inside the stage's temporary folder, which an interrupted job does not leave: no last.pt (settings=None).
+    rows = run_training(task, head, optimizer, data.extras, epochs=iterations, settings=None, scheduler=scheduler,
+                        config={"facet": data.facet, "hidden": hidden, "teacher": teacher}, progress=data.progress,
+                        desc="foreground head", unit="it", model_file="head.pt")
+    curve = [{**row, "loss": round(row["loss"], 5)} for row in rows
+             if row["iteration"] % 10 == 0 or row["iteration"] == iterations - 1]
     head.eval()
     agreement = []
     with torch.no_grad():
@@ -318,11 +305,58 @@ def foreground_head(data: SaliencyDataset, *, teacher, teacher_settings, hidden,
             probability = torch.sigmoid(head(inputs)).squeeze(1)
             agreement.append(float(((probability > 0.5).float() == targets[name].to(device)).float().mean()))
             yield name, probability.reshape(grid.shape[:2]).cpu().numpy().astype(np.float32)
-    save_checkpoint({"state_dict": head.state_dict(), "mean": tokens.mean.cpu(), "std": tokens.std.cpu(),
-                     "facet": data.facet,
-                     "hidden": hidden, "teacher": teacher}, data.extras / "head.pt")
     write_json(data.extras / "training.json", {"curve": curve, "images": len(names), "trained_on": len(trained),
                                                "teacher_agreement": float(np.mean(agreement))})
+
+
+class ForegroundHeadTraining(TrainingTask):
+    """:func:`foreground_head`'s part of the training engine: one engine epoch per iteration (a batch of
+    ``batch_images`` images' token rows, drawn from a seeded permutation of the trained images, redrawn when it runs
+    out), binary cross-entropy against the teacher's targets for the first ``teacher_iterations``, then against the
+    head's own binarised predictions (× ``self_weight``)."""
+
+    log_fields = ("iteration", "loss", "target")
+
+    def __init__(self, head: torch.nn.Module, tokens: TokenTable, target_rows: torch.Tensor,
+                 generator: np.random.Generator, *, batch_images: int, teacher_iterations: int, self_weight: float):
+        self.head, self.tokens, self.target_rows, self.generator = head, tokens, target_rows, generator
+        self.batch_images, self.teacher_iterations, self.self_weight = batch_images, teacher_iterations, self_weight
+        self.order, self.cursor = generator.permutation(len(tokens.grid_sizes)), 0
+        self.loss = 0.0
+
+    def batches(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+        count = len(self.tokens.grid_sizes)
+        if self.cursor + min(self.batch_images, count) > len(self.order):
+            self.order, self.cursor = self.generator.permutation(count), 0
+        batch = self.order[self.cursor : self.cursor + self.batch_images]
+        self.cursor += len(batch)
+        return [(epoch, batch)]
+
+    def step(self, batch: tuple[int, np.ndarray], micro_batch: int | None) -> dict[str, float]:
+        iteration, positions = batch
+        rows = self.tokens.rows(positions)
+        logits = self.head(self.tokens.standardised(rows)).squeeze(1)
+        if iteration < self.teacher_iterations:
+            loss = F.binary_cross_entropy_with_logits(logits, self.target_rows[rows])
+        else:
+            loss = self.self_weight * F.binary_cross_entropy_with_logits(logits, (logits.detach() > 0).float())
+        loss.backward()
+        self.loss = float(loss.detach())
+        return {"loss": self.loss}
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        return {"iteration": epoch, "loss": self.loss,
+                "target": "teacher" if epoch < self.teacher_iterations else "self"}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.bit_generator.state, "order": self.order, "cursor": self.cursor}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.generator.bit_generator.state = state["generator"]
+        self.order, self.cursor = state["order"], state["cursor"]
+
+    def final_checkpoint(self, model: torch.nn.Module, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return {"state_dict": model.state_dict(), "mean": self.tokens.mean.cpu(), "std": self.tokens.std.cpu()}
 
 
 class TokenTable:

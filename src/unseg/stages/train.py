@@ -12,12 +12,12 @@ The built-in trainers are one loop (:func:`fit`) around the heads of :mod:`unseg
 (:mod:`unseg.training.finetune`;
 the token statistics and the resume digest still come from the store); and ``transfgu_bootstrap`` (TransFGU,
 section 3.3), Segmenter's mask transformer on frozen tokens trained against class scores on the token grid with the
-bootstrapping losses of :mod:`unseg.training.bootstrap` (:class:`BootstrapCriterion`, the loop's ``criterion``). The
-loop
+bootstrapping losses of :mod:`unseg.training.bootstrap` (:class:`~unseg.training.losses.BootstrapCriterion`, the
+loop's ``criterion``). The loop (:class:`HeadTraining` on the training engine, :mod:`unseg.training.engine`)
 
 * streams (tokens, labels) pairs from the zarr feature store one batch at a time (:class:`TokenLabelDataset`), so
   peak memory does not grow with the number of images; the token statistics and the resume digest come from one
-  streaming pass (:func:`scan`);
+  streaming pass (:func:`unseg.training.statistics.scan`);
 * runs on CUDA when present, with bfloat16 autocast and pinned memory, else on the CPU in float32;
 * writes ``last.pt`` after every epoch (resumed only for the same settings and the same tokens and labels, see
   :mod:`unseg.core.checkpoints`), and ``model.pt`` at the end: the last epoch, or (``keep: lowest_loss``) the epoch with
@@ -29,16 +29,13 @@ Self-training rounds (``rounds``): round 1 trains on the pseudo-labels, round r 
 a dense CRF, starting from round r-1's weights (MaskDistill, Part 2: "iteratively updating the segmentation maps and
 model weights"; its CRF configs start from the previous model); each round is its own folder and job
 (:func:`unseg.stages.predict.refine_labels` makes its labels). A teacher-student trainer (``transfgu_bootstrap``,
-:func:`is_teacher_student`) runs TransFGU's rounds instead: round r's labels average the initial pseudo-labels with
-round r-1's model's probabilities (Eq. 12, :func:`unseg.stages.predict.bootstrap_labels`, no CRF), and its student
-starts
-from the same fresh initialisation in every round.
+:func:`unseg.training.rounds.is_teacher_student`) runs TransFGU's rounds instead: round r's labels average the
+initial pseudo-labels with round r-1's model's probabilities (Eq. 12, :func:`unseg.stages.predict.bootstrap_labels`,
+no CRF), and its student starts from the same fresh initialisation in every round.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,25 +43,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from unseg.config.registry import REGISTRIES, register
-from unseg.core.checkpoints import (
-    data_digest,
-    digest_array,
-    load_resume_state,
-    resume_key,
-    save_checkpoint,
-    save_resume_state,
-)
+from unseg.core.checkpoints import data_digest, save_checkpoint
 from unseg.core.devices import resolve_device
 from unseg.core.io import IGNORE_LABEL, atomic_output, read_image, read_json
 from unseg.evaluation.metrics import evaluate_semantic_arrays
 from unseg.features.backbones import get_backbone_spec
 from unseg.features.extract import preprocess_image
 from unseg.features.store import FeatureStore
-from unseg.training.bootstrap import alpha_at, bootstrapping_loss, labelled_cells
 from unseg.training.data import (
     AUGMENT_KEYS,
     TEACHER_FILE,
@@ -74,12 +61,14 @@ from unseg.training.data import (
     TokenScoreDataset,
     token_tensor,
 )
+from unseg.training.engine import TrainingTask, autocast_dtype, run_training
 from unseg.training.finetune import FINETUNE_SCHEMA, ImageSegmenter, build_image_segmenter, load_store_backbone
 from unseg.training.heads import AsppHead, LinearHead, MaskTransformerHead, TokenHead, build_head
+from unseg.training.losses import BootstrapCriterion, Criterion, CrossEntropy, accumulate_gradients, batch_logits
+from unseg.training.statistics import DatasetScan, scan, scan_tokens
 
-__all__ = ["AsppHead", "BootstrapCriterion", "Criterion", "CrossEntropy", "LinearHead", "MaskTransformerHead",
-           "TokenLabelDataset", "TokenScoreDataset", "TrainingInputs", "fit",
-           "run_train", "scan", "settings_of_round", "token_tensor"]
+__all__ = ["AsppHead", "HeadTraining", "LinearHead", "MaskTransformerHead", "TokenLabelDataset", "TokenScoreDataset",
+           "TrainingInputs", "fit", "run_train", "token_tensor"]
 
 
 def model_input(config: Mapping[str, Any], store: FeatureStore, name: str, image_path: str | Path | None,
@@ -92,72 +81,6 @@ def model_input(config: Mapping[str, Any], store: FeatureStore, name: str, image
         raise ValueError(f"a model that fine-tunes the backbone reads images; no image path given for {name!r}")
     spec = get_backbone_spec(config["backbone"])
     return preprocess_image(read_image(image_path), store.geometry(name), spec.mean, spec.std)[None]
-
-
-@dataclass(frozen=True)
-class DatasetScan:
-    """One streaming pass over a :class:`TokenLabelDataset`: per-channel token statistics and the data digest."""
-
-    mean: torch.Tensor  # (D,) float32
-    std: torch.Tensor  # (D,) float32
-    embed_dim: int
-    digest: str  # sha256 over (name, tokens, labels) of every item, in order
-
-
-def scan(dataset: TokenLabelDataset, progress: bool = True) -> DatasetScan:
-    """Mean and standard deviation of every token of the dataset (float64 sums) and the digest of its items, one
-    item in memory at a time."""
-
-    def items():
-        for index in range(len(dataset)):
-            tokens, labels = dataset[index]
-            yield dataset.names[index], tokens, {"labels": labels}
-
-    return scan_tokens(items(), len(dataset), progress)
-
-
-def scan_tokens(items: Iterable[tuple[str, torch.Tensor, Mapping[str, Any]]], total: int | None = None,
-                progress: bool = True) -> DatasetScan:
-    """:class:`DatasetScan` of (name, (D, h, w) tokens, {what else keys the data: array}) items, streamed: the
-    per-channel mean and standard deviation of every token (float64 sums), and the sha256 over each item's tokens
-    and arrays, in order."""
-    sums = squares = None
-    count = 0
-    digest = hashlib.sha256()
-    for name, tokens, extras in tqdm(items, total=total, desc="scan tokens", unit="img", disable=not progress):
-        flat = tokens.flatten(1).double()  # (D, h·w)
-        sums = flat.sum(1) if sums is None else sums + flat.sum(1)
-        squares = (flat**2).sum(1) if squares is None else squares + (flat**2).sum(1)
-        count += flat.shape[1]
-        digest_array(digest, f"{name}/tokens", tokens)
-        for key, value in extras.items():
-            digest_array(digest, f"{name}/{key}", value)
-    if sums is None:
-        raise ValueError("no image to train on")
-    mean = sums / count
-    std = (squares / count - mean**2).clamp(min=0).sqrt() * (count / max(count - 1, 1)) ** 0.5
-    return DatasetScan(mean.float(), std.float(), int(mean.shape[0]), digest.hexdigest())
-
-
-def batch_logits(model: torch.nn.Module, tokens: Sequence[torch.Tensor], label_sizes: Sequence[tuple[int, int]],
-                 device: torch.device, autocast_dtype: torch.dtype | None) -> list[torch.Tensor]:
-    """The model's logits of each item, bilinearly upsampled to its label size: (C, H, W) float32 each.
-
-    Items of equal grid size are stacked into one forward pass; a dataset whose images differ in aspect ratio
-    runs one pass per size.
-    """
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for position, item in enumerate(tokens):
-        by_shape.setdefault(tuple(item.shape), []).append(position)
-    outputs: list[torch.Tensor | None] = [None] * len(tokens)
-    for positions in by_shape.values():
-        stacked = torch.stack([tokens[p] for p in positions]).to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(stacked)
-        logits = F.interpolate(logits.float(), size=label_sizes[positions[0]], mode="bilinear", align_corners=False)
-        for offset, position in enumerate(positions):
-            outputs[position] = logits[offset]
-    return outputs
 
 
 @torch.no_grad()
@@ -176,143 +99,80 @@ def monitor_miou(model: torch.nn.Module, dataset: TokenLabelDataset, num_classes
     return float(evaluate_semantic_arrays(pairs, num_classes, num_gt)["miou"])
 
 
-class Criterion:
-    """What :func:`fit` minimises, for one optimiser step at a time; this base class holds the hooks a criterion
-    without state leaves as they are.
-
-    Attributes:
-        log_fields: the further terms the criterion reports per batch (``log.csv`` columns after
-            :data:`LOG_FIELDS`, each the epoch's mean over labelled positions).
-    """
-
-    log_fields: tuple[str, ...] = ()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Epoch ``epoch`` (0-based) starts."""
-
-    def start_step(self) -> None:
-        """An optimiser step starts (called once per batch, not again when the batch is redone in sub-batches)."""
-
-    def labelled(self, target: torch.Tensor) -> int:
-        """The number of positions of one item's target that count in the loss."""
-        raise NotImplementedError
-
-    def __call__(self, model: torch.nn.Module, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
-                 valid: int, device: torch.device, autocast_dtype: torch.dtype | None,
-                 ) -> tuple[torch.Tensor, int, dict[str, float]]:
-        """The loss of a sub-batch of items, summed over their labelled positions and divided by the whole batch's
-        ``valid`` (so that a batch's sub-batch losses add up to its mean loss): (0-dim loss with its graph, the
-        number of labelled positions the model predicts right, {log field: the term, reduced like the loss})."""
-        raise NotImplementedError
-
-    def state_dict(self) -> dict[str, Any]:
-        """What a resumed run restores (random generators)."""
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-
-
-class CrossEntropy(Criterion):
-    """The default criterion: cross-entropy of the logits, bilinearly upsampled to the label map's size, against the
-    (H, W) int64 label map, 255 ignored."""
-
-    def labelled(self, target: torch.Tensor) -> int:
-        return int((target != IGNORE_LABEL).sum())
-
-    def __call__(self, model, inputs, targets, valid, device, autocast_dtype):
-        logits = batch_logits(model, inputs, [tuple(t.shape) for t in targets], device, autocast_dtype)
-        loss = sum(F.cross_entropy(item[None], target[None], ignore_index=IGNORE_LABEL, reduction="sum")
-                   for item, target in zip(logits, targets)) / max(valid, 1)
-        correct = sum(int(((item.argmax(0) == target) & (target != IGNORE_LABEL)).sum())
-                      for item, target in zip(logits, targets))
-        return loss, correct, {}
-
-
-class BootstrapCriterion(Criterion):
-    """TransFGU's loss (section 3.3, Eq. 16 with Eq. 13-15; :func:`unseg.training.bootstrap.bootstrapping_loss`) of a
-    :class:`~unseg.training.heads.MaskTransformerHead` against (C, h, w) class scores on the token grid (NaN cells
-    ignored).
-
-    Each optimiser step draws the permutation of its negative labels (Eq. 13) from a generator seeded with
-    ``seed``, saved in ``last.pt``, so that a resumed run draws what an uninterrupted one does. α follows
-    :func:`unseg.training.bootstrap.alpha_at` over the round's epochs (0 without a teacher).
-    """
-
-    log_fields = ("peer_loss", "diversity_loss", "uncertainty_loss")
-
-    def __init__(self, num_classes: int, *, alpha: float, alpha_start: float, omega_diversity: float,
-                 omega_uncertainty: float, teacher: bool, seed: int):
-        self.num_classes, self.teacher = int(num_classes), bool(teacher)
-        self.alpha, self.alpha_start = alpha, alpha_start
-        self.omega_diversity, self.omega_uncertainty = omega_diversity, omega_uncertainty
-        self.generator = torch.Generator().manual_seed(seed)
-        self.epoch, self.permutation = 0, torch.arange(self.num_classes)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def start_step(self) -> None:
-        self.permutation = torch.randperm(self.num_classes, generator=self.generator)
-
-    def labelled(self, target: torch.Tensor) -> int:
-        return int(labelled_cells(target[None]).sum())
-
-    def __call__(self, model, inputs, targets, valid, device, autocast_dtype):
-        alpha = alpha_at(self.epoch, self.alpha, self.alpha_start, self.teacher)
-        by_shape: dict[tuple[int, ...], list[int]] = {}  # items of equal grid size share a forward pass
-        for position, item in enumerate(inputs):
-            by_shape.setdefault(tuple(item.shape), []).append(position)
-        sums: dict[str, torch.Tensor] = {}
-        correct = 0
-        for positions in by_shape.values():
-            stacked = torch.stack([inputs[p] for p in positions]).to(device, non_blocking=True)
-            scores = torch.stack([targets[p] for p in positions])
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits, classes = model.logits_and_class_embeddings(stacked)
-            terms = bootstrapping_loss(logits.float(), classes.float(), scores, self.permutation, alpha,
-                                       self.omega_diversity, self.omega_uncertainty, reduction="sum")
-            for key, value in terms.items():
-                sums[key] = sums[key] + value if key in sums else value
-            right = logits.argmax(1) == scores.nan_to_num(0.0).argmax(1)
-            correct += int((right & labelled_cells(scores)).sum())
-        scale = max(valid, 1)
-        return sums["loss"] / scale, correct, {key: float(sums[key].detach()) / scale for key in self.log_fields}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if "generator" in state:
-            self.generator.set_state(state["generator"])
-
-
-def accumulate_gradients(model: torch.nn.Module, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
-                         valid: int, micro_batch: int, device: torch.device, autocast_dtype: torch.dtype | None,
-                         criterion: Criterion | None = None) -> tuple[float, int, dict[str, float]]:
-    """Back-propagate the batch's loss (``criterion``, default :class:`CrossEntropy`: summed over its ``valid``
-    labelled positions, divided by ``valid``) in sub-batches of ``micro_batch`` items; gradients add up in the
-    parameters' ``.grad``.
-
-    Returns:
-        (the batch's mean loss, its number of correctly predicted labelled positions, {the criterion's log field:
-        the batch's mean term}).
-    """
-    criterion = criterion or CrossEntropy()
-    loss_total, correct, terms = 0.0, 0, dict.fromkeys(criterion.log_fields, 0.0)
-    for start in range(0, len(inputs), micro_batch):
-        loss, chunk_correct, chunk_terms = criterion(model, inputs[start : start + micro_batch],
-                                                     targets[start : start + micro_batch], valid, device,
-                                                     autocast_dtype)
-        loss.backward()
-        loss_total += float(loss.detach())
-        correct += chunk_correct
-        for key, value in chunk_terms.items():
-            terms[key] += value
-    return loss_total, correct, terms
-
-
 LOG_FIELDS = ("epoch", "loss", "pseudo_label_accuracy", "monitor_miou")
+
+
+class HeadTraining(TrainingTask):
+    """:func:`fit`'s part of the training engine: shuffled batches of (model input, target) items, the criterion's
+    loss accumulated over sub-batches, per epoch the mean loss, the agreement with the training labels and the
+    monitored mIoU, and the weights of the epoch ``keep`` chooses."""
+
+    def __init__(self, model: TokenHead | ImageSegmenter, dataset: TokenLabelDataset | ImageLabelDataset,
+                 criterion: Criterion, generator: torch.Generator, *, batch_size: int, workers: int,
+                 device: torch.device, keep: str, monitor: TokenLabelDataset | ImageLabelDataset | None,
+                 num_classes: int):
+        self.model, self.dataset, self.criterion, self.generator = model, dataset, criterion, generator
+        self.batch_size, self.workers, self.device, self.keep = batch_size, workers, device, keep
+        self.monitor, self.num_classes = monitor, num_classes
+        self.autocast_dtype = autocast_dtype(device)
+        self.log_fields = LOG_FIELDS + criterion.log_fields
+        self.best: dict[str, Any] | None = None  # keep == "lowest_loss": {"row", "state_dict"} of the best epoch
+        self.totals: dict[str, float] = {}
+
+    def batches(self, epoch: int) -> Iterable[list]:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        self.criterion.set_epoch(epoch)
+        self.totals = {"loss": 0.0, "correct": 0, "counted": 0, **dict.fromkeys(self.criterion.log_fields, 0.0)}
+        order = torch.randperm(len(self.dataset), generator=self.generator).tolist()
+        batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, collate_fn=list,
+                                           num_workers=self.workers, pin_memory=self.device.type == "cuda")
+
+    def prepare(self, items: list) -> tuple[list, list, int]:
+        targets = [target.to(self.device, non_blocking=True) for _, target in items]
+        valid = sum(self.criterion.labelled(target) for target in targets)
+        self.criterion.start_step()
+        return [inputs for inputs, _ in items], targets, valid
+
+    def batch_items(self, batch: tuple[list, list, int]) -> int:
+        return len(batch[0])
+
+    def step(self, batch: tuple[list, list, int], micro_batch: int | None) -> dict[str, float]:
+        inputs, targets, valid = batch
+        loss, correct, terms = accumulate_gradients(self.model, inputs, targets, valid, micro_batch, self.device,
+                                                    self.autocast_dtype, self.criterion)
+        self.totals["loss"] += loss * valid
+        self.totals["counted"] += valid
+        self.totals["correct"] += correct
+        for key, value in terms.items():
+            self.totals[key] += value * valid
+        return {"loss": loss}
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        counted = max(self.totals["counted"], 1)
+        monitored = self.monitor is not None and len(self.monitor)
+        row = {"epoch": epoch + 1, "loss": self.totals["loss"] / counted,
+               "pseudo_label_accuracy": self.totals["correct"] / counted,
+               "monitor_miou": monitor_miou(self.model, self.monitor, self.num_classes, self.device,
+                                            self.autocast_dtype) if monitored else None,
+               **{key: self.totals[key] / counted for key in self.criterion.log_fields}}
+        if self.keep == "lowest_loss" and (self.best is None or row["loss"] < self.best["row"]["loss"]):
+            self.best = {"row": row,
+                         "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
+        return row
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"criterion": self.criterion.state_dict(), "best": self.best}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.criterion.load_state_dict(state.get("criterion", {}))
+        self.best = state.get("best")
+
+    def final_checkpoint(self, model: torch.nn.Module, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if self.keep == "last":
+            return {**super().final_checkpoint(model, rows), "best_epoch": rows[-1]["epoch"]}
+        return {"state_dict": self.best["state_dict"], "best_epoch": self.best["row"]["epoch"]}
 
 
 def fit(
@@ -335,8 +195,8 @@ def fit(
     criterion: Criterion | None = None,
 ) -> dict:
     """Train ``model`` on ``dataset`` with AdamW (cosine learning-rate decay over all steps) and cross-entropy
-    (255 ignored) or another ``criterion``; write ``last.pt`` every epoch, then ``model.pt`` (see ``keep``) and
-    ``log.csv``.
+    (255 ignored) or another ``criterion``, on the training engine (:func:`unseg.training.engine.run_training`):
+    ``last.pt`` every epoch, then ``model.pt`` (see ``keep``) and ``log.csv``.
 
     Args:
         model: an untrained head (or :class:`~unseg.training.finetune.ImageSegmenter` over images); its token statistics
@@ -361,7 +221,6 @@ def fit(
     torch.manual_seed(seed)
     criterion = criterion or CrossEntropy()
     device_ = resolve_device(device)
-    autocast_dtype = torch.bfloat16 if device_.type == "cuda" else None
     statistics = statistics or scan(dataset, progress)
     model.set_statistics(statistics.mean, statistics.std)
     model.to(device_).train()
@@ -369,90 +228,17 @@ def fit(
     steps_per_epoch = -(-len(dataset) // batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    key = resume_key({**config, "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-                      "seed": seed, "keep": keep, "monitor": monitor.names if monitor else None}, statistics.digest)
-    start_epoch, rows, best = 0, [], None
-    last_path = out_dir / "last.pt"
-    state = load_resume_state(last_path, key)
-    if state is not None:
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["rng_state"])  # dropout draws as in an uninterrupted run
-        criterion.load_state_dict(state.get("criterion", {}))
-        start_epoch, rows, best = state["epoch"], state["log"], state["best"]
-
-    pin = device_.type == "cuda"
-    micro_batch = batch_size  # halved for the rest of the run when a batch runs out of GPU memory
-    for epoch in tqdm(range(start_epoch, epochs), desc=f"train {config.get('method', '')}", unit="epoch",
-                      disable=not progress):
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        criterion.set_epoch(epoch)
-        order = torch.randperm(len(dataset), generator=generator).tolist()
-        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=list, num_workers=workers,
-                                             pin_memory=pin)
-        total_loss, correct, counted = 0.0, 0, 0
-        term_totals = dict.fromkeys(criterion.log_fields, 0.0)
-        for items in loader:
-            targets = [target.to(device_, non_blocking=True) for _, target in items]
-            valid = sum(criterion.labelled(target) for target in targets)
-            criterion.start_step()
-            while True:
-                optimizer.zero_grad()
-                try:
-                    loss, step_correct, terms = accumulate_gradients(model, [tokens for tokens, _ in items], targets,
-                                                                     valid, micro_batch, device_, autocast_dtype,
-                                                                     criterion)
-                    break
-                except torch.cuda.OutOfMemoryError:
-                    # Halve the sub-batch and redo the step: the summed gradient is the same, only smaller pieces.
-                    if min(micro_batch, len(items)) <= 1:
-                        raise
-                    micro_batch = min(micro_batch, len(items)) // 2
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
-                    print(f"out of GPU memory on a training batch of {len(items)}: accumulating its gradient over "
-                          f"sub-batches of {micro_batch}", file=sys.stderr)
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss * valid
-            counted += valid
-            correct += step_correct
-            for key, value in terms.items():
-                term_totals[key] += value * valid
-        row = {"epoch": epoch + 1, "loss": total_loss / max(counted, 1),
-               "pseudo_label_accuracy": correct / max(counted, 1),
-               "monitor_miou": monitor_miou(model, monitor, config["num_classes"], device_, autocast_dtype)
-               if monitor is not None and len(monitor) else None,
-               **{key: total / max(counted, 1) for key, total in term_totals.items()}}
-        rows.append(row)
-        if keep == "lowest_loss" and (best is None or row["loss"] < best["row"]["loss"]):
-            best = {"row": row, "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        save_resume_state(last_path, key, {
-            "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(), "rng_state": torch.get_rng_state(), "epoch": epoch + 1, "log": rows,
-            "best": best, "config": dict(config), "criterion": criterion.state_dict()})
-
-    with atomic_output(out_dir / "log.csv") as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS + criterion.log_fields)
-            writer.writeheader()
-            writer.writerows(rows)
-    if keep == "last":
-        best = {"row": rows[-1], "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    with atomic_output(out_dir / "model.pt") as tmp:
-        save_checkpoint({"state_dict": best["state_dict"], "config": dict(config), "log": rows,
-                         "best_epoch": best["row"]["epoch"]}, tmp)
+    task = HeadTraining(model, dataset, criterion, generator, batch_size=batch_size, workers=workers, device=device_,
+                        keep=keep, monitor=monitor, num_classes=config["num_classes"])
+    settings = {**config, "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
+                "seed": seed, "keep": keep, "monitor": monitor.names if monitor else None}
+    rows = run_training(task, model, optimizer, out_dir, epochs=epochs, config=config, settings=settings,
+                        inputs_digest=statistics.digest, scheduler=scheduler, generator=generator,
+                        progress=progress, desc=f"train {config.get('method', '')}")
     if monitor is not None and len(monitor):
         print(f"monitor ({len(monitor)} held-out images, ground truth; not used for training or model choice): "
               f"mIoU {rows[-1]['monitor_miou']:.2f} after epoch {rows[-1]['epoch']}", file=sys.stderr)
-    return best["row"]
+    return rows[-1] if keep == "last" else task.best["row"]
 
 
 @dataclass(frozen=True)
@@ -751,62 +537,6 @@ def keep_head_only(model_path: Path) -> None:
     checkpoint["state_dict"] = {key.removeprefix("head."): value for key, value in checkpoint["state_dict"].items()}
     with atomic_output(model_path) as tmp:
         save_checkpoint(checkpoint, tmp)
-
-
-def is_teacher_student(method: str) -> bool:
-    """Whether the trainer ``method`` runs TransFGU's teacher-student rounds (registry attribute
-    ``teacher_student``): round r's labels bootstrap the initial pseudo-labels with round r-1's model
-    (:func:`unseg.stages.predict.bootstrap_labels`, no CRF) and its student starts afresh, not from round r-1's
-    weights."""
-    return method in REGISTRIES["train"] and bool(REGISTRIES["train"].get(method).attributes.get("teacher_student"))
-
-
-def check_teacher_student(settings: Mapping[str, Any], variant: str) -> None:
-    """Raise a ValueError naming ``train.{variant}.finetune_blocks`` when a teacher-student trainer
-    (``transfgu_bootstrap``) is asked to fine-tune the backbone in some round; other trainers pass."""
-    if not is_teacher_student(settings.get("method", "")):
-        return
-    method = REGISTRIES["train"].get(settings["method"])
-    for round_index in range(1, int(settings.get("rounds", 1)) + 1):
-        blocks = int(settings_of_round(settings, round_index).get("finetune_blocks", 0))
-        if blocks:
-            raise ValueError(f"train.{variant}.finetune_blocks: {method.name} trains its student on the stored "
-                             f"tokens; round {round_index} asks to fine-tune the ViT's last {blocks} block(s) (set 0)")
-
-
-# The variant's settings about its rounds, not about one round's training.
-ROUND_KEYS = ("rounds", "crf", "round_settings", "init_from_previous")
-
-
-def settings_of_round(settings: Mapping[str, Any], round_index: int, round_keys: Sequence[str] = ROUND_KEYS,
-                      ) -> dict[str, Any]:
-    """The settings one round trains with: the variant's, without the ``round_keys`` (settings of the rounds, not
-    of one round's training), with ``round_settings[r]`` on top.
-
-    Raises:
-        ValueError: ``round_index`` outside 1..rounds.
-    """
-    rounds = int(settings.get("rounds", 1))
-    if not 1 <= round_index <= rounds:
-        raise ValueError(f"round {round_index} does not exist: the variant trains rounds 1..{rounds} ('rounds')")
-    override = dict((settings.get("round_settings") or {}).get(str(round_index), {}))
-    return {**{key: value for key, value in settings.items() if key not in round_keys}, **override}
-
-
-def check_round_chain(settings: Mapping[str, Any], variant: str) -> None:
-    """Raise a ValueError naming ``train.{variant}.round_settings`` when a round that starts from the previous one
-    cannot: a fine-tuned round's model (backbone blocks and head) does not start a frozen-token round, nor one that
-    fine-tunes another number of blocks. (A frozen round does start a fine-tuning one: its head.)"""
-    if not settings.get("init_from_previous", True):
-        return
-    blocks = [int(settings_of_round(settings, r).get("finetune_blocks", 0))
-              for r in range(1, int(settings.get("rounds", 1)) + 1)]
-    for round_index in range(2, len(blocks) + 1):
-        previous, current = blocks[round_index - 2], blocks[round_index - 1]
-        if previous not in (0, current):
-            raise ValueError(f"train.{variant}.round_settings: round {round_index} (finetune_blocks {current}) starts "
-                             f"from round {round_index - 1}, which fine-tunes {previous} blocks; give both rounds the "
-                             "same finetune_blocks, or set init_from_previous: false")
 
 
 def run_train(

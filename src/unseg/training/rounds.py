@@ -1,0 +1,107 @@
+"""Self-training rounds: which settings round r of a variant trains with, and whether a chain of rounds can run.
+
+A variant with ``rounds: R`` trains R rounds, each its own artifact (``.../round{r}/``). Some of its settings are
+about the rounds, not about one round's training (:data:`ROUND_KEYS` of its stage): they are left out of a round's
+settings, and ``round_settings: {"r": {...}}`` overrides the rest for round r. One implementation serves the train
+stage (MaskDistill's CRF rounds, TransFGU's teacher-student rounds) and the instances stage (instance self-training),
+parameterised by the stage.
+
+This module imports no torch: the workflow (``workflow/rules/common.smk``) asks it about rounds while it builds the
+job graph. A trainer's ``teacher_student`` attribute is read from :data:`unseg.config.registry.REGISTRIES`, filled
+when the stage modules are imported (:func:`unseg.config.schema.load_methods`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from unseg.config.registry import REGISTRIES
+
+# Per stage, the variant's settings about its rounds, not about one round's training. The instances stage's merge
+# keys (how round r's targets merge round r-1's detections with the proposals) are its MERGE_KEYS.
+ROUND_KEYS: dict[str, tuple[str, ...]] = {
+    "train": ("rounds", "crf", "round_settings", "init_from_previous"),
+    "instances": ("rounds", "round_settings", "init_from_previous",
+                  "self_training_score", "self_training_iou", "keep_proposals", "rescore", "rescore_facet", "crf"),
+}
+
+# Per stage, the settings two consecutive rounds must share when the later one starts from the earlier one's model
+# (train: checked on finetune_blocks alone, see check_round_chain).
+CHAINED_KEYS: dict[str, tuple[str, ...]] = {"instances": ("method", "channels", "scales", "finetune_blocks")}
+
+
+def rounds_needed(settings: Mapping[str, Any]) -> list[int]:
+    """1..rounds of a variant (``rounds`` left out: one)."""
+    return list(range(1, int(settings.get("rounds", 1)) + 1))
+
+
+def round_settings(settings: Mapping[str, Any], round_index: int, round_keys: Sequence[str]) -> dict[str, Any]:
+    """The settings one round trains with: the variant's, without the ``round_keys``, with
+    ``round_settings[str(round_index)]`` on top.
+
+    Raises:
+        ValueError: ``round_index`` outside 1..rounds.
+    """
+    rounds = int(settings.get("rounds", 1))
+    if not 1 <= round_index <= rounds:
+        raise ValueError(f"round {round_index} does not exist: the variant trains rounds 1..{rounds} ('rounds')")
+    override = dict((settings.get("round_settings") or {}).get(str(round_index), {}))
+    return {**{key: value for key, value in settings.items() if key not in round_keys}, **override}
+
+
+def settings_of_round(settings: Mapping[str, Any], round_index: int, stage: str = "train") -> dict[str, Any]:
+    """The settings round ``round_index`` of a ``stage`` variant trains with (:func:`round_settings` with the
+    stage's :data:`ROUND_KEYS`).
+
+    Raises:
+        ValueError: ``round_index`` outside 1..rounds.
+    """
+    return round_settings(settings, round_index, ROUND_KEYS[stage])
+
+
+def check_round_chain(settings: Mapping[str, Any], variant: str, stage: str = "train") -> None:
+    """Raise a ValueError naming ``{stage}.{variant}.round_settings`` when a round that starts from the previous one
+    cannot.
+
+    train: a fine-tuned round's model (backbone blocks and head) does not start a frozen-token round, nor one that
+    fine-tunes another number of blocks (a frozen round does start a fine-tuning one: its head). instances: the
+    rounds' :data:`CHAINED_KEYS` (architecture, fine-tuned blocks) must be equal.
+    """
+    if not settings.get("init_from_previous", True):
+        return
+    rounds = [settings_of_round(settings, r, stage) for r in rounds_needed(settings)]
+    for index in range(1, len(rounds)):
+        if stage == "train":
+            previous, current = (int(rounds[i].get("finetune_blocks", 0)) for i in (index - 1, index))
+            if previous not in (0, current):
+                raise ValueError(f"train.{variant}.round_settings: round {index + 1} (finetune_blocks {current}) "
+                                 f"starts from round {index}, which fine-tunes {previous} blocks; give both rounds "
+                                 "the same finetune_blocks, or set init_from_previous: false")
+            continue
+        before = {key: rounds[index - 1].get(key) for key in CHAINED_KEYS[stage]}
+        after = {key: rounds[index].get(key) for key in CHAINED_KEYS[stage]}
+        if before != after:
+            raise ValueError(f"{stage}.{variant}.round_settings: round {index + 1} ({after}) starts from round "
+                             f"{index} ({before}); keep them equal or set init_from_previous: false")
+
+
+def is_teacher_student(method: str) -> bool:
+    """Whether the trainer ``method`` runs TransFGU's teacher-student rounds (registry attribute
+    ``teacher_student``): round r's labels bootstrap the initial pseudo-labels with round r-1's model
+    (:func:`unseg.stages.predict.bootstrap_labels`, no CRF) and its student starts afresh, not from round r-1's
+    weights."""
+    return method in REGISTRIES["train"] and bool(REGISTRIES["train"].get(method).attributes.get("teacher_student"))
+
+
+def check_teacher_student(settings: Mapping[str, Any], variant: str) -> None:
+    """Raise a ValueError naming ``train.{variant}.finetune_blocks`` when a teacher-student trainer
+    (``transfgu_bootstrap``) is asked to fine-tune the backbone in some round; other trainers pass."""
+    if not is_teacher_student(settings.get("method", "")):
+        return
+    method = REGISTRIES["train"].get(settings["method"])
+    for round_index in rounds_needed(settings):
+        blocks = int(settings_of_round(settings, round_index).get("finetune_blocks", 0))
+        if blocks:
+            raise ValueError(f"train.{variant}.finetune_blocks: {method.name} trains its student on the stored "
+                             f"tokens; round {round_index} asks to fine-tune the ViT's last {blocks} block(s) (set 0)")
