@@ -3,7 +3,9 @@ from unseg.core.io import read_json
 from unseg.config.variants import VariantError, check_variants, dataset_root, follow, generated_dataset_root, is_owned_path
 from unseg.config.variants import COMPARED_SECTION, resolve_chain
 from unseg.stages.train import check_round_chain, check_teacher_student, is_teacher_student, settings_of_round
-from unseg.stages import instances as instance_rounds
+from unseg.stages.instances import rounds as instance_rounds
+from unseg.stages.instances.targets import MERGE_KEYS as INSTANCE_MERGE_KEYS
+from unseg.stages.instances.training import reads_images as instance_training_reads_images
 from unseg.features.fused import fused_reader, fused_variants
 
 try:
@@ -415,7 +417,7 @@ def instances_targets_chain(wildcards):
     resolved["instances"][wildcards.variant] = {
         **instance_rounds.settings_of_round(settings, round_index - 1), "round": round_index - 1,
         "targets_of_round": round_index,
-        **{key: settings[key] for key in instance_rounds.MERGE_KEYS}}
+        **{key: settings[key] for key in INSTANCE_MERGE_KEYS}}
     return resolved
 
 
@@ -442,7 +444,7 @@ def instances_weights(prediction):
 
     def inputs(wildcards):
         settings = instances_round_settings(wildcards)
-        needed = settings.get("finetune_blocks") if prediction else instance_rounds.reads_images(settings)
+        needed = settings.get("finetune_blocks") if prediction else instance_training_reads_images(settings)
         return backbone_weights(settings["features"]) if needed else []
 
     return inputs
