@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from unseg.config.schema import variant_settings  # noqa: E402
 from unseg.data.index import image_paths, names_by_id, read_index  # noqa: E402
-from unseg.stages.instances import run_instances_predict, run_instances_train, settings_of_round  # noqa: E402
+from unseg.stages.instances.rounds import settings_of_round  # noqa: E402
+from unseg.stages.instances.stage import run_instances_predict, run_instances_train  # noqa: E402
 from unseg.stages.proposals import evaluate_proposals  # noqa: E402
 
 KEYS = ("AP", "AP50", "AP75", "AR1", "AR10", "AR100")
