@@ -30,7 +30,7 @@ from unseg.core.devices import resolve_device
 from unseg.core.geometry import LAYOUTS, resize_and_crop, resize_geometry
 from unseg.core.io import atomic_output, image_size, read_image
 from unseg.core.retry import in_halves_on_oom
-from unseg.features.backbones import create_backbone, get_backbone_spec, weights_digest
+from unseg.features.backbones import BackboneSpec, create_backbone, get_backbone_spec, weights_digest
 from unseg.features.crops import extract_crop_features
 from unseg.features.facets import forward_facets, parse_facet
 from unseg.features.preprocess import normalize_batch
@@ -210,66 +210,24 @@ def extract_features(
     images continues it (the batches written completely are kept), any other leftover is removed.
     """
     facets = tuple(facets)
-    computed = facets + tuple(facet for facet in dict.fromkeys(extra_facets) if facet not in facets)
-    if computed != facets and on_written is None:
-        raise ValueError(f"extra_facets {list(computed[len(facets):])}: computed only for on_written, which is unset")
-    for facet in computed:
-        parse_facet(facet)
-    if quantize not in QUANTIZE:
-        raise ValueError(f"quantize {quantize!r}: one of {list(QUANTIZE)}")
-    if compress not in COMPRESS:
-        raise ValueError(f"compress {compress!r}: one of {list(COMPRESS)}")
-    if len(set(facets)) != len(facets):
-        raise ValueError(f"facets {list(facets)} name one facet twice")
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose from {list(LAYOUTS)}")
-    if not (len(image_paths) == len(image_names) == len(image_ids)):
-        raise ValueError("image_paths, image_names and image_ids must have the same length")
+    computed = facets_to_compute(facets, extra_facets, on_written is not None)
+    check_extraction_inputs(image_paths, image_names, image_ids, quantize, compress, layout)
     device = str(resolve_device(device))
     on_cuda = device.startswith("cuda")
     model, spec = create_backbone(backbone, weights)
     model = model.to(device).eval()
-    num_blocks = len(model.blocks)
     for facet in computed:
-        parse_facet(facet, num_blocks)
+        parse_facet(facet, len(model.blocks))
     if len(set(map(str, image_names))) != len(image_names):
         raise ValueError("image names must be unique within a feature store")
-
     if image_sizes is None:  # read headers first: fail early, naming any unreadable file
         image_sizes = [image_size(path) for path in image_paths]
     elif len(image_sizes) != len(image_paths):
         raise ValueError("image_sizes must have one (height, width) per image")
-    index, count = shard if shard is not None else (0, 1)
-    batches = shard_batches(image_sizes, resolution, spec.patch_size, layout, batch_size, count)[index]
-    items: list[ImageItem] = []
-    loader_batches = []
-    for batch in batches:
-        loader_batches.append(list(range(len(items), len(items) + len(batch))))
-        items += [ImageItem(str(image_paths[p]), str(image_names[p]), int(image_ids[p]),
-                             resize_geometry(tuple(image_sizes[p]), resolution, spec.patch_size, layout))
-                  for p in batch]
-    attributes = dict(
-        backbone=backbone,
-        timm_name=spec.timm_name,
-        weights=str(weights),
-        weights_digest=weights_digest(weights),
-        resolution=resolution,
-        layout=layout,
-        patch_size=spec.patch_size,
-        embed_dim=spec.embed_dim,
-        num_heads=spec.num_heads,
-        num_blocks=num_blocks,
-        facets=list(facets),
-        num_images=len(items),
-        complete=False,
-        unseg_version=__version__,
-    )
-    if quantize is not None:  # float16 stores keep the attributes (and resume keys) they always had
-        attributes["quantize"] = quantize
-    if compress is not None:
-        attributes["compress"] = compress
-    if shard is not None:
-        attributes["shard"] = {"index": shard[0], "count": shard[1]}
+    items, loader_batches = plan_items(image_paths, image_names, image_ids, image_sizes, resolution, spec.patch_size,
+                                       layout, batch_size, shard)
+    attributes = store_attributes(backbone, weights, spec, len(model.blocks), resolution, layout, facets, len(items),
+                                  quantize, compress, shard)
     attributes["resume_key"] = _resume_key(attributes, items, image_digests)
 
     def resumable(leftover: Path) -> bool:  # a killed run of this very extraction, on the same images
@@ -280,23 +238,8 @@ def extract_features(
             return False
 
     with atomic_output(store_path, reuse=resumable) as tmp:
-        done = set()
-        if tmp.exists():
-            root = zarr.open_group(str(tmp), mode="r+")
-            done = {entry.name for entry in tmp.iterdir() if entry.is_dir() and (entry / "zarr.json").is_file()}
-        else:
-            root = zarr.open_group(str(tmp), mode="w")
-            root.attrs.update(attributes)
-        # A batch is redone whole unless all its images were written, so every image is computed in the same batch
-        # as in an uninterrupted run (identical numbers); what a killed writer left half-done is removed first.
-        pending = [batch for batch in loader_batches if not all(items[p].name in done for p in batch)]
-        for batch in pending:
-            for position in batch:
-                shutil.rmtree(Path(tmp) / items[position].name, ignore_errors=True)
+        root, pending = open_for_resume(Path(tmp), attributes, items, loader_batches)
         finished = len(items) - sum(len(batch) for batch in pending)
-        if finished:
-            print(f"features: resuming a killed run: {finished} of {len(items)} images already written",
-                  file=sys.stderr)
         workers = min(default_workers(threads) if workers is None else workers, len(pending))
         print(f"features: {workers} DataLoader workers decoding, torch threads {torch.get_num_threads()}",
               file=sys.stderr)
@@ -304,31 +247,16 @@ def extract_features(
             DecodedImages(items), batch_sampler=pending, num_workers=workers, pin_memory=on_cuda,
             prefetch_factor=4 if workers else None,
         )
+        writer = StoreWriter(Path(tmp), writers, max_pending=2 * max(1, writers), quantize=quantize,
+                             compress=compress, on_written=on_written, stored=facets)
         mean = torch.tensor(spec.mean, dtype=torch.float32, device=device)
         std = torch.tensor(spec.std, dtype=torch.float32, device=device)
-        writer = StoreWriter(Path(tmp), writers, max_pending=2 * max(1, writers), quantize=quantize,
-                         compress=compress, on_written=on_written, stored=facets)
         bar = tqdm(total=len(items), initial=finished, desc=f"features {backbone}", unit="img", disable=not progress)
         try:
             for batch_positions, pixels in loader:
                 batch_items = [items[p] for p in batch_positions.tolist()]
-                pixels = pixels.to(device, non_blocking=True)
-
-                def forward(positions: Sequence[int]) -> list[int]:
-                    # one sub-batch (all of it unless the GPU ran out of memory); written as soon as computed
-                    with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
-                        part = pixels if len(positions) == len(batch_items) else pixels[list(positions)]
-                        outputs = forward_facets(model, normalize_batch(part, mean, std),
-                                                 batch_items[0].geometry.grid_size, computed)
-                    host = copy_to_host(outputs, pinned=on_cuda, quantize=quantize)
-                    event = None
-                    if on_cuda:
-                        event = torch.cuda.Event()
-                        event.record()
-                    writer.submit([batch_items[p] for p in positions], host, event)
-                    return list(positions)
-
-                in_halves_on_oom(forward, list(range(len(batch_items))), "features batch")
+                forward_and_write(model, pixels.to(device, non_blocking=True), mean, std, batch_items, computed,
+                                  writer, quantize)
                 bar.update(len(batch_items))
         finally:
             try:
@@ -341,6 +269,132 @@ def extract_features(
         else:
             root.attrs["shard_written"] = True
     return Path(store_path)
+
+
+def facets_to_compute(facets: tuple[str, ...], extra_facets: Iterable[str], has_consumer: bool) -> tuple[str, ...]:
+    """The facets an extraction computes: the stored ``facets``, then the ``extra_facets`` not among them (computed
+    for the ``on_written`` consumer only). Raises a ValueError for an unknown or repeated facet, or extra facets
+    without a consumer."""
+    computed = facets + tuple(facet for facet in dict.fromkeys(extra_facets) if facet not in facets)
+    if computed != facets and not has_consumer:
+        raise ValueError(f"extra_facets {list(computed[len(facets):])}: computed only for on_written, which is unset")
+    for facet in computed:
+        parse_facet(facet)
+    if len(set(facets)) != len(facets):
+        raise ValueError(f"facets {list(facets)} name one facet twice")
+    return computed
+
+
+def check_extraction_inputs(image_paths: Sequence[str], image_names: Sequence[str], image_ids: Sequence[int],
+                            quantize: str | None, compress: str | None, layout: str) -> None:
+    """Raise a ValueError for a store setting that is not one of :data:`~unseg.features.store.QUANTIZE`,
+    :data:`~unseg.features.store.COMPRESS` or :data:`~unseg.core.geometry.LAYOUTS`, or image lists of different
+    lengths."""
+    if quantize not in QUANTIZE:
+        raise ValueError(f"quantize {quantize!r}: one of {list(QUANTIZE)}")
+    if compress not in COMPRESS:
+        raise ValueError(f"compress {compress!r}: one of {list(COMPRESS)}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {list(LAYOUTS)}")
+    if not (len(image_paths) == len(image_names) == len(image_ids)):
+        raise ValueError("image_paths, image_names and image_ids must have the same length")
+
+
+def plan_items(image_paths: Sequence[str], image_names: Sequence[str], image_ids: Sequence[int],
+               image_sizes: Sequence[tuple[int, int]], resolution: int, patch_size: int, layout: str, batch_size: int,
+               shard: tuple[int, int] | None) -> tuple[list[ImageItem], list[list[int]]]:
+    """The images one extraction (of shard ``shard`` = (i, n), or of all) computes, in batch order, and its batches
+    as positions in that list (:func:`shard_batches`)."""
+    index, count = shard if shard is not None else (0, 1)
+    batches = shard_batches(image_sizes, resolution, patch_size, layout, batch_size, count)[index]
+    items: list[ImageItem] = []
+    loader_batches = []
+    for batch in batches:
+        loader_batches.append(list(range(len(items), len(items) + len(batch))))
+        items += [ImageItem(str(image_paths[p]), str(image_names[p]), int(image_ids[p]),
+                            resize_geometry(tuple(image_sizes[p]), resolution, patch_size, layout))
+                  for p in batch]
+    return items, loader_batches
+
+
+def store_attributes(backbone: str, weights: str, spec: BackboneSpec, num_blocks: int, resolution: int, layout: str,
+                     facets: Sequence[str], num_images: int, quantize: str | None, compress: str | None,
+                     shard: tuple[int, int] | None) -> dict[str, Any]:
+    """The root attributes of a store being extracted (``complete`` false; the layout: :mod:`unseg.features.store`),
+    ``spec`` the backbone's."""
+    attributes = dict(
+        backbone=backbone,
+        timm_name=spec.timm_name,
+        weights=str(weights),
+        weights_digest=weights_digest(weights),
+        resolution=resolution,
+        layout=layout,
+        patch_size=spec.patch_size,
+        embed_dim=spec.embed_dim,
+        num_heads=spec.num_heads,
+        num_blocks=num_blocks,
+        facets=list(facets),
+        num_images=num_images,
+        complete=False,
+        unseg_version=__version__,
+    )
+    if quantize is not None:  # float16 stores keep the attributes (and resume keys) they always had
+        attributes["quantize"] = quantize
+    if compress is not None:
+        attributes["compress"] = compress
+    if shard is not None:
+        attributes["shard"] = {"index": shard[0], "count": shard[1]}
+    return attributes
+
+
+def open_for_resume(folder: Path, attributes: Mapping[str, Any], items: Sequence[ImageItem],
+                    loader_batches: Sequence[list[int]]) -> tuple[zarr.Group, list[list[int]]]:
+    """The root group of the store being written in ``folder`` (a new one with ``attributes``, or what a killed run of
+    the same extraction left) and the batches still to compute.
+
+    A batch is redone whole unless all its images were written, so every image is computed in the same batch as in
+    an uninterrupted run (identical numbers); what a killed writer left half-done is removed first.
+    """
+    done = set()
+    if folder.exists():
+        root = zarr.open_group(str(folder), mode="r+")
+        done = {entry.name for entry in folder.iterdir() if entry.is_dir() and (entry / "zarr.json").is_file()}
+    else:
+        root = zarr.open_group(str(folder), mode="w")
+        root.attrs.update(attributes)
+    pending = [batch for batch in loader_batches if not all(items[p].name in done for p in batch)]
+    for batch in pending:
+        for position in batch:
+            shutil.rmtree(folder / items[position].name, ignore_errors=True)
+    finished = len(items) - sum(len(batch) for batch in pending)
+    if finished:
+        print(f"features: resuming a killed run: {finished} of {len(items)} images already written", file=sys.stderr)
+    return root, pending
+
+
+def forward_and_write(model: torch.nn.Module, pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                      batch_items: Sequence[ImageItem], facets: Sequence[str], writer: StoreWriter,
+                      quantize: str | None) -> None:
+    """Compute one batch's ``facets`` from its (B, 3, Hc, Wc) uint8 ``pixels`` on the model's device (normalised by
+    the backbone's (3,) float32 ``mean`` and ``std`` on that device; bfloat16 autocast on CUDA) and hand them to
+    ``writer``; a batch that runs out of GPU memory is computed in halves (:func:`unseg.core.retry.in_halves_on_oom`),
+    each written as soon as computed."""
+    on_cuda = pixels.device.type == "cuda"
+
+    def forward(positions: Sequence[int]) -> list[int]:
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
+            part = pixels if len(positions) == len(batch_items) else pixels[list(positions)]
+            outputs = forward_facets(model, normalize_batch(part, mean, std), batch_items[0].geometry.grid_size,
+                                     facets)
+        host = copy_to_host(outputs, pinned=on_cuda, quantize=quantize)
+        event = None
+        if on_cuda:
+            event = torch.cuda.Event()
+            event.record()
+        writer.submit([batch_items[p] for p in positions], host, event)
+        return list(positions)
+
+    in_halves_on_oom(forward, list(range(len(batch_items))), "features batch")
 
 
 def _resume_key(attributes: Mapping[str, Any], items: Sequence[ImageItem], image_digests: Sequence[str] | None) -> str:
