@@ -10,7 +10,7 @@ Usage (from the project root, on any store the workflow wrote)::
 
     .venv/bin/python benchmarks/bench_codecs.py results/horses/features/dinov2-s14.zarr --images 64
 
-The features stage itself writes uncompressed chunks (:func:`unseg.features.extract.zarr_array_metadata`); this script
+The features stage itself writes uncompressed chunks (:func:`unseg.features.store.zarr_array_metadata`); this script
 is
 the measurement behind that choice (docs/benchmarks.md, "Storage: codecs").
 """
@@ -46,7 +46,7 @@ def write_images(folder: Path, images: list[dict[str, np.ndarray]], compressors,
     import zarr
     from zarr.codecs import FixedScaleOffset
 
-    from unseg.features.extract import quantize_uint8
+    from unseg.features.store import quantize_uint8
 
     root = zarr.open_group(str(folder), mode="w")
     for index, arrays in enumerate(images):

@@ -38,16 +38,15 @@ from unseg.core.geometry import resize_and_crop, resize_geometry  # noqa: E402
 from unseg.core.io import image_size, read_image  # noqa: E402
 from unseg.features.backbones import create_backbone  # noqa: E402
 from unseg.features.extract import (  # noqa: E402
-    _DecodedImages,
-    _ImageItem,
-    _to_host,
-    _Writer,
+    DecodedImages,
+    copy_to_host,
     default_workers,
     extract_features,
-    forward_facets,
-    normalize_batch,
     shard_batches,
 )
+from unseg.features.facets import forward_facets  # noqa: E402
+from unseg.features.preprocess import normalize_batch  # noqa: E402
+from unseg.features.store import ImageItem, StoreWriter  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -105,12 +104,12 @@ def profile_parts(args, model, spec, paths, sizes, batches_of_positions, batches
     or a temp dir)."""
     on_cuda = device.startswith("cuda")
     geometries = [resize_geometry(size, args.resolution, spec.patch_size, args.layout) for size in sizes]
-    items = [_ImageItem(path, f"img{p}", p + 1, geometries[p]) for p, path in enumerate(paths)]
+    items = [ImageItem(path, f"img{p}", p + 1, geometries[p]) for p, path in enumerate(paths)]
     count = len(paths)
     rates = {}
 
     workers = default_workers() if args.workers is None else args.workers
-    loader = torch.utils.data.DataLoader(_DecodedImages(items), batch_sampler=batches_of_positions,
+    loader = torch.utils.data.DataLoader(DecodedImages(items), batch_sampler=batches_of_positions,
                                          num_workers=workers, pin_memory=on_cuda,
                                          prefetch_factor=4 if workers else None)
     start = time.perf_counter()
@@ -136,21 +135,21 @@ def profile_parts(args, model, spec, paths, sizes, batches_of_positions, batches
 
     # Each batch's host copy is dropped once the next is issued, as the stage's writers drop theirs: the pinned
     # buffers are then reused (keeping them all would time page pinning, not the copy).
-    _to_host(outputs[0], pinned=on_cuda, quantize=args.quantize)  # warm-up: the pinned buffers
+    copy_to_host(outputs[0], pinned=on_cuda, quantize=args.quantize)  # warm-up: the pinned buffers
     synchronize(device)
     start = time.perf_counter()
     for output in outputs:
-        host = _to_host(output, pinned=on_cuda, quantize=args.quantize)
+        host = copy_to_host(output, pinned=on_cuda, quantize=args.quantize)
         synchronize(device)
     rates["D2H copy" if args.quantize is None else "quantize + D2H copy"] = count / (time.perf_counter() - start)
     largest = max(range(len(outputs)), key=lambda b: len(batches_of_positions[b]))
-    largest_host = _to_host(outputs[largest], pinned=on_cuda, quantize=args.quantize)
+    largest_host = copy_to_host(outputs[largest], pinned=on_cuda, quantize=args.quantize)
     synchronize(device)
     del host, outputs
 
     store_dir = Path(tempfile.mkdtemp(prefix="bench_writes_", dir=args.store_dir))
     try:
-        writer = _Writer(store_dir, args.writers, max_pending=2 * max(1, args.writers), quantize=args.quantize,
+        writer = StoreWriter(store_dir, args.writers, max_pending=2 * max(1, args.writers), quantize=args.quantize,
                          compress=args.compress)
         start = time.perf_counter()
         for positions in batches_of_positions:

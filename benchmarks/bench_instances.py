@@ -46,14 +46,10 @@ def main() -> None:
     from unseg.core.io import read_json
     from unseg.data.index import image_paths, names_by_id, read_index
     from unseg.features.store import FeatureStore
-    from unseg.stages.instances import (
-        InstanceDataset,
-        build_instance_model,
-        detect_instances,
-        detection_losses,
-        reads_images,
-        token_tensor,
-    )
+    from unseg.stages.instances.data import InstanceDataset
+    from unseg.stages.instances.detect import detect_instances
+    from unseg.stages.instances.training import build_instance_model, detection_losses, reads_images
+    from unseg.training.data import token_tensor
 
     load_methods()
     results = Path(args.results)

@@ -34,7 +34,7 @@ def repeated_store(store: Path, labels: Path, times: int, work: Path) -> tuple[P
     out_store, out_labels = work / f"x{times}.zarr", work / f"x{times}-labels"
     if out_store.exists():
         return out_store, out_labels
-    from unseg.features.extract import _link_tree
+    from unseg.features.store import link_tree
 
     shutil.rmtree(out_labels, ignore_errors=True)
     out_labels.mkdir(parents=True)
@@ -47,7 +47,7 @@ def repeated_store(store: Path, labels: Path, times: int, work: Path) -> tuple[P
     (tmp / "zarr.json").write_text(json.dumps(root))
     for group in groups:
         for copy in range(times):
-            _link_tree(group, tmp / f"{group.name}-r{copy}")
+            link_tree(group, tmp / f"{group.name}-r{copy}")
             os.link(labels / f"{group.name}.png", out_labels / f"{group.name}-r{copy}.png")
     tmp.rename(out_store)
     return out_store, out_labels

@@ -46,22 +46,12 @@ from torchvision.ops import box_iou
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unseg.core.geometry import resize_and_crop  # noqa: E402
-from unseg.core.io import (  # noqa: E402
-    decode_rle,
-    read_image,  # noqa: E402
-    read_json,
-)
+from unseg.core.io import decode_rle, read_json  # noqa: E402
 from unseg.data.index import image_paths, read_index  # noqa: E402
 from unseg.features.store import FeatureStore  # noqa: E402
-from unseg.stages.instances import (  # noqa: E402
-    FRAME_STRIDE,
-    detect_instances,
-    frame_colours,
-    frame_targets,
-    load_instance_model,
-    masks_in_frame,
-)
+from unseg.stages.instances.detect import detect_instances, load_instance_model  # noqa: E402
+from unseg.stages.instances.model import FRAME_STRIDE  # noqa: E402
+from unseg.stages.instances.targets import frame_targets, masks_in_frame  # noqa: E402
 from unseg.training.data import token_tensor  # noqa: E402
 
 THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -77,18 +67,14 @@ def recall_over_thresholds(best: np.ndarray) -> float:
     return float(np.mean([(best >= threshold).mean() for threshold in THRESHOLDS]))
 
 
-def head_in_own_boxes(model, config: dict, store: FeatureStore, name: str, targets: dict[str, torch.Tensor],
-                       image_path: str) -> tuple[np.ndarray, np.ndarray]:
+def head_in_own_boxes(model, config: dict, store: FeatureStore, name: str,
+                      targets: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
     """(N,) mean BCE and (N,) M x M IoU of the mask head on each of one image's ``targets`` (:func:`frame_targets`
     of its proposals: ``boxes`` and ``masks`` in the model frame), each read in its own box."""
-    geometry = store.geometry(name)
     boxes = targets["boxes"]
     with torch.no_grad():
         tokens, sizes = model.encode([token_tensor(store, name, config["facet"])[0]])
         features = model.pyramid(tokens)
-        if getattr(model, "detail", None) is not None:
-            colours = frame_colours(resize_and_crop(read_image(image_path), geometry), geometry.grid_size)
-            features = model.detail(features, colours[None])
         heads = model.roi_heads
         logits = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, [boxes], sizes)))[:, 1]
     wanted = project_masks_on_boxes(targets["masks"], boxes, torch.arange(len(boxes)), logits.shape[-1])
@@ -126,7 +112,6 @@ def main() -> None:
         every_proposal.setdefault(int(proposal["image_id"]), []).append(proposal)
         if args.target_source == "any" or proposal.get("source") == args.target_source:
             targets.setdefault(int(proposal["image_id"]), []).append(proposal)
-    paths = image_paths(index)
     kinds = ("a target", "same box as a target (IoU > 0.8)", "the other proposals")
     by_kind: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
 
@@ -152,7 +137,7 @@ def main() -> None:
         proposals = [p for p, present in zip(proposals, in_frame.flatten(1).any(1).tolist()) if present]
         if proposals:
             frame = frame_targets(in_frame)
-            loss, cells = head_in_own_boxes(model, config, store, name, frame, paths[name])
+            loss, cells = head_in_own_boxes(model, config, store, name, frame)
             is_target = np.array([args.target_source == "any" or p.get("source") == args.target_source
                                   for p in proposals])
             boxes = frame["boxes"]

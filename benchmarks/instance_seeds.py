@@ -26,8 +26,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from unseg.config.schema import variant_settings  # noqa: E402
 from unseg.data.index import image_paths, names_by_id, read_index  # noqa: E402
-from unseg.stages.instances import run_instances_predict, run_instances_train, settings_of_round  # noqa: E402
+from unseg.stages.instances.stage import run_instances_predict, run_instances_train  # noqa: E402
 from unseg.stages.proposals import evaluate_proposals  # noqa: E402
+from unseg.training.rounds import settings_of_round  # noqa: E402
 
 KEYS = ("AP", "AP50", "AP75", "AR1", "AR10", "AR100")
 
@@ -62,7 +63,7 @@ def main() -> None:
     print(f"{args.variant} round {args.round} of {results}, seeds {args.seeds} -> {out}")
     print("seed  " + "  ".join(f"{key:>6s}" for key in KEYS))
     for seed in args.seeds:
-        settings = {**settings_of_round(variant, args.round), "seed": seed}
+        settings = {**settings_of_round(variant, args.round, "instances"), "seed": seed}
         folder = out / f"seed-{seed}"
         folder.mkdir(parents=True, exist_ok=True)
         run_instances_train(store, targets, names_by_id(index), folder, settings, image_paths=paths,

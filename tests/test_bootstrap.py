@@ -15,8 +15,7 @@ import unseg.training.rounds as rounds_module
 from unseg.core.geometry import grid_to_image, resize_geometry
 from unseg.core.io import read_json, read_label_png, write_label_png
 from unseg.core.provenance import file_digest
-from unseg.features.extract import write_derived_store
-from unseg.features.store import FeatureStore
+from unseg.features.store import FeatureStore, write_derived_store
 from unseg.stages.predict import bootstrap_labels, load_model
 from unseg.stages.train import run_train
 from unseg.training.bootstrap import (

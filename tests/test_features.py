@@ -9,7 +9,8 @@ from PIL import Image
 
 from unseg.core.geometry import grid_to_image, image_to_grid, resize_geometry
 from unseg.features.backbones import BACKBONES, create_backbone
-from unseg.features.extract import extract_features, forward_facets
+from unseg.features.extract import extract_features
+from unseg.features.facets import forward_facets
 from unseg.features.store import FeatureStore
 
 
@@ -67,7 +68,7 @@ def test_store_round_trip_is_lazy_and_complete(tmp_path):
     # The stored keys equal a direct forward in float16 precision.
     model, spec = create_backbone("dino_vits16", "random")
     from unseg.core.io import read_image
-    from unseg.features.extract import preprocess_image
+    from unseg.features.preprocess import preprocess_image
 
     direct = forward_facets(
         model, preprocess_image(read_image(paths[1]), store.geometry("b"), spec.mean, spec.std)[None], (2, 3)
@@ -311,7 +312,7 @@ def test_sharded_workflow_replans_only_the_edited_shard(tmp_path):
 def test_direct_writer_metadata_is_what_zarr_writes(tmp_path):
     import zarr
 
-    from unseg.features.extract import zarr_array_metadata
+    from unseg.features.store import zarr_array_metadata
 
     for shape in [(3, 4, 5), (7,)]:
         data = np.arange(np.prod(shape), dtype=np.float16).reshape(shape)
@@ -327,7 +328,7 @@ def test_the_8_bit_writer_metadata_and_codes_are_what_zarr_writes_and_decodes(tm
     import zarr
     from zarr.codecs import FixedScaleOffset
 
-    from unseg.features.extract import quantize_uint8, zarr_array_metadata
+    from unseg.features.store import quantize_uint8, zarr_array_metadata
 
     data = (np.random.default_rng(0).normal(size=(3, 4, 5)) * 3).astype(np.float16)
     codes, offset, scale = quantize_uint8(data)
@@ -352,7 +353,7 @@ def test_the_8_bit_writer_metadata_and_codes_are_what_zarr_writes_and_decodes(tm
 
 
 def test_quantizing_a_batch_on_the_device_gives_exactly_the_reference_codes_offsets_and_scales():
-    from unseg.features.extract import quantize_uint8, quantize_uint8_rows
+    from unseg.features.store import quantize_uint8, quantize_uint8_rows
 
     rows = (np.random.default_rng(1).normal(size=(4, 7, 9, 5)) * [[[[3.0]]], [[[0.01]]], [[[200.0]]], [[[1.0]]]])
     rows = rows.astype(np.float16)
@@ -368,7 +369,7 @@ def test_quantizing_a_batch_on_the_device_gives_exactly_the_reference_codes_offs
 
 
 def test_a_uint8_store_decodes_to_the_reference_quantization_of_the_float16_store(tmp_path):
-    from unseg.features.extract import quantize_uint8
+    from unseg.features.store import quantize_uint8
 
     paths = write_images(tmp_path, [(40, 40), (40, 60), (40, 40)])
     names = ["a", "b", "c"]
@@ -392,7 +393,7 @@ def test_the_zstd_writer_metadata_and_chunks_are_what_zarr_writes_and_decodes(tm
     import zarr
     from zarr.codecs import FixedScaleOffset, ZstdCodec
 
-    from unseg.features.extract import _compressor, quantize_uint8, zarr_array_metadata
+    from unseg.features.store import chunk_compressor, quantize_uint8, zarr_array_metadata
 
     data = (np.random.default_rng(0).normal(size=(6, 4, 5)) * 3).astype(np.float16)
     codes, offset, scale = quantize_uint8(data)
@@ -409,7 +410,7 @@ def test_the_zstd_writer_metadata_and_chunks_are_what_zarr_writes_and_decodes(tm
         assert json.loads((tmp_path / f"z.zarr/{name}/zarr.json").read_text()) == metadata
         # our chunk, under zarr's own metadata: zarr decodes it to the data (8 bits: within half a step)
         (tmp_path / f"z.zarr/{name}/c/0/0/0").parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / f"z.zarr/{name}/c/0/0/0").write_bytes(_compressor("zstd").encode(payload))
+        (tmp_path / f"z.zarr/{name}/c/0/0/0").write_bytes(chunk_compressor("zstd").encode(payload))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             decoded = zarr.open_array(str(tmp_path / f"z.zarr/{name}"))[...]

@@ -204,14 +204,14 @@ def test_a_slow_consumer_holds_the_extraction_back_instead_of_piling_up_batches(
     import threading
     import time
 
-    import unseg.features.extract as features
+    import unseg.features.store as store_module
     from unseg.features.extract import extract_features
 
     paths = [str(tmp_path / f"{i}.png") for i in range(12)]
     for path in paths:
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
     lock, counts, ahead = threading.Lock(), {"written": 0, "consumed": 0}, []
-    real_write = features._write_image
+    real_write = store_module.write_image
 
     def counting_write(*args, **kwargs):
         real_write(*args, **kwargs)
@@ -224,7 +224,7 @@ def test_a_slow_consumer_holds_the_extraction_back_instead_of_piling_up_batches(
         with lock:
             counts["consumed"] += len(items)
 
-    monkeypatch.setattr(features, "_write_image", counting_write)
+    monkeypatch.setattr(store_module, "write_image", counting_write)
     extract_features(paths, [f"i{i}" for i in range(12)], list(range(1, 13)), tmp_path / "s.zarr",
                      backbone="dino_vits16", weights="random", resolution=32, facets=["keys"], batch_size=1,
                      workers=0, writers=1, progress=False, on_written=slow_consumer)

@@ -14,15 +14,16 @@ from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import maskrcnn_loss
 from torchvision.ops import roi_align
 
-import unseg.stages.instances as instances_module
+import unseg.stages.instances.training as instance_training
 from unseg.core.geometry import boxes_to_frame, boxes_to_original, mask_in_frame, resize_geometry
 from unseg.core.io import decode_rle, encode_rle, write_json
-from unseg.features.extract import extract_features, write_derived_store
-from unseg.features.store import FeatureStore
-from unseg.stages.instance_model import (
+from unseg.features.extract import extract_features
+from unseg.features.store import FeatureStore, write_derived_store
+from unseg.stages.instances.data import InstanceDataset
+from unseg.stages.instances.detect import crf_window, paste_detections, refine_detections, rescore_by_coherence
+from unseg.stages.instances.model import (
     FRAME_STRIDE,
     DropLossRoIHeads,
-    ImageDetail,
     SimpleFeaturePyramid,
     build_mask_rcnn,
     cells_in_boxes,
@@ -30,20 +31,18 @@ from unseg.stages.instance_model import (
     colour_similarities,
     drop_loss,
     pairwise_colour_loss,
-    projection_loss,
     rgb_to_lab,
 )
-from unseg.stages.instances import (
+from unseg.stages.instances.report import write_rounds_report
+from unseg.stages.instances.stage import run_instances_predict, run_instances_train
+from unseg.stages.instances.targets import (
     boxes_of_masks,
     copy_paste,
     frame_targets,
     masks_in_frame,
     merge_round_targets,
-    paste_detections,
-    run_instances_predict,
-    run_instances_train,
-    write_rounds_report,
 )
+from unseg.stages.instances.training import build_instance_model
 
 from helpers import variant
 
@@ -201,21 +200,6 @@ def test_rgb_to_lab_matches_the_cie_reference_values():
     assert torch.allclose(lab, expected, atol=0.05)
 
 
-def test_the_projection_loss_sees_only_the_masks_axis_maxima():
-    # target: an L shape inside rows 0-1 and columns 0-1 of a 4 x 4 grid; its projections are those of the 2 x 2 box
-    target = torch.zeros(1, 4, 4)
-    target[0, 0, 0:2] = 1
-    target[0, 1, 0] = 1
-    box = torch.full((1, 4, 4), -30.0)
-    box[0, 0:2, 0:2] = 30.0
-    assert projection_loss(box, target).item() == pytest.approx(0.0, abs=1e-6)  # same projections, other interior
-    shifted = torch.full((1, 4, 4), -30.0)
-    shifted[0, 1:3, 1:3] = 30.0  # projections [0, 1, 1, 0] against [1, 1, 0, 0] on both axes: Dice 1 - 2/4 each
-    assert projection_loss(shifted, target).item() == pytest.approx(1.0, abs=1e-5)
-    half = torch.zeros(1, 4, 4)  # p = 0.5 everywhere: Dice = 1 - 2 * 1 / (4 * 0.25 + 2) = 1/3 per axis
-    assert projection_loss(half, target).item() == pytest.approx(2 / 3, abs=1e-6)
-
-
 def test_colour_similarities_are_exp_of_the_lab_distance_and_zero_off_the_grid():
     colours = torch.zeros(1, 3, 3, 3)
     colours[0, 0, :, 2] = 4.0  # the right column 4 L-units lighter
@@ -270,7 +254,7 @@ def test_cells_in_boxes_tests_each_cell_centre():
     assert cells[1].nonzero().tolist() == [[0, 2], [0, 3], [1, 2], [1, 3]]
 
 
-def test_the_colour_mask_losses_compose_their_terms_in_each_region():
+def test_the_pairwise_mask_loss_adds_the_colour_term_to_mask_rcnns_in_each_region():
     torch.manual_seed(0)
     masks = torch.zeros(1, 32, 32, dtype=torch.uint8)
     masks[0, 8:24, 8:20] = 1
@@ -278,28 +262,21 @@ def test_the_colour_mask_losses_compose_their_terms_in_each_region():
     target = {"masks": masks, "boxes": torch.tensor([[8.0, 8.0, 20.0, 24.0]]), "colours": colours}
     regions = [torch.tensor([[4.0, 4.0, 28.0, 28.0], [8.0, 8.0, 20.0, 24.0]])]
     logits = torch.randn(2, 2, 8, 8)
-    loss = colour_mask_loss(logits, regions, [target], [torch.tensor([0, 0])], "projection", pairwise_weight=0.5)
-    hybrid = colour_mask_loss(logits, regions, [target], [torch.tensor([0, 0])], "mask_pairwise",
-                              pairwise_weight=0.5)
-    # the same by hand: the mask and the colours sampled in each region by RoI-Align, the box's cells by centre
-    from torchvision.ops import roi_align
-    mask_targets = torch.stack([roi_align(masks[None].float(), [regions[0][i:i + 1]], (8, 8), 1.0)[0, 0]
-                                for i in range(2)])
+    loss = colour_mask_loss(logits, regions, [target], [torch.tensor([0, 0])], pairwise_weight=0.5)
+    # the same by hand: Mask R-CNN's own loss of these regions, plus the pairwise term on the colours sampled in each
+    # region by RoI-Align, the box's cells by centre
+    plain = maskrcnn_loss(logits, regions, [masks], [torch.ones(1, dtype=torch.int64)], [torch.tensor([0, 0])])
     sampled = roi_align(colours[None], [regions[0]], (8, 8), 1.0)
     in_box = cells_in_boxes(regions[0], target["boxes"].expand(2, 4), 8)
-    expected = projection_loss(logits[:, 1], mask_targets) + 0.5 * pairwise_colour_loss(
-        logits[:, 1], colour_similarities(sampled), in_box)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    pairwise = pairwise_colour_loss(logits[:, 1], colour_similarities(sampled), in_box)
     assert in_box[1].all() and not in_box[0].all()
-    # mask_pairwise: Mask R-CNN's own loss of these regions plus the same pairwise term
-    plain = maskrcnn_loss(logits, regions, [masks], [torch.ones(1, dtype=torch.int64)], [torch.tensor([0, 0])])
-    pairwise = expected - projection_loss(logits[:, 1], mask_targets)
-    assert hybrid.item() == pytest.approx((plain + pairwise).item(), rel=1e-5)
+    assert pairwise.item() > 0
+    assert loss.item() == pytest.approx((plain + 0.5 * pairwise).item(), rel=1e-5)
 
 
-def test_the_roi_heads_train_the_mask_head_with_the_weak_loss():
+def test_the_roi_heads_train_the_mask_head_with_the_pairwise_loss():
     torch.manual_seed(0)
-    model = build_mask_rcnn(16, channels=8, scales=(1, 0.5), rois_per_image=16, mask_loss="projection")
+    model = build_mask_rcnn(16, channels=8, scales=(1, 0.5), rois_per_image=16, mask_loss="mask_pairwise")
     heads: DropLossRoIHeads = model.roi_heads
     heads.train()
     features = OrderedDict((name, torch.randn(1, 8, size, size)) for name, size in (("0", 8), ("1", 4)))
@@ -310,53 +287,19 @@ def test_the_roi_heads_train_the_mask_head_with_the_weak_loss():
     loss = heads(features, proposals, [(128, 128)], [target])[1]["loss_mask"]
     loss.backward()
     assert loss.item() > 0 and heads.mask_predictor.mask_fcn_logits.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="mask_loss"):
-        build_mask_rcnn(16, channels=8, mask_loss="boxes")
+    for removed in ("boxes", "projection"):
+        with pytest.raises(ValueError, match="mask_loss"):
+            build_mask_rcnn(16, channels=8, mask_loss=removed)
 
 
-def test_image_detail_starts_as_the_token_only_model_and_adds_local_detail_at_each_stride():
-    torch.manual_seed(0)
-    detail = ImageDetail(8, [4, 8, 16], width=4)
-    features = OrderedDict((str(i), torch.randn(1, 8, 32 // stride, 32 // stride))
-                           for i, stride in enumerate((4, 8, 16)))
-    features["pool"] = torch.randn(1, 8, 1, 1)
-    colours = torch.rand(1, 3, 32, 32) * 100
-    start = detail(features, colours)
-    for name in ("0", "1", "2"):  # zero-initialised projections: exactly the token-only pyramid
-        assert torch.equal(start[name], features[name])
-    for projection in detail.projections:
-        torch.nn.init.normal_(projection.weight)
-    before = detail(features, colours)
-    changed = colours.clone()
-    changed[..., :8, :8] += 50  # the top-left 8 x 8 frame pixels
-    after = detail(features, changed)
-    # two 3x3 stride-2 convolutions: stride-4 cell j sees frame pixels 4j-3 .. 4j+3, so cells 0-2 see the change
-    # and cell 3 does not; at stride 8 (cells of two) cells 0 and 1 do; at stride 16 cell 0 only
-    for name, stride, touched in (("0", 4, 3), ("1", 8, 2), ("2", 16, 1)):
-        difference = (after[name] - before[name]).abs().sum(dim=1)[0]
-        assert (difference[:touched, :touched] > 0).all(), name
-        assert difference[touched:].abs().max() == 0 and difference[:, touched:].abs().max() == 0, name
-    assert torch.equal(after["pool"], torch.nn.functional.max_pool2d(after["2"], 1, 2))
-    with pytest.raises(ValueError, match="multiple of 4"):
-        ImageDetail(8, [2, 4], width=4)
-    model = build_mask_rcnn(16, channels=8, scales=(1, 0.5), rois_per_image=16, detail_channels=4).eval()
-    with pytest.raises(ValueError, match="colours"):
-        model([torch.randn(16, 4, 4)])
-    assert model([torch.randn(16, 4, 4)], colours=[torch.rand(3, 64, 64)])[0]["boxes"].shape[1] == 4
-
-
-def test_mask_level_finest_reads_every_region_from_the_finest_level():
-    torch.manual_seed(0)
-    features = OrderedDict((str(i), torch.randn(1, 8, 256 // stride, 256 // stride))
-                           for i, stride in enumerate((4, 8, 16)))
-    box = [torch.tensor([[8.0, 8.0, 248.0, 248.0]])]  # 240 px: FPN's Eq. 1 puts it at stride 16
-    finest = build_mask_rcnn(16, channels=8, scales=(4, 2, 1), mask_level="finest").roi_heads.mask_roi_pool
-    by_size = build_mask_rcnn(16, channels=8, scales=(4, 2, 1)).roi_heads.mask_roi_pool
-    expected = {stride: roi_align(features[name], box, 14, 1 / stride, 2) for name, stride in (("0", 4), ("2", 16))}
-    assert torch.allclose(finest(features, box, [(256, 256)]), expected[4])
-    assert torch.allclose(by_size(features, box, [(256, 256)]), expected[16])
-    with pytest.raises(ValueError, match="mask_level"):
-        build_mask_rcnn(16, channels=8, mask_level="coarsest")
+def test_a_checkpoint_trained_with_a_removed_setting_is_refused_by_name():
+    config = {"embed_dim": 16, "reads_images": False, "channels": 8, "scales": [1.0, 0.5], "rois_per_image": 16,
+              "detections_per_image": 10, "min_score": 0.05, "drop_iou": 0.01, "mask_loss": "mask"}
+    assert build_instance_model({**config, "detail_channels": 0, "mask_level": "by_size"}).roi_heads is not None
+    for removed, pattern in (({"detail_channels": 8}, "detail_channels"), ({"mask_level": "finest"}, "mask_level"),
+                             ({"mask_loss": "projection"}, "projection")):
+        with pytest.raises(ValueError, match=pattern):
+            build_instance_model({**config, **removed})
 
 
 def square(size: int, top: int, left: int, side: int) -> np.ndarray:
@@ -473,45 +416,26 @@ def assert_top_detections_recover(detections: list[dict], names_by_id: dict[int,
         assert (found & masks[name]).sum() / (found | masks[name]).sum() >= 0.7, name
 
 
-def test_the_weak_mask_loss_learns_the_planted_objects_from_their_colours(planted, tmp_path):
-    # mask_loss: projection sees only the pseudo-masks' projections and the images' colours (the squares are bright
-    # on a dark background): the objects are still recovered, and the loss needs the images
+def test_the_pairwise_mask_loss_reads_the_images_colours_and_learns_the_planted_objects(planted, tmp_path):
+    # mask_loss: mask_pairwise adds a term on the images' colours (the squares are bright on a dark background): the
+    # loss needs the images, and the objects are recovered
     store, paths, masks = planted
-    settings = variant("instances", **TINY_MODEL, steps=120, mask_loss="projection")
+    settings = variant("instances", **TINY_MODEL, steps=120, mask_loss="mask_pairwise")
     names_by_id = {1: "img0", 2: "img1"}
     with pytest.raises(ValueError, match="mask_loss other than 'mask' read"):
         run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path, settings, progress=False)
     run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path, settings, image_paths=paths,
                         progress=False)
     checkpoint = torch.load(tmp_path / "model.pt", weights_only=False)
-    assert checkpoint["config"]["mask_loss"] == "projection" and not checkpoint["config"]["reads_images"]
+    assert checkpoint["config"]["mask_loss"] == "mask_pairwise" and not checkpoint["config"]["reads_images"]
     run_instances_predict(tmp_path / "model.pt", store, ["img0", "img1"], tmp_path / "instances.json",
                           progress=False, rescore="none")
     assert_top_detections_recover(json.loads((tmp_path / "instances.json").read_text()), names_by_id, masks)
-    dataset = instances_module.InstanceDataset(store, "tokens", {name: [] for name in masks}, paths,
+    dataset = InstanceDataset(store, "tokens", {name: [] for name in masks}, paths,
                                                reads_images=False, colours=True)
     tokens, targets = dataset[0]
     assert tokens.shape == (8, 6, 6) and targets["colours"].shape == (3, 96, 96)
     assert targets["colours"][0, 40, 40] > 80 > 20 > targets["colours"][0, 2, 2]  # L of the square, of the noise
-
-
-def test_a_model_with_image_detail_trains_and_detects_on_the_images(planted, tmp_path):
-    store, paths, masks = planted
-    settings = variant("instances", **TINY_MODEL, steps=120, detail_channels=8)
-    names_by_id = {1: "img0", 2: "img1"}
-    with pytest.raises(ValueError, match="detail_channels"):
-        run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path, settings, progress=False)
-    run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path, settings, image_paths=paths,
-                        progress=False)
-    checkpoint = torch.load(tmp_path / "model.pt", weights_only=False)
-    assert checkpoint["config"]["detail_channels"] == 8 and not checkpoint["config"]["reads_images"]
-    # the detail was learnt: its projections left their zero start
-    assert all(checkpoint["state_dict"][f"detail.projections.{i}.weight"].abs().sum() > 0 for i in range(3))
-    with pytest.raises(ValueError, match="detail_channels"):
-        run_instances_predict(tmp_path / "model.pt", store, ["img0"], tmp_path / "none.json", progress=False)
-    run_instances_predict(tmp_path / "model.pt", store, ["img0", "img1"], tmp_path / "instances.json", paths,
-                          progress=False, rescore="none")
-    assert_top_detections_recover(json.loads((tmp_path / "instances.json").read_text()), names_by_id, masks)
 
 
 def test_an_interrupted_training_resumes_to_the_same_weights(planted, tmp_path, monkeypatch):
@@ -520,7 +444,7 @@ def test_an_interrupted_training_resumes_to_the_same_weights(planted, tmp_path, 
     names_by_id = {1: "img0", 2: "img1"}
     run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path / "whole", settings,
                         progress=False)
-    real = instances_module.detection_losses
+    real = instance_training.detection_losses
     calls = {"n": 0}
 
     def dies_at_step_five(*args, **kwargs):
@@ -529,12 +453,12 @@ def test_an_interrupted_training_resumes_to_the_same_weights(planted, tmp_path, 
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(instances_module, "detection_losses", dies_at_step_five)
+    monkeypatch.setattr(instance_training, "detection_losses", dies_at_step_five)
     with pytest.raises(KeyboardInterrupt):
         run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path / "killed", settings,
                             progress=False)
     assert torch.load(tmp_path / "killed/last.pt", weights_only=False)["step"] == 3
-    monkeypatch.setattr(instances_module, "detection_losses", real)
+    monkeypatch.setattr(instance_training, "detection_losses", real)
     run_instances_train(store, store.parent / "proposals.json", names_by_id, tmp_path / "killed", settings,
                         progress=False)
     whole = torch.load(tmp_path / "whole/model.pt", weights_only=False)["state_dict"]
@@ -573,7 +497,7 @@ def test_coherence_rescoring_ranks_a_merge_of_two_unlike_regions_below_a_single_
     merged = np.zeros((64, 64), dtype=bool)
     merged[0:32, 0:64] = True  # the top half: half "a", half "b"
     detections = [{"segmentation": rle(single), "score": 0.9}, {"segmentation": rle(merged), "score": 0.95}]
-    rescored = instances_module.rescore_by_coherence(detections, unit, geometry)
+    rescored = rescore_by_coherence(detections, unit, geometry)
     # coherence = |mean unit vector|^2: 1 for the single block, (0.5^2 + 0.5^2) = 0.5 for the merge
     assert [det["coherence"] for det in rescored] == [1.0, 0.5]
     assert [det["score"] for det in rescored] == [0.9, 0.475]
@@ -583,10 +507,10 @@ def test_coherence_rescoring_ranks_a_merge_of_two_unlike_regions_below_a_single_
 def test_the_crf_window_is_the_box_grown_within_the_image():
     mask = np.zeros((100, 200), dtype=bool)
     mask[40:60, 10:90] = True  # 20 x 80: grown by max(16, 0.25 x 80 = 20) px, clipped at the left edge
-    assert instances_module.crf_window(mask) == (slice(20, 80), slice(0, 110))
+    assert crf_window(mask) == (slice(20, 80), slice(0, 110))
     small = np.zeros((100, 200), dtype=bool)
     small[50, 100] = True
-    assert instances_module.crf_window(small) == (slice(34, 67), slice(84, 117))
+    assert crf_window(small) == (slice(34, 67), slice(84, 117))
 
 
 def test_crf_refinement_snaps_a_coarse_detection_to_the_object():
@@ -596,7 +520,7 @@ def test_crf_refinement_snaps_a_coarse_detection_to_the_object():
     truth = square(64, 20, 16, 24)
     coarse = np.zeros((64, 64), dtype=bool)
     coarse[14:50, 10:46] = True  # the object with a 6-px halo, as a token-level mask upsampled
-    refined = instances_module.refine_detections([{"segmentation": rle(coarse), "score": 0.8}], image)
+    refined = refine_detections([{"segmentation": rle(coarse), "score": 0.8}], image)
     mask = decode_rle(refined[0]["segmentation"])
 
     def iou(a, b):
@@ -615,7 +539,7 @@ def test_augmented_training_runs_the_vit_on_pasted_images_and_detects_from_the_s
     checkpoint = torch.load(tmp_path / "model.pt", weights_only=False)
     assert checkpoint["config"]["reads_images"] and not any(
         key.startswith("backbone.backbone.") for key in checkpoint["state_dict"])  # the frozen ViT is not saved
-    dataset = instances_module.InstanceDataset(base, "tokens", {name: json.loads(
+    dataset = InstanceDataset(base, "tokens", {name: json.loads(
         (store.parent / "proposals.json").read_text())[index:index + 1] for index, name in enumerate(masks)}, paths,
         {"copy_paste": 1.0, "hflip": 0.0, "copy_paste_scale": [0.5, 0.5]})
     plain, plain_targets = dataset[0]

@@ -162,7 +162,8 @@ def test_masked_crop_cls_clusters_the_candidates_by_their_own_pixels(tmp_path):
 
     from unseg.core.io import encode_rle
     from unseg.features.backbones import create_backbone
-    from unseg.features.extract import extract_features, normalize_batch
+    from unseg.features.extract import extract_features
+    from unseg.features.preprocess import normalize_batch
     from unseg.stages.pseudolabels import MaskedCropEncoder, masked_crop
 
     rng = np.random.default_rng(3)

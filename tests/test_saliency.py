@@ -116,7 +116,7 @@ def planted_teacher(batch):
 def planted_head_store(tiny_store, tmp_path_factory):
     """tiny_store's three images with planted 4-d keys (few noise channels to overfit) on their 6 x 6 grids, the
     object box differs per image."""
-    from unseg.features.extract import write_derived_store
+    from unseg.features.store import write_derived_store
 
     base = FeatureStore(tiny_store[0])
     boxes = {"a": np.s_[1:4, 1:4], "b": np.s_[2:5, 2:6], "c": np.s_[0:3, 3:6]}

@@ -103,7 +103,7 @@ def tiny_vit(seed: int = 0):
 
 def test_the_cls_path_through_the_last_block_is_the_model_s():
     """The last block run for the CLS token alone gives the model's CLS token and CLS attention row."""
-    from unseg.features.extract import forward_facets
+    from unseg.features.facets import forward_facets
 
     model = tiny_vit()
     images = torch.randn(2, 3, 32, 32)

@@ -26,11 +26,12 @@ from helpers import training
 CHILD = """
 import sys, time
 import unseg.features.extract as features
-real_write = features._write_image
+import unseg.features.store as store
+real_write = store.write_image
 def slow_write(*args):
     real_write(*args)
     time.sleep(float(sys.argv[3]))
-features._write_image = slow_write
+store.write_image = slow_write
 folder, store = sys.argv[1], sys.argv[2]
 names = [f"img{i:02d}" for i in range(16)]
 features.extract_features([f"{folder}/{name}.png" for name in names], names, list(range(1, 17)), store,

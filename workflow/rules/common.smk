@@ -2,8 +2,9 @@
 from unseg.core.io import read_json
 from unseg.config.variants import VariantError, check_variants, dataset_root, follow, generated_dataset_root, is_owned_path
 from unseg.config.variants import COMPARED_SECTION, resolve_chain
+from unseg.training.rounds import MERGE_KEYS as INSTANCE_MERGE_KEYS
 from unseg.training.rounds import check_round_chain, check_teacher_student, is_teacher_student, settings_of_round
-from unseg.stages import instances as instance_rounds
+from unseg.stages.instances.training import reads_images as instance_training_reads_images
 from unseg.features.fused import fused_reader, fused_variants
 
 try:
@@ -40,7 +41,7 @@ try:
         check_round_chain(_settings, _variant)
         check_teacher_student(_settings, _variant)
     for _variant, _settings in config["instances"].items():
-        instance_rounds.check_round_chain(_settings, _variant)
+        check_round_chain(_settings, _variant, "instances")
 except ValueError as error:
     raise WorkflowError(f"config error: {error}")
 DATASET = config["dataset"]["name"]
@@ -396,7 +397,7 @@ def mask_folder_listing(settings):
 # Instance self-training rounds (instances.smk).
 def instances_round_settings(wildcards):
     """Params function: the settings of this instances round (the variant's, with its round_settings override)."""
-    return instance_rounds.settings_of_round(config["instances"][wildcards.variant], int(wildcards.round))
+    return settings_of_round(config["instances"][wildcards.variant], int(wildcards.round), "instances")
 
 
 def instances_round_chain(wildcards):
@@ -413,9 +414,9 @@ def instances_targets_chain(wildcards):
     resolved = resolve_chain(config, "instances", wildcards.variant)
     settings = config["instances"][wildcards.variant]
     resolved["instances"][wildcards.variant] = {
-        **instance_rounds.settings_of_round(settings, round_index - 1), "round": round_index - 1,
+        **settings_of_round(settings, round_index - 1, "instances"), "round": round_index - 1,
         "targets_of_round": round_index,
-        **{key: settings[key] for key in instance_rounds.MERGE_KEYS}}
+        **{key: settings[key] for key in INSTANCE_MERGE_KEYS}}
     return resolved
 
 
@@ -442,7 +443,7 @@ def instances_weights(prediction):
 
     def inputs(wildcards):
         settings = instances_round_settings(wildcards)
-        needed = settings.get("finetune_blocks") if prediction else instance_rounds.reads_images(settings)
+        needed = settings.get("finetune_blocks") if prediction else instance_training_reads_images(settings)
         return backbone_weights(settings["features"]) if needed else []
 
     return inputs

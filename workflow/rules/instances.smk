@@ -10,7 +10,7 @@ rule instances_targets:
         PATHS["instances_targets"],
     params:
         settings=lambda wildcards: {key: config["instances"][wildcards.variant][key]
-                                    for key in instance_rounds.MERGE_KEYS},
+                                    for key in INSTANCE_MERGE_KEYS},
         chain=instances_targets_chain,
     threads: 1
     log:

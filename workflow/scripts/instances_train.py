@@ -2,7 +2,7 @@ from pathlib import Path
 
 from unseg.core.jobs import stage_job
 from unseg.data.index import image_paths, names_by_id, read_index
-from unseg.stages.instances import run_instances_train
+from unseg.stages.instances.stage import run_instances_train
 
 with stage_job(snakemake) as job:
     run_instances_train(job.input.features, job.input.targets, names_by_id(read_index(job.input.index)),

@@ -174,7 +174,7 @@ def image_to_grid(mask: np.ndarray, grid: tuple[int, int] | ResizeGeometry) -> n
 def frame_transform(geometry: ResizeGeometry, patch_size: int, pixels_per_token: int) -> tuple[float, float, float,
                                                                                                 float]:
     """The affine map from original pixel coordinates to a frame in which every token is ``pixels_per_token``
-    pixels wide (``patch_size``: the ViT's input; 16: the instance model's frame, :mod:`unseg.stages.instance_model`).
+    pixels wide (``patch_size``: the ViT's input; 16: the instance model's frame, :mod:`unseg.stages.instances.model`).
 
     Returns:
         (scale_y, offset_y, scale_x, offset_x): frame = original · scale + offset, for pixel edges and centres alike

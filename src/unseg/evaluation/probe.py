@@ -37,7 +37,7 @@ __all__ = ["upsample_grid", "linear_probe", "kmeans_evaluation", "object_kmeans_
 def upsample_grid(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(C, h, w) grid values → (C, H, W) float32 at pixel resolution ``size`` = (H, W), bilinearly.
 
-    Cell centres sit at patch centres: :func:`unseg.features.extract.grid_to_image` for a plain resize (no crop).
+    Cell centres sit at patch centres: :func:`unseg.core.geometry.grid_to_image` for a plain resize (no crop).
     """
     values = np.asarray(values, dtype=np.float32)
     size = (int(size[0]), int(size[1]))

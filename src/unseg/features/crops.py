@@ -28,7 +28,11 @@ from tqdm.auto import tqdm
 
 from unseg import __version__
 from unseg.core.devices import resolve_device
-from unseg.core.io import atomic_output, read_image
+from unseg.core.geometry import resize_geometry
+from unseg.core.io import atomic_output, image_size, read_image
+from unseg.features.backbones import create_backbone, weights_digest
+from unseg.features.facets import forward_facets
+from unseg.features.store import ImageItem, write_image
 
 CROP_FACETS = ("crop_cls", "crop_boxes")
 
@@ -109,11 +113,6 @@ def extract_crop_features(
         crops: ``scales``, ``step`` and optionally ``resolution`` (the crop side at the backbone's input).
         batch_size: crops per forward pass.
     """
-    from unseg.core.geometry import resize_geometry
-    from unseg.core.io import image_size
-    from unseg.features.backbones import create_backbone, weights_digest
-    from unseg.features.extract import _ImageItem, _write_image, forward_facets
-
     device_ = resolve_device(device)
     model, spec = create_backbone(backbone, weights)
     model = model.to(device_).eval()
@@ -144,8 +143,8 @@ def extract_crop_features(
                 with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
                     tokens.append(forward_facets(model, batch.to(device_), grid, ["cls"])["cls"].float().cpu())
             fractions = boxes.astype(np.float32) / np.array([width, height, width, height], dtype=np.float32)
-            item = _ImageItem(str(path), str(name), int(image_id),
+            item = ImageItem(str(path), str(name), int(image_id),
                               resize_geometry(tuple(size), resolution, spec.patch_size, layout))
-            _write_image(Path(tmp), item, {"crop_cls": torch.cat(tokens).numpy(), "crop_boxes": fractions})
+            write_image(Path(tmp), item, {"crop_cls": torch.cat(tokens).numpy(), "crop_boxes": fractions})
         root.attrs["complete"] = True
     return Path(store_path)

@@ -12,10 +12,9 @@ Artifact, one folder per shard (``features/{variant}.shards/{shard}.fused``)::
     saliency/{saliency variant}/   the shard's {image name}.png maps
 
 The features, masks and saliency rules join the shards into the very artifacts the unfused stages write: the methods
-see the values the store holds (:func:`unseg.features.extract.stored_values`), in the batches the stages form from the
-joined
-store (runs of its ``order.json``, :meth:`unseg.features.store.FeatureStore.name_batches`); a CPU test asserts byte
-equality.
+see the values the store holds (:func:`unseg.features.store.stored_values`), in the batches the stages form from the
+joined store (runs of its ``order.json``, :meth:`unseg.features.store.FeatureStore.name_batches`); a CPU test
+asserts byte equality.
 """
 
 from __future__ import annotations
@@ -28,7 +27,8 @@ import numpy as np
 
 from unseg.config.registry import REGISTRIES
 from unseg.core.io import atomic_output, read_json, write_json
-from unseg.features.extract import _link_tree
+from unseg.features.extract import run_features
+from unseg.features.store import link_tree
 from unseg.stages.masks import batch_mask_results
 from unseg.stages.saliency import batch_soft_maps, finished_soft_map, save_soft_map
 
@@ -160,7 +160,6 @@ def run_fused_shard(
         variants: :func:`fused_variants` of the variant.
     """
     from unseg.data.index import image_paths
-    from unseg.features.extract import run_features
 
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
@@ -198,5 +197,5 @@ def join_fused_saliency(shard_dirs: Sequence[str | Path], variant: str, out_dir:
             if not maps.is_dir():
                 raise FileNotFoundError(f"fused shard {str(folder)!r} holds no saliency maps of variant "
                                         f"{variant!r}")
-            _link_tree(maps, tmp)
+            link_tree(maps, tmp)
     return Path(out_dir)

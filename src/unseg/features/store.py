@@ -1,4 +1,6 @@
-"""Reading a feature store: the zarr v3 layout written by :mod:`unseg.features.extract`, one lazy view per store.
+"""The feature store: the zarr v3 layout of ``features/{variant}.zarr``, its reader (:class:`FeatureStore`, one lazy
+view per store) and its writer (:func:`write_image`, :class:`StoreWriter`, :func:`write_derived_store`), which
+:mod:`unseg.features.extract` and :mod:`unseg.features.crops` write through.
 
 Store layout (``features/{variant}.zarr``)::
 
@@ -17,28 +19,44 @@ Store layout (``features/{variant}.zarr``)::
 
 Each image's arrays are single chunks, so reading one image touches only that image's files. A store extracted
 with ``quantize: uint8`` keeps each array as 8-bit codes over its own range (root attribute ``quantize``), which zarr
-decodes back to float16. A store whose
-``complete`` attribute is false (an interrupted extraction, a shard not yet joined) is refused.
+decodes back to float16. A store whose ``complete`` attribute is false (an interrupted extraction, a shard not yet
+joined) is refused.
 
 ``order.json`` (not a zarr node) lists the images in the order they were extracted, one run per shard
 (``{"runs": [[name, ...], ...]}``): the stages reading the store batch images along it
 (:meth:`FeatureStore.name_batches`), so a job that computes masks while extracting one shard
-(:mod:`unseg.features.fused`)
-forms the very batches the masks stage forms from the joined store.
+(:mod:`unseg.features.fused`) forms the very batches the masks stage forms from the joined store.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import shutil
+import threading
 import warnings
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 import zarr
+from tqdm.auto import tqdm
 
+from unseg import __version__
 from unseg.core.geometry import ResizeGeometry
+from unseg.core.io import atomic_output
 
 ORDER_FILE = "order.json"
+# (zarr's numcodecs.fixedscaleoffset codec, so any zarr reader decodes them back to float16).
+QUANTIZE = (None, "uint8")
+# How a store may compress each chunk: not at all (None), or zstd at level 1, zarr v3's own codec (docs/benchmarks.md,
+# "Storage: codecs": on 8-bit codes 23 % fewer bytes for a 24 % slower read; on float16 only 7 %).
+COMPRESS = {None: None, "zstd": {"name": "zstd", "configuration": {"level": 1, "checksum": False}}}
 
 
 def order_batches(runs: list[list[str]], size: int) -> list[list[str]]:
@@ -47,7 +65,8 @@ def order_batches(runs: list[list[str]], size: int) -> list[list[str]]:
 
 
 class FeatureStore:
-    """Lazy, read-only view of a complete feature store written by :func:`extract_features`/:func:`assemble_shards`.
+    """Lazy, read-only view of a complete feature store written by
+    :func:`~unseg.features.extract.extract_features` / :func:`~unseg.features.extract.assemble_shards`.
 
     Reading one image's facet loads only that image's chunk.
     """
@@ -117,3 +136,263 @@ class FeatureStore:
 
     def image_id(self, name: str) -> int:
         return int(self.root[name].attrs["image_id"])
+
+
+# ------------------------------------------------------------------------------------------------------------ writing
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image of an extraction: its file ``path`` ("" for a store derived from another), its group ``name`` in
+    the store, its ``image_id`` and the resize/crop ``geometry`` of the ViT's input."""
+
+    path: str
+    name: str
+    image_id: int
+    geometry: ResizeGeometry
+
+
+def quantize_uint8(array: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """8-bit codes of one array over its own range: (codes uint8 of ``array``'s shape, offset, scale), decoded as
+    ``codes / scale + offset`` (numcodecs' FixedScaleOffset), so every value is within half a step,
+    (max − min) / 510, of the original. A constant array gets scale 1. The reference of
+    :func:`quantize_uint8_rows`, which the stage runs on the device."""
+    values = np.asarray(array, dtype=np.float64)
+    offset = float(values.min()) if values.size else 0.0
+    spread = float(values.max()) - offset if values.size else 0.0
+    scale = 255.0 / spread if spread > 0 else 1.0
+    codes = np.clip(np.round((values - offset) * scale), 0, 255).astype(np.uint8)
+    return codes, offset, scale
+
+
+def quantize_uint8_rows(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`quantize_uint8` of every row of a batch at once, on the batch's device, in the same float64
+    arithmetic (so the codes, offsets and scales are exactly the reference's).
+
+    Args:
+        batch: (B, ...) float tensor (float16 values: what the float16 store would hold).
+
+    Returns:
+        codes (B, ...) uint8, offset (B,) float64, scale (B,) float64.
+    """
+    values = batch.to(torch.float64)
+    rows = values.reshape(len(values), -1)
+    offset = rows.amin(dim=1)
+    spread = rows.amax(dim=1) - offset
+    scale = torch.where(spread > 0, 255.0 / spread.clamp(min=torch.finfo(torch.float64).tiny), 1.0)
+    shape = (-1,) + (1,) * (values.dim() - 1)
+    codes = torch.round((values - offset.view(shape)) * scale.view(shape)).clamp_(0, 255).to(torch.uint8)
+    return codes, offset, scale
+
+
+@dataclass(frozen=True)
+class QuantizedArray:
+    """One array as 8-bit ``codes`` that decode as ``codes / scale + offset`` (:func:`quantize_uint8`)."""
+
+    codes: np.ndarray
+    offset: float
+    scale: float
+
+
+def zarr_array_metadata(shape: Sequence[int], offset_scale: tuple[float, float] | None = None,
+                        compress: str | None = None) -> dict:
+    """zarr v3 metadata of an uncompressed float16 array stored as one chunk (what ``zarr.create_array`` writes);
+    with ``offset_scale``, stored as 8-bit codes through the ``numcodecs.fixedscaleoffset`` codec (what
+    ``zarr.create_array(..., filters=[FixedScaleOffset(offset, scale, dtype="<f2", astype="|u1")])`` writes); with
+    ``compress="zstd"``, the chunk compressed by zarr's zstd codec at level 1 (``compressors=[ZstdCodec(level=1)]``)."""
+    codecs = [{"name": "bytes", "configuration": {"endian": "little"}}]
+    if COMPRESS[compress] is not None:
+        codecs.append(COMPRESS[compress])
+    if offset_scale is not None:
+        codecs.insert(0, {"name": "numcodecs.fixedscaleoffset",
+                          "configuration": {"offset": offset_scale[0], "scale": offset_scale[1], "dtype": "<f2",
+                                            "astype": "|u1"}})
+    return {
+        "shape": list(shape),
+        "data_type": "float16",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(shape)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0.0,
+        "codecs": codecs,
+        "attributes": {},
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
+
+
+@functools.lru_cache(maxsize=256)
+def _float16_metadata_text(shape: tuple[int, ...], compress: str | None) -> str:
+    """The zarr.json text of a float16 array (the same for every image of a grid size: written, not rebuilt)."""
+    return json.dumps(zarr_array_metadata(shape, compress=compress))
+
+
+def write_image(folder: Path, item: ImageItem, arrays: Mapping[str, np.ndarray | QuantizedArray],
+                 quantize: str | None = None, compress: str | None = None) -> None:
+    """One image's group as plain zarr v3 files: group metadata, and per facet its metadata and single chunk
+    (float16; a :class:`QuantizedArray`, or with ``quantize="uint8"`` any array, as 8-bit codes over the array's own
+    range, :func:`quantize_uint8`; with ``compress="zstd"`` the chunk zstd-compressed, as zarr's ZstdCodec does).
+
+    Written directly rather than through zarr's API, whose per-node overhead (~5 ms) would make the writer, not
+    the model, the bottleneck on a GPU; :func:`zarr_array_metadata` is tested against what zarr itself writes. The
+    arrays' own buffers go to the files (no copy into bytes), so the threads writing them hold the GIL little.
+    """
+    geometry = item.geometry
+    group = folder / item.name
+    group.mkdir()
+    attributes = {
+        "image_id": int(item.image_id),
+        "original_size": list(geometry.original_size),
+        "resized_size": list(geometry.resized_size),
+        "crop_box": list(geometry.box),
+        "grid_size": list(geometry.grid_size),
+    }
+    for facet, array in arrays.items():
+        if quantize == "uint8" and not isinstance(array, QuantizedArray):
+            array = QuantizedArray(*quantize_uint8(array))
+        if isinstance(array, QuantizedArray):
+            shape = array.codes.shape
+            metadata = json.dumps(zarr_array_metadata(shape, (array.offset, array.scale), compress))
+            payload = np.ascontiguousarray(array.codes, dtype=np.uint8)
+        else:
+            shape = np.shape(array)
+            metadata = _float16_metadata_text(tuple(shape), compress)
+            payload = np.ascontiguousarray(array, dtype="<f2")
+        chunk = group / facet / "c" / Path(*["0"] * len(shape))
+        chunk.parent.mkdir(parents=True)
+        (group / facet / "zarr.json").write_text(metadata)
+        chunk.write_bytes(chunk_compressor(compress).encode(payload) if compress
+                          else payload.reshape(-1).view(np.uint8))
+    # The group's metadata last: an image directory without it is one a killed writer did not finish.
+    (group / "zarr.json").write_text(json.dumps({"attributes": attributes, "zarr_format": 3, "node_type": "group"}))
+
+
+@functools.lru_cache(maxsize=None)
+def chunk_compressor(compress: str):
+    """The numcodecs codec behind zarr v3's codec of that name (ZstdCodec wraps numcodecs.Zstd)."""
+    from numcodecs import Zstd
+
+    return Zstd(level=COMPRESS[compress]["configuration"]["level"])
+
+
+class StoreWriter:
+    """Writes images on background threads while the model computes the next batch (bounded backlog).
+
+    On CUDA the device → pinned-host copies are issued asynchronously by the caller; a writer thread waits on the
+    batch's event before touching the host buffers.
+    """
+
+    def __init__(self, folder: Path, threads: int, max_pending: int, quantize: str | None = None,
+                 compress: str | None = None, on_written: Callable | None = None,
+                 stored: Sequence[str] | None = None):
+        self.folder = folder
+        self.stored = None if stored is None else set(stored)  # None: every facet it is given
+        self.quantize = quantize
+        self.compress = compress
+        self.pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="feature-writer")
+        self.pending: list[Future] = []  # touched by the calling thread only
+        self.slots = threading.BoundedSemaphore(max(1, max_pending))
+        self.on_written = on_written
+        # one thread, fed in batch order: the consumer sees the batches in the order they were extracted
+        self.consumer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feature-consumer") \
+            if on_written is not None else None
+
+    def submit(self, items: Sequence[ImageItem], host: dict[str, torch.Tensor], event=None) -> None:
+        self.slots.acquire()
+        for future in self.pending:
+            if future.done():
+                future.result()  # re-raise a writer (or consumer) error in the calling thread
+        self.pending = [future for future in self.pending if not future.done()]
+        written = self.pool.submit(self._write_batch, items, host, event)
+        self.pending.append(written)
+        if self.consumer is not None:
+            self.pending.append(self.consumer.submit(self._consume, items, written))
+
+    def _consume(self, items, written: Future) -> None:
+        try:
+            self.on_written(items, written.result())
+        finally:
+            self.slots.release()  # with a consumer, a batch holds its slot until consumed: a bounded backlog
+
+    def _write_batch(self, items, host, event) -> list[dict[str, np.ndarray]]:
+        try:
+            if event is not None:
+                event.synchronize()
+            arrays = {facet: tuple(part.numpy() for part in value) if isinstance(value, tuple) else value.numpy()
+                      for facet, value in host.items()}
+
+            def row_of(value, row: int):  # a tuple is (codes, offsets, scales) quantized on the device
+                if isinstance(value, tuple):
+                    return QuantizedArray(value[0][row], float(value[1][row]), float(value[2][row]))
+                return value[row]
+
+            rows = []
+            for row, item in enumerate(items):
+                image = {facet: row_of(value, row) for facet, value in arrays.items()}
+                kept = image if self.stored is None else {f: a for f, a in image.items() if f in self.stored}
+                write_image(self.folder, item, kept, self.quantize, self.compress)
+                if self.on_written is not None:
+                    rows.append({facet: stored_values(array, self.quantize) for facet, array in image.items()})
+            return rows
+        finally:
+            if self.consumer is None:
+                self.slots.release()
+
+    def close(self) -> None:
+        try:
+            for future in self.pending:
+                future.result()
+        finally:
+            self.pool.shutdown(wait=True)
+            if self.consumer is not None:
+                self.consumer.shutdown(wait=True)
+
+
+def stored_values(array: np.ndarray | QuantizedArray, quantize: str | None = None) -> np.ndarray:
+    """An array as :meth:`FeatureStore.facet` will read it back from the store: float32 of the float16 values, or of
+    the 8-bit codes decoded as zarr decodes them (numcodecs' FixedScaleOffset: codes / scale + offset in float64,
+    then float16)."""
+    if quantize == "uint8" and not isinstance(array, QuantizedArray):
+        array = QuantizedArray(*quantize_uint8(array))
+    if isinstance(array, QuantizedArray):
+        return (array.codes / array.scale + array.offset).astype(np.float16).astype(np.float32)
+    return np.asarray(array, dtype=np.float16).astype(np.float32)
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """Recreate ``source``'s files under ``target`` as hard links (a copy where the filesystem refuses links)."""
+    for folder, _, files in os.walk(source):
+        destination = target / Path(folder).relative_to(source)
+        destination.mkdir(parents=True, exist_ok=True)
+        for file in files:
+            try:
+                os.link(Path(folder) / file, destination / file)
+            except OSError:  # another filesystem, or links not allowed
+                shutil.copy2(Path(folder) / file, destination / file)
+
+
+def write_derived_store(
+    store_path: str | Path,
+    base: FeatureStore,
+    attributes: Mapping[str, Any],
+    arrays_of: Callable[[str], Mapping[str, np.ndarray]],
+    progress: bool = True,
+    desc: str = "derived features",
+) -> Path:
+    """A feature store of new facets computed from another store's images (e.g. learned embeddings), atomically.
+
+    Every image of ``base`` keeps its id and geometry; ``arrays_of(name)`` gives its facets ((h, w, D) grids, stored
+    float16). The root attributes are ``base``'s (backbone, resolution, patch size, ...) updated by ``attributes``
+    (which must name the ``facets``); ``complete`` is set last.
+    """
+    inherited = {key: value for key, value in base.attrs.items()
+                 if key not in ("complete", "resume_key", "shard", "shard_written", "shards")}
+    with atomic_output(store_path) as tmp:
+        root = zarr.open_group(str(tmp), mode="w")
+        root.attrs.update({**inherited, **dict(attributes), "complete": False, "unseg_version": __version__})
+        for name in tqdm(base.names, desc=desc, unit="img", disable=not progress):
+            item = ImageItem("", name, base.image_id(name), base.geometry(name))
+            write_image(Path(tmp), item, dict(arrays_of(name)))
+        root.attrs["num_images"] = len(base.names)
+        root.attrs["complete"] = True
+    return Path(store_path)

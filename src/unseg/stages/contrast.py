@@ -48,8 +48,8 @@ from unseg.core.devices import resolve_device
 from unseg.core.geometry import labels_at_input, resize_and_crop
 from unseg.core.io import read_image, read_saliency
 from unseg.features.backbones import get_backbone_spec
-from unseg.features.extract import normalize_batch, preprocess_image, write_derived_store
-from unseg.features.store import FeatureStore
+from unseg.features.preprocess import normalize_batch, preprocess_image
+from unseg.features.store import FeatureStore, write_derived_store
 from unseg.training.data import TokenLabelDataset, augment_pair, item_seed, token_tensor
 from unseg.training.engine import TrainingTask, autocast, run_training
 from unseg.training.finetune import ImageSegmenter, load_store_backbone

@@ -48,7 +48,7 @@ from unseg.core.io import (
     write_json,
     write_label_png,
 )
-from unseg.features.extract import normalize_batch
+from unseg.features.preprocess import normalize_batch
 from unseg.features.store import FeatureStore
 from unseg.ops.cluster import kmeans_over_seeds
 
@@ -342,7 +342,7 @@ def transfgu(inputs: PseudolabelInputs, *, mode, background_concepts, foreground
              background_threshold, gradient_mass, seed, num_restarts, device) -> PseudoLabels:
     """TransFGU's top-down pseudo-labels (:mod:`unseg.stages.transfgu`): concepts by k-means over the crops' CLS tokens,
     each image's Grad-CAM response map per concept, the arg max with Eq. 8's background."""
-    from unseg.features.extract import preprocess_image
+    from unseg.features.preprocess import preprocess_image
     from unseg.stages.transfgu import (
         ConceptCam,
         box_coverage,

@@ -50,7 +50,7 @@ from unseg.core.devices import resolve_device
 from unseg.core.io import IGNORE_LABEL, atomic_output, read_image, read_json
 from unseg.evaluation.metrics import evaluate_semantic_arrays
 from unseg.features.backbones import get_backbone_spec
-from unseg.features.extract import preprocess_image
+from unseg.features.preprocess import preprocess_image
 from unseg.features.store import FeatureStore
 from unseg.training.data import (
     AUGMENT_KEYS,

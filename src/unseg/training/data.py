@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from unseg.core.geometry import ResizeGeometry, image_to_grid, labels_at_input, resize_and_crop
 from unseg.core.io import IGNORE_LABEL, read_image, read_label_png
-from unseg.features.extract import normalize_batch
+from unseg.features.preprocess import normalize_batch
 from unseg.features.store import FeatureStore
 
 AUGMENT_KEYS = ("crop_scale", "hflip", "color_jitter", "grayscale", "blur")

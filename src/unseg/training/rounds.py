@@ -18,12 +18,14 @@ from typing import Any
 
 from unseg.config.registry import REGISTRIES
 
-# Per stage, the variant's settings about its rounds, not about one round's training. The instances stage's merge
-# keys (how round r's targets merge round r-1's detections with the proposals) are its MERGE_KEYS.
+# How an instances variant's round r targets merge round r-1's detections with the proposals
+# (:func:`unseg.stages.instances.targets.merge_round_targets`).
+MERGE_KEYS = ("self_training_score", "self_training_iou", "keep_proposals")
+
+# Per stage, the variant's settings about its rounds, not about one round's training.
 ROUND_KEYS: dict[str, tuple[str, ...]] = {
     "train": ("rounds", "crf", "round_settings", "init_from_previous"),
-    "instances": ("rounds", "round_settings", "init_from_previous",
-                  "self_training_score", "self_training_iou", "keep_proposals", "rescore", "rescore_facet", "crf"),
+    "instances": ("rounds", "round_settings", "init_from_previous", *MERGE_KEYS, "rescore", "rescore_facet", "crf"),
 }
 
 # Per stage, the settings two consecutive rounds must share when the later one starts from the earlier one's model

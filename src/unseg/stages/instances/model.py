@@ -7,31 +7,24 @@ box head and the Mask R-CNN mask head); what is ours is how the ViT feeds them:
 * **The model frame.** Every token is :data:`FRAME_STRIDE` (16) model pixels wide, whatever the backbone's patch
   size: an image with an (h, w) token grid is a (16h, 16w) "image" to the detector. torchvision infers each pyramid
   level's scale as a power of two of the image size over the level's size, which a 14-px patch (DINOv2) would break;
-  in the model frame the levels' strides are exactly 4, 8, 16 and 32. :mod:`unseg.stages.instances` maps targets into
-  the
-  frame and detections back to the original pixels with the feature store's geometry.
+  in the model frame the levels' strides are exactly 4, 8, 16 and 32. :mod:`unseg.stages.instances.targets` maps
+  targets into the frame and :mod:`unseg.stages.instances.detect` detections back to the original pixels, with the
+  feature store's geometry.
 * **A simple feature pyramid** (ViTDet, Li et al. ECCV 2022, section 3 "Simple feature pyramid", Fig. 2c): the last
   block's (B, D, h, w) token grid deconvolved to scales 4 and 2, kept at 1 and max-pooled to 0.5, each followed by a
   1×1 and a 3×3 convolution with LayerNorm, plus the usual extra max-pooled level for the RPN's largest anchors.
 * **What it reads**: the stored tokens (the frozen backbone's exact output, read from the zarr store), or images
   through the ViT itself (frozen, or its last blocks trained), for augmented inputs; either way standardised per
   channel with the training tokens' statistics before the pyramid.
-* **Image detail** (``detail_channels``, off by default): a small convolutional stem on the image's CIELAB colours
-  in the model frame, pooled to each pyramid level's stride and added to it (:class:`ImageDetail`), since the
-  token-derived levels know the image at 16-px tokens only. On the horses it does not help the mask head fit its
-  pseudo-masks (docs/benchmarks.md, "Does sub-token detail let the mask head fit its targets?").
 * **DropLoss** (CutLER, Wang et al. CVPR 2023, Eq. 2): a sampled region whose box overlaps no target box by more
   than ``drop_iou`` (0.01) gives no classification loss, so the model is not taught that an object the pseudo-masks
   missed is background.
 * **The mask loss** (``mask_loss``): Mask R-CNN's per-pixel cross-entropy against the pseudo-mask (``"mask"``),
-  FreeSOLO's weak supervision (``"projection"``; Wang et al. CVPR 2022, section 3.3, after BoxInst, Tian et al.
-  CVPR 2021, section 3), which Engstler et al. 2023 (A.2.1) train their SOLOv2 with: only the pseudo-mask's
-  projections on the two axes are targets (:func:`projection_loss`), and inside the target's box neighbouring
-  cells of similar colour are pulled to the same label (:func:`pairwise_colour_loss`), so a coarse pseudo-mask's
-  outline is not learnt pixel for pixel and the image's edges decide it instead; or the per-pixel loss plus that
-  pairwise term (``"mask_pairwise"``). On the RoI mask head the projection term alone has a degenerate minimum (the
-  region's last row and column lit: both projections full) that the pairwise term does not prevent
-  (docs/benchmarks.md, "Instances stage").
+  or that loss plus BoxInst's pairwise term (``"mask_pairwise"``; Tian et al. CVPR 2021, section 3.3, part of the
+  weak supervision Engstler et al. 2023, A.2.1, train their SOLOv2 with): inside the target's box neighbouring cells
+  of similar colour are pulled to the same label (:func:`pairwise_colour_loss`), so the image's edges shape the
+  mask beside the coarse pseudo-mask. (FreeSOLO's projection term, the rest of that supervision, has a degenerate
+  minimum on the RoI mask head and was removed: docs/benchmarks.md, "Instances stage".)
 """
 
 from __future__ import annotations
@@ -52,8 +45,7 @@ from unseg.training.heads import TokenHead
 
 FRAME_STRIDE = 16  # model pixels per token
 PYRAMID_SCALES = (4.0, 2.0, 1.0, 0.5)  # ViTDet's simple feature pyramid: strides 4, 8, 16, 32 in the model frame
-MASK_LOSSES = ("mask", "projection", "mask_pairwise")
-MASK_LEVELS = ("by_size", "finest")
+MASK_LOSSES = ("mask", "mask_pairwise")
 
 
 class LayerNorm2d(torch.nn.Module):
@@ -116,48 +108,6 @@ class SimpleFeaturePyramid(torch.nn.Module):
         return maps
 
 
-class ImageDetail(torch.nn.Module):
-    """Adds the image's own detail to the pyramid: (B, 3, 16h, 16w) CIELAB colours in the model frame → a stride-4
-    map of ``width`` channels (two 3×3 convolutions of stride 2, each with LayerNorm and GELU), average-pooled to
-    each level's stride and projected to the pyramid's C channels by a 1×1 convolution, which starts at zero (the
-    model starts as the token-only one).
-
-    Args:
-        channels: C, the pyramid's width; strides: each level's stride in model pixels (multiples of 4).
-        width: the stem's channels.
-    """
-
-    # CIELAB's nominal ranges (L 0..100, a and b about -128..127) → about unit scale
-    LAB_SCALE = (100.0, 128.0, 128.0)
-
-    def __init__(self, channels: int, strides: Sequence[int], width: int):
-        super().__init__()
-        if any(stride % 4 for stride in strides):
-            raise ValueError(f"image detail: every level's stride must be a multiple of 4, not {list(strides)}")
-        self.strides = [int(stride) for stride in strides]
-        self.stem = torch.nn.Sequential(
-            torch.nn.Conv2d(3, width, 3, stride=2, padding=1), LayerNorm2d(width), torch.nn.GELU(),
-            torch.nn.Conv2d(width, width, 3, stride=2, padding=1), LayerNorm2d(width), torch.nn.GELU())
-        self.projections = torch.nn.ModuleList(torch.nn.Conv2d(width, channels, 1) for _ in self.strides)
-        for projection in self.projections:
-            torch.nn.init.zeros_(projection.weight)
-            torch.nn.init.zeros_(projection.bias)
-        self.register_buffer("lab_scale", torch.tensor(self.LAB_SCALE).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, features: OrderedDict[str, torch.Tensor],
-                colours: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        """``features``: the pyramid's levels "0", "1", ... (B, C, 16h/s, 16w/s) and "pool"; ``colours``: (B, 3, 16h,
-        16w) float CIELAB. Returns the levels with the detail added, "pool" pooled again from the last."""
-        detail = self.stem(colours / self.lab_scale)
-        out = OrderedDict()
-        for index, (stride, projection) in enumerate(zip(self.strides, self.projections)):
-            level = features[str(index)]
-            pooled = F.avg_pool2d(detail, stride // 4) if stride > 4 else detail
-            out[str(index)] = level + projection(pooled)[..., : level.shape[-2], : level.shape[-1]].to(level.dtype)
-        out["pool"] = F.max_pool2d(out[str(len(self.strides) - 1)], kernel_size=1, stride=2)
-        return out
-
-
 class TokenStandardiser(TokenHead):
     """(B, D, h, w) → the same, standardised with the training tokens' per-channel statistics (no parameters)."""
 
@@ -205,30 +155,6 @@ def rgb_to_lab(image: torch.Tensor) -> torch.Tensor:
     xyz = torch.einsum("ij,jhw->ihw", to_xyz, linear) / white[:, None, None]
     f = torch.where(xyz > 0.008856, xyz.clamp(min=1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
     return torch.stack([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
-
-
-def projection_loss(mask_logits: torch.Tensor, mask_targets: torch.Tensor) -> torch.Tensor:
-    """FreeSOLO's projection term (Wang et al. 2022, Eq. 3; BoxInst Eq. 2 with the box replaced by the
-    pseudo-mask): the Dice loss of the predicted mask's maxima along each axis against the target's.
-
-    Args:
-        mask_logits: (R, M, M) float logits of R regions.
-        mask_targets: (R, M, M) float in [0, 1], the pseudo-masks in the same regions.
-
-    Returns:
-        scalar: the mean over regions of Dice(max over rows) + Dice(max over columns), Dice(p, t) = 1 − 2Σpt /
-        (Σp² + Σt²) as BoxInst's.
-    """
-    if len(mask_logits) == 0:
-        return mask_logits.sum() * 0
-    probabilities = mask_logits.sigmoid()
-
-    def dice(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        overlap = (prediction * target).sum(-1)
-        return 1 - 2 * overlap / ((prediction ** 2).sum(-1) + (target ** 2).sum(-1)).clamp(min=1e-5)
-
-    loss = dice(probabilities.amax(-2), mask_targets.amax(-2)) + dice(probabilities.amax(-1), mask_targets.amax(-1))
-    return loss.mean()
 
 
 # BoxInst's 8 neighbours of a cell (section 3.3); on the mask head's M × M grid of a region rather than on the
@@ -281,12 +207,11 @@ def cells_in_boxes(regions: torch.Tensor, boxes: torch.Tensor, size: int) -> tor
 
 
 def colour_mask_loss(mask_logits: torch.Tensor, regions: Sequence[torch.Tensor], targets: Sequence[dict],
-                     matched: Sequence[torch.Tensor], mask_loss: str = "projection", pairwise_weight: float = 1.0,
+                     matched: Sequence[torch.Tensor], pairwise_weight: float = 1.0,
                      pairwise_threshold: float = 0.3) -> torch.Tensor:
-    """The mask loss of the positive regions with the pairwise colour term: ``pairwise_weight`` ×
-    :func:`pairwise_colour_loss` on each image's ``colours`` plus, for ``mask_loss`` ``"projection"``, FreeSOLO's
-    :func:`projection_loss` against the pseudo-masks, or for ``"mask_pairwise"`` Mask R-CNN's per-pixel
-    cross-entropy against them (torchvision's ``maskrcnn_loss``: the same RoI-Aligned targets).
+    """The mask loss of the positive regions with the pairwise colour term (``mask_loss: mask_pairwise``): Mask
+    R-CNN's per-pixel cross-entropy against the pseudo-masks (torchvision's ``maskrcnn_loss``: the same RoI-Aligned
+    targets) plus ``pairwise_weight`` × :func:`pairwise_colour_loss` on each image's ``colours``.
 
     Args:
         mask_logits: (R, 2, M, M) of the mask predictor (channel 1: the object class) for the positive regions of
@@ -306,14 +231,12 @@ def colour_mask_loss(mask_logits: torch.Tensor, regions: Sequence[torch.Tensor],
     in_box = torch.cat([cells_in_boxes(boxes, target["boxes"][index].to(boxes.dtype), size)
                         for target, boxes, index in zip(targets, regions, matched)])
     pairwise = pairwise_colour_loss(logits, colour_similarities(colours), in_box, pairwise_threshold)
-    if mask_loss == "projection":
-        return projection_loss(logits, mask_targets) + pairwise_weight * pairwise
     return F.binary_cross_entropy_with_logits(logits, mask_targets) + pairwise_weight * pairwise
 
 
 class DropLossRoIHeads(RoIHeads):
     """torchvision's ``RoIHeads`` whose training classification loss is :func:`drop_loss` (``drop_iou`` None: the
-    plain loss) and whose mask loss is Mask R-CNN's or, with ``mask_loss`` ``"projection"`` or ``"mask_pairwise"``,
+    plain loss) and whose mask loss is Mask R-CNN's or, with ``mask_loss`` ``"mask_pairwise"``,
     :func:`colour_mask_loss` (the targets then carry each image's ``colours``). ``last_dropped`` holds the fraction
     of sampled regions the last training step dropped."""
 
@@ -348,8 +271,8 @@ class DropLossRoIHeads(RoIHeads):
         mask_matched = [matched[pos] for matched, pos in zip(matched_idxs, positives)]
         mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes)))
         if self.mask_loss != "mask":
-            loss_mask = colour_mask_loss(mask_logits, mask_proposals, targets, mask_matched, self.mask_loss,
-                                         self.pairwise_weight, self.pairwise_threshold)
+            loss_mask = colour_mask_loss(mask_logits, mask_proposals, targets, mask_matched, self.pairwise_weight,
+                                         self.pairwise_threshold)
         else:
             loss_mask = maskrcnn_loss(mask_logits, mask_proposals, [t["masks"] for t in targets],
                                       [t["labels"] for t in targets], mask_matched)
@@ -360,29 +283,24 @@ class InstanceSegmenter(torch.nn.Module):
     """(backbone →) standardise → :class:`SimpleFeaturePyramid` → RPN → RoI heads, in the model frame
     (:data:`FRAME_STRIDE`).
 
-    ``forward(inputs, targets, colours)``: ``inputs`` is a list of per-image tensors: (D, h, w) stored tokens, or,
-    with a ``backbone`` (an :class:`unseg.training.finetune.ImageSegmenter` whose ``tokens`` run the ViT), (3, h·p, w·p)
-    normalised images; ``colours``, which a model with ``detail`` (:class:`ImageDetail`) needs, per image the (3,
-    16h, 16w) CIELAB in the model frame (:func:`unseg.stages.instances.frame_colours`). Items of one size are encoded
-    together; the standardised token grids (and colours) are zero-padded to the batch's largest. Training
-    (``targets``: per image ``boxes`` (N, 4) float model pixels x1, y1, x2, y2, ``labels`` (N,) int64 ones,
-    ``masks`` (N, 16h, 16w) uint8) returns the dict of losses; evaluation returns per image ``boxes`` (N, 4),
-    ``scores`` (N,), ``labels`` (N,) and ``masks`` (N, 1, 28, 28) probabilities in the box.
+    ``forward(inputs, targets)``: ``inputs`` is a list of per-image tensors: (D, h, w) stored tokens, or, with a
+    ``backbone`` (an :class:`unseg.training.finetune.ImageSegmenter` whose ``tokens`` run the ViT), (3, h·p, w·p)
+    normalised images. Items of one size are encoded together; the standardised token grids are zero-padded to the
+    batch's largest. Training (``targets``: per image ``boxes`` (N, 4) float model pixels x1, y1, x2, y2, ``labels``
+    (N,) int64 ones, ``masks`` (N, 16h, 16w) uint8, and with ``mask_loss: mask_pairwise`` ``colours`` (3, 16h, 16w)
+    float32 CIELAB, :func:`unseg.stages.instances.data.frame_colours`) returns the dict of losses; evaluation returns
+    per image ``boxes`` (N, 4), ``scores`` (N,), ``labels`` (N,) and ``masks`` (N, 1, 28, 28) probabilities in the
+    box.
 
     ``state_dict`` holds what is trained: a backbone's frozen blocks come from its weights file and are neither
     saved nor expected by ``load_state_dict``.
     """
 
     def __init__(self, standardise: TokenStandardiser, pyramid: SimpleFeaturePyramid, rpn: RegionProposalNetwork,
-                 roi_heads: DropLossRoIHeads, backbone: torch.nn.Module | None = None,
-                 detail: ImageDetail | None = None):
+                 roi_heads: DropLossRoIHeads, backbone: torch.nn.Module | None = None):
         super().__init__()
         self.standardise, self.pyramid, self.rpn, self.roi_heads = standardise, pyramid, rpn, roi_heads
-        self.backbone, self.detail = backbone, detail
-
-    @property
-    def reads_colours(self) -> bool:
-        return self.detail is not None
+        self.backbone = backbone
 
     @property
     def reads_images(self) -> bool:
@@ -394,7 +312,7 @@ class InstanceSegmenter(torch.nn.Module):
 
     def parameter_groups(self, lr: float) -> list[dict]:
         """Optimiser groups: the detector at ``lr``, a fine-tuned backbone tail at its own rate."""
-        modules = (self.pyramid, self.rpn, self.roi_heads) + ((self.detail,) if self.detail is not None else ())
+        modules = (self.pyramid, self.rpn, self.roi_heads)
         detector = [p for module in modules for p in module.parameters()]
         groups = [{"params": detector, "lr": lr}]
         if self.backbone is not None:
@@ -421,20 +339,11 @@ class InstanceSegmenter(torch.nn.Module):
         sizes = [(int(grid.shape[-2]) * FRAME_STRIDE, int(grid.shape[-1]) * FRAME_STRIDE) for grid in grids]
         return batch, sizes
 
-    def forward(self, inputs: Sequence[torch.Tensor], targets: Sequence[dict] | None = None,
-                colours: Sequence[torch.Tensor] | None = None):
+    def forward(self, inputs: Sequence[torch.Tensor], targets: Sequence[dict] | None = None):
         if self.training and targets is None:
             raise ValueError("training needs targets")
         tokens, sizes = self.encode(inputs)
         features = self.pyramid(tokens)
-        if self.detail is not None:
-            if colours is None or len(colours) != len(inputs):
-                raise ValueError("a model with image detail (detail_channels) needs every image's colours")
-            frame = tokens.new_zeros((len(colours), 3, tokens.shape[-2] * FRAME_STRIDE,
-                                      tokens.shape[-1] * FRAME_STRIDE))
-            for position, image in enumerate(colours):
-                frame[position, :, : image.shape[-2], : image.shape[-1]] = image
-            features = self.detail(features, frame)
         # The RPN's anchor generator reads only the padded batch size off the image tensor: an empty one will do.
         frame = tokens.new_empty((len(sizes), 0, tokens.shape[-2] * FRAME_STRIDE, tokens.shape[-1] * FRAME_STRIDE))
         targets = list(targets) if targets is not None else None
@@ -457,8 +366,7 @@ def build_mask_rcnn(embed_dim: int, *, channels: int = 256,
                     scales: Sequence[float] = PYRAMID_SCALES, rois_per_image: int = 512,
                     detections_per_image: int = 100, min_score: float = 0.05,
                     drop_iou: float | None = 0.01, mask_loss: str = "mask", pairwise_weight: float = 1.0,
-                    pairwise_threshold: float = 0.3, detail_channels: int = 0, mask_level: str = "by_size",
-                    backbone: torch.nn.Module | None = None) -> InstanceSegmenter:
+                    pairwise_threshold: float = 0.3, backbone: torch.nn.Module | None = None) -> InstanceSegmenter:
     """A class-agnostic (one foreground class) Mask R-CNN on (B, D, h, w) token grids (of ``backbone`` on images,
     or stored).
 
@@ -468,13 +376,9 @@ def build_mask_rcnn(embed_dim: int, *, channels: int = 256,
     regions with 25 % positives; a two-layer box head of 4·``channels`` (1024 at 256); four 3×3 convolutions of
     ``channels`` and a deconvolution in the mask head (28 × 28 masks); detections: score > ``min_score``,
     NMS 0.5, at most ``detections_per_image``. ``mask_loss``, ``pairwise_weight`` and ``pairwise_threshold``:
-    :class:`DropLossRoIHeads`. ``detail_channels`` > 0 adds an :class:`ImageDetail` of that width.
-    ``mask_level``: where the mask head reads a region: ``by_size``, the pyramid level of the box's size as the
-    box head does (FPN, Lin et al. CVPR 2017, Eq. 1: a 224-px box at stride 16), or ``finest``, the finest level
-    for every box (the only level where :class:`ImageDetail` is finer than a token, for a large object).
+    :class:`DropLossRoIHeads`. The box and mask heads read each region from the pyramid level of its box's size
+    (FPN, Lin et al. CVPR 2017, Eq. 1: a 224-px box at stride 16).
     """
-    if mask_level not in MASK_LEVELS:
-        raise ValueError(f"mask_level {mask_level!r}: one of {MASK_LEVELS}")
     pyramid = SimpleFeaturePyramid(embed_dim, channels, scales)
     strides = pyramid.strides
     anchors = AnchorGenerator(tuple((8 * stride,) for stride in strides), ((0.5, 1.0, 2.0),) * len(strides))
@@ -487,9 +391,8 @@ def build_mask_rcnn(embed_dim: int, *, channels: int = 256,
     roi_heads = DropLossRoIHeads(
         MultiScaleRoIAlign(names, 7, 2), TwoMLPHead(channels * 7 * 7, representation),
         FastRCNNPredictor(representation, 2), 0.5, 0.5, rois_per_image, 0.25, None, min_score, 0.5,
-        detections_per_image, MultiScaleRoIAlign(names if mask_level == "by_size" else names[:1], 14, 2),
+        detections_per_image, MultiScaleRoIAlign(names, 14, 2),
         MaskRCNNHeads(channels, (channels,) * 4, 1),
         MaskRCNNPredictor(channels, channels, 2), drop_iou=drop_iou, mask_loss=mask_loss,
         pairwise_weight=pairwise_weight, pairwise_threshold=pairwise_threshold)
-    detail = ImageDetail(channels, strides[:-1], detail_channels) if detail_channels else None
-    return InstanceSegmenter(TokenStandardiser(embed_dim), pyramid, rpn, roi_heads, backbone, detail)
+    return InstanceSegmenter(TokenStandardiser(embed_dim), pyramid, rpn, roi_heads, backbone)
