@@ -303,7 +303,7 @@ def test_out_of_gpu_memory_in_training_accumulates_the_gradient_over_halves(tmp_
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
         return real_logits(model, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(train, "batch_logits", small_card)
+    monkeypatch.setattr(losses, "batch_logits", small_card)
     halved = run(tmp_path / "halved")
     assert capsys.readouterr().err.count("out of GPU memory on a training batch of 4: accumulating its gradient "
                                          "over sub-batches of 2") == 1  # said once, then kept for the run
