@@ -1,6 +1,11 @@
 # Instance self-training (unseg.stages.instances): round 1 trains a class-agnostic instance segmenter on the proposals, round
 # r on round r-1's confident detections merged with the proposals they do not cover. Each round is a folder and jobs
 # of its own: targets (r >= 2), model, detections of every image, metrics; the report puts them side by side.
+
+
+include: "inputs/instances.smk"
+
+
 rule instances_targets:
     input:
         predictions=lambda wildcards: PATHS["instances"].format(variant=wildcards.variant,
@@ -10,7 +15,7 @@ rule instances_targets:
         PATHS["instances_targets"],
     params:
         settings=lambda wildcards: {key: config["instances"][wildcards.variant][key]
-                                    for key in instance_rounds.MERGE_KEYS},
+                                    for key in instance_rounds().MERGE_KEYS},
         chain=instances_targets_chain,
     threads: 1
     log:
