@@ -7,6 +7,8 @@ def saliency_images(wildcards):
 
 def mask_folder_listing(settings):
     """Params value: for a mask_folder variant, a digest of its folder's files (edited masks re-run it)."""
-    from unseg.stages.saliency import folder_listing_digest
+    if settings["method"] != "mask_folder":
+        return ""
+    from unseg.stages.saliency import folder_listing_digest  # LEAD: from a torch-free module once it moves there
 
-    return folder_listing_digest(settings["path"]) if settings["method"] == "mask_folder" else ""
+    return folder_listing_digest(settings["path"])
