@@ -141,6 +141,11 @@ class Method:
             return self.target
         return f"{self.target.__module__}:{self.target.__qualname__}"
 
+    @property
+    def builtin(self) -> bool:
+        """Whether the method is the project's (its function lives in the ``unseg`` package), not a plugin's."""
+        return self.location.split(":")[0].split(".")[0] == "unseg"
+
     def settings(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The method's own settings out of a variant's settings, with the schema's defaults filled in."""
         settings = {key: value for key, value in given.items() if key in self.schema}
