@@ -4,9 +4,10 @@
 include: "inputs/audit.smk"
 
 
-# One audit rule per stage, audit_{stage}: its named inputs (or an input function returning them, "unpacked"), the
-# page's subcategory in the report, extra params and script (default audit.py). Every rule writes the folder
-# PATHS["audit_{stage}"] and logs to logs/{dataset}/audit/{stage}/{variant}.log.
+# One audit rule per stage, audit_{stage}, from this table: its named inputs and the page's subcategory in the
+# report. Every rule runs audit.py, writes the folder PATHS["audit_{stage}"] and logs to
+# logs/{dataset}/audit/{stage}/{variant}.log. (The side-by-side page, audit_compare, is a rule of its own below: its
+# inputs depend on the compared stage, and another script draws it.)
 AUDITS = {
     "masks": dict(inputs=dict(index=PATHS["index"], truth=PATHS["index_truth"], masks=PATHS["masks"]),
                   subcategory="masks"),
@@ -20,8 +21,6 @@ AUDITS = {
                                 pseudolabels=upstream("train", "pseudolabels", "pseudolabels"),
                                 rounds=predict_round_labels),
                     subcategory="predictions"),
-    "compare": dict(unpacked=comparison_inputs, subcategory="side by side", script="audit_compare.py",
-                    params=dict(comparison=lambda wildcards: config["audit"]["compare"][wildcards.variant])),
     "instances": dict(inputs=dict(index=PATHS["index"], truth=PATHS["index_truth"],
                                   proposals=upstream("instances", "proposals", "proposals"),
                                   rounds=instances_round_detections, instances=instances_last_detections),
@@ -29,14 +28,14 @@ AUDITS = {
 }
 
 
+# (The script path is a literal: Snakemake evaluates a rule's script directive when the job runs, after the loop.)
 for _stage, _audit in AUDITS.items():
 
     rule:
         name:
             f"audit_{_stage}"
         input:
-            *([unpack(_audit["unpacked"])] if "unpacked" in _audit else []),
-            **_audit.get("inputs", {}),
+            **_audit["inputs"],
         output:
             report(
                 directory(PATHS[f"audit_{_stage}"]),
@@ -46,7 +45,6 @@ for _stage, _audit in AUDITS.items():
                 subcategory=_audit["subcategory"],
             ),
         params:
-            **_audit.get("params", {}),
             max_images=config["audit"]["max_images"],
             page_size=config["audit"]["page_size"],
         threads: 1
@@ -55,4 +53,28 @@ for _stage, _audit in AUDITS.items():
         conda:
             "../envs/unseg.yaml"
         script:
-            f"../scripts/{_audit.get('script', 'audit.py')}"
+            "../scripts/audit.py"
+
+
+rule audit_compare:
+    input:
+        unpack(comparison_inputs),
+    output:
+        report(
+            directory(PATHS["audit_compare"]),
+            htmlindex=AUDIT_INDEX,
+            caption="../report/audit.rst",
+            category="Audit",
+            subcategory="side by side",
+        ),
+    params:
+        comparison=lambda wildcards: config["audit"]["compare"][wildcards.variant],
+        max_images=config["audit"]["max_images"],
+        page_size=config["audit"]["page_size"],
+    threads: 1
+    log:
+        f"{LOGS}/audit/compare/{{variant}}.log",
+    conda:
+        "../envs/unseg.yaml"
+    script:
+        "../scripts/audit_compare.py"
