@@ -27,10 +27,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from unseg.evaluation import probe  # noqa: E402
 from unseg.config.schema import load_methods, variant_settings  # noqa: E402
 from unseg.core.io import read_label_png, read_saliency  # noqa: E402
 from unseg.data.index import index_split, read_index  # noqa: E402
+from unseg.evaluation import probe  # noqa: E402
 from unseg.features.store import FeatureStore  # noqa: E402
 from unseg.stages.contrast import EMBEDDINGS_FACET, ContrastInputs, run_contrast  # noqa: E402
 
