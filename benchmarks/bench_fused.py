@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from unseg.config.schema import validate_config  # noqa: E402
+from unseg.config.variants import fused_variants  # noqa: E402
 from unseg.features.extract import extract_features  # noqa: E402
-from unseg.features.fused import FusedConsumer, fused_variants  # noqa: E402
+from unseg.features.fused import FusedConsumer  # noqa: E402
 from unseg.stages.masks import run_masks  # noqa: E402
 from unseg.stages.saliency import run_saliency  # noqa: E402
 

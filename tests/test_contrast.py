@@ -316,7 +316,8 @@ def test_masks_made_elsewhere_are_a_saliency_variant_at_full_resolution(contrast
 
     from unseg.config.schema import variant_settings
     from unseg.core.io import read_saliency
-    from unseg.stages.saliency import folder_listing_digest, run_saliency
+    from unseg.core.provenance import folder_listing_digest
+    from unseg.stages.saliency import run_saliency
 
     from helpers import SCHEMA
 

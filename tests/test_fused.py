@@ -11,13 +11,12 @@ import pytest
 from PIL import Image
 
 from unseg.config.schema import validate_config
+from unseg.config.variants import fused_reader, fused_variants
 from unseg.data.index import build_index, image_paths, write_index
 from unseg.data.synthetic import generate_synthetic_dataset
 from unseg.features.extract import assemble_shards, run_features
 from unseg.features.fused import (
     FUSED_FEATURES,
-    fused_reader,
-    fused_variants,
     join_fused_masks,
     join_fused_saliency,
     run_fused_shard,

@@ -3,6 +3,9 @@
     unseg provenance results/voc/masks/multik/masks.json      what made this artifact, upstream to the dataset
     unseg provenance results/voc/features/dinov2-s14.zarr --json
     unseg trail 2007_000129 --results results/voc            every stage's artifact of one image, in one PNG
+    unseg methods [STAGE] [--markdown] [--brief]             every method, its settings and where it lives
+    unseg methods --markdown --brief --into README.md        fill in the file's <!-- methods:start/end --> block
+    unseg config-docs [--check]                              regenerate (or check) config/README.md
 """
 
 from __future__ import annotations
@@ -78,9 +81,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     trail.add_argument("image", help="the image's name (its file stem, as in results/{dataset}/index/images.csv)")
     trail.add_argument("--results", required=True, help="the run's results/{dataset} folder")
     trail.add_argument("--out", help="the PNG to write (default: trail-{image}.png in the current folder)")
+    methods = commands.add_parser("methods", help="list every method of every stage (or of STAGE) with its settings")
+    methods.add_argument("stage", nargs="?", help="one stage: dataset (its formats), masks, saliency, contrast, "
+                                                  "pseudolabels, train, instances")
+    methods.add_argument("--markdown", action="store_true", help="print Markdown")
+    methods.add_argument("--brief", action="store_true", help="one line per method: stage, name, what it does")
+    methods.add_argument("--into", metavar="FILE", help="write the listing into FILE's <!-- methods:start --> ... "
+                                                        "<!-- methods:end --> block instead of printing it")
+    methods.add_argument("--plugins", nargs="*", default=[], help="your plugin modules or .py files, listed too")
+    config_docs = commands.add_parser("config-docs", help="write config/README.md: every config key, by stage")
+    config_docs.add_argument("--out", default=None, help="the file to write (default: the repository's "
+                                                         "config/README.md)")
+    config_docs.add_argument("--check", action="store_true", help="write nothing; exit 1 when the file is stale")
     args = parser.parse_args(argv)
     if args.command == "trail":
         return _trail(args)
+    if args.command == "methods":
+        return _methods(args)
+    if args.command == "config-docs":
+        return _config_docs(args)
     try:
         sidecar = find_provenance(args.path)
     except FileNotFoundError as error:
@@ -92,6 +111,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text)
     except BrokenPipeError:  # `unseg provenance X | head`: the reader had enough
         sys.stdout = open(os.devnull, "w")
+    return 0
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from unseg.config.docs import METHOD_STAGES, describe_methods, update_marked_block
+    from unseg.config.registry import load_plugins
+
+    if args.stage is not None and args.stage not in METHOD_STAGES:
+        print(f"unseg: no stage {args.stage!r} takes methods (stages: {', '.join(METHOD_STAGES)})", file=sys.stderr)
+        return 2
+    load_plugins(args.plugins)
+    text = describe_methods([args.stage] if args.stage else METHOD_STAGES, args.markdown, args.brief)
+    if args.into:  # the README's block lists the project's methods
+        text = describe_methods(METHOD_STAGES, args.markdown, args.brief, builtin_only=True)
+        changed = update_marked_block(args.into, "methods", text)
+        print(f"{args.into}: {'updated' if changed else 'already current'}")
+        return 0
+    print(text, end="")
+    return 0
+
+
+def _config_docs(args: argparse.Namespace) -> int:
+    from unseg.config.docs import BASE_SCHEMA, config_reference
+
+    out = Path(args.out) if args.out else BASE_SCHEMA.parents[2] / "config" / "README.md"
+    text = config_reference()
+    current = out.read_text() if out.is_file() else None
+    if args.check:
+        if current != text:
+            print(f"unseg: {out} is stale; run `unseg config-docs`", file=sys.stderr)
+            return 1
+        return 0
+    if current != text:
+        out.write_text(text)
+    print(f"{out}: {'written' if current != text else 'already current'}")
     return 0
 
 

@@ -1,128 +1,59 @@
 # Audit pages: HTML galleries of overlays for every intermediate mask.
-rule audit_masks:
-    input:
-        index=PATHS["index"],
-        truth=PATHS["index_truth"],
-        masks=PATHS["masks"],
-    output:
-        report(
-            directory(PATHS["audit_masks"]),
-            htmlindex=AUDIT_INDEX,
-            caption="../report/audit.rst",
-            category="Audit",
-            subcategory="masks",
-        ),
-    params:
-        max_images=config["audit"]["max_images"],
-        page_size=config["audit"]["page_size"],
-    threads: 1
-    log:
-        f"{LOGS}/audit/masks/{{variant}}.log",
-    conda:
-        "../envs/unseg.yaml"
-    script:
-        "../scripts/audit.py"
 
 
-rule audit_saliency:
-    input:
-        index=PATHS["index"],
-        saliency=PATHS["saliency"],
-    output:
-        report(
-            directory(PATHS["audit_saliency"]),
-            htmlindex=AUDIT_INDEX,
-            caption="../report/audit.rst",
-            category="Audit",
-            subcategory="saliency",
-        ),
-    params:
-        max_images=config["audit"]["max_images"],
-        page_size=config["audit"]["page_size"],
-    threads: 1
-    log:
-        f"{LOGS}/audit/saliency/{{variant}}.log",
-    conda:
-        "../envs/unseg.yaml"
-    script:
-        "../scripts/audit.py"
+include: "inputs/audit.smk"
 
 
-rule audit_proposals:
-    input:
-        index=PATHS["index"],
-        truth=PATHS["index_truth"],
-        proposals=PATHS["proposals"],
-        rejected=PATHS["proposals_rejected"],
-        saliency=upstream("proposals", "saliency", "saliency"),
-    output:
-        report(
-            directory(PATHS["audit_proposals"]),
-            htmlindex=AUDIT_INDEX,
-            caption="../report/audit.rst",
-            category="Audit",
-            subcategory="proposals",
-        ),
-    params:
-        max_images=config["audit"]["max_images"],
-        page_size=config["audit"]["page_size"],
-    threads: 1
-    log:
-        f"{LOGS}/audit/proposals/{{variant}}.log",
-    conda:
-        "../envs/unseg.yaml"
-    script:
-        "../scripts/audit.py"
+# One audit rule per stage, audit_{stage}, from this table: its named inputs and the page's subcategory in the
+# report. Every rule runs audit.py, writes the folder PATHS["audit_{stage}"] and logs to
+# logs/{dataset}/audit/{stage}/{variant}.log. (The side-by-side page, audit_compare, is a rule of its own below: its
+# inputs depend on the compared stage, and another script draws it.)
+AUDITS = {
+    "masks": dict(inputs=dict(index=PATHS["index"], truth=PATHS["index_truth"], masks=PATHS["masks"]),
+                  subcategory="masks"),
+    "saliency": dict(inputs=dict(index=PATHS["index"], saliency=PATHS["saliency"]), subcategory="saliency"),
+    "proposals": dict(inputs=dict(index=PATHS["index"], truth=PATHS["index_truth"], proposals=PATHS["proposals"],
+                                  rejected=PATHS["proposals_rejected"],
+                                  saliency=upstream("proposals", "saliency", "saliency")),
+                      subcategory="proposals"),
+    "pseudolabels": dict(inputs=dict(index=PATHS["index"], labels=PATHS["pseudolabels"]), subcategory="pseudolabels"),
+    "predict": dict(inputs=dict(index=PATHS["index"], labels=PATHS["predict"],
+                                pseudolabels=upstream("train", "pseudolabels", "pseudolabels"),
+                                rounds=predict_round_labels),
+                    subcategory="predictions"),
+    "instances": dict(inputs=dict(index=PATHS["index"], truth=PATHS["index_truth"],
+                                  proposals=upstream("instances", "proposals", "proposals"),
+                                  rounds=instances_round_detections, instances=instances_last_detections),
+                      subcategory="instances"),
+}
 
 
-rule audit_pseudolabels:
-    input:
-        index=PATHS["index"],
-        labels=PATHS["pseudolabels"],
-    output:
-        report(
-            directory(PATHS["audit_pseudolabels"]),
-            htmlindex=AUDIT_INDEX,
-            caption="../report/audit.rst",
-            category="Audit",
-            subcategory="pseudolabels",
-        ),
-    params:
-        max_images=config["audit"]["max_images"],
-        page_size=config["audit"]["page_size"],
-    threads: 1
-    log:
-        f"{LOGS}/audit/pseudolabels/{{variant}}.log",
-    conda:
-        "../envs/unseg.yaml"
-    script:
-        "../scripts/audit.py"
+# (The script path is a literal: Snakemake evaluates a rule's script directive when the job runs, after the loop.)
+for _stage, _audit in AUDITS.items():
 
-
-rule audit_predict:
-    input:
-        index=PATHS["index"],
-        labels=PATHS["predict"],
-        pseudolabels=upstream("train", "pseudolabels", "pseudolabels"),
-        rounds=lambda wildcards: [folder for _, folder in round_label_sources(wildcards.variant)[1:]],
-    output:
-        report(
-            directory(PATHS["audit_predict"]),
-            htmlindex=AUDIT_INDEX,
-            caption="../report/audit.rst",
-            category="Audit",
-            subcategory="predictions",
-        ),
-    params:
-        max_images=config["audit"]["max_images"],
-        page_size=config["audit"]["page_size"],
-    threads: 1
-    log:
-        f"{LOGS}/audit/predict/{{variant}}.log",
-    conda:
-        "../envs/unseg.yaml"
-    script:
-        "../scripts/audit.py"
+    rule:
+        name:
+            f"audit_{_stage}"
+        input:
+            **_audit["inputs"],
+        output:
+            report(
+                directory(PATHS[f"audit_{_stage}"]),
+                htmlindex=AUDIT_INDEX,
+                caption="../report/audit.rst",
+                category="Audit",
+                subcategory=_audit["subcategory"],
+            ),
+        params:
+            max_images=config["audit"]["max_images"],
+            page_size=config["audit"]["page_size"],
+        threads: 1
+        log:
+            f"{LOGS}/audit/{_stage}/{{variant}}.log",
+        conda:
+            "../envs/unseg.yaml"
+        script:
+            "../scripts/audit.py"
 
 
 rule audit_compare:
@@ -147,32 +78,3 @@ rule audit_compare:
         "../envs/unseg.yaml"
     script:
         "../scripts/audit_compare.py"
-
-
-rule audit_instances:
-    input:
-        index=PATHS["index"],
-        truth=PATHS["index_truth"],
-        proposals=upstream("instances", "proposals", "proposals"),
-        rounds=lambda wildcards: [PATHS["instances"].format(variant=wildcards.variant, round=r)
-                                  for r in range(1, config["instances"][wildcards.variant]["rounds"] + 1)],
-        instances=lambda wildcards: PATHS["instances"].format(variant=wildcards.variant,
-                                                              round=config["instances"][wildcards.variant]["rounds"]),
-    output:
-        report(
-            directory(PATHS["audit_instances"]),
-            htmlindex=AUDIT_INDEX,
-            caption="../report/audit.rst",
-            category="Audit",
-            subcategory="instances",
-        ),
-    params:
-        max_images=config["audit"]["max_images"],
-        page_size=config["audit"]["page_size"],
-    threads: 1
-    log:
-        f"{LOGS}/audit/instances/{{variant}}.log",
-    conda:
-        "../envs/unseg.yaml"
-    script:
-        "../scripts/audit.py"

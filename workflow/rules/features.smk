@@ -8,6 +8,9 @@
 # and `saliency` then join the shard folders.
 
 
+include: "inputs/features.smk"
+
+
 wildcard_constraints:
     shard="[0-9]+",
 

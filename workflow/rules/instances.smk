@@ -1,6 +1,11 @@
 # Instance self-training (unseg.stages.instances): round 1 trains a class-agnostic instance segmenter on the proposals, round
 # r on round r-1's confident detections merged with the proposals they do not cover. Each round is a folder and jobs
 # of its own: targets (r >= 2), model, detections of every image, metrics; the report puts them side by side.
+
+
+include: "inputs/instances.smk"
+
+
 rule instances_targets:
     input:
         predictions=lambda wildcards: PATHS["instances"].format(variant=wildcards.variant,

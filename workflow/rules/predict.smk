@@ -1,4 +1,9 @@
 # One prediction folder per train variant, over every indexed image.
+
+
+include: "inputs/predict.smk"
+
+
 rule predict:
     input:
         index=PATHS["index"],

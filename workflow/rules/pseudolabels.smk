@@ -1,3 +1,6 @@
+include: "inputs/pseudolabels.smk"
+
+
 rule pseudolabels:
     input:
         index=PATHS["index"],

@@ -1,3 +1,6 @@
+include: "inputs/saliency.smk"
+
+
 rule saliency:
     input:
         unpack(saliency_images),

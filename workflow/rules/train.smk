@@ -1,6 +1,11 @@
 # Self-training rounds: round 1 trains on the pseudo-labels, round r on round r-1's predictions (CRF-refined when the
 # variant's crf is true). Each round is a folder and a job of its own, so editing round 3's settings re-runs round 3
 # and what follows it only.
+
+
+include: "inputs/train.smk"
+
+
 rule train:
     input:
         unpack(previous_model),

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator, validators
 
-from unseg.config.registry import REGISTRIES, load_plugins
+from unseg.config.registry import DATASET_FORMATS, REGISTRIES, facet_shape, load_all, load_plugins
 
 
 class ConfigError(ValueError):
@@ -25,10 +25,9 @@ class ConfigError(ValueError):
 
 
 def load_methods(plugins: Iterable[str] = (), base: str | Path = ".") -> None:
-    """Register the built-in methods (by importing the stage modules) and those of ``plugins``."""
-    from unseg.data import formats  # noqa: F401  (each import registers its methods)
-    from unseg.stages import contrast, instances, masks, pseudolabels, saliency, train  # noqa: F401
-
+    """Load the built-in methods' declarations (:mod:`unseg.methods`: no stage module, no torch is imported) and
+    register those of ``plugins``."""
+    load_all()
     load_plugins(plugins, base)
 
 
@@ -65,8 +64,6 @@ def config_schema(base_schema: str | Path | Mapping[str, Any]) -> dict[str, Any]
         variant["allOf"] = [method_branch(method) for method in registry]
         variant.pop("additionalProperties", None)
         variant["unevaluatedProperties"] = False
-    from unseg.data.formats import DATASET_FORMATS
-
     dataset = schema["properties"]["dataset"]
     dataset["properties"]["format"]["enum"] = DATASET_FORMATS.names()
     # The default format's branch applies when format is left out (its defaults are then filled in too).
@@ -121,13 +118,28 @@ def validate_config(config: dict[str, Any], base_schema: str | Path | Mapping[st
                 own = sorted(REGISTRIES[stage].get(method).schema)
                 hint = f" (method {method!r} takes {own}; every {stage} method takes {shared})"
         if error.validator == "unevaluatedProperties" and list(error.absolute_path) == ["dataset"]:
-            from unseg.data.formats import DATASET_FORMATS
-
             fmt = config["dataset"].get("format", "auto")
             if fmt in DATASET_FORMATS:
                 hint = f" (format {fmt!r} takes {sorted(DATASET_FORMATS.get(fmt).schema)})"
         raise ConfigError(f"{_key(error)}: {error.message}{hint}")
+    check_facets(config)
     return config
+
+
+def check_facets(config: Mapping[str, Any]) -> None:
+    """Raise a ConfigError naming ``{stage}.{variant}.facet`` when a variant's method reads the store facet its
+    config names as another shape than that facet has (a method of ``(h, w, D)`` token grids given ``attn``)."""
+    for stage, registry in REGISTRIES.items():
+        for variant, settings in (config.get(stage) or {}).items():
+            method = registry.get(settings["method"])
+            if not method.reads or method.reads["facet"] not in settings:
+                continue
+            facet = settings[method.reads["facet"]]
+            shape = facet_shape(str(facet))
+            if shape is not None and shape != method.reads["shape"]:
+                raise ConfigError(f"{stage}.{variant}.{method.reads['facet']}: {stage} method {method.name!r} reads "
+                                  f"a {method.reads['shape']} facet, and {facet!r} is {shape} per image; name a "
+                                  "facet of that shape (keys, queries, values, tokens, embeddings)")
 
 
 def variant_settings(stage: str, settings: Mapping[str, Any], base_schema: str | Path | Mapping[str, Any]) -> dict:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from unseg.config.registry import REGISTRIES
 
 # stage → {config key in a variant → upstream stage it names}
 UPSTREAM: dict[str, dict[str, str]] = {
@@ -169,8 +173,6 @@ def resolve_facets(config: dict) -> None:
     """Give every features variant with ``facets: consumers`` the facets its readers read (in place, so the rule's
     params, the store and its resume key carry the list), then check that every facet a variant reads is one its
     store keeps. Raises VariantError naming the config key."""
-    from unseg.features.fused import fused_reader_keys
-
     readers = facet_readers(config)
     for variant, settings in (config.get("features") or {}).items():
         if settings.get("crops") is not None:
@@ -242,3 +244,37 @@ def follow(config: dict, stage: str, variant: str, *keys: str) -> str | None:
         variant = config[stage][variant][key]
         stage = stage_of(config, UPSTREAM[stage][key], variant)
     return variant
+
+
+# The fused path (unseg.features.fused): which masks and saliency variants a fused features variant's jobs compute.
+def fusable_saliency(settings: Mapping[str, Any]) -> bool:
+    """Whether a saliency variant can run inside the feature jobs: a per-image method of the tokens (a head trained
+    across the dataset needs every image first; masks read from a folder need no features)."""
+    attributes = REGISTRIES["saliency"].get(settings["method"]).attributes
+    return not attributes.get("dataset_level") and not attributes.get("pixel_maps")
+
+
+def fused_variants(config: Mapping[str, Any], features_variant: str) -> dict[str, dict[str, Any]]:
+    """The masks and saliency variants that a fused features variant computes: {"masks": {name: settings},
+    "saliency": {name: settings}} (empty when the variant is not fused)."""
+    if not config["features"].get(features_variant, {}).get("fused"):
+        return {"masks": {}, "saliency": {}}
+    return {
+        "masks": {name: dict(settings) for name, settings in config.get("masks", {}).items()
+                  if settings["features"] == features_variant},
+        "saliency": {name: dict(settings) for name, settings in config.get("saliency", {}).items()
+                     if settings["features"] == features_variant and fusable_saliency(settings)},
+    }
+
+
+def fused_reader_keys(config: Mapping[str, Any], features_variant: str) -> set[str]:
+    """The config keys (``"masks.multik.facet"``) of the variants computed in a fused variant's jobs: their facets
+    need not be stored (:func:`unseg.config.variants.resolve_facets`)."""
+    variants = fused_variants(config, features_variant)
+    return {f"{stage}.{name}.facet" for stage in ("masks", "saliency") for name in variants[stage]}
+
+
+def fused_reader(config: Mapping[str, Any], stage: str, variant: str) -> str | None:
+    """The fused features variant that computes this masks or saliency variant, or None (the stage runs itself)."""
+    features = config[stage][variant]["features"]
+    return features if variant in fused_variants(config, features)[stage] else None

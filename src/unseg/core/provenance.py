@@ -36,6 +36,16 @@ def input_digest(path: str | Path) -> str:
     return "listing:" + hashlib.sha256(listing.encode()).hexdigest()
 
 
+def folder_listing_digest(path: str | Path) -> str:
+    """sha256 of the (name, size, mtime) of every PNG in ``path``: a params value that changes when a mask does, so
+    that the workflow re-runs a ``mask_folder`` variant whose masks were edited."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(path).glob("*.png")):
+        stat = file.stat()
+        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def code_version() -> str:
     """The package version, plus the git commit of the checkout when there is one."""
     try:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from unseg.config.registry import Registry
+from unseg.config.registry import DATASET_FORMATS
 from unseg.core.io import IGNORE_LABEL, read_json
 from unseg.data import label_maps
 
@@ -39,8 +39,7 @@ ALL_SPLIT = "all"
 UNASSIGNED_SPLIT = "unassigned"
 AUTO_SPLIT_NAMES: tuple[str, ...] = ("train", "val")
 
-DATASET_FORMATS = Registry("dataset")
-"""``dataset.format`` name → the function that reads that layout (settings schema in its registration)."""
+# DATASET_FORMATS: ``dataset.format`` name → the function reading that layout (declared in unseg.methods.formats).
 
 # Folders of a VOC-layout root that hold label maps and metadata, never input images.
 _NOT_IMAGE_FOLDERS = frozenset({"SegmentationClass", "SegmentationObject", "SegmentationClassAug", "ImageSets",
@@ -281,16 +280,6 @@ def _labels_for(images: Mapping[str, Path], label_path: Callable[[str, Path], Pa
 # --- formats ---------------------------------------------------------------------------------------------------
 
 
-@DATASET_FORMATS.register("auto", schema={
-    "image_dir": {"type": ["string", "null"], "default": None,
-                  "description": "the image folder (relative to root); default root/JPEGImages when it exists, "
-                                 "else root"},
-    "recursive": {"type": "boolean", "default": False,
-                  "description": "also index the images in subfolders of the image folder (VOC's label folders "
-                                 "aside); image names (file stems) must then be unique across all folders, and two "
-                                 "alike stop the index naming both files. false: such images are counted in the "
-                                 "index log, not indexed"},
-})
 def auto_format(root: Path, *, splits: Sequence[str] | None, image_dir: str | None, recursive: bool) -> DatasetLayout:
     """A VOC-like folder (``JPEGImages/``, optional ``SegmentationClass/``, ``SegmentationObject/``,
     ``annotations/instances.json``, split files ``ImageSets/Segmentation/{train,val}.txt`` or ``{train,val}.txt``)
@@ -341,7 +330,6 @@ def _voc_root(root: Path) -> Path:
     return found
 
 
-@DATASET_FORMATS.register("voc", schema={})
 def voc_format(root: Path, *, splits: Sequence[str] | None) -> DatasetLayout:
     """PASCAL VOC 2012 (``root`` = ``VOC2012/`` or a folder above it): the images of the split files
     ``ImageSets/Segmentation/{split}.txt`` (default splits train and val; ``train_aug`` is read from
@@ -443,17 +431,6 @@ def coco_category_map(categories: Sequence[Mapping[str, Any]], mode: str) -> tup
     return {int(c["id"]): int(c["id"]) for c in categories}, [dict(c) for c in categories]
 
 
-@DATASET_FORMATS.register("coco", schema={
-    "classes": {"type": "string", "enum": ["80", "agnostic"], "default": "80",
-                "description": "80: the 80 thing categories, renumbered 1..80 in COCO id order; agnostic: one "
-                               "category 'object' (class-agnostic AP, as CutLER and Engstler et al. report)"},
-    "subset": {"type": ["string", "null"], "default": None,
-               "description": "an image-list file (relative to root): one image id or file name per line; only "
-                              "those images are indexed (e.g. COCO20k's list of LOST / CutLER)"},
-    "semantic": {"type": "boolean", "default": False,
-                 "description": "rasterise semantic label maps from the instances (background 0, crowd regions "
-                                "255 void), for the semantic metrics"},
-})
 def coco_format(root: Path, *, splits: Sequence[str] | None, classes: str, subset: str | None,
                 semantic: bool) -> DatasetLayout:
     """COCO 2017: images in ``root/{split}/`` (or ``root/images/{split}/``), instances in
@@ -511,14 +488,6 @@ def _stuff_labels_folder(root: Path, split: str) -> Path:
     return _first_existing(candidates) or candidates[0]
 
 
-@DATASET_FORMATS.register("cocostuff", schema={
-    "classes": {"type": "integer", "enum": [27, 171, 80], "default": 27,
-                "description": "27: the COCO-Stuff super-categories (PiCIE / STEGO / TransFGU); 171: every used "
-                               "class; 80: the things, stuff as background 0 (TransFGU's COCO-80)"},
-    "subset": {"type": ["string", "null"], "default": None,
-               "description": "an image-list file (relative to root), one file name or stem per line (e.g. the "
-                              "curated lists of PiCIE / STEGO); only those images are indexed"},
-})
 def cocostuff_format(root: Path, *, splits: Sequence[str] | None, classes: int, subset: str | None) -> DatasetLayout:
     """COCO-Stuff 164k: images in ``root/images/{split}/`` (or ``root/{split}/``), stuffthingmaps label PNGs in
     ``root/annotations/{split}/`` (or ``stuffthingmaps_trainval2017/{split}/``); default split val2017."""
@@ -542,7 +511,6 @@ def cocostuff_format(root: Path, *, splits: Sequence[str] | None, classes: int, 
 _CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit"
 
 
-@DATASET_FORMATS.register("cityscapes", schema={})
 def cityscapes_format(root: Path, *, splits: Sequence[str] | None) -> DatasetLayout:
     """Cityscapes: ``root/leftImg8bit/{split}/{city}/*_leftImg8bit.png`` with
     ``root/gtFine/{split}/{city}/*_gtFine_labelIds.png``; 27 classes (labelIds 7..33, the void ids removed);
@@ -575,10 +543,6 @@ def _lip_folder(root: Path, split: str, kind: str) -> Path:
     return _first_existing(candidates) or candidates[0]
 
 
-@DATASET_FORMATS.register("lip", schema={
-    "classes": {"type": "integer", "enum": [19, 16, 5], "default": 19,
-                "description": "19 parts, or TransFGU's merges into 16 and 5 (background 0 besides)"},
-})
 def lip_format(root: Path, *, splits: Sequence[str] | None, classes: int) -> DatasetLayout:
     """LIP (Look Into Person): ``{split}_images/`` and ``{split}_segmentations/`` at the root or inside
     ``TrainVal_images/`` and ``TrainVal_parsing_annotations/`` (as the archives unpack); default splits train and
@@ -599,16 +563,6 @@ def lip_format(root: Path, *, splits: Sequence[str] | None, classes: int) -> Dat
 NESTED_NAME_SEPARATOR = "__"
 
 
-@DATASET_FORMATS.register("folder", schema={
-    "images": {"type": "string", "default": ".", "description": "the image folder, relative to root (searched "
-                                                                 "recursively)"},
-    "masks": {"type": ["string", "null"], "default": None,
-              "description": "a folder (relative to root) of masks with the images' relative paths and stems, any "
-                             "image extension; an image without one is indexed without ground truth"},
-    "mask_kind": {"type": "string", "enum": ["binary", "labels"], "default": "binary",
-                  "description": "binary: figure/ground masks, any non-zero value is the foreground (class 1); "
-                                 "labels: the values are class ids (0 background, 255 void)"},
-})
 def folder_format(root: Path, *, splits: Sequence[str] | None, images: str, masks: str | None,
                   mask_kind: str) -> DatasetLayout:
     """Any folder of photos, searched recursively (hidden files and folders skipped). An image's name is its path

@@ -35,39 +35,6 @@ from unseg.stages.saliency import batch_soft_maps, finished_soft_map, save_soft_
 FUSED_FEATURES = "features.zarr"
 
 
-def fusable_saliency(settings: Mapping[str, Any]) -> bool:
-    """Whether a saliency variant can run inside the feature jobs: a per-image method of the tokens (a head trained
-    across the dataset needs every image first; masks read from a folder need no features)."""
-    attributes = REGISTRIES["saliency"].get(settings["method"]).attributes
-    return not attributes.get("dataset_level") and not attributes.get("pixel_maps")
-
-
-def fused_variants(config: Mapping[str, Any], features_variant: str) -> dict[str, dict[str, Any]]:
-    """The masks and saliency variants that a fused features variant computes: {"masks": {name: settings},
-    "saliency": {name: settings}} (empty when the variant is not fused)."""
-    if not config["features"].get(features_variant, {}).get("fused"):
-        return {"masks": {}, "saliency": {}}
-    return {
-        "masks": {name: dict(settings) for name, settings in config.get("masks", {}).items()
-                  if settings["features"] == features_variant},
-        "saliency": {name: dict(settings) for name, settings in config.get("saliency", {}).items()
-                     if settings["features"] == features_variant and fusable_saliency(settings)},
-    }
-
-
-def fused_reader_keys(config: Mapping[str, Any], features_variant: str) -> set[str]:
-    """The config keys (``"masks.multik.facet"``) of the variants computed in a fused variant's jobs: their facets
-    need not be stored (:func:`unseg.config.variants.resolve_facets`)."""
-    variants = fused_variants(config, features_variant)
-    return {f"{stage}.{name}.facet" for stage in ("masks", "saliency") for name in variants[stage]}
-
-
-def fused_reader(config: Mapping[str, Any], stage: str, variant: str) -> str | None:
-    """The fused features variant that computes this masks or saliency variant, or None (the stage runs itself)."""
-    features = config[stage][variant]["features"]
-    return features if variant in fused_variants(config, features)[stage] else None
-
-
 class _VariantQueue:
     """One variant's images waiting for a full batch, in the order they were extracted."""
 
@@ -87,7 +54,7 @@ class FusedConsumer:
     masks rows.
 
     Args:
-        variants: :func:`fused_variants`' {"masks": {...}, "saliency": {...}}.
+        variants: :func:`unseg.config.variants.fused_variants`' {"masks": {...}, "saliency": {...}}.
         out: the shard's folder (``masks/`` and ``saliency/{variant}/`` are made in it).
         image_paths: image name → file, for methods and refinements that read the pixels.
     """
@@ -157,7 +124,7 @@ def run_fused_shard(
 
     Args:
         settings: the features variant (``shards``: how many shard jobs split the index).
-        variants: :func:`fused_variants` of the variant.
+        variants: :func:`unseg.config.variants.fused_variants` of the variant.
     """
     from unseg.data.index import image_paths
 

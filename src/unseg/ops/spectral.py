@@ -259,16 +259,6 @@ def _cpu_has_native_bfloat16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-# JSON Schema of the solver_precision setting, shared by the masks and saliency methods that call the solver.
-SOLVER_PRECISION = {
-    "type": "string",
-    "enum": ["auto", "bfloat16", "float32"],
-    "default": "auto",
-    "description": "eigensolver's passes over the features: auto = bfloat16 on CUDA and on CPUs with native bfloat16 "
-                   "(AVX512-BF16/AMX), else float32; float32 gives the same masks on every machine, ~30 % slower",
-}
-
-
 def pass_dtype(precision: str, device: str | torch.device | None = None) -> torch.dtype:
     """The dtype of the feature passes for ``LowRankSettings.precision`` on ``device`` (default: CUDA if present)."""
     device = torch.device(device) if device is not None else resolve_device()

@@ -6,8 +6,9 @@ eigenvector i, -1 for a k-means segment of eigenvectors 1..K-1). Grid masks are 
 values to the original size and thresholded at 0.5; the score is the method's (the spectral methods: the mask's
 coherence, the mean cosine similarity between its tokens).
 
-Methods are registered with ``@register("masks", name, schema=...)`` (:mod:`unseg.config.registry`). A method takes a
-:class:`MaskBatch` and its settings as keywords and returns, per image of the batch, a list of
+The built-in methods are declared in :mod:`unseg.methods.masks` (a plugin's with ``@register("masks", name,
+schema=...)``, :mod:`unseg.config.registry`). A method takes a :class:`MaskBatch` and its settings as keywords and
+returns, per image of the batch, a list of
 :class:`~unseg.ops.spectral.GridMask` on the token grid.
 """
 
@@ -24,14 +25,13 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from unseg.config.registry import REGISTRIES, register
+from unseg.config.registry import REGISTRIES
 from unseg.core.geometry import ResizeGeometry, grid_to_image
 from unseg.core.io import encode_rle, read_image, write_json
 from unseg.core.retry import in_halves_on_oom
 from unseg.core.threads import map_images
 from unseg.features.store import FeatureStore
 from unseg.ops.spectral import (
-    SOLVER_PRECISION,
     GridMask,
     color_knn_affinity,
     deep_spectral_masks,
@@ -85,25 +85,6 @@ def _log_precision(batch: MaskBatch, precision: str) -> None:
               file=sys.stderr)
 
 
-# Settings both spectral methods share (Engstler et al. 2023, Sec. 3: k = 2..5 clusters, components split).
-SPECTRAL_SCHEMA: dict[str, Any] = {
-    "k": {"type": "array", "items": {"type": "integer", "minimum": 2}, "minItems": 1, "default": [2, 3, 4, 5],
-          "description": "the numbers of clusters (spectral_multik) / of eigenvector k-means segments (deep_spectral)"},
-    "split_components": {"type": "boolean", "default": True,
-                         "description": "split each mask into its 4-connected components"},
-    "min_area_fraction": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.015,
-                          "description": "drop masks smaller than this fraction of the token grid (unless "
-                                         "min_area_patches is set)"},
-    "min_area_patches": {"type": ["integer", "null"], "minimum": 1, "default": None,
-                         "description": "drop masks of fewer token cells than this (replaces min_area_fraction, "
-                                        "which at 448 px drops every object under ~20 patches; Engstler et al.'s "
-                                        "re-implementation keeps 4)"},
-    "seed": {"type": "integer", "default": 0, "description": "k-means seed"},
-    "solver_precision": SOLVER_PRECISION,
-}
-
-
-@register("masks", "spectral_multik", schema=SPECTRAL_SCHEMA)
 def spectral_multik(batch: MaskBatch, *, k, split_components, min_area_fraction, min_area_patches, seed,
                     solver_precision) -> list[list[GridMask]]:
     """Engstler et al. 2023: NJW spectral clustering of the tokens for every k, every cluster (component) a mask.
@@ -120,18 +101,6 @@ def spectral_multik(batch: MaskBatch, *, k, split_components, min_area_fraction,
                       zip(batch.grids, spectra))
 
 
-@register("masks", "deep_spectral", schema={
-    **SPECTRAL_SCHEMA,
-    "num_eigenvectors": {"type": "integer", "minimum": 2, "default": 10,
-                         "description": "K smallest Laplacian eigenvectors"},
-    "eigen_masks": {"type": "integer", "minimum": 0, "default": 3,
-                    "description": "split eigenvectors 1..this by sign into masks"},
-    "drop_background": {"type": "boolean", "default": True,
-                        "description": "drop the segment covering most of the image border"},
-    "color_weight": {"type": "number", "minimum": 0, "default": 0.0,
-                     "description": "lambda of the KNN colour (image-matting) affinity added to the feature affinity; "
-                                    "0 = features only"},
-})
 def deep_spectral(batch: MaskBatch, *, k, split_components, min_area_fraction, min_area_patches, seed,
                   solver_precision, num_eigenvectors, eigen_masks, drop_background, color_weight
                   ) -> list[list[GridMask]]:

@@ -1,6 +1,7 @@
 """The pseudolabels stage: semantic label PNGs of every image from the proposals, with no human labels.
 
-Methods are registered with ``@register("pseudolabels", name, schema=...)`` (:mod:`unseg.config.registry`); a method
+The built-in methods are declared in :mod:`unseg.methods.pseudolabels` (a plugin's with ``@register("pseudolabels",
+name, schema=...)``, :mod:`unseg.config.registry`); a method
 takes
 :class:`PseudolabelInputs` and its settings as keywords and returns :class:`PseudoLabels`.
 
@@ -35,7 +36,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from unseg.config.registry import REGISTRIES, register
+from unseg.config.registry import REGISTRIES
 from unseg.core.devices import resolve_device
 from unseg.core.geometry import grid_to_image, image_to_grid
 from unseg.core.io import (
@@ -211,34 +212,6 @@ class PseudoLabels:
     soft_maps: dict[str, np.ndarray] | None = None  # name → (clusters + 1, h, w) scores on the token grid
 
 
-@register("pseudolabels", "mask_kmeans", schema={
-    "background_clusters": {"type": "integer", "minimum": 0, "default": 1,
-                            "description": "extra k-means clusters nearest the non-salient feature prototype, painted "
-                                           "as background"},
-    "min_score": {"type": "number", "minimum": 0, "default": 0.8,
-                  "description": "proposals scoring lower are not clustered, and painted as 'unconfident' says"},
-    # Measured (linear head, round 1): ignore loses 1.2 on the demo (75.96 vs 77.12) and 0.4 on the VOC crops.
-    "unconfident": {"enum": ["background", "ignore"], "default": "background",
-                    "description": "the pixels of proposals below min_score that no confident one covers: background "
-                                   "(0), or unknown (255, ignored by training)"},
-    "seed": {"type": "integer", "default": 0, "description": "first k-means seed"},
-    "num_restarts": {"type": "integer", "minimum": 1, "default": 5,
-                     "description": "k-means runs, seeds seed..seed+num_restarts-1; the lowest inertia wins (every "
-                                    "run's inertia is in the summary)"},
-    "device": {"type": ["string", "null"], "default": None,
-               "description": "k-means (and masked-crop encoder) device: null = cuda when available (torch "
-                              "k-means), else faiss on the cpu"},
-    "candidate_feature": {"enum": ["mask_pooled", "masked_crop_cls"], "default": "mask_pooled",
-                          "description": "what is clustered: the coverage-weighted mean of the stored tokens, or the "
-                                         "backbone's CLS token of the masked crop (MaskDistill; reads the images)"},
-    "crop_resolution": {"type": "integer", "minimum": 14, "default": 224,
-                        "description": "masked_crop_cls: the crop's side at the backbone's input (the backbones' "
-                                       "pre-training resolution)"},
-    "crop_margin": {"type": "number", "minimum": 0, "default": 0.1,
-                    "description": "masked_crop_cls: the square box is this much wider than the mask's longer side"},
-    "crop_batch_size": {"type": "integer", "minimum": 1, "default": 32,
-                        "description": "masked_crop_cls: crops per forward pass"},
-})
 def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, unconfident, seed, num_restarts,
                 device, candidate_feature, crop_resolution, crop_margin, crop_batch_size) -> PseudoLabels:
     """MaskDistill-style: k-means of coverage-weighted proposal features into pseudo-classes, background-like
@@ -313,31 +286,6 @@ def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, un
     )
 
 
-@register("pseudolabels", "transfgu", needs_proposals=False, schema={
-    "mode": {"enum": ["object", "scene", "all_foreground"], "default": "object",
-             "description": "TransFGU sec. 4.2: object (PASCAL VOC, COCO-80): crops split by the attention prior, "
-                            "Eq. 8 background; scene (Cityscapes): every crop clustered, no background; "
-                            "all_foreground (LIP): every crop clustered, Eq. 8 background"},
-    "background_concepts": {"type": "integer", "minimum": 0, "default": 0,
-                            "description": "object mode: this many of the clusters come from k-means on the "
-                                           "background crops (TransFGU's stuff concepts, COCO-Stuff); the rest from "
-                                           "the foreground crops"},
-    "foreground_fraction": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
-                            "description": "a crop is foreground when more than this fraction is attended (sec. 4.2)"},
-    "background_fraction": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.8,
-                            "description": "a crop is background when more than this fraction is not attended "
-                                           "(sec. 4.2)"},
-    "background_threshold": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.1,
-                             "description": "T_bg of Eq. 8 (sec. 3.2: 0.1)"},
-    "gradient_mass": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.8,
-                      "description": "the positive Grad-CAM gradient is added on the cells holding this fraction of "
-                                     "it (the authors' code, get_grad_mask: 0.8)"},
-    "seed": {"type": "integer", "default": 0, "description": "first k-means seed"},
-    "num_restarts": {"type": "integer", "minimum": 1, "default": 5,
-                     "description": "k-means runs per group; the lowest inertia wins"},
-    "device": {"type": ["string", "null"], "default": None,
-               "description": "k-means and Grad-CAM device: null = cuda when available, else cpu (faiss k-means)"},
-})
 def transfgu(inputs: PseudolabelInputs, *, mode, background_concepts, foreground_fraction, background_fraction,
              background_threshold, gradient_mass, seed, num_restarts, device) -> PseudoLabels:
     """TransFGU's top-down pseudo-labels (:mod:`unseg.stages.transfgu`): concepts by k-means over the crops' CLS tokens,

@@ -3,7 +3,8 @@
 Artifact: one PNG per image, uint8 = round(255 × soft foreground), at the original resolution; foreground is
 ``value > 127`` (read back with :func:`unseg.core.io.read_saliency`).
 
-Methods are registered with ``@register("saliency", name, schema=...)`` (:mod:`unseg.config.registry`). A method takes a
+The built-in methods are declared in :mod:`unseg.methods.saliency` (a plugin's with ``@register("saliency", name,
+schema=...)``, :mod:`unseg.config.registry`). A method takes a
 :class:`SaliencyBatch` and its settings as keywords and returns, per image, an
 (h, w) float map in [0, 1] on the token grid; the runner upsamples it bilinearly to the image. A method registered
 with ``pixel_maps=True`` returns maps at the image's own size instead (``mask_folder``: masks made elsewhere). A
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from unseg.config.registry import REGISTRIES, register
+from unseg.config.registry import REGISTRIES
 from unseg.core.devices import resolve_device
 from unseg.core.geometry import ResizeGeometry, grid_to_image, image_to_grid
 from unseg.core.io import atomic_output, read_image, read_label_png, write_json
@@ -40,7 +41,6 @@ from unseg.features.store import FeatureStore
 from unseg.ops.cluster import kmeans
 from unseg.ops.crf import CrfParams, dense_crf
 from unseg.ops.spectral import (
-    SOLVER_PRECISION,
     bipartition_saliency,
     foreground_side,
     grid_spectra,
@@ -128,12 +128,6 @@ def refine_with_crf(image: np.ndarray, soft: np.ndarray, params: CrfParams = Crf
 THRESHOLD_RULES = {"split": lambda soft: soft, "otsu": lambda soft: split_at(soft, otsu_threshold(soft))}
 
 
-@register("saliency", "spectral_bipartition", schema={
-    "solver_precision": SOLVER_PRECISION,
-    "partition": {"enum": ["fiedler_sign", "kmeans"], "default": "fiedler_sign",
-                  "description": "fiedler_sign: the sign of the generalised Fiedler vector (Deep Spectral Methods, "
-                                 "Engstler et al.); kmeans: k = 2 k-means on the row-normalised first two "
-                                 "eigenvectors (Ng-Jordan-Weiss)"}})
 def spectral_bipartition(batch: SaliencyBatch, *, solver_precision, partition) -> list[np.ndarray]:
     """Engstler et al. 2023 (after Deep Spectral Methods): the k = 2 bipartition of the token affinity; the side
     touching the image border less is foreground. Soft map: 0.5 + 0.5 × generalised Fiedler vector / its max
@@ -161,11 +155,6 @@ def kmeans_bipartition(eigenvectors: np.ndarray, grid_size: tuple[int, int], see
     return (0.5 + 0.5 * (d_bg - d_fg) / np.maximum(d_bg + d_fg, 1e-12)).reshape(grid_size).astype(np.float32)
 
 
-@register("saliency", "border_background", schema={
-    "statistic": {"enum": ["mean", "median"], "default": "mean",
-                  "description": "how a token's cosine similarities to the border tokens are pooled: mean, or median "
-                                 "(less swayed by border tokens that lie on the object; 2.3 IoU lower on the shared "
-                                 "horses, docs/benchmarks.md)"}})
 def border_background(batch: SaliencyBatch, *, statistic) -> list[np.ndarray]:
     """Background prior (Wei et al., ECCV 2012, "Geodesic saliency using background priors"; the idea FOUND, Siméoni
     et al. CVPR 2023, builds on: observe the background to find the object): the image border is mostly background,
@@ -187,10 +176,6 @@ def border_background(batch: SaliencyBatch, *, statistic) -> list[np.ndarray]:
     return maps
 
 
-@register("saliency", "mask_folder", pixel_maps=True, required=["path"], schema={
-    "path": {"type": "string", "description": "a folder of {image name}.png masks at each image's size (read only): "
-                                               "grey 0-255 (soft, foreground > 127) or 0/1 binary, e.g. the "
-                                               "precomputed saliency masks MaskContrast trains on"}})
 def mask_folder(batch: SaliencyBatch, *, path) -> list[np.ndarray]:
     """Masks made elsewhere, one PNG per image: grey values / 255, or a 0/1 (or palette 0/1) mask as is."""
     maps = []
@@ -206,42 +191,6 @@ def mask_folder(batch: SaliencyBatch, *, path) -> list[np.ndarray]:
     return maps
 
 
-def folder_listing_digest(path: str | Path) -> str:
-    """sha256 of the (name, size, mtime) of every PNG in ``path``: a params value that changes when a mask does, so
-    that the workflow re-runs a ``mask_folder`` variant whose masks were edited."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for file in sorted(Path(path).glob("*.png")):
-        stat = file.stat()
-        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-@register("saliency", "foreground_head", dataset_level=True, schema={
-    "teacher": {"type": "string", "default": "border_background",
-                "description": "the registered saliency method whose maps (> 0.5, on the token grid) are the head's "
-                               "targets for its first teacher_iterations"},
-    "teacher_settings": {"type": "object", "default": {}, "description": "the teacher method's own settings"},
-    "hidden": {"type": "integer", "minimum": 0, "default": 0,
-               "description": "0: one 1x1 convolution over the tokens (FOUND); > 0: a two-layer MLP this wide"},
-    "iterations": {"type": "integer", "minimum": 1, "default": 500, "description": "FOUND's max_iter"},
-    "batch_images": {"type": "integer", "minimum": 1, "default": 50, "description": "images per iteration (FOUND)"},
-    "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.05, "description": "AdamW learning rate (FOUND)"},
-    "lr_step": {"type": "integer", "minimum": 1, "default": 50, "description": "StepLR step in iterations (FOUND)"},
-    "lr_gamma": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.95,
-                 "description": "StepLR factor (FOUND)"},
-    "teacher_iterations": {"type": ["integer", "null"], "minimum": 0, "default": None,
-                           "description": "iterations on the teacher's targets, after which the head trains on its own "
-                                          "binarised predictions (FOUND's stop_bkg_loss: 100); null: all of them. "
-                                          "Without FOUND's bilateral-solver loss that self-training costs 2.0 IoU on "
-                                          "the shared horses (docs/benchmarks.md), so it is off by default"},
-    "self_weight": {"type": "number", "minimum": 0, "default": 4.0,
-                    "description": "weight of the self-training loss (FOUND's w_self_loss)"},
-    "train_images": {"type": "integer", "minimum": 1, "default": 2048,
-                     "description": "at most this many images (a seeded sample) are held in memory and trained on "
-                                    "(~1.4 GB of float16 tokens at 448 px, ViT-S/14); every image is predicted"},
-    "seed": {"type": "integer", "default": 0}})
 def foreground_head(data: SaliencyDataset, *, teacher, teacher_settings, hidden, iterations, batch_images, lr,
                     lr_step, lr_gamma, teacher_iterations, self_weight, train_images,
                     seed) -> Iterator[tuple[str, np.ndarray]]:

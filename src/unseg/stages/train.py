@@ -1,19 +1,19 @@
 """The train stage: a segmentation head trained on pseudo-labels → ``train/{variant}/round-{r}/model.pt``.
 
-Trainers are registered with ``@register("train", name, schema=..., build_model=...)`` (:mod:`unseg.config.registry`):
-the
-function takes :class:`TrainingInputs` and its settings as keywords and writes ``model.pt`` (a checkpoint whose
-``config`` names its ``method``), ``last.pt`` and ``log.csv``; ``build_model(config)`` rebuilds the model from a
-checkpoint's config, so prediction (:mod:`unseg.stages.predict`) builds the right model for any trainer.
+Trainers are declared in :mod:`unseg.methods.train` (``declare("train", name, "module:function", schema=...,
+build_model=...)``, :mod:`unseg.config.registry`; a plugin may use ``@register``): the function takes
+:class:`TrainingInputs` and its settings as keywords and writes ``model.pt`` (a checkpoint whose ``config`` names its
+``method``), ``last.pt`` and ``log.csv``; ``build_model(config)`` rebuilds the model from a checkpoint's config, so
+prediction (:mod:`unseg.stages.predict`) builds the right model for any trainer.
 
 The built-in trainers are one loop (:func:`fit`) around the heads of :mod:`unseg.training.heads`: ``linear_head``,
 ``mask_transformer`` (Segmenter) and ``deeplab_aspp`` (DeepLab-v3's ASPP head), each on frozen tokens or, with
 ``finetune_blocks: N``, over the ViT whose last N blocks are fine-tuned on augmented images
-(:mod:`unseg.training.finetune`;
-the token statistics and the resume digest still come from the store); and ``transfgu_bootstrap`` (TransFGU,
-section 3.3), Segmenter's mask transformer on frozen tokens trained against class scores on the token grid with the
-bootstrapping losses of :mod:`unseg.training.bootstrap` (:class:`~unseg.training.losses.BootstrapCriterion`, the
-loop's ``criterion``). The loop (:class:`HeadTraining` on the training engine, :mod:`unseg.training.engine`)
+(:mod:`unseg.training.finetune`; the token statistics and the resume digest still come from the store); and
+``transfgu_bootstrap`` (TransFGU, section 3.3), Segmenter's mask transformer on frozen tokens trained against class
+scores on the token grid with the bootstrapping losses of :mod:`unseg.training.bootstrap`
+(:class:`~unseg.training.losses.BootstrapCriterion`, the loop's ``criterion``). The loop (:class:`HeadTraining` on the
+training engine, :mod:`unseg.training.engine`)
 
 * streams (tokens, labels) pairs from the zarr feature store one batch at a time (:class:`TokenLabelDataset`), so
   peak memory does not grow with the number of images; the token statistics and the resume digest come from one
@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from unseg.config.registry import REGISTRIES, register
+from unseg.config.registry import REGISTRIES
 from unseg.core.checkpoints import data_digest, save_checkpoint
 from unseg.core.devices import resolve_device
 from unseg.core.io import IGNORE_LABEL, atomic_output, read_image, read_json
@@ -62,7 +62,7 @@ from unseg.training.data import (
     token_tensor,
 )
 from unseg.training.engine import TrainingTask, autocast_dtype, run_training
-from unseg.training.finetune import FINETUNE_SCHEMA, ImageSegmenter, build_image_segmenter, load_store_backbone
+from unseg.training.finetune import ImageSegmenter, build_image_segmenter, load_store_backbone
 from unseg.training.heads import AsppHead, LinearHead, MaskTransformerHead, TokenHead, build_head
 from unseg.training.losses import BootstrapCriterion, Criterion, CrossEntropy, accumulate_gradients, batch_logits
 from unseg.training.statistics import DatasetScan, scan, scan_tokens
@@ -270,28 +270,6 @@ class TrainingInputs:
     image_paths: Mapping[str, Path] | None = None
 
 
-def training_schema(epochs: int, lr: float) -> dict[str, dict]:
-    """The loop's settings (:func:`fit`), with a trainer's own default epochs and learning rate."""
-    return {
-        "epochs": {"type": "integer", "minimum": 1, "default": epochs},
-        "lr": {"type": "number", "exclusiveMinimum": 0, "default": lr,
-               "description": "AdamW peak learning rate (cosine decay to 0 over all steps)"},
-        "weight_decay": {"type": "number", "minimum": 0, "default": 1e-4, "description": "AdamW weight decay"},
-        "batch_size": {"type": "integer", "minimum": 1, "default": 8, "description": "images per optimiser step"},
-        "label_scale": {"type": "integer", "minimum": 1, "default": 4,
-                        "description": "the loss is computed at this many times the token grid (labels resized by "
-                                       "nearest)"},
-        "seed": {"type": "integer", "default": 0},
-        "device": {"type": ["string", "null"], "default": None,
-                   "description": "torch device; null: cuda when available (bfloat16 autocast), else cpu"},
-        "workers": {"type": "integer", "minimum": 0, "default": 0, "description": "DataLoader processes"},
-        "keep": {"enum": ["last", "lowest_loss"], "default": "last",
-                 "description": "model.pt: the last epoch, or the epoch with the lowest loss against the training "
-                                "labels (never chosen on ground truth)"},
-        **FINETUNE_SCHEMA,
-    }
-
-
 def load_initial_model(model: TokenHead | ImageSegmenter, path: Path, config: Mapping[str, Any]) -> None:
     """Start ``model`` from the checkpoint ``path`` of the same trainer: all its weights, or (a frozen-token round
     before a fine-tuning one) its head.
@@ -362,31 +340,21 @@ def train_head(inputs: TrainingInputs, kind: str, head_options: Mapping[str, Any
                progress=inputs.progress, statistics=statistics)
 
 
-def _builder(kind: str, option_keys: Sequence[str]):
-    """build_model for a head trainer: the head its checkpoint config describes, untrained."""
+def head_model_builder(kind: str, option_keys: Sequence[str]):
+    """build_model of a head trainer (:func:`unseg.methods.train.head_builder`): a function of a checkpoint's config
+    that builds the untrained ``kind`` head it describes (with the config's ``option_keys``), under the fine-tuned
+    ViT when the config has ``finetune_blocks``."""
     def build_model(config: Mapping[str, Any]) -> TokenHead | ImageSegmenter:
         head = build_head(kind, config["embed_dim"], config["num_classes"], {key: config[key] for key in option_keys})
         return build_image_segmenter(config, head) if config.get("finetune_blocks") else head
     return build_model
 
 
-@register("train", "linear_head", build_model=_builder("linear", ()), schema=training_schema(epochs=60, lr=0.01))
 def linear_head(inputs: TrainingInputs, **loop) -> dict:
     """A linear 1×1 head on frozen standardised tokens, trained with AdamW and cross-entropy on the pseudo-labels."""
     return train_head(inputs, "linear", {}, **loop)
 
 
-MASK_TRANSFORMER_OPTIONS = ("width", "layers", "heads", "dropout")
-
-
-@register("train", "mask_transformer", build_model=_builder("mask_transformer", MASK_TRANSFORMER_OPTIONS), schema={
-    **training_schema(epochs=40, lr=1e-3),
-    "width": {"type": "integer", "minimum": 8, "default": 384,
-              "description": "decoder width (Segmenter: the encoder's, 384 for ViT-S)"},
-    "layers": {"type": "integer", "minimum": 1, "default": 2, "description": "decoder layers (Segmenter: 2)"},
-    "heads": {"type": "integer", "minimum": 1, "default": 6, "description": "attention heads (must divide width)"},
-    "dropout": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.1, "description": "Segmenter: 0.1"},
-})
 def mask_transformer(inputs: TrainingInputs, *, width, layers, heads, dropout, **loop) -> dict:
     """Segmenter's mask transformer (class embeddings decoded with the patch tokens) on frozen tokens."""
     if width % heads:
@@ -395,11 +363,6 @@ def mask_transformer(inputs: TrainingInputs, *, width, layers, heads, dropout, *
                                                    "dropout": dropout}, **loop)
 
 
-@register("train", "deeplab_aspp", build_model=_builder("aspp", ("atrous_rates",)), schema={
-    **training_schema(epochs=40, lr=1e-3),
-    "atrous_rates": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1,
-                     "default": [6, 12, 18], "description": "DeepLab-v3 (sec. 3.3) rates at output stride 16"},
-})
 def deeplab_aspp(inputs: TrainingInputs, *, atrous_rates, **loop) -> dict:
     """DeepLab-v3's ASPP head (torchvision's DeepLabHead) on frozen tokens."""
     return train_head(inputs, "aspp", {"atrous_rates": list(atrous_rates)}, **loop)
@@ -421,46 +384,8 @@ def read_teacher(label_paths: Mapping[str, Path]) -> dict[str, Any] | None:
 # The model's loss is computed on the token grid (TransFGU: at the pseudo-labels' size); the monitored ground truth
 # is scored at training_schema's default label_scale, 4 × the grid.
 MONITOR_LABEL_SCALE = 4
-TRAINING_ONLY_KEYS = ("label_scale", *(key for key in FINETUNE_SCHEMA if key != "finetune_blocks"))
 
 
-@register("train", "transfgu_bootstrap", build_model=_builder("mask_transformer", MASK_TRANSFORMER_OPTIONS),
-          teacher_student=True, schema={
-    **{key: prop for key, prop in training_schema(epochs=40, lr=1e-3).items() if key not in TRAINING_ONLY_KEYS},
-    "finetune_blocks": {"type": "integer", "minimum": 0, "default": 0,
-                        "description": "must be 0: the student trains on the stored tokens (fine-tuning the backbone "
-                                       "is not supported by this trainer)"},
-    "width": {"type": "integer", "minimum": 8, "default": 384,
-              "description": "decoder width (Segmenter: the encoder's, 384 for ViT-S)"},
-    "layers": {"type": "integer", "minimum": 1, "default": 2, "description": "decoder layers (Segmenter: 2)"},
-    "heads": {"type": "integer", "minimum": 1, "default": 6, "description": "attention heads (must divide width)"},
-    "dropout": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.1, "description": "Segmenter: 0.1"},
-    "alpha": {"type": "number", "minimum": 0, "default": 0.1,
-              "description": "weight of the peer loss's negative term (TransFGU Eq. 13) once ramped up; the paper "
-                             "gives no value, the authors' code ramps it over the epochs since the teacher's update: "
-                             "alpha_start, +0.01 per epoch, up to alpha (0.03, 0.04, ..., 0.1). Rounds >= 2 only: "
-                             "round 1, without a teacher, trains with plain cross-entropy, as in the code"},
-    "alpha_start": {"type": "number", "minimum": 0, "default": 0.03,
-                    "description": "alpha in a round's first epoch (authors' code), +0.01 per epoch up to alpha"},
-    "omega_diversity": {"type": "number", "minimum": 0, "default": 1.0,
-                        "description": "weight of the class-embedding diversity loss (TransFGU Eq. 15-16: "
-                                       "omega_1 = 1)"},
-    "omega_uncertainty": {"type": "number", "minimum": 0, "default": 0.3,
-                          "description": "weight of the uncertainty loss (TransFGU Eq. 14-16: omega_2 = 0.3)"},
-    "augment": {"type": "boolean", "default": False,
-                "description": "TransFGU sec. 4.2 'Data Augmentation': train on augmented images through the frozen "
-                               "ViT (a random crop resized to half the image, its class scores cropped by RoI-Align; "
-                               "flip; colour jitter, grayscale, blur), a ViT forward per image per epoch; false: on "
-                               "the stored tokens (no image decode)"},
-    "crop_side": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "minItems": 2,
-                  "maxItems": 2, "default": [0.4, 0.9],
-                  "description": "augment: the crop's side as a fraction of the image's, drawn uniformly (the "
-                                 "authors' code: 0.4-0.9)"},
-    "output_scale": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.5,
-                     "description": "augment: the crop is resized to this fraction of the image's size (sec. 4.2: "
-                                    "'resized to (H/2, W/2)')"},
-    **{key: FINETUNE_SCHEMA[key] for key in ("hflip", "color_jitter", "grayscale", "blur")},
-})
 def transfgu_bootstrap(inputs: TrainingInputs, *, width, layers, heads, dropout, alpha, alpha_start, omega_diversity,
                        omega_uncertainty, epochs, lr, weight_decay, batch_size, seed, device, workers, keep,
                        finetune_blocks, augment, crop_side, output_scale, **photometric) -> dict:

@@ -20,36 +20,6 @@ import torch
 from unseg.features.backbones import CheckpointError, create_backbone, weights_digest
 from unseg.training.heads import TokenHead
 
-# The loop settings of the image path (their defaults stated once, here; unseg.stages.train adds them to every head
-# trainer's schema).
-FINETUNE_SCHEMA: dict[str, dict] = {
-    "finetune_blocks": {"type": "integer", "minimum": 0, "default": 0,
-                        "description": "fine-tune the ViT's last N blocks (and its final norm) under the head, on "
-                                       "augmented images; 0 trains the head on the stored tokens (no image decode)"},
-    "probe_epochs": {"type": "integer", "minimum": 0, "default": 40,
-                     "description": "finetune_blocks > 0: first train the head alone on the stored tokens for this "
-                                    "many epochs (linear probing, then fine-tuning: a random head's gradients would "
-                                    "distort the pre-trained blocks; Kumar et al. 2022, LP-FT); skipped when the round "
-                                    "starts from a previous model; 0 fine-tunes from a random head"},
-    # Measured on the VOC crops (linear head, 1 block, 20 epochs; docs/benchmarks.md): 1e-3 → 30.2 mIoU, 1e-4 → 30.4,
-    # 1e-5 → 33.1, frozen 32.4. Pre-trained blocks move little or they forget.
-    "backbone_lr": {"type": "number", "exclusiveMinimum": 0, "default": 1e-5,
-                    "description": "AdamW peak learning rate of the fine-tuned blocks (cosine decay as the head's lr)"},
-    "crop_scale": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                   "minItems": 2, "maxItems": 2, "default": [0.4, 1.0],
-                   "description": "random resized crop: area fraction range (DINO's global crops), resized back to "
-                                  "the ViT input; [1, 1] turns it off (finetune_blocks > 0 only)"},
-    "hflip": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
-              "description": "probability of a horizontal flip (finetune_blocks > 0 only)"},
-    "color_jitter": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.8,
-                     "description": "probability of DINO's colour jitter (brightness 0.4, contrast 0.4, saturation "
-                                    "0.2, hue 0.1) (finetune_blocks > 0 only)"},
-    "grayscale": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.2,
-                  "description": "probability of a grayscale conversion (finetune_blocks > 0 only)"},
-    "blur": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
-             "description": "probability of a Gaussian blur, sigma 0.1-2 (finetune_blocks > 0 only)"},
-}
-
 
 def load_store_backbone(backbone: str, weights: str, expected_digest: str) -> tuple[torch.nn.Module, Any]:
     """The backbone a feature store was made with, its weights checked against the digest the store recorded.

@@ -15,25 +15,28 @@ Each round is a folder and a job of its own:
   scores them (:func:`unseg.stages.proposals.evaluate_proposals`), and ``instances/{variant}/report.md`` tabulates
   proposals → round 1 → round 2 → ... (:func:`.report.write_rounds_report`).
 
-Methods are registered with ``@register("instances", name, schema=..., build_model=...)``
-(:mod:`unseg.config.registry`): the function takes :class:`.data.InstanceTrainingInputs` and its settings as
-keywords, trains, and writes ``model.pt`` (whose config names the ``method``), ``last.pt`` and ``log.csv``;
-``build_model(config)`` rebuilds an :class:`.model.InstanceSegmenter`-like model (``model(inputs)`` → per image
-``boxes`` in the model frame, ``scores``, ``masks`` (N, 1, M, M)) for :func:`.detect.detect_instances`.
+Methods are declared in :mod:`unseg.methods.instances` (``declare("instances", name, "module:function", schema=...,
+build_model=Reference(...))``, :mod:`unseg.config.registry`; a plugin may use ``@register``): the function takes
+:class:`.data.InstanceTrainingInputs` and its settings as keywords, trains, and writes ``model.pt`` (whose config names
+the ``method``), ``last.pt`` and ``log.csv``; ``build_model(config)`` rebuilds an :class:`.model.InstanceSegmenter`-like
+model (``model(inputs)`` → per image ``boxes`` in the model frame, ``scores``, ``masks`` (N, 1, M, M)) for
+:func:`.detect.detect_instances`.
 
 The modules, in the order a round uses them:
 
 * :mod:`.stage`: the entry points of the workflow's jobs (``run_round_targets``, ``run_instances_train``,
   ``run_instances_predict``);
-* :mod:`.rounds`: the settings of each round and the check that each can start from the previous one;
+* :mod:`unseg.training.rounds` (shared with the train stage): the settings of each round and the check that each can
+  start from the previous one;
 * :mod:`.targets`: round r's targets from round r-1's detections, and one image's targets in the model frame, with
   the augmentations that move them (horizontal flip, copy-paste);
 * :mod:`.data`: what a trainer reads (:class:`.data.InstanceTrainingInputs`, :class:`.data.InstanceDataset`);
 * :mod:`.model`: the Mask R-CNN over the ViT's token grid (simple feature pyramid, DropLoss, the pairwise colour
   term of ``mask_loss: mask_pairwise``);
-* :mod:`.training`: the built-in method ``mask_rcnn`` (registered on importing this package) and its training loop;
+* :mod:`.training`: the built-in method ``mask_rcnn`` (declared in :mod:`unseg.methods.instances`) and its training
+  loop;
 * :mod:`.detect`: a trained model's detections at the original resolution (pasting, rescoring, CRF refinement);
 * :mod:`.report`: the table of the proposals and every round.
 """
 
-from unseg.stages.instances import training  # noqa: F401  (registers the built-in method, mask_rcnn)
+from unseg.stages.instances import training  # noqa: F401  (the built-in method, mask_rcnn)

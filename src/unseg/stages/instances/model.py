@@ -41,11 +41,10 @@ from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss, proj
 from torchvision.models.detection.rpn import AnchorGenerator, RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign, box_iou, roi_align
 
+from unseg.methods.instances import MASK_LOSSES, PYRAMID_SCALES
 from unseg.training.heads import TokenHead
 
 FRAME_STRIDE = 16  # model pixels per token
-PYRAMID_SCALES = (4.0, 2.0, 1.0, 0.5)  # ViTDet's simple feature pyramid: strides 4, 8, 16, 32 in the model frame
-MASK_LOSSES = ("mask", "mask_pairwise")
 
 
 class LayerNorm2d(torch.nn.Module):

@@ -22,20 +22,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from unseg.config.registry import register
 from unseg.core.checkpoints import data_digest, load_resume_state, resume_key, save_checkpoint, save_resume_state
 from unseg.core.devices import resolve_device
 from unseg.core.io import atomic_output
 from unseg.features.backbones import get_backbone_spec
 from unseg.features.store import FeatureStore
+from unseg.methods.instances import reads_images
 from unseg.stages.instances.data import InstanceDataset, InstanceTrainingInputs, step_batches
-from unseg.stages.instances.model import (
-    MASK_LOSSES,
-    PYRAMID_SCALES,
-    InstanceSegmenter,
-    TokenStandardiser,
-    build_mask_rcnn,
-)
+from unseg.stages.instances.model import InstanceSegmenter, TokenStandardiser, build_mask_rcnn
 from unseg.training.data import item_seed
 from unseg.training.finetune import ImageSegmenter, load_store_backbone
 from unseg.training.statistics import scan_tokens
@@ -173,11 +167,6 @@ LOSS_KEYS = ("mask_loss", "pairwise_weight", "pairwise_threshold")  # training o
 REMOVED_SETTINGS = {"detail_channels": 0, "mask_level": "by_size"}
 
 
-def reads_images(settings: Mapping[str, Any]) -> bool:
-    """Whether training runs the ViT on images (an augmentation changes the pixels, or blocks are fine-tuned)."""
-    return bool(settings.get("hflip") or settings.get("copy_paste") or settings.get("finetune_blocks"))
-
-
 def build_instance_model(config: Mapping[str, Any], images: bool | None = None) -> InstanceSegmenter:
     """The untrained :class:`~unseg.stages.instances.model.InstanceSegmenter` a ``mask_rcnn`` checkpoint's config
     describes; with its ViT (``images``, default: as trained) when it reads images.
@@ -202,65 +191,6 @@ def build_instance_model(config: Mapping[str, Any], images: bool | None = None) 
                            **{key: config[key] for key in LOSS_KEYS if key in config})
 
 
-@register("instances", "mask_rcnn", build_model=build_instance_model, schema={
-    "steps": {"type": "integer", "minimum": 1, "default": 60000,
-              "description": "optimiser steps (Engstler et al. 2023, A.2.1: 60k steps at batch 4)"},
-    "batch_size": {"type": "integer", "minimum": 1, "default": 4, "description": "images per step (Engstler: 4)"},
-    "lr": {"type": "number", "exclusiveMinimum": 0, "default": 1e-4,
-           "description": "AdamW peak learning rate (ViTDet, Li et al. 2022, section 4.1)"},
-    "weight_decay": {"type": "number", "minimum": 0, "default": 0.1, "description": "AdamW weight decay (ViTDet)"},
-    "warmup_steps": {"type": "integer", "minimum": 0, "default": 250,
-                     "description": "linear warm-up (ViTDet: 250); then x0.1 after 8/9 and 26/27 of the steps"},
-    "channels": {"type": "integer", "minimum": 4, "default": 256,
-                 "description": "width of the feature pyramid and of the RPN, box (x4) and mask heads (256 as "
-                                "ViTDet and torchvision's Mask R-CNN)"},
-    "scales": {"type": "array", "items": {"enum": [4, 2, 1, 0.5, 0.25, 0.125]}, "minItems": 1,
-               "default": list(PYRAMID_SCALES),
-               "description": "the simple feature pyramid's scales of the token grid (ViTDet: 4, 2, 1, 0.5), "
-                              "decreasing"},
-    "rois_per_image": {"type": "integer", "minimum": 1, "default": 512,
-                       "description": "regions sampled per image for the box and mask heads (25 % positives)"},
-    "detections_per_image": {"type": "integer", "minimum": 1, "default": 100},
-    "min_score": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.05,
-                  "description": "detections scoring lower are not kept (torchvision's box_score_thresh)"},
-    "mask_threshold": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.5,
-                       "description": "a detection's mask: its pasted probability above this"},
-    "drop_iou": {"type": ["number", "null"], "minimum": 0, "maximum": 1, "default": 0.01,
-                 "description": "DropLoss (CutLER, Eq. 2): a sampled region whose box IoU with every target is at "
-                                "most this gives no classification loss; null: the plain loss"},
-    "mask_loss": {"enum": list(MASK_LOSSES), "default": "mask",
-                  "description": "mask: Mask R-CNN's per-pixel cross-entropy against the pseudo-mask; "
-                                 "mask_pairwise: the per-pixel cross-entropy plus BoxInst's pairwise colour term "
-                                 "(Tian et al. 2021, section 3.3), after Engstler et al.'s loss (A.2.1); reads the "
-                                 "images' colours (docs/benchmarks.md, 'Instances stage')"},
-    "pairwise_weight": {"type": "number", "minimum": 0, "default": 1.0,
-                        "description": "mask_loss mask_pairwise: weight of the pairwise colour term "
-                                       "(BoxInst: 1)"},
-    "pairwise_threshold": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.3,
-                           "description": "mask_loss mask_pairwise: neighbouring cells whose colour "
-                                          "similarity exp(-|dLab| / 2) is at least this are pulled to one label "
-                                          "(BoxInst, section 4.1: tau = 0.3)"},
-    "min_target_score": {"type": "number", "minimum": 0, "default": 0.0,
-                         "description": "round 1: proposals scoring lower are not targets"},
-    "copy_paste": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.0,
-                   "description": "probability of pasting pseudo-objects of another image (Engstler et al. A.2.1); "
-                                  "> 0 runs the ViT on every training image"},
-    "copy_paste_scale": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 2,
-                         "maxItems": 2, "default": [0.5, 1.0],
-                         "description": "the pasted image's size relative to the target image, uniform range"},
-    "hflip": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.0,
-              "description": "probability of a horizontal flip; > 0 runs the ViT on every training image"},
-    "finetune_blocks": {"type": "integer", "minimum": 0, "default": 0,
-                        "description": "train the ViT's last N blocks (and final norm) too; > 0 reads images"},
-    "backbone_lr": {"type": "number", "exclusiveMinimum": 0, "default": 1e-5,
-                    "description": "peak learning rate of the fine-tuned blocks"},
-    "seed": {"type": "integer", "default": 0},
-    "device": {"type": ["string", "null"], "default": None,
-               "description": "torch device; null: cuda when available (bfloat16 autocast), else cpu"},
-    "workers": {"type": "integer", "minimum": 0, "default": 0, "description": "DataLoader processes"},
-    "checkpoint_every": {"type": "integer", "minimum": 1, "default": 500,
-                         "description": "steps between resumable checkpoints (last.pt)"},
-})
 def mask_rcnn(inputs: InstanceTrainingInputs, *, steps, batch_size, lr, weight_decay, warmup_steps, channels, scales,
               rois_per_image, detections_per_image, min_score, mask_threshold,
               drop_iou, mask_loss, pairwise_weight, pairwise_threshold, min_target_score, copy_paste, copy_paste_scale,
