@@ -46,9 +46,10 @@ def main() -> None:
     from unseg.core.io import read_json
     from unseg.data.index import image_paths, names_by_id, read_index
     from unseg.features.store import FeatureStore
+    from unseg.methods.instances import reads_images
     from unseg.stages.instances.data import InstanceDataset
     from unseg.stages.instances.detect import detect_instances
-    from unseg.stages.instances.training import build_instance_model, detection_losses, reads_images
+    from unseg.stages.instances.training import build_instance_model, detection_losses
     from unseg.training.data import token_tensor
 
     load_methods()
@@ -62,7 +63,6 @@ def main() -> None:
     for det in read_json(results / "proposals" / args.proposals / "proposals.json"):
         detections[names[int(det["image_id"])]].append(det)
     device = torch.device(args.device)
-    autocast = torch.bfloat16 if device.type == "cuda" else None
     schema = ROOT / "workflow" / "schemas" / "config.schema.yaml"
     rows = []
     for label, overrides in CONFIGS.items():
@@ -89,7 +89,7 @@ def main() -> None:
                 items = [dataset[((number * args.batch_size + k) % count, number * 100 + k)]
                          for k in range(args.batch_size)]
                 optimizer.zero_grad()
-                detection_losses(model, items, args.batch_size, device, autocast)
+                detection_losses(model, items, args.batch_size, device)
                 optimizer.step()
 
             step(0)

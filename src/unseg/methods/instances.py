@@ -83,5 +83,6 @@ declare("instances", "mask_rcnn", "unseg.stages.instances.training:mask_rcnn",
                "description": "torch device; null: cuda when available (bfloat16 autocast), else cpu"},
     "workers": {"type": "integer", "minimum": 0, "default": 0, "description": "DataLoader processes"},
     "checkpoint_every": {"type": "integer", "minimum": 1, "default": 500,
-                         "description": "steps between resumable checkpoints (last.pt)"},
+                         "description": "steps between resumable checkpoints (last.pt), written at the end of a "
+                                        "logging window (1 % of the steps)"},
 })

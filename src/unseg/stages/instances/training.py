@@ -1,6 +1,7 @@
-"""The ``mask_rcnn`` method of the instances stage: its registration and schema (:func:`mask_rcnn`), the model a
-checkpoint's config describes (:func:`build_instance_model`), and the training loop (:func:`fit_detector`: AdamW,
-ViTDet's schedule, resumable ``last.pt``, ``model.pt``, ``log.csv``).
+"""The ``mask_rcnn`` method of the instances stage (declared in :mod:`unseg.methods.instances`): its function
+(:func:`mask_rcnn`), the model a checkpoint's config describes (:func:`build_instance_model`), and its part of the
+training engine (:func:`fit_detector`, :class:`DetectorTraining`: AdamW, ViTDet's schedule; the engine's resumable
+``last.pt``, ``model.pt``, ``log.csv``).
 
 It trains on the stored tokens (the frozen ViT's exact output, no image decode) unless an augmentation or
 ``finetune_blocks`` needs the ViT on images: horizontal flips and copy-paste
@@ -11,26 +12,23 @@ image.
 
 from __future__ import annotations
 
-import csv
 import json
-import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from unseg.core.checkpoints import data_digest, load_resume_state, resume_key, save_checkpoint, save_resume_state
+from unseg.core.checkpoints import data_digest
 from unseg.core.devices import resolve_device
-from unseg.core.io import atomic_output
 from unseg.features.backbones import get_backbone_spec
 from unseg.features.store import FeatureStore
 from unseg.methods.instances import reads_images
 from unseg.stages.instances.data import InstanceDataset, InstanceTrainingInputs, step_batches
 from unseg.stages.instances.model import InstanceSegmenter, TokenStandardiser, build_mask_rcnn
 from unseg.training.data import item_seed
+from unseg.training.engine import TrainingTask, autocast, run_training
 from unseg.training.finetune import ImageSegmenter, load_store_backbone
 from unseg.training.statistics import scan_tokens
 
@@ -47,7 +45,7 @@ def learning_rate_factor(step: int, steps: int, warmup_steps: int) -> float:
 
 
 def detection_losses(model: torch.nn.Module, items: Sequence[tuple[torch.Tensor, dict]], micro_batch: int,
-                     device: torch.device, autocast_dtype: torch.dtype | None) -> dict[str, float]:
+                     device: torch.device) -> dict[str, float]:
     """Back-propagate the batch's summed losses in sub-batches of ``micro_batch`` items (each sub-batch's mean
     losses weighted by its share of the batch); returns the batch's losses."""
     totals = dict.fromkeys(LOSS_NAMES, 0.0)
@@ -55,7 +53,7 @@ def detection_losses(model: torch.nn.Module, items: Sequence[tuple[torch.Tensor,
         chunk = items[start : start + micro_batch]
         inputs = [item.to(device, non_blocking=True) for item, _ in chunk]
         targets = [{key: value.to(device, non_blocking=True) for key, value in target.items()} for _, target in chunk]
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with autocast(device):
             losses = model(inputs, targets)
         weight = len(chunk) / len(items)
         (sum(losses.values()) * weight).backward()
@@ -64,14 +62,58 @@ def detection_losses(model: torch.nn.Module, items: Sequence[tuple[torch.Tensor,
     return totals
 
 
+class DetectorTraining(TrainingTask):
+    """The detector's part of the training engine: an engine epoch is one logging window of ``log_every`` optimiser
+    steps (the last one may be shorter), each step a batch of :func:`~unseg.stages.instances.data.step_batches`;
+    a step splits into sub-batches (out-of-memory halving), and the window's row holds its mean losses, the fraction
+    of sampled regions DropLoss dropped, and the learning rate of its last step."""
+
+    log_fields = LOG_FIELDS
+
+    def __init__(self, model: InstanceSegmenter, dataset: InstanceDataset, batches: Sequence[Sequence[int]], *,
+                 log_every: int, lr: float, warmup_steps: int, seed: int, workers: int, device: torch.device):
+        self.model, self.dataset, self.all_batches = model, dataset, batches
+        self.log_every, self.lr, self.warmup_steps, self.seed = log_every, lr, warmup_steps, seed
+        self.workers, self.device = workers, device
+        self.window: list[dict[str, float]] = []
+
+    def batches(self, epoch: int) -> Iterable[list]:
+        self.window = []
+        first = epoch * self.log_every
+        steps = range(first, min(first + self.log_every, len(self.all_batches)))
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=[[(index, item_seed(self.seed, step, position))
+                                          for position, index in enumerate(self.all_batches[step])] for step in steps],
+            collate_fn=list, num_workers=self.workers, pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.seed))  # its base seed must not draw from the global RNG
+        return loader
+
+    def batch_items(self, items: list) -> int:
+        return len(items)
+
+    def step(self, items: list, micro_batch: int | None) -> dict[str, float]:
+        losses = detection_losses(self.model, items, micro_batch or len(items), self.device)
+        self.window.append({**losses, "dropped": getattr(self.model.roi_heads, "last_dropped", 0.0)})
+        return {"loss": sum(losses.values())}
+
+    def end_epoch(self, epoch: int) -> dict[str, Any]:
+        last_step = min((epoch + 1) * self.log_every, len(self.all_batches)) - 1
+        row = {"step": last_step + 1, **{name: float(np.mean([w[name] for w in self.window]))
+                                         for name in (*LOSS_NAMES, "dropped")},
+               "lr": self.lr * learning_rate_factor(last_step, len(self.all_batches), self.warmup_steps)}
+        row["loss"] = sum(row[name] for name in LOSS_NAMES)
+        return row
+
+
 def fit_detector(model: InstanceSegmenter, dataset: InstanceDataset, out_dir: str | Path, *, config: Mapping[str, Any],
                  digest: str, steps: int, batch_size: int, lr: float, weight_decay: float, warmup_steps: int,
                  seed: int, device: str | None = None, workers: int = 0, checkpoint_every: int = 500,
                  progress: bool = True) -> dict:
     """Train ``model`` for ``steps`` optimiser steps of ``batch_size`` images with AdamW and ViTDet's schedule
-    (:func:`learning_rate_factor`); write ``last.pt`` every ``checkpoint_every`` steps and at the end, then
-    ``model.pt`` (the last step's weights, the config) and ``log.csv`` (mean losses per logging window, the
-    fraction of sampled regions DropLoss dropped, the learning rate).
+    (:func:`learning_rate_factor`) on the training engine (:mod:`unseg.training.engine`, :class:`DetectorTraining`):
+    ``log.csv`` gets a row of mean losses every 1 % of the steps; ``last.pt`` is written at the end of the first
+    such window after every ``checkpoint_every`` steps and at the end, then ``model.pt`` (the last step's weights,
+    the config).
 
     The resume key holds ``config``, the loop settings and ``digest`` (the training data as loaded): ``last.pt`` of
     other settings or inputs is never continued. Runs on CUDA when present (bfloat16 autocast); a batch that runs
@@ -82,80 +124,21 @@ def fit_detector(model: InstanceSegmenter, dataset: InstanceDataset, out_dir: st
         {"steps", "final_loss": the mean loss of the last logging window}.
     """
     device_ = resolve_device(device)
-    autocast_dtype = torch.bfloat16 if device_.type == "cuda" else None
     model.to(device_).train()
     optimizer = torch.optim.AdamW(model.parameter_groups(lr), lr=lr, weight_decay=weight_decay)
-    for group in optimizer.param_groups:
-        group["initial_lr"] = group["lr"]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    key = resume_key({**config, "steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                      "warmup_steps": warmup_steps, "seed": seed}, digest)
-    last_path = out_dir / "last.pt"
-    start, rows = 0, []
-    torch.manual_seed(seed)  # the RPN's and RoI heads' sampling draws
-    state = load_resume_state(last_path, key)
-    if state is not None:
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_state"])
-        start, rows = state["step"], state["log"]
-    batches = step_batches(len(dataset), batch_size, steps, seed)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate_factor(step, steps, warmup_steps))
     log_every = max(1, steps // 100)
-    window: list[dict] = []
-    micro_batch = batch_size
-
-    def save(step: int) -> None:
-        save_resume_state(last_path, key, {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                           "rng_state": torch.get_rng_state(), "step": step, "log": rows,
-                                           "config": dict(config)})
-
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=[[(index, item_seed(seed, step, position)) for position, index in enumerate(batch)]
-                                for step, batch in enumerate(batches)][start:],
-        collate_fn=list, num_workers=workers, pin_memory=device_.type == "cuda",
-        generator=torch.Generator().manual_seed(seed))  # its base seed must not draw from the restored global RNG
-    bar = tqdm(total=steps, initial=start, desc=f"train {config.get('method', '')}", unit="step",
-               disable=not progress)
-    for step, items in enumerate(loader, start=start):
-        factor = learning_rate_factor(step, steps, warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
-        while True:
-            optimizer.zero_grad()
-            try:
-                losses = detection_losses(model, items, micro_batch, device_, autocast_dtype)
-                break
-            except torch.cuda.OutOfMemoryError:
-                if min(micro_batch, len(items)) <= 1:
-                    raise
-                micro_batch = min(micro_batch, len(items)) // 2
-                torch.cuda.empty_cache()
-                print(f"out of GPU memory on a training batch of {len(items)}: accumulating its gradient over "
-                      f"sub-batches of {micro_batch}", file=sys.stderr)
-        optimizer.step()
-        window.append({**losses, "dropped": getattr(model.roi_heads, "last_dropped", 0.0)})
-        bar.update(1)
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            row = {"step": step + 1, **{name: float(np.mean([w[name] for w in window]))
-                                        for name in (*LOSS_NAMES, "dropped")}, "lr": lr * factor}
-            row["loss"] = sum(row[name] for name in LOSS_NAMES)
-            rows.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}")
-            window = []
-        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            save(step + 1)
-    bar.close()
-    with atomic_output(out_dir / "log.csv") as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-    state_dict = {name: value.detach().cpu() for name, value in model.state_dict().items()}
-    with atomic_output(out_dir / "model.pt") as tmp:
-        save_checkpoint({"state_dict": state_dict, "config": dict(config), "log": rows}, tmp)
+    task = DetectorTraining(model, dataset, step_batches(len(dataset), batch_size, steps, seed), log_every=log_every,
+                            lr=lr, warmup_steps=warmup_steps, seed=seed, workers=workers, device=device_)
+    settings = {**config, "steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                "warmup_steps": warmup_steps, "seed": seed}
+    rows = run_training(task, model, optimizer, out_dir, epochs=-(-steps // log_every), config=config,
+                        settings=settings, inputs_digest=digest, scheduler=scheduler, scheduler_interval="step",
+                        seed=seed,  # the RPN's and RoI heads' sampling draws
+                        checkpoint_every=-(-checkpoint_every // log_every), progress=progress,
+                        desc=f"train {config.get('method', '')} ({log_every} steps per window)", unit="window")
     return {"steps": steps, "final_loss": rows[-1]["loss"] if rows else None}
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
