@@ -210,7 +210,7 @@ def test_masked_crop_cls_clusters_the_candidates_by_their_own_pixels(tmp_path):
                          tmp_path / "none", settings, progress=False)
 
 
-def test_unconfident_proposals_are_background_or_unknown_under_the_confident_ones(tiny_store, tmp_path):
+def test_unconfident_proposals_are_background_under_the_confident_ones(tiny_store, tmp_path):
     store_path, _ = tiny_store
     store = FeatureStore(store_path)
     names_by_id = {store.image_id(name): name for name in store.names}
@@ -219,17 +219,15 @@ def test_unconfident_proposals_are_background_or_unknown_under_the_confident_one
     confident = [det(box((64, 64), top, left, top + 20, left + 24), 0.9, image_id=image_id)
                  for image_id in (1, 2, 3) for top, left in ((4, 4), (30, 30))]
     doubtful = det(box((64, 64), 0, 0, 40, 40), 0.3, image_id=1)  # overlaps image 1's first confident mask
-    write_json(tmp_path / "proposals.json", confident + [doubtful])
     settings = {"method": "mask_kmeans", "facet": "keys", "clusters": 2, "background_clusters": 0, "min_score": 0.5}
-    for unconfident in ("background", "ignore"):
-        run_pseudolabels(tmp_path / "proposals.json", store_path, tmp_path, names_by_id, tmp_path / unconfident,
-                         {**settings, "unconfident": unconfident}, progress=False)
-    background = read_label_png(tmp_path / "background" / f"{names_by_id[1]}.png")
-    ignored = read_label_png(tmp_path / "ignore" / f"{names_by_id[1]}.png")
+    for folder, proposals in (("with", confident + [doubtful]), ("without", confident)):
+        write_json(tmp_path / f"{folder}.json", proposals)
+        run_pseudolabels(tmp_path / f"{folder}.json", store_path, tmp_path, names_by_id, tmp_path / folder, settings,
+                         progress=False)
+    labels = read_label_png(tmp_path / "with" / f"{names_by_id[1]}.png")
     only_doubtful = box((64, 64), 0, 0, 40, 40) & ~box((64, 64), 4, 4, 24, 28) & ~box((64, 64), 30, 30, 50, 54)
-    assert (background[only_doubtful] == 0).all() and (ignored[only_doubtful] == 255).all()
-    assert np.array_equal(background[~only_doubtful], ignored[~only_doubtful])  # confident masks paint over it
-    assert (ignored[4:24, 4:28] > 0).all() and (ignored[4:24, 4:28] != 255).all()
-    for name in (names_by_id[2], names_by_id[3]):  # no doubtful proposal there: identical maps
-        assert np.array_equal(read_label_png(tmp_path / "background" / f"{name}.png"),
-                              read_label_png(tmp_path / "ignore" / f"{name}.png"))
+    assert (labels[only_doubtful] == 0).all()
+    assert (labels[4:24, 4:28] > 0).all() and (labels[4:24, 4:28] != 255).all()  # the confident mask on top
+    for name in store.names:  # the doubtful proposal is neither clustered nor painted
+        assert np.array_equal(read_label_png(tmp_path / "with" / f"{name}.png"),
+                              read_label_png(tmp_path / "without" / f"{name}.png"))

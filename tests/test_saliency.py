@@ -86,7 +86,7 @@ def planted_grid(box, size=(8, 10), dim=16, seed=0, scale=0.1):
     return grid
 
 
-@pytest.mark.parametrize("method, settings", [("border_background", {"statistic": "median"}),
+@pytest.mark.parametrize("method, settings", [("border_background", {}),
                                               ("spectral_bipartition", {"partition": "kmeans",
                                                                         "solver_precision": "float32"}),
                                               ("spectral_bipartition", {"partition": "fiedler_sign",

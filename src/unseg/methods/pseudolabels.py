@@ -16,11 +16,8 @@ declare("pseudolabels", "mask_kmeans", "unseg.stages.pseudolabels:mask_kmeans",
                             "description": "extra k-means clusters nearest the non-salient feature prototype, painted "
                                            "as background"},
     "min_score": {"type": "number", "minimum": 0, "default": 0.8,
-                  "description": "proposals scoring lower are not clustered, and painted as 'unconfident' says"},
-    # Measured (linear head, round 1): ignore loses 1.2 on the demo (75.96 vs 77.12) and 0.4 on the VOC crops.
-    "unconfident": {"enum": ["background", "ignore"], "default": "background",
-                    "description": "the pixels of proposals below min_score that no confident one covers: background "
-                                   "(0), or unknown (255, ignored by training)"},
+                  "description": "proposals scoring lower are not clustered, and their pixels that no "
+                                 "confident one covers are background"},
     "seed": {"type": "integer", "default": 0, "description": "first k-means seed"},
     "num_restarts": {"type": "integer", "minimum": 1, "default": 5,
                      "description": "k-means runs, seeds seed..seed+num_restarts-1; the lowest inertia wins (every "

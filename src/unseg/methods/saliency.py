@@ -25,15 +25,11 @@ declare("saliency", "border_background", "unseg.stages.saliency:border_backgroun
         description=('Background prior (Wei et al., ECCV 2012, "Geodesic saliency using background priors"; the idea '
                      'FOUND, Siméoni et al. CVPR 2023, builds on: observe the background to find the object): the '
                      'image border is mostly background, so a token is background as much as it resembles the border '
-                     'tokens. Score per token: 1 − the ``statistic`` of its cosine similarities to every token of the '
+                     'tokens. Score per token: 1 − the mean of its cosine similarities to every token of the '
                      'outermost ring, min-max scaled per image; the soft map is that score split at its own Otsu '
                      'threshold (:func:`split_at`), so > 0.5 is foreground.'),
         reads=READS_GRID,
-        schema={
-    "statistic": {"enum": ["mean", "median"], "default": "mean",
-                  "description": "how a token's cosine similarities to the border tokens are pooled: mean, or median "
-                                 "(less swayed by border tokens that lie on the object; 2.3 IoU lower on the shared "
-                                 "horses, docs/benchmarks.md)"}})
+        schema={})
 
 
 declare("saliency", "mask_folder", "unseg.stages.saliency:mask_folder",
@@ -58,8 +54,6 @@ declare("saliency", "foreground_head", "unseg.stages.saliency:foreground_head",
                 "description": "the registered saliency method whose maps (> 0.5, on the token grid) are the head's "
                                "targets for its first teacher_iterations"},
     "teacher_settings": {"type": "object", "default": {}, "description": "the teacher method's own settings"},
-    "hidden": {"type": "integer", "minimum": 0, "default": 0,
-               "description": "0: one 1x1 convolution over the tokens (FOUND); > 0: a two-layer MLP this wide"},
     "iterations": {"type": "integer", "minimum": 1, "default": 500, "description": "FOUND's max_iter"},
     "batch_images": {"type": "integer", "minimum": 1, "default": 50, "description": "images per iteration (FOUND)"},
     "lr": {"type": "number", "exclusiveMinimum": 0, "default": 0.05, "description": "AdamW learning rate (FOUND)"},

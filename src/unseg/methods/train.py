@@ -52,9 +52,6 @@ def training_schema(epochs: int, lr: float) -> dict[str, dict]:
         "device": {"type": ["string", "null"], "default": None,
                    "description": "torch device; null: cuda when available (bfloat16 autocast), else cpu"},
         "workers": {"type": "integer", "minimum": 0, "default": 0, "description": "DataLoader processes"},
-        "keep": {"enum": ["last", "lowest_loss"], "default": "last",
-                 "description": "model.pt: the last epoch, or the epoch with the lowest loss against the training "
-                                "labels (never chosen on ground truth)"},
         **FINETUNE_SCHEMA,
     }
 

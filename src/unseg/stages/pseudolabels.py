@@ -40,7 +40,6 @@ from unseg.config.registry import REGISTRIES
 from unseg.core.devices import resolve_device
 from unseg.core.geometry import grid_to_image, image_to_grid
 from unseg.core.io import (
-    IGNORE_LABEL,
     atomic_output,
     decode_rle,
     read_image,
@@ -212,7 +211,7 @@ class PseudoLabels:
     soft_maps: dict[str, np.ndarray] | None = None  # name → (clusters + 1, h, w) scores on the token grid
 
 
-def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, unconfident, seed, num_restarts,
+def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, seed, num_restarts,
                 device, candidate_feature, crop_resolution, crop_margin, crop_batch_size) -> PseudoLabels:
     """MaskDistill-style: k-means of coverage-weighted proposal features into pseudo-classes, background-like
     clusters painted as background, the most confident mask on top (module docstring)."""
@@ -258,20 +257,12 @@ def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, un
     prototype = np.mean(background, axis=0) if background else np.zeros_like(centroids[0])  # all salient: none
     labels = assign_background_clusters(centroids, prototype, background_clusters)[clusters]
 
-    unknown: dict[int, list[dict]] = {}  # the unconfident proposals, painted 255 under the confident ones
-    if unconfident == "ignore":
-        for det in inputs.proposals:
-            if det["score"] < min_score and int(det["image_id"]) in inputs.painted:
-                unknown.setdefault(int(det["image_id"]), []).append(det)
     label_maps = {}
     for image_id, name in sorted(inputs.painted.items()):
         positions = by_image.get(image_id, [])
         label_map = paint_label_map(
-            [decode_rle(det["segmentation"]) for det in unknown.get(image_id, [])]
-            + [decode_rle(proposals[p]["segmentation"]) for p in positions],
-            [-1.0] * len(unknown.get(image_id, [])) + [proposals[p]["score"] for p in positions],
-            [IGNORE_LABEL] * len(unknown.get(image_id, [])) + [int(labels[p]) for p in positions],
-            tuple(store.geometry(name).original_size),
+            [decode_rle(proposals[p]["segmentation"]) for p in positions], [proposals[p]["score"] for p in positions],
+            [int(labels[p]) for p in positions], tuple(store.geometry(name).original_size),
         )
         label_maps[name] = label_map
     return PseudoLabels(

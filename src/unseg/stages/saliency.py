@@ -155,21 +155,20 @@ def kmeans_bipartition(eigenvectors: np.ndarray, grid_size: tuple[int, int], see
     return (0.5 + 0.5 * (d_bg - d_fg) / np.maximum(d_bg + d_fg, 1e-12)).reshape(grid_size).astype(np.float32)
 
 
-def border_background(batch: SaliencyBatch, *, statistic) -> list[np.ndarray]:
+def border_background(batch: SaliencyBatch) -> list[np.ndarray]:
     """Background prior (Wei et al., ECCV 2012, "Geodesic saliency using background priors"; the idea FOUND, Siméoni
     et al. CVPR 2023, builds on: observe the background to find the object): the image border is mostly background,
-    so a token is background as much as it resembles the border tokens. Score per token: 1 − the ``statistic`` of
-    its cosine similarities to every token of the outermost ring, min-max scaled per image; the soft map is that
+    so a token is background as much as it resembles the border tokens. Score per token: 1 − the mean of its
+    cosine similarities to every token of the outermost ring, min-max scaled per image; the soft map is that
     score split at its own Otsu threshold (:func:`split_at`), so > 0.5 is foreground."""
     maps = []
-    pool = np.median if statistic == "median" else np.mean
     for grid in batch.grids:
         unit = np.asarray(grid, dtype=np.float32)
         unit = unit / np.linalg.norm(unit, axis=-1, keepdims=True).clip(min=1e-12)
         height, width, dim = unit.shape
         ring = np.concatenate([unit[0], unit[-1], unit[1:-1, 0], unit[1:-1, -1]]) if height > 1 and width > 1 \
             else unit.reshape(-1, dim)
-        score = 1.0 - pool(unit.reshape(-1, dim) @ ring.T, axis=1).reshape(height, width)
+        score = 1.0 - np.mean(unit.reshape(-1, dim) @ ring.T, axis=1).reshape(height, width)
         span = float(score.max() - score.min())
         score = (score - score.min()) / span if span > 1e-12 else np.full_like(score, 0.5)
         maps.append(split_at(score, otsu_threshold(score)))
@@ -191,20 +190,19 @@ def mask_folder(batch: SaliencyBatch, *, path) -> list[np.ndarray]:
     return maps
 
 
-def foreground_head(data: SaliencyDataset, *, teacher, teacher_settings, hidden, iterations, batch_images, lr,
+def foreground_head(data: SaliencyDataset, *, teacher, teacher_settings, iterations, batch_images, lr,
                     lr_step, lr_gamma, teacher_iterations, self_weight, train_images,
                     seed) -> Iterator[tuple[str, np.ndarray]]:
     """A light foreground head trained across the whole dataset (FOUND, Siméoni et al. CVPR 2023, section 3.2 and
     its configs/found_DUTS-TR.yaml; SelfMask's idea of learning saliency from unsupervised masks).
 
-    The teacher method's maps of every image (kept in ``extras/teacher/``) become per-token binary targets (a token
-    is foreground when more than half its footprint is > 0.5). A 1×1 convolution (or a small MLP) over the
-    standardised frozen tokens learns them with binary cross-entropy for ``teacher_iterations`` iterations of
-    ``batch_images`` images, then (when ``teacher_iterations`` is set) trains on its own binarised predictions
-    (weight ``self_weight``), AdamW with a step schedule, FOUND's values throughout. Departures from FOUND: tokens
-    come from the feature store (no image augmentation), inputs are standardised (dataset mean and std per channel),
-    its bilateral-solver loss is left out, and so its self-training is off by default. The head, its statistics and
-    the loss curve are kept in ``extras/``.
+    The teacher method's maps of every image (kept in ``extras/teacher/``) become per-token binary targets (a token is
+    foreground when more than half its footprint is > 0.5). A 1×1 convolution over the standardised frozen tokens learns
+    them with binary cross-entropy for ``teacher_iterations`` iterations of ``batch_images`` images, then (when
+    ``teacher_iterations`` is set) trains on its own binarised predictions (weight ``self_weight``), AdamW with a step
+    schedule, FOUND's values throughout. Departures from FOUND: tokens come from the feature store (no image
+    augmentation), inputs are standardised (dataset mean and std per channel), its bilateral-solver loss is left out,
+    and so its self-training is off by default. The head, its statistics and the loss curve are kept in ``extras/``.
 
     Yields:
         (name, (h, w) float32 sigmoid foreground probability on the token grid) for every image of the store.
@@ -232,16 +230,14 @@ def foreground_head(data: SaliencyDataset, *, teacher, teacher_settings, hidden,
     tokens = TokenTable(store, trained, data.facet, device)
     target_rows = torch.cat([targets[name] for name in trained]).to(device)
     torch.manual_seed(seed)
-    head = (torch.nn.Linear(tokens.dim, 1) if hidden == 0 else
-            torch.nn.Sequential(torch.nn.Linear(tokens.dim, hidden), torch.nn.ReLU(),
-                                torch.nn.Linear(hidden, 1))).to(device)
+    head = torch.nn.Linear(tokens.dim, 1).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=lr_step, gamma=lr_gamma)
     task = ForegroundHeadTraining(head, tokens, target_rows, generator, batch_images=batch_images,
                                   teacher_iterations=teacher_iterations, self_weight=self_weight)
     # Inside the stage's temporary folder, which an interrupted job does not leave: no last.pt (settings=None).
     rows = run_training(task, head, optimizer, data.extras, epochs=iterations, settings=None, scheduler=scheduler,
-                        config={"facet": data.facet, "hidden": hidden, "teacher": teacher}, progress=data.progress,
+                        config={"facet": data.facet, "teacher": teacher}, progress=data.progress,
                         desc="foreground head", unit="it", model_file="head.pt")
     curve = [{**row, "loss": round(row["loss"], 5)} for row in rows
              if row["iteration"] % 10 == 0 or row["iteration"] == iterations - 1]

@@ -20,8 +20,7 @@ training engine, :mod:`unseg.training.engine`)
   streaming pass (:func:`unseg.training.statistics.scan`);
 * runs on CUDA when present, with bfloat16 autocast and pinned memory, else on the CPU in float32;
 * writes ``last.pt`` after every epoch (resumed only for the same settings and the same tokens and labels, see
-  :mod:`unseg.core.checkpoints`), and ``model.pt`` at the end: the last epoch, or (``keep: lowest_loss``) the epoch with
-  the lowest loss against the training labels;
+  :mod:`unseg.core.checkpoints`), and ``model.pt`` (the last epoch's weights) at the end;
 * logs per epoch the loss, the agreement with the pseudo-labels and, when a ``monitor_split`` is set, the mIoU
   (Hungarian) of its held-out images against their ground truth: monitoring only, never used to choose a model.
 
@@ -105,18 +104,17 @@ LOG_FIELDS = ("epoch", "loss", "pseudo_label_accuracy", "monitor_miou")
 class HeadTraining(TrainingTask):
     """:func:`fit`'s part of the training engine: shuffled batches of (model input, target) items, the criterion's
     loss accumulated over sub-batches, per epoch the mean loss, the agreement with the training labels and the
-    monitored mIoU, and the weights of the epoch ``keep`` chooses."""
+    monitored mIoU."""
 
     def __init__(self, model: TokenHead | ImageSegmenter, dataset: TokenLabelDataset | ImageLabelDataset,
                  criterion: Criterion, generator: torch.Generator, *, batch_size: int, workers: int,
-                 device: torch.device, keep: str, monitor: TokenLabelDataset | ImageLabelDataset | None,
+                 device: torch.device, monitor: TokenLabelDataset | ImageLabelDataset | None,
                  num_classes: int):
         self.model, self.dataset, self.criterion, self.generator = model, dataset, criterion, generator
-        self.batch_size, self.workers, self.device, self.keep = batch_size, workers, device, keep
+        self.batch_size, self.workers, self.device = batch_size, workers, device
         self.monitor, self.num_classes = monitor, num_classes
         self.autocast_dtype = autocast_dtype(device)
         self.log_fields = LOG_FIELDS + criterion.log_fields
-        self.best: dict[str, Any] | None = None  # keep == "lowest_loss": {"row", "state_dict"} of the best epoch
         self.totals: dict[str, float] = {}
 
     def batches(self, epoch: int) -> Iterable[list]:
@@ -157,22 +155,13 @@ class HeadTraining(TrainingTask):
                "monitor_miou": monitor_miou(self.model, self.monitor, self.num_classes, self.device,
                                             self.autocast_dtype) if monitored else None,
                **{key: self.totals[key] / counted for key in self.criterion.log_fields}}
-        if self.keep == "lowest_loss" and (self.best is None or row["loss"] < self.best["row"]["loss"]):
-            self.best = {"row": row,
-                         "state_dict": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}}
         return row
 
     def state_dict(self) -> dict[str, Any]:
-        return {"criterion": self.criterion.state_dict(), "best": self.best}
+        return {"criterion": self.criterion.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.criterion.load_state_dict(state.get("criterion", {}))
-        self.best = state.get("best")
-
-    def final_checkpoint(self, model: torch.nn.Module, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        if self.keep == "last":
-            return {**super().final_checkpoint(model, rows), "best_epoch": rows[-1]["epoch"]}
-        return {"state_dict": self.best["state_dict"], "best_epoch": self.best["row"]["epoch"]}
 
 
 def fit(
@@ -188,7 +177,6 @@ def fit(
     seed: int,
     device: str | None = None,
     workers: int = 0,
-    keep: str = "last",
     monitor: TokenLabelDataset | ImageLabelDataset | None = None,
     progress: bool = True,
     statistics: DatasetScan | None = None,
@@ -196,7 +184,7 @@ def fit(
 ) -> dict:
     """Train ``model`` on ``dataset`` with AdamW (cosine learning-rate decay over all steps) and cross-entropy
     (255 ignored) or another ``criterion``, on the training engine (:func:`unseg.training.engine.run_training`):
-    ``last.pt`` every epoch, then ``model.pt`` (see ``keep``) and ``log.csv``.
+    ``last.pt`` every epoch, then ``model.pt`` (the last epoch's weights) and ``log.csv``.
 
     Args:
         model: an untrained head (or :class:`~unseg.training.finetune.ImageSegmenter` over images); its token statistics
@@ -207,8 +195,6 @@ def fit(
             digest key the resume.
         batch_size: images per optimiser step.
         workers: DataLoader processes reading the store.
-        keep: which epoch's weights become ``model.pt``: ``"last"``, or ``"lowest_loss"`` (the epoch whose mean
-            loss against the training labels was lowest). Never the ground truth's choice.
         monitor: held-out images with their ground truth, scored after every epoch (``monitor_miou``, logging only).
         statistics: the token statistics and data digest (default: :func:`scan` of ``dataset``, which must then be
             a :class:`TokenLabelDataset`); the digest keys the resume.
@@ -216,7 +202,7 @@ def fit(
             maps); its state (random draws) is saved in ``last.pt``, its ``log_fields`` extend ``log.csv``.
 
     Returns:
-        the log row of the epoch kept as ``model.pt``.
+        the last epoch's log row.
     """
     torch.manual_seed(seed)
     criterion = criterion or CrossEntropy()
@@ -229,16 +215,16 @@ def fit(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     task = HeadTraining(model, dataset, criterion, generator, batch_size=batch_size, workers=workers, device=device_,
-                        keep=keep, monitor=monitor, num_classes=config["num_classes"])
+                        monitor=monitor, num_classes=config["num_classes"])
     settings = {**config, "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-                "seed": seed, "keep": keep, "monitor": monitor.names if monitor else None}
+                "seed": seed, "monitor": monitor.names if monitor else None}
     rows = run_training(task, model, optimizer, out_dir, epochs=epochs, config=config, settings=settings,
                         inputs_digest=statistics.digest, scheduler=scheduler, generator=generator,
                         progress=progress, desc=f"train {config.get('method', '')}")
     if monitor is not None and len(monitor):
         print(f"monitor ({len(monitor)} held-out images, ground truth; not used for training or model choice): "
               f"mIoU {rows[-1]['monitor_miou']:.2f} after epoch {rows[-1]['epoch']}", file=sys.stderr)
-    return rows[-1] if keep == "last" else task.best["row"]
+    return rows[-1]
 
 
 @dataclass(frozen=True)
@@ -292,7 +278,7 @@ def load_initial_model(model: TokenHead | ImageSegmenter, path: Path, config: Ma
 
 
 def train_head(inputs: TrainingInputs, kind: str, head_options: Mapping[str, Any], *, epochs, lr, weight_decay,
-               batch_size, label_scale, seed, device, workers, keep, finetune_blocks, backbone_lr,
+               batch_size, label_scale, seed, device, workers, finetune_blocks, backbone_lr,
                probe_epochs, **augment) -> dict:
     """Build the ``kind`` head (:mod:`unseg.training.heads`) and :func:`fit` it on the inputs' labels: on the stored
     tokens,
@@ -332,11 +318,11 @@ def train_head(inputs: TrainingInputs, kind: str, head_options: Mapping[str, Any
         # Linear probing, then fine-tuning (LP-FT): the head first learns on the frozen tokens.
         fit(model.head, tokens, inputs.out_dir / "probe", config={**config, "finetune_blocks": 0}, epochs=probe_epochs,
             lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=device, workers=workers,
-            keep="last", progress=inputs.progress, statistics=statistics)
+            progress=inputs.progress, statistics=statistics)
         model.head.to("cpu")
         config["initial_model_digest"] = data_digest(sorted(model.state_dict().items()))  # keys the resume
     return fit(model, dataset, inputs.out_dir, config=config, epochs=epochs, lr=lr, weight_decay=weight_decay,
-               batch_size=batch_size, seed=seed, device=device, workers=workers, keep=keep, monitor=monitor,
+               batch_size=batch_size, seed=seed, device=device, workers=workers, monitor=monitor,
                progress=inputs.progress, statistics=statistics)
 
 
@@ -387,7 +373,7 @@ MONITOR_LABEL_SCALE = 4
 
 
 def transfgu_bootstrap(inputs: TrainingInputs, *, width, layers, heads, dropout, alpha, alpha_start, omega_diversity,
-                       omega_uncertainty, epochs, lr, weight_decay, batch_size, seed, device, workers, keep,
+                       omega_uncertainty, epochs, lr, weight_decay, batch_size, seed, device, workers,
                        finetune_blocks, augment, crop_side, output_scale, **photometric) -> dict:
     """TransFGU's bootstrapped decoder (Yin et al., ECCV 2022, section 3.3): Segmenter's mask transformer on frozen
     tokens, trained on class scores with the peer, diversity and uncertainty losses (Eq. 13-16).
@@ -443,7 +429,7 @@ def transfgu_bootstrap(inputs: TrainingInputs, *, width, layers, heads, dropout,
         monitor = (ImageLabelDataset(inputs.store_path, inputs.image_paths, inputs.monitor_paths, None,
                                      MONITOR_LABEL_SCALE, spec.mean, spec.std, None) if inputs.monitor_paths else None)
     row = fit(model, dataset, inputs.out_dir, config=config, epochs=epochs, lr=lr, weight_decay=weight_decay,
-              batch_size=batch_size, seed=seed, device=device, workers=workers, keep=keep, monitor=monitor,
+              batch_size=batch_size, seed=seed, device=device, workers=workers, monitor=monitor,
               progress=inputs.progress, criterion=criterion, statistics=statistics)
     if augment:
         keep_head_only(inputs.out_dir / "model.pt")
