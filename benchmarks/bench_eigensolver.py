@@ -9,7 +9,7 @@ Real DINOv2 ViT-S/14 last-block keys of Weizmann horse photos at 392 px (short s
   back to ``which="SM"`` when that raises, as they do. Timed twice: the whole path from the keys, and the
   ``eigsh`` call alone.
 * ``deep-spectral-f64``: the same ``eigsh`` call on float64 matrices (a more precise, slower variant).
-* ``ours``: :func:`unseg.ops.spectral.feature_laplacian_spectrum` on the whole batch, from the keys (CUDA when
+* ``ours``: :func:`unseg.ops.eigensolver.feature_laplacian_spectrum` on the whole batch, from the keys (CUDA when
   present), everything included.
 
 Accuracy: every image's exact spectrum (float64 ``numpy.linalg.eigh`` of D^{-1/2} W D^{-1/2}) is the yardstick.
@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from unseg.features.extract import extract_features  # noqa: E402
 from unseg.features.store import FeatureStore  # noqa: E402
-from unseg.ops.spectral import (  # noqa: E402
+from unseg.ops.eigensolver import (  # noqa: E402
     ORTHONORMALIZATIONS,
     LowRankSettings,
     feature_laplacian_spectrum,

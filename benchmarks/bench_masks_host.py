@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from unseg.config.registry import REGISTRIES  # noqa: E402
 from unseg.features.extract import extract_features  # noqa: E402
 from unseg.features.store import FeatureStore  # noqa: E402
-from unseg.ops.spectral import grid_spectra  # noqa: E402
+from unseg.ops.eigensolver import grid_spectra  # noqa: E402
 from unseg.stages.masks import batch_mask_results  # noqa: E402
 
 

@@ -122,3 +122,10 @@ def killed_after_saves(module, count: int = 2):
             yield
     finally:
         module.save_resume_state = real_save
+
+
+# The heavy imports that declaring, validating and listing methods, and parsing the workflow, must not import.
+HEAVY = ("torch", "torchvision", "timm")
+# MaskContrast settings small enough for the tiny config and the unit tests' planted images.
+TINY_CONTRAST = {"epochs": 3, "batch_size": 2, "embedding_dim": 8, "head": "linear", "queue_size": 4,
+                 "label_scale": 2, "lr": 0.05}

@@ -8,7 +8,7 @@ from typing import Any
 from unseg.config.registry import GRID, declare
 
 # JSON Schema of the solver_precision setting, shared by the masks and saliency methods that call the eigensolver
-# (unseg.ops.spectral.pass_dtype reads it).
+# (unseg.ops.eigensolver.pass_dtype reads it).
 SOLVER_PRECISION = {
     "type": "string",
     "enum": ["auto", "bfloat16", "float32"],

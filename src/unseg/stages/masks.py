@@ -31,14 +31,8 @@ from unseg.core.io import encode_rle, read_image, write_json
 from unseg.core.retry import in_halves_on_oom
 from unseg.core.threads import map_images
 from unseg.features.store import FeatureStore
-from unseg.ops.spectral import (
-    GridMask,
-    color_knn_affinity,
-    deep_spectral_masks,
-    grid_spectra,
-    multik_masks,
-    pass_dtype,
-)
+from unseg.ops.eigensolver import grid_spectra, pass_dtype
+from unseg.ops.spectral import GridMask, color_knn_affinity, deep_spectral_masks, multik_masks
 
 
 @dataclass(frozen=True)
@@ -89,7 +83,7 @@ def spectral_multik(batch: MaskBatch, *, k, split_components, min_area_fraction,
                     solver_precision) -> list[list[GridMask]]:
     """Engstler et al. 2023: NJW spectral clustering of the tokens for every k, every cluster (component) a mask.
 
-    One batched eigensolve (:func:`~unseg.ops.spectral.grid_spectra`) gives the max(k) smallest eigenvectors of every
+    One batched eigensolve (:func:`~unseg.ops.eigensolver.grid_spectra`) gives the max(k) smallest eigenvectors of every
     image; :func:`~unseg.ops.spectral.multik_masks` clusters them for each k.
     """
     _log_precision(batch, solver_precision)

@@ -40,12 +40,8 @@ from unseg.core.retry import in_halves_on_oom
 from unseg.features.store import FeatureStore
 from unseg.ops.cluster import kmeans
 from unseg.ops.crf import CrfParams, dense_crf
-from unseg.ops.spectral import (
-    bipartition_saliency,
-    foreground_side,
-    grid_spectra,
-    pass_dtype,
-)
+from unseg.ops.eigensolver import grid_spectra, pass_dtype
+from unseg.ops.spectral import bipartition_saliency, foreground_side
 from unseg.training.engine import TrainingTask, run_training
 
 

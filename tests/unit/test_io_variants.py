@@ -117,7 +117,7 @@ def validated(config: dict) -> dict:
     from unseg.config.schema import load_methods, validate_config
 
     load_methods()
-    return validate_config(copy.deepcopy(config), Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml")
+    return validate_config(copy.deepcopy(config), Path(__file__).parents[2] / "workflow/schemas/config.schema.yaml")
 
 
 def test_facets_consumers_stores_exactly_what_the_variants_read():

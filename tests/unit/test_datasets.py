@@ -18,7 +18,7 @@ from unseg.data.index import coco_ground_truth, read_classes, run_index
 
 from helpers import SCHEMA
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def index(root: Path, tmp_path: Path, **dataset):

@@ -16,9 +16,7 @@ from unseg.config.docs import config_reference, describe_methods, replace_marked
 from unseg.config.registry import REGISTRIES, STAGES, Registry
 from unseg.config.schema import ConfigError, load_methods, validate_config
 
-from helpers import ROOT, SCHEMA, variant
-
-HEAVY = ("torch", "torchvision", "timm")
+from helpers import HEAVY, ROOT, SCHEMA, variant
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
@@ -45,40 +43,6 @@ def test_loading_validating_and_describing_every_method_imports_no_torch():
         print("unseg.stages.masks" in sys.modules)
     """)
     assert result.stdout.split("\n")[:2] == ["[]", "True"]
-
-
-def heavy_importers(importtime: str) -> set[str]:
-    """The outermost ``unseg`` modules under whose import torch, torchvision or timm was imported, from the stderr
-    of ``python -X importtime`` (a module's line follows its imports', indented one level less)."""
-    rows = [line.rsplit("|", 1)[-1] for line in importtime.splitlines() if line.startswith("import time:")]
-    importers, pending = set(), None  # pending: the indentation of a heavy import whose importer is not found yet
-    for row in rows:
-        name, depth = row.strip(), len(row) - len(row.lstrip())
-        if name in HEAVY and pending is None:
-            pending = depth
-        elif pending is not None and depth < pending:
-            if name.startswith("unseg."):
-                importers.add(name)
-            if depth <= 1:  # a top-level import: the outermost importer is known
-                pending = None
-    return importers
-
-
-def _snakemake_importtime(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-X", "importtime", "-m", "snakemake", *args], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
-
-
-def test_parsing_the_workflow_imports_no_torch():
-    result = _snakemake_importtime("--list-rules")
-    assert "audit_compare" in result.stdout
-    assert not heavy_importers(result.stderr)
-    assert heavy_importers("import time: 1 | 1 |     torch\nimport time: 1 | 1 |   unseg.stages.train\n"
-                           "import time: 1 | 1 | unseg.cli\n") == {"unseg.stages.train", "unseg.cli"}
-
-
-def test_the_demo_dry_run_imports_no_torch():
-    assert not heavy_importers(_snakemake_importtime("-n", "-q").stderr)
 
 
 def test_a_declared_method_is_described_without_import_and_checked_when_resolved():
@@ -261,7 +225,6 @@ def check_marked_block(path: Path, name: str = "methods") -> None:
     listing = describe_methods(markdown=True, brief=True, builtin_only=True)
     assert not update_marked_block(path, name, listing, check=True), \
         f"{path}: run `unseg methods --markdown --brief --into {path}`"
-
 
 
 def test_the_readme_lists_every_built_in_method():

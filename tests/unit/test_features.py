@@ -1,5 +1,4 @@
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -264,49 +263,6 @@ def test_reading_one_image_reads_only_its_files(tmp_path, monkeypatch):
     assert store.facet("b", "keys").shape == (2, 2, 384)
     assert store.geometry("b").grid_size == (2, 2)
     assert read_keys and all(key.startswith("b/") for key in read_keys), read_keys
-
-
-def test_sharded_workflow_replans_only_the_edited_shard(tmp_path):
-    """Two shard jobs and a join; editing one image replans only its shard and the join."""
-    import io
-    import subprocess
-    import sys
-
-    import yaml
-
-    root = Path(__file__).resolve().parents[1]
-    config = yaml.safe_load((root / "tests/configs/tiny.yaml").read_text())
-    config["dataset"]["generate"]["num_images"] = 4
-    # tokens: the tiny config's pseudo-labels and heads read them (a store without them is a config error)
-    config["features"]["vits16"].update(shards=2, batch_size=2, layout="crop",
-                                        facets=["keys", "tokens", "cls", "keys@-4"])
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    target = "results/tiny/features/vits16.zarr"
-
-    def snakemake(*args):
-        result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "--directory",
-                                 str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "--cores", "2", *args],
-                                capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-        return result.stdout
-
-    snakemake(target)
-    store = FeatureStore(tmp_path / target)
-    assert len(store.names) == 4 and store.attrs["shards"] == 2 and store.facet(store.names[0], "keys@-4").ndim == 3
-    assert "Job stats" not in snakemake("-n", target)  # up to date
-    plan = json.loads((tmp_path / "results/tiny/features/vits16.shards/plan.json").read_text())
-    edited = Path(plan[1][0]["path"])
-    pixels = np.asarray(Image.open(edited)).copy()
-    pixels[:8] = 255 - pixels[:8]
-    encoded = io.BytesIO()
-    Image.fromarray(pixels).save(encoded, format="JPEG")
-    with open(edited, "r+b") as handle:  # in place: the folder's listing (and so the index) stays as it was
-        handle.write(encoded.getvalue())
-        handle.truncate()
-    dry = snakemake("-n", target)
-    jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", dry.split("Job stats:")[-1], re.M)}
-    assert jobs == {"features_shard": 1, "features": 1, "total": 2}, dry
-    assert "wildcards: variant=vits16, shard=1" in dry
 
 
 def test_direct_writer_metadata_is_what_zarr_writes(tmp_path):

@@ -26,7 +26,7 @@ from unseg.ops.crf import crf_available
 from unseg.stages.masks import run_masks
 from unseg.stages.saliency import run_saliency
 
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow/schemas/config.schema.yaml"
 
 
 def _config(fused: bool, shards: int, **features):
@@ -128,49 +128,6 @@ def test_a_fused_shard_that_fails_leaves_no_folder_and_a_missing_variant_is_name
     with pytest.raises(FileNotFoundError, match="variant 'multik'"):
         join_fused_masks([folder], "multik", tmp_path / "masks.json")
     assert not Path(tmp_path / "masks.json").exists()
-
-
-def test_the_workflow_runs_a_fused_variant_in_its_shard_jobs_and_joins_what_the_stages_would_write(tmp_path):
-    """fused: true: two features_fused jobs, then features, masks and saliency only join; the artifacts equal those
-    of the unfused workflow on the same config."""
-    import re
-    import subprocess
-    import sys
-
-    import yaml
-
-    root = Path(__file__).resolve().parents[1]
-    config = yaml.safe_load((root / "tests/configs/tiny.yaml").read_text())
-    config["dataset"]["generate"]["num_images"] = 5
-    config["features"]["vits16"].update(shards=2, batch_size=2, resolution=64)
-    targets = ["results/tiny/masks/multik/masks.json", "results/tiny/saliency/bipart"]
-    outputs = {}
-    for fused in (True, False):
-        workdir = tmp_path / ("fused" if fused else "plain")
-        workdir.mkdir()
-        config["features"]["vits16"]["fused"] = fused
-        (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-        command = [sys.executable, "-m", "snakemake", "-s", str(root / "Snakefile"), "--directory", str(workdir),
-                   "--configfile", str(workdir / "config.yaml"), "--cores", "2", *targets]
-        result = subprocess.run(command, capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-        stats = result.stderr.split("Job stats:")[1] if "Job stats:" in result.stderr else result.stdout
-        jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", stats, re.M)}
-        if fused:
-            assert jobs["features_fused"] == 2 and "features_shard" not in jobs, jobs
-        else:
-            assert "features_fused" not in jobs, jobs
-        outputs[fused] = workdir / "results/tiny"
-    fused_masks = (outputs[True] / "masks/multik/masks.json").read_bytes()
-    assert fused_masks == (outputs[False] / "masks/multik/masks.json").read_bytes() and len(json.loads(fused_masks))
-    pngs = sorted(path.name for path in (outputs[False] / "saliency/bipart").glob("*.png"))
-    assert len(pngs) == 5
-    for png in pngs:
-        assert (outputs[True] / "saliency/bipart" / png).read_bytes() == \
-            (outputs[False] / "saliency/bipart" / png).read_bytes()
-    for name in FeatureStore(outputs[False] / "features/vits16.zarr").names:
-        np.testing.assert_array_equal(FeatureStore(outputs[True] / "features/vits16.zarr").facet(name, "tokens"),
-                                      FeatureStore(outputs[False] / "features/vits16.zarr").facet(name, "tokens"))
 
 
 def test_with_facets_consumers_a_fused_variant_stores_only_what_later_stages_read(index_csv, tmp_path):

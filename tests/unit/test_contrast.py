@@ -19,8 +19,7 @@ from unseg.stages.contrast import (
     prototype_contrastive_loss,
 )
 
-TINY_SETTINGS = {"epochs": 3, "batch_size": 2, "embedding_dim": 8, "head": "linear", "queue_size": 4,
-                 "label_scale": 2, "lr": 0.05}
+from helpers import TINY_CONTRAST as TINY_SETTINGS
 
 
 def planted_images(folder, count: int = 6, size: int = 64, tinted: bool = False):
@@ -252,63 +251,6 @@ def test_a_store_without_tokens_is_refused_naming_it(contrast_run, tmp_path):
                           settings, progress=False)
     with pytest.raises(ValueError, match="has no 'tokens' facet"):
         run_contrast(inputs, settings)
-
-
-def test_the_workflow_learns_embeddings_that_any_stage_reads_as_features(tmp_path):
-    import json
-
-    import yaml
-
-    from workflow_helpers import TINY, snakemake
-
-    config = yaml.safe_load(TINY.read_text())
-    config["contrast"] = {"mc": {"features": "vits16", "saliency": "bipart", **TINY_SETTINGS}}
-    config["train"] = {"linear": {"pseudolabels": "km3", "features": "vits16", "epochs": 3},
-                       "linear-mc": {"pseudolabels": "km3", "features": "mc", "facet": "embeddings", "epochs": 3}}
-    feature_checks = {"kmeans": {"seeds": [0, 1]}, "retrieval": {"reference_split": "train", "segments": "saliency"}}
-    config["evaluate"] = {"val": {"predictions": "linear", "split": "val", **feature_checks},
-                          "val-mc": {"predictions": "linear-mc", "split": "val", "facet": "embeddings",
-                                     **feature_checks}}
-    snakemake(tmp_path, config, "results/tiny/evaluate/comparison.md")
-    results = tmp_path / "results" / "tiny"
-    assert (results / "contrast/mc/model.pt").is_file() and (results / "contrast/mc/log.csv").is_file()
-    provenance = json.loads((results / "contrast/mc/embeddings.zarr/provenance.json").read_text())
-    assert set(provenance["config"]["contrast"]) == {"mc"} and set(provenance["config"]["saliency"]) == {"bipart"}
-    chain = json.loads((results / "train/linear-mc/round-1/model.pt.provenance.json").read_text())["config"]
-    assert chain["train"]["linear-mc"]["features"] == "mc" and "mc" in chain["contrast"]
-    learned, raw = (json.loads((results / f"evaluate/{v}/metrics.json").read_text()) for v in ("val-mc", "val"))
-    for metrics in (learned, raw):
-        assert metrics["kmeans"]["miou_mean"] > 0 and metrics["kmeans_objects"]["num_clusters"] == 3
-        assert metrics["retrieval"]["segments"] == "saliency"
-    assert learned["kmeans"]["miou_per_seed"] != raw["kmeans"]["miou_per_seed"]  # other features were clustered
-    comparison = (results / "evaluate/comparison.md").read_text()
-    assert "val-mc" in comparison and "K-means (objects) mIoU" in comparison
-    # editing the contrast variant re-runs it and what reads its embeddings, not the raw branch
-    config["contrast"]["mc"]["temperature"] = 0.2
-    planned = snakemake(tmp_path, config, "results/tiny/evaluate/comparison.md", "-n").stdout
-    outputs = " ".join(line for line in planned.splitlines() if line.strip().startswith("output:"))
-    assert "contrast/mc/" in outputs and "train/linear-mc/" in outputs and "evaluate/val-mc/" in outputs
-    assert "train/linear/" not in outputs and "evaluate/val/" not in outputs
-
-
-def test_config_errors_about_contrast_variants_name_the_key(tmp_path):
-    import yaml
-
-    from workflow_helpers import TINY, snakemake
-
-    config = yaml.safe_load(TINY.read_text())
-    config["contrast"] = {"vits16": {"features": "vits16", "saliency": "bipart"}}
-    failed = snakemake(tmp_path, config, "-n", check=False)
-    output = failed.stdout + failed.stderr
-    assert failed.returncode != 0 and "contrast.vits16: a features variant has that name too" in output
-    config["contrast"] = {"mc": {"features": "vits16", "saliency": "nope"}}
-    failed = snakemake(tmp_path, config, "-n", check=False)
-    assert "contrast.mc.saliency: no 'saliency' variant named 'nope'" in failed.stdout + failed.stderr
-    config["contrast"] = {"mc": {"features": "vits16", "saliency": "bipart"}}
-    config["train"]["linear"].update(features="mc", facet="embeddings")
-    failed = snakemake(tmp_path, config, "-n", check=False)
-    output = failed.stdout + failed.stderr
-    assert "features 'mc' is a contrast variant (learned embeddings): it has no backbone to fine-tune" in output
 
 
 def test_masks_made_elsewhere_are_a_saliency_variant_at_full_resolution(contrast_run, tmp_path):

@@ -24,7 +24,7 @@ from unseg.data.index import (
 )
 from unseg.data.synthetic import generate_synthetic_dataset
 
-VOC_CROPS = Path(__file__).resolve().parents[2] / "shared/data/voc2012-val-crops"
+VOC_CROPS = Path(__file__).resolve().parents[3] / "shared/data/voc2012-val-crops"
 
 
 @pytest.fixture(scope="module")

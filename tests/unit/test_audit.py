@@ -89,7 +89,7 @@ def test_the_saliency_page_looks_as_it_did(tmp_path):
     import os
     import shutil
 
-    reference = Path(__file__).parent / "data" / "audit-saliency.png"
+    reference = Path(__file__).parents[1] / "data" / "audit-saliency.png"
     shot = screenshot(saliency_page(tmp_path).resolve().as_uri(), tmp_path / "shot.png")
     if os.environ.get("UNSEG_UPDATE_SCREENSHOTS") or not reference.exists():
         reference.parent.mkdir(exist_ok=True)

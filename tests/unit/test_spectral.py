@@ -4,25 +4,27 @@ import scipy.linalg
 import scipy.sparse.linalg
 import torch
 
-from unseg.ops.spectral import (
+from unseg.ops.eigensolver import (
     LowRankSettings,
-    _orthonormalize,
-    bipartition_saliency,
     block_krylov_largest,
-    border_fraction,
-    color_knn_affinity,
-    connected_components,
     cosine_affinity,
-    deep_spectral_masks,
     feature_degrees,
     feature_laplacian_spectrum,
     features_in_positive_cone,
     grid_spectra,
     laplacian_eigenvectors,
+    normalized_laplacian_spectrum,
+    orthonormalize,
+    pass_dtype,
+)
+from unseg.ops.spectral import (
+    bipartition_saliency,
+    border_fraction,
+    color_knn_affinity,
+    connected_components,
+    deep_spectral_masks,
     mask_coherence,
     multik_masks,
-    normalized_laplacian_spectrum,
-    pass_dtype,
     spectral_clustering,
 )
 
@@ -199,13 +201,13 @@ def test_feature_space_path_takes_float16_and_mixed_batches():
         feature_laplacian_spectrum(inside, 6, device="cpu", low_rank_solver=LowRankSettings(steps=0))
 
 
-def test_cholesky_qr_orthonormalizes_an_ill_conditioned_block_like_householder():
+def test_cholesky_qrorthonormalizes_an_ill_conditioned_block_like_householder():
     generator = torch.Generator().manual_seed(16)
     basis = torch.linalg.qr(torch.randn(3, 120, 4, generator=generator)).Q
     # ten nearly parallel columns: XᵀX has condition ~1e9, where unshifted Cholesky-QR breaks down in float32
     block = torch.randn(3, 120, 1, generator=generator) + 1e-4 * torch.randn(3, 120, 10, generator=generator)
-    ours = _orthonormalize(block, basis, "cholesky")
-    householder = _orthonormalize(block, basis, "householder")
+    ours = orthonormalize(block, basis, "cholesky")
+    householder = orthonormalize(block, basis, "householder")
     identity = torch.eye(10)
     assert float((ours.transpose(1, 2) @ ours - identity).abs().max()) < 1e-5
     assert float((basis.transpose(1, 2) @ ours).abs().max()) < 1e-3
