@@ -16,6 +16,9 @@ list, a label PNG missing for a benchmark image) is a :class:`DatasetProblem` in
 stops on the first or, with ``dataset.unreadable: skip``, leaves the item out and lists it in ``skipped.csv``. A
 problem with the dataset as a whole (a split without its split file, a duplicated image id or name) raises
 :class:`DatasetError` naming the file.
+
+Why one module of ~600 lines: the seven formats are short readers (30-80 lines each) sharing the split-file, image
+listing and problem-reporting helpers above them; side by side they read as one table of layouts.
 """
 
 from __future__ import annotations
