@@ -318,6 +318,7 @@ def test_real_weights_segment_the_synthetic_scenes(tmp_path, real_weights):
     assert "data:image/png;base64," in html and f"{metrics['miou']:.1f}" in html
 
 
+@pytest.mark.slow  # real DINOv2 weights on 14 real photos: ~60 s
 def test_stages_run_on_real_voc_crops(tmp_path, real_weights):
     if not SHARED_VOC.exists():
         pytest.skip(f"{SHARED_VOC} is absent")
