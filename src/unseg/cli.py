@@ -93,7 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_docs.add_argument("--out", default=None, help="the file to write (default: the repository's "
                                                          "config/README.md)")
     config_docs.add_argument("--check", action="store_true", help="write nothing; exit 1 when the file is stale")
+    check = commands.add_parser("check", help="validate a config file as the workflow would, naming the file and "
+                                               "line of a YAML error or the key of a bad setting")
+    check.add_argument("config", help="the config file (YAML)")
     args = parser.parse_args(argv)
+    if args.command == "check":
+        return _check(args)
     if args.command == "trail":
         return _trail(args)
     if args.command == "methods":
@@ -111,6 +116,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(text)
     except BrokenPipeError:  # `unseg provenance X | head`: the reader had enough
         sys.stdout = open(os.devnull, "w")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from unseg.config.docs import BASE_SCHEMA
+    from unseg.config.schema import ConfigError, check_config_file
+
+    try:
+        config = check_config_file(args.config, BASE_SCHEMA)
+    except ConfigError as error:
+        print(f"unseg: {error}", file=sys.stderr)
+        return 1
+    stages = [stage for stage, variants in config.items() if isinstance(variants, dict) and stage != "dataset"
+              and variants and all(isinstance(settings, dict) for settings in variants.values())]
+    print(f"{args.config}: valid; dataset {config['dataset']['name']!r}, "
+          + ", ".join(f"{len(config[stage])} {stage}" for stage in stages))
     return 0
 
 

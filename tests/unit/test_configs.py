@@ -21,3 +21,19 @@ def test_a_shipped_config_validates_and_names_existing_variants(path):
     config = yaml.safe_load(path.read_text())
     validate_config(config, SCHEMA)
     check_variants(config)
+
+
+def test_unseg_check_names_the_file_and_line_of_a_yaml_error_and_the_key_of_a_bad_setting(tmp_path, capsys):
+    from unseg.cli import main
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("dataset:\n  name: x\n  root: [unclosed\nfeatures:\n  a: {backbone: dino_vits16}\n")
+    assert main(["check", str(broken)]) == 1
+    assert f"{broken}:4:9: not valid YAML: expected ',' or ']', but got ':' (while parsing a flow sequence that " \
+           "starts at line 3, column 9)" in capsys.readouterr().err
+    dangling = tmp_path / "dangling.yaml"
+    dangling.write_text(f"dataset: {{name: x, root: {tmp_path}}}\nmasks:\n  m: {{features: nope}}\n")
+    assert main(["check", str(dangling)]) == 1
+    assert f"{dangling}: masks.m.features: no 'features' or 'contrast' variant named 'nope'" in capsys.readouterr().err
+    assert main(["check", str(ROOT / "config" / "config.yaml")]) == 0
+    assert "valid; dataset 'synthetic'" in capsys.readouterr().out

@@ -204,3 +204,84 @@ def test_a_support_root_joins_the_index_as_its_own_split_without_ground_truth(sy
     shutil.copy(first, support / first.name)
     with pytest.raises(ValueError, match="share a name with a dataset image"):
         run_index(synthetic_root, tmp_path / "images.csv", tmp_path / "skipped.csv", settings)
+
+
+def _index_settings(**given) -> dict:
+    return {"format": "auto", "unreadable": "error", "min_side": 16, **given}
+
+
+def _photo_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _write_image(folder / "a.jpg", (40, 32), "JPEG")
+    return folder
+
+
+def test_tiff_gif_and_a_pil_readable_extension_are_indexed_other_files_listed_as_passed_over(tmp_path: Path) -> None:
+    from unseg.data.index import run_index
+
+    folder = _photo_folder(tmp_path)
+    _write_image(folder / "b.tif", (40, 32), "TIFF", (200, 10, 10))
+    frames = [Image.new("RGB", (40, 32), colour) for colour in ((10, 200, 10), (0, 0, 0))]
+    frames[0].save(folder / "c.gif", save_all=True, append_images=frames[1:])
+    _write_image(folder / "d.ppmfile", (40, 32), "PPM")  # no image extension: PIL identifies it
+    (folder / "notes.txt").write_text("not an image")
+    df = run_index(folder, tmp_path / "images.csv", tmp_path / "skipped.csv", _index_settings())
+    assert df["name"].tolist() == ["a", "b", "c", "d"]
+    from unseg.core.io import read_image
+
+    assert tuple(read_image(df.loc[df["name"] == "c", "path"].item())[0, 0]) == (10, 200, 10)  # the GIF's 1st frame
+    skipped = pd.read_csv(tmp_path / "skipped.csv")
+    assert skipped["path"].tolist() == [str(folder / "notes.txt")]
+    assert "not an image" in skipped["reason"].item()
+
+
+@pytest.mark.parametrize("unreadable", ["error", "skip"])
+def test_broken_links_loops_and_tiny_images_are_an_error_or_a_skip_row_naming_the_file(tmp_path: Path,
+                                                                                      unreadable: str) -> None:
+    from unseg.data.index import run_index
+
+    folder = _photo_folder(tmp_path)
+    (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (folder / "loop1.jpg").symlink_to(folder / "loop2.jpg")
+    (folder / "loop2.jpg").symlink_to(folder / "loop1.jpg")
+    _write_image(folder / "dot.png", (1, 1), "PNG")
+    settings = _index_settings(unreadable=unreadable)
+    if unreadable == "error":
+        with pytest.raises(ValueError, match="gone.jpg: a broken symbolic link"):
+            run_index(folder, tmp_path / "images.csv", tmp_path / "skipped.csv", settings)
+        (folder / "gone.jpg").unlink()
+        (folder / "loop1.jpg").unlink()
+        (folder / "loop2.jpg").unlink()
+        with pytest.raises(ImageReadError, match=r"dot.png.* is 1x1 px, smaller than dataset.min_side 16"):
+            run_index(folder, tmp_path / "images.csv", tmp_path / "skipped.csv", settings)
+        return
+    df = run_index(folder, tmp_path / "images.csv", tmp_path / "skipped.csv", settings)
+    assert df["name"].tolist() == ["a"]
+    reasons = dict(pd.read_csv(tmp_path / "skipped.csv").itertuples(index=False))
+    assert sorted(Path(path).name for path in reasons) == ["dot.png", "gone.jpg", "loop1.jpg", "loop2.jpg"]
+    assert "broken symbolic link" in reasons[str(folder / "loop1.jpg")]
+    assert "smaller than dataset.min_side" in reasons[str((folder / "dot.png").absolute())]
+
+
+def test_a_label_outside_num_classes_stops_the_index_of_a_voc_like_folder(tmp_path: Path) -> None:
+    from unseg.core.io import write_label_png
+    from unseg.data.index import run_index
+
+    root = tmp_path / "voc"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    _write_image(root / "JPEGImages" / "a.jpg", (40, 32), "JPEG")
+    labels = np.zeros((32, 40), np.uint8)
+    labels[:4] = 255  # void is allowed
+    labels[10:20, 10:20] = 3
+    write_label_png(root / "SegmentationClass" / "a.png", labels)
+    run_index(root, tmp_path / "ok.csv", tmp_path / "skipped.csv", _index_settings(num_classes=3),
+              truth_dir=tmp_path / "truth")
+    labels[0, 0] = 7
+    write_label_png(root / "SegmentationClass" / "a.png", labels)
+    with pytest.raises(ValueError, match=r"a.png.* holds ids \[7\] outside the class range 0..3"):
+        run_index(root, tmp_path / "bad.csv", tmp_path / "skipped.csv", _index_settings(num_classes=3),
+                  truth_dir=tmp_path / "truth")
+    run_index(root, tmp_path / "unknown.csv", tmp_path / "skipped.csv", _index_settings(),  # no class count: no check
+              truth_dir=tmp_path / "truth")

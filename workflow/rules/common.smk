@@ -3,6 +3,7 @@
 # (the stage modules are imported by the jobs' scripts only).
 from unseg.config.variants import COMPARED_SECTION, resolve_chain
 from unseg.config.variants import VariantError, check_variants, dataset_root, follow, generated_dataset_root, is_owned_path
+from unseg.core.provenance import tree_listing_digest
 from unseg.ops.crf import INSTALL_HINT, crf_available
 
 try:
@@ -155,6 +156,16 @@ def dataset_inputs():
     """The generated (or downloaded) dataset folder when the config makes one; the user's dataset is read as it is,
     never an output of any rule."""
     return [GENERATED_ROOT] if "generate" in config["dataset"] or "download" in config["dataset"] else []
+
+
+def dataset_listing():
+    """Params value of the index: a digest of the listing (names, sizes, mtimes) of the user's dataset root and
+    support root, so that an image or ground-truth file added, removed or edited re-runs the index and, through the
+    DAG, what depends on it. A generated or downloaded dataset is a rule's output instead (its input)."""
+    if dataset_inputs():
+        return ""
+    roots = [DATASET_ROOT, *([config["dataset"]["support_root"]] if config["dataset"].get("support_root") else [])]
+    return tree_listing_digest(*roots)
 
 
 def check_owned_outputs(workflow_rules):

@@ -43,6 +43,7 @@ rule index:
     params:
         root=lambda wildcards: DATASET_ROOT,
         settings=lambda wildcards: config["dataset"],
+        listing=lambda wildcards: dataset_listing(),
     threads: 2
     log:
         f"{LOGS}/index.log",

@@ -154,3 +154,56 @@ def variant_settings(stage: str, settings: Mapping[str, Any], base_schema: str |
     config = {"dataset": {"name": "python", "root": "."}, stage: {"variant": {**settings, **placeholders}}}
     completed = validate_config(config, base_schema)[stage]["variant"]
     return {key: value for key, value in completed.items() if key not in placeholders}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The config in the YAML file ``path``.
+
+    Raises:
+        ConfigError: the file is missing, not YAML (naming ``file:line:column`` and what the parser expected: the
+            workflow's own message names neither), or not a mapping.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: {error.strerror}") from None
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+        if context and context_mark is not None:
+            problem += f" ({context} that starts at line {context_mark.line + 1}, column {context_mark.column + 1})"
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the config is a mapping of sections (dataset:, features:, ...), not "
+                          f"{type(config).__name__}")
+    return config
+
+
+def check_config_file(path: str | Path, base_schema: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """What the workflow checks of a config before any job, without Snakemake: the YAML (:func:`read_config_file`),
+    the plugins it names, the schema with every method's settings (:func:`validate_config`), and the variants'
+    references to each other; returns the config with its defaults filled in.
+
+    Raises:
+        ConfigError: naming the file and line (YAML) or the key.
+    """
+    from unseg.config.variants import VariantError, check_variants, dataset_root
+
+    path = Path(path)
+    config = read_config_file(path)
+    try:
+        load_methods(config.get("plugins", []), base=path.parent)
+    except ImportError as error:
+        raise ConfigError(f"{path}: plugins: {error}") from None
+    try:
+        validate_config(config, base_schema)
+        check_variants(config)
+        dataset_root(config["dataset"])
+    except (ConfigError, VariantError) as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return config

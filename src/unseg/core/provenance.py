@@ -46,6 +46,31 @@ def folder_listing_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def tree_listing_digest(*roots: str | Path) -> str:
+    """sha256 of the listing of every file below ``roots`` (recursively; hidden files and folders left out, symbolic
+    links to folders not followed): each file's path relative to its root, size and mtime (a symbolic link: those of
+    its target, or ``broken``). A params value of the index: an image or ground-truth file added, removed, replaced
+    or edited in place changes it, so the workflow re-indexes and re-runs what depends on the index. Nothing is read:
+    one ``stat`` per file (about a second per 100,000 files on a local disk)."""
+    digest = hashlib.sha256()
+    for root in roots:
+        root = Path(root)
+        digest.update(f"root {root}\n".encode())
+        for folder, folders, files in os.walk(root):
+            folders[:] = sorted(name for name in folders if not name.startswith("."))
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue
+                path = Path(folder) / name
+                try:
+                    stat = path.stat()
+                    entry = f"{stat.st_size}:{stat.st_mtime_ns}"
+                except OSError:  # a broken link or a loop: the index reports it
+                    entry = "broken"
+                digest.update(f"{path.relative_to(root)}:{entry}\n".encode())
+    return digest.hexdigest()
+
+
 def code_version() -> str:
     """The package version, plus the git commit of the checkout when there is one."""
     try:

@@ -32,12 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from unseg.config.registry import DATASET_FORMATS
 from unseg.core.io import IGNORE_LABEL, read_json
 from unseg.data import label_maps
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+# Read as images by their extension (a GIF: its first frame); a file of another extension is an image when PIL
+# identifies it from its header (PPM, JPEG 2000, ...), else it is passed over and listed in skipped.csv.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+BROKEN_LINK = "a broken symbolic link (or a loop of links): nothing to read"
 ALL_SPLIT = "all"
 UNASSIGNED_SPLIT = "unassigned"
 AUTO_SPLIT_NAMES: tuple[str, ...] = ("train", "val")
@@ -82,6 +86,8 @@ class DatasetLayout:
         class_names: names of the evaluated class ids 0..C-1 (class 0 the background when ``has_background``), or
             None when the format does not know them.
         problems: items left out or to stop on (see the module docstring).
+        passed_over: files in the image folders that are not images (no image extension, and PIL cannot identify
+            them): never an error, each listed in ``skipped.csv`` with its reason.
         root: the dataset root the layout was read from (COCO file names are written relative to it).
     """
 
@@ -98,6 +104,7 @@ class DatasetLayout:
     class_names: Sequence[str] | None = None
     has_background: bool = True
     problems: list[DatasetProblem] = field(default_factory=list)
+    passed_over: list[DatasetProblem] = field(default_factory=list)
     root: Path | None = None
 
     @property
@@ -154,15 +161,63 @@ def is_image_file(path: Path) -> bool:
     return not path.name.startswith(".") and path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _nested_images(folder: Path, excluded: Iterable[Path] = ()) -> list[Path]:
-    """Image files in the subfolders of ``folder`` (hidden folders, VOC's label folders and ``excluded`` left out),
-    sorted."""
+def _resolves(path: Path) -> bool:
+    try:
+        path.stat()
+    except OSError:  # a broken link, a loop of links
+        return False
+    return True
+
+
+def _pil_identifies(path: Path) -> bool:
+    """Whether PIL recognises ``path`` as an image from its header (nothing decoded)."""
+    try:
+        with Image.open(path):
+            return True
+    except Exception:  # any failure to identify: not an image the index reads
+        return False
+
+
+@dataclass
+class FolderFiles:
+    """The files found in an image folder, accounted for: ``images``; ``problems`` (broken links and loops: an
+    error, or a skip under ``dataset.unreadable: skip``); ``passed_over`` (files that are not images)."""
+
+    images: list[Path] = field(default_factory=list)
+    problems: list[DatasetProblem] = field(default_factory=list)
+    passed_over: list[DatasetProblem] = field(default_factory=list)
+
+    def add(self, paths: Iterable[Path]) -> list[Path]:
+        """Sort ``paths`` (hidden ones and folders ignored) into the three lists; returns the images among them."""
+        images = []
+        for path in paths:
+            if path.name.startswith("."):
+                continue
+            if path.is_symlink() and not _resolves(path):
+                self.problems.append(DatasetProblem(str(path), BROKEN_LINK))
+            elif path.is_dir():
+                continue
+            elif not path.is_file():
+                self.passed_over.append(DatasetProblem(str(path), "not a regular file"))
+            elif path.suffix.lower() in IMAGE_EXTENSIONS or _pil_identifies(path):
+                images.append(path)
+            else:
+                self.passed_over.append(DatasetProblem(
+                    str(path), f"not an image: no image extension ({' '.join(sorted(IMAGE_EXTENSIONS))}) and PIL "
+                               "cannot identify it"))
+        self.images += images
+        return images
+
+
+def _nested_files(folder: Path, excluded: Iterable[Path] = ()) -> list[Path]:
+    """The files (and broken links) in the subfolders of ``folder`` (hidden folders, VOC's label folders and
+    ``excluded`` left out), sorted; symbolic links to folders are not followed."""
     excluded = {path.resolve() for path in excluded}
     found = []
     for child in sorted(folder.iterdir()):
-        if (child.is_dir() and not child.name.startswith(".") and child.name not in _NOT_IMAGE_FOLDERS
-                and child.resolve() not in excluded):
-            found += [path for path in sorted(child.rglob("*")) if is_image_file(path)
+        if (child.is_dir() and not child.is_symlink() and not child.name.startswith(".")
+                and child.name not in _NOT_IMAGE_FOLDERS and child.resolve() not in excluded):
+            found += [path for path in sorted(child.rglob("*")) if not path.is_dir()
                       and not any(part.startswith(".") for part in path.relative_to(folder).parts)
                       and not (excluded and _inside_any(path, excluded))]
     return found
@@ -187,14 +242,17 @@ def _unique_names(paths: Iterable[Path], folder: Path, name_of: Callable[[Path],
     return images
 
 
-def list_images(folder: Path, recursive: bool = False) -> dict[str, Path]:
-    """Image file stem → path, for the images directly in ``folder`` (and, ``recursive``, in its subfolders).
+def list_images(folder: Path, recursive: bool = False, files: FolderFiles | None = None) -> dict[str, Path]:
+    """Image file stem → path, for the images directly in ``folder`` (and, ``recursive``, in its subfolders); the
+    other files (broken links, files that are not images) are accounted for in ``files``.
 
     Raises:
         DatasetError: two images with the same stem (naming both), or no image at all.
     """
-    candidates = [path for path in sorted(folder.iterdir()) if is_image_file(path)]
-    nested = _nested_images(folder)
+    files = files if files is not None else FolderFiles()
+    candidates = files.add(sorted(folder.iterdir()))
+    nested_files = _nested_files(folder)
+    nested = files.add(nested_files) if recursive else FolderFiles().add(nested_files)
     if recursive:
         candidates += nested
     elif nested:
@@ -296,7 +354,8 @@ def auto_format(root: Path, *, splits: Sequence[str] | None, image_dir: str | No
             raise FileNotFoundError(f"image folder not found: {str(folder)!r}")
     else:
         folder = root / "JPEGImages" if (root / "JPEGImages").is_dir() else root
-    images = list_images(folder, recursive)
+    files = FolderFiles()
+    images = list_images(folder, recursive, files)
     split_folder = root / "ImageSets" / "Segmentation"
     if not any((split_folder / f"{split}.txt").is_file() for split in AUTO_SPLIT_NAMES):
         split_folder = root
@@ -309,7 +368,8 @@ def auto_format(root: Path, *, splits: Sequence[str] | None, image_dir: str | No
         images=images, splits=split_names,
         semantic=_labels_for(images, lambda name, _: root / "SegmentationClass" / f"{name}.png", [], False),
         instance_pngs=_labels_for(images, lambda name, _: root / "SegmentationObject" / f"{name}.png", [], False),
-        instances_files=[json_path] if json_path.is_file() else [])
+        instances_files=[json_path] if json_path.is_file() else [], problems=files.problems,
+        passed_over=files.passed_over)
     return _keep_splits(layout, splits, str(folder))
 
 
@@ -581,9 +641,10 @@ def folder_format(root: Path, *, splits: Sequence[str] | None, images: str, mask
         return NESTED_NAME_SEPARATOR.join(path.relative_to(image_folder).with_suffix("").parts)
 
     excluded = [mask_folder] if mask_folder is not None else []
-    candidates = [path for path in sorted(image_folder.iterdir()) if is_image_file(path)]
-    candidates += _nested_images(image_folder, excluded)
-    found = _unique_names(candidates, image_folder, name_of)
+    files = FolderFiles()
+    files.add(sorted(image_folder.iterdir()))
+    files.add(_nested_files(image_folder, excluded))
+    found = _unique_names(files.images, image_folder, name_of)
     semantic: dict[str, Path] = {}
     if mask_folder is not None:
         for name, path in found.items():
@@ -593,5 +654,6 @@ def folder_format(root: Path, *, splits: Sequence[str] | None, images: str, mask
                 semantic[name] = mask
     binary = mask_kind == "binary"
     layout = DatasetLayout(images=found, splits={name: ALL_SPLIT for name in found}, semantic=semantic,
-                           binary_masks=binary, class_names=("background", "foreground") if binary else None)
+                           binary_masks=binary, class_names=("background", "foreground") if binary else None,
+                           problems=files.problems, passed_over=files.passed_over)
     return _keep_splits(layout, splits, str(image_folder))

@@ -76,6 +76,7 @@ def build_index(
     settings: Mapping[str, Any] | None = None,
     truth_dir: str | os.PathLike | None = None,
     layout: DatasetLayout | None = None,
+    min_side: int | None = None,
 ) -> pd.DataFrame:
     """Index and verify every image of a dataset.
 
@@ -96,6 +97,8 @@ def build_index(
             copy written as ``resized_dir/{name}.png`` and its ground truth (nearest) as
             ``resized_dir/SegmentationClass/{name}.png`` / ``SegmentationObject/``; None: no budget.
         resized_dir: where the downscaled copies go (required with ``max_pixels``).
+        min_side: an image whose width or height is smaller is refused as unreadable (``dataset.min_side``: below
+            a ViT patch, 14-16 px, it is no token); None: no minimum.
         truth_dir: where ground truth converted to the evaluated class ids goes (``truth_dir/SegmentationClass/``;
             required by a format whose stored ids are not the class ids, e.g. COCO-Stuff, Cityscapes, LIP, binary
             masks, or rasterised COCO instances).
@@ -145,6 +148,9 @@ def build_index(
         try:
             pixels = _verified_pixels(path)
             height, width = pixels.shape[:2]
+            if min_side is not None and min(height, width) < min_side:
+                raise ImageReadError(f"image {str(path)!r} is {width}x{height} px, smaller than dataset.min_side "
+                                     f"{min_side} (a ViT patch is 14-16 px)")
             semantic_path = _checked_semantic(layout, name, (height, width), path, truth_dir)
             if instance_path is not None:
                 _check_label_size(instance_path, (height, width), path)
@@ -231,15 +237,23 @@ def run_index(root: str | os.PathLike, out_csv: str | os.PathLike, out_skipped: 
     truth_dir = Path(truth_dir) if truth_dir is not None else Path(out_csv).parent / "ground_truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
     budget = {"max_pixels": settings.get("max_pixels"), "resized_dir": resized_dir}
-    layout = read_layout(root, settings)
-    df = build_index(root, skipped=skipped, layout=layout, truth_dir=truth_dir, **budget)
+    layout = with_class_range(read_layout(root, settings), settings)
+    min_side = settings.get("min_side")
+    df = build_index(root, skipped=skipped, layout=layout, truth_dir=truth_dir, min_side=min_side, **budget)
+    passed_over = [{"path": os.path.abspath(item.path), "reason": item.reason} for item in layout.passed_over]
     if settings.get("support_root"):
         support_dir = None if resized_dir is None else Path(resized_dir) / SUPPORT_SPLIT
-        df = with_support_images(df, build_index(settings["support_root"], skipped=skipped,
-                                                 recursive=bool(settings.get("recursive")),
-                                                 **{**budget, "resized_dir": support_dir}))
+        support_layout = read_layout(settings["support_root"], {"format": "auto", "image_dir": None,
+                                                                "recursive": bool(settings.get("recursive"))})
+        passed_over += [{"path": os.path.abspath(item.path), "reason": item.reason}
+                        for item in support_layout.passed_over]
+        df = with_support_images(df, build_index(settings["support_root"], skipped=skipped, layout=support_layout,
+                                                 min_side=min_side, **{**budget, "resized_dir": support_dir}))
     for row in skipped or []:
         print(f"index: skipped {row['path']}: {row['reason']}", file=sys.stderr)
+    if passed_over:
+        print(f"index: passed over {len(passed_over)} file(s) that are not images, e.g. {passed_over[0]['path']} "
+              f"({passed_over[0]['reason']}); listed in {out_skipped}", file=sys.stderr)
     if resized_dir is not None:
         Path(resized_dir).mkdir(parents=True, exist_ok=True)
     instances = collect_instances(df[df["split"] != SUPPORT_SPLIT], layout)
@@ -250,7 +264,7 @@ def run_index(root: str | os.PathLike, out_csv: str | os.PathLike, out_skipped: 
     write_json(truth_dir / CLASSES_FILE, class_table(layout, settings))
     write_index(df, out_csv)
     with atomic_output(out_skipped) as tmp:
-        pd.DataFrame(skipped or [], columns=["path", "reason"]).to_csv(tmp, index=False)
+        pd.DataFrame([*(skipped or []), *passed_over], columns=["path", "reason"]).to_csv(tmp, index=False)
     support = int((df["split"] == SUPPORT_SPLIT).sum()) if settings.get("support_root") else 0
     downscaled = int((df["path"] != df["source_path"]).sum())
     labelled = int((df["gt_semantic"] != "").sum())
@@ -261,6 +275,18 @@ def run_index(root: str | os.PathLike, out_csv: str | os.PathLike, out_skipped: 
           + (f", {downscaled} downscaled to at most {settings['max_pixels']} pixels" if downscaled else ""),
           file=sys.stderr)
     return df
+
+
+def with_class_range(layout: DatasetLayout, settings: Mapping[str, Any]) -> DatasetLayout:
+    """``layout`` with the range of its label ids set from the config when its format stores class ids without
+    knowing how many there are (``auto``, ``folder`` with class masks): ``dataset.num_classes`` (or the number of
+    ``class_names``) object classes plus the background, so that a label map holding another id stops the index
+    (or is skipped) naming the file, not the evaluation later."""
+    count = settings.get("num_classes") or len(settings.get("class_names") or [])
+    if (layout.stored_ids is None and layout.label_map is None and not layout.binary_masks and not layout.rasterised
+            and count):
+        layout.stored_ids = count + 1
+    return layout
 
 
 def class_table(layout: DatasetLayout, settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -222,7 +222,8 @@ def mask_kmeans(inputs: PseudolabelInputs, *, background_clusters, min_score, se
     if len(proposals) < total_clusters:
         raise ValueError(
             f"{inputs.source}: {len(proposals)} proposals score >= {min_score}, too few for {total_clusters} "
-            "clusters; lower 'clusters' or 'min_score', or loosen the proposal filter"
+            f"k-means clusters ({inputs.clusters} 'clusters' + {background_clusters} 'background_clusters'); lower "
+            "'clusters', 'background_clusters' or 'min_score', or loosen the proposal filter"
         )
     device = resolve_device(device)
     by_image: dict[int, list[int]] = {}
