@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -418,3 +419,47 @@ def test_an_8_bit_store_is_half_the_bytes_and_reads_within_half_a_step(tmp_path)
     assert chunk_bytes(tmp_path / "u8.zarr") == values and chunk_bytes(tmp_path / "f16.zarr") == 2 * values
     with pytest.raises(ValueError, match="quantize 'int4'"):
         extract_features(paths, ["a", "b"], [1, 2], tmp_path / "x.zarr", quantize="int4", **kwargs)
+
+
+def test_a_reextraction_reuses_the_unchanged_images_and_equals_a_fresh_one(tmp_path, capsys):
+    import hashlib
+    import os
+
+    paths = write_images(tmp_path, [(40, 40)] * 4)
+    digest = [hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in paths]
+    settings = dict(backbone="dino_vits16", weights="random", resolution=32, facets=["keys", "cls"], batch_size=4,
+                    progress=False, workers=0)
+    cache = tmp_path / "v.reuse"
+    extract_features(paths[:3], ["a", "b", "c"], [1, 2, 3], tmp_path / "v.zarr", image_digests=digest[:3],
+                     reuse=cache, **settings)
+    assert len(list(cache.iterdir())) == 3
+    chunk = tmp_path / "v.zarr" / "c" / "keys" / "c" / "0" / "0" / "0"
+    inode = chunk.stat().st_ino
+    shutil.rmtree(tmp_path / "v.zarr")  # as the workflow does before re-running a job
+    # "a" is gone, "b" edited, "c" unchanged (now id 1), "d" new
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(paths[1])
+    digest[1] = hashlib.sha256(Path(paths[1]).read_bytes()).hexdigest()
+    capsys.readouterr()
+    extract_features(paths[1:], ["b", "c", "d"], [1, 2, 3], tmp_path / "v.zarr", image_digests=digest[1:],
+                     reuse=cache, **settings)
+    assert "1 image(s) reused from the last extraction (same file and settings), 2 to compute" in \
+        capsys.readouterr().err
+    assert chunk.stat().st_ino == inode  # linked back in, not recomputed
+    extract_features(paths[1:], ["b", "c", "d"], [1, 2, 3], tmp_path / "fresh.zarr", **settings)
+    reused, fresh = _array_bytes(tmp_path / "v.zarr"), _array_bytes(tmp_path / "fresh.zarr")
+    assert reused.keys() == fresh.keys()
+    assert reused[("c", "keys")] == fresh[("c", "keys")] and reused[("c", "cls")] == fresh[("c", "cls")]
+    # b and d were computed in a batch of 2, not of 3 as in the fresh run: equal within float16 rounding
+    rerun_store, fresh_store = FeatureStore(tmp_path / "v.zarr"), FeatureStore(tmp_path / "fresh.zarr")
+    for name in ("b", "d"):
+        for facet in ("keys", "cls"):
+            np.testing.assert_allclose(rerun_store.facet(name, facet).astype(np.float32),
+                                       fresh_store.facet(name, facet).astype(np.float32), rtol=2e-3, atol=2e-3)
+        assert rerun_store.geometry(name) == fresh_store.geometry(name)
+    assert rerun_store.image_id("c") == 2
+    assert len(os.listdir(cache)) == 3  # the cache holds this store's images only
+    # other settings reuse nothing
+    shutil.rmtree(tmp_path / "v.zarr")
+    extract_features(paths[1:], ["b", "c", "d"], [1, 2, 3], tmp_path / "v.zarr", image_digests=digest[1:],
+                     reuse=cache, **{**settings, "resolution": 48})
+    assert "0 image(s) reused" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 
 from unseg.data.synthetic import generate_synthetic_dataset
+from unseg.features.store import FeatureStore
 
 from workflow_helpers import TINY, planned_jobs, snakemake
 
@@ -44,6 +45,9 @@ def test_an_edited_a_deleted_and_an_added_image_rerun_the_index_and_equal_a_fres
     planned = planned_jobs(snakemake(run, config, TARGET, "-n").stdout)
     assert {"index", "features", "masks"} <= set(planned), planned
     snakemake(run, config, TARGET)
+    # the features job computed the edited and the added image only
+    assert "features: 2 image(s) reused from the last extraction (same file and settings), 2 to compute (new or " \
+           "changed)" in (run / "logs/tiny/features/vits16.log").read_text()
     index = (run / "results/tiny/index/images.csv").read_text()
     assert generated[1].stem not in index and generated[4].stem in index
     assert hashlib.sha256(edited.read_bytes()).hexdigest() in index
@@ -53,4 +57,10 @@ def test_an_edited_a_deleted_and_an_added_image_rerun_the_index_and_equal_a_fres
     snakemake(fresh, config, TARGET)
     assert (fresh / "results/tiny/index/images.csv").read_text() == index
     assert (fresh / TARGET).read_bytes() == (run / TARGET).read_bytes()
+    rerun, fresh_store = (FeatureStore(folder / "results/tiny/features/vits16.zarr") for folder in (run, fresh))
+    assert rerun.names == fresh_store.names and rerun.order() == fresh_store.order()
+    for name in rerun.names:
+        assert rerun.image_id(name) == fresh_store.image_id(name)
+        for facet in rerun.attrs["facets"]:
+            np.testing.assert_array_equal(rerun.facet(name, facet), fresh_store.facet(name, facet))
     assert folder_digests(photos) == before  # only ever read

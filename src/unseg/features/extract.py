@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from unseg import __version__
 from unseg.core.devices import resolve_device
 from unseg.core.geometry import LAYOUTS, resize_and_crop, resize_geometry
 from unseg.core.io import atomic_output, image_size, read_image
+from unseg.core.provenance import code_version
 from unseg.core.retry import in_halves_on_oom
 from unseg.features.backbones import BackboneSpec, create_backbone, get_backbone_spec, weights_digest
 from unseg.features.crops import extract_crop_features
@@ -39,7 +41,9 @@ from unseg.features.store import (
     ORDER_FILE,
     QUANTIZE,
     ImageItem,
+    ReuseCache,
     StoreWriter,
+    image_reuse_key,
     link_tree,
     quantize_uint8_rows,
 )
@@ -174,6 +178,7 @@ def extract_features(
     compress: str | None = None,
     on_written: Callable[[Sequence[Any], list[dict[str, np.ndarray]]], None] | None = None,
     extra_facets: Iterable[str] = (),
+    reuse: str | Path | None = None,
 ) -> Path:
     """Extract ViT facets for a list of images into a new zarr v3 store (written atomically).
 
@@ -205,6 +210,10 @@ def extract_features(
             resumed run had written before are not passed again.
         extra_facets: facets computed for ``on_written`` only, never stored (the fused path's masks facet when no
             later stage reads it from the store); passed in the values they would be stored as.
+        reuse: a :class:`~unseg.features.store.ReuseCache` folder (needs ``image_digests``; not with ``shard`` or
+            ``on_written``): an image whose file and settings an earlier extraction had is linked from it instead of
+            computed, and the cache is refreshed to this store's images at the end. The other images are computed in
+            the batches of a fresh extraction, less the reused images (values equal within float16 rounding).
 
     A killed extraction leaves its temporary store beside ``store_path``; the next call with the same settings and
     images continues it (the batches written completely are kept), any other leftover is removed.
@@ -237,8 +246,17 @@ def extract_features(
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
+    cache = reuse_keys = None
+    if reuse is not None:
+        if image_digests is None or shard is not None or on_written is not None:
+            raise ValueError("extract_features: reuse needs image_digests, and no shard or on_written")
+        cache, code = ReuseCache(reuse), code_version()
+        reuse_keys = {item.name: image_reuse_key(attributes, image_digests[position], code)
+                      for position, item in enumerate(items)}
     with atomic_output(store_path, reuse=resumable) as tmp:
         root, pending = open_for_resume(Path(tmp), attributes, items, loader_batches)
+        if cache is not None:
+            pending = reuse_images(cache, reuse_keys, Path(tmp), items, pending)
         finished = len(items) - sum(len(batch) for batch in pending)
         workers = min(default_workers(threads) if workers is None else workers, len(pending))
         print(f"features: {workers} DataLoader workers decoding, torch threads {torch.get_num_threads()}",
@@ -268,7 +286,37 @@ def extract_features(
             root.attrs["complete"] = True
         else:
             root.attrs["shard_written"] = True
+    if cache is not None:
+        cache.refresh(Path(store_path), reuse_keys)
     return Path(store_path)
+
+
+ADOPT_THREADS = 8
+
+
+def reuse_images(cache: ReuseCache, keys: Mapping[str, str], folder: Path, items: Sequence[ImageItem],
+                 pending: Sequence[list[int]]) -> list[list[int]]:
+    """Link into the store being written (``folder``) every pending image that ``cache`` holds under its key; returns
+    the batches left to compute (the pending batches without those images, empty ones dropped)."""
+    left, adopted = [], []
+    for batch in pending:
+        kept = []
+        for position in batch:
+            item = items[position]
+            if cache.has(keys[item.name]):
+                adopted.append(item)
+            else:
+                kept.append(position)
+        if kept:
+            left.append(kept)
+    # Linking is one mkdir per folder of the group's zarr layout, slow on some filesystems: on threads, as the
+    # store writer's.
+    with ThreadPoolExecutor(max_workers=ADOPT_THREADS) as pool:
+        list(pool.map(lambda item: cache.adopt(keys[item.name], folder / item.name, item.image_id), adopted))
+    reused = len(adopted)
+    print(f"features: {reused} image(s) reused from the last extraction (same file and settings), "
+          f"{sum(map(len, left))} to compute (new or changed)", file=sys.stderr)
+    return left
 
 
 def facets_to_compute(facets: tuple[str, ...], extra_facets: Iterable[str], has_consumer: bool) -> tuple[str, ...]:
@@ -500,4 +548,13 @@ def run_features(
         image_sizes=list(zip(index.height, index.width)), threads=threads, image_digests=index.sha256.tolist(),
         quantize=settings.get("quantize"), compress=settings.get("compress"), on_written=on_written,
         extra_facets=extra_facets,
+        # The one-job extraction keeps its unchanged images across re-runs (a sharded variant reruns only the shards
+        # whose images changed; a fused one recomputes its masks with its features).
+        reuse=reuse_folder(store_path) if shard is None and on_written is None else None,
     )
+
+
+def reuse_folder(store_path: str | Path) -> Path:
+    """The :class:`~unseg.features.store.ReuseCache` of the store ``features/{variant}.zarr``:
+    ``features/{variant}.reuse``."""
+    return Path(store_path).with_suffix(".reuse")

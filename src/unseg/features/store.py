@@ -31,6 +31,7 @@ joined) is refused.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -369,6 +370,58 @@ def link_tree(source: Path, target: Path) -> None:
                 os.link(Path(folder) / file, destination / file)
             except OSError:  # another filesystem, or links not allowed
                 shutil.copy2(Path(folder) / file, destination / file)
+
+
+# The store attributes an image's arrays do not depend on (an image's reuse key leaves them out).
+NOT_PER_IMAGE = ("num_images", "complete", "shard", "shard_written", "resume_key")
+
+
+def image_reuse_key(attributes: Mapping[str, Any], image_digest: str, code: str) -> str:
+    """sha256 naming one image's arrays in a store: its file's digest (the index's sha256), every store attribute
+    the arrays depend on (backbone, weights digest, resolution, layout, facets, quantize, compress, ...) and the
+    code version ``code``: an image whose key is found was extracted exactly so before."""
+    store = {key: value for key, value in attributes.items() if key not in NOT_PER_IMAGE}
+    text = json.dumps({"store": store, "image": image_digest, "code": code}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class ReuseCache:
+    """Hard links to the image groups of a variant's last complete store, one folder per :func:`image_reuse_key`
+    (``features/{variant}.reuse/{key}/``): the workflow deletes a store before re-extracting it, and the links keep
+    each unchanged image's files (no bytes copied, no space taken while the store exists) for the next extraction
+    to link back in. Refreshed after each complete extraction to hold exactly that store's images."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def has(self, key: str) -> bool:
+        return (self.folder / key / "zarr.json").is_file()
+
+    def adopt(self, key: str, group: Path, image_id: int) -> None:
+        """Link the cached image ``key`` into the store as ``group``, with the index's ``image_id`` (ids follow the
+        index's name order, so an added or removed image renumbers the others); the group's metadata is written
+        anew, never through the link."""
+        link_tree(self.folder / key, group)
+        metadata_path = group / "zarr.json"
+        metadata = json.loads(metadata_path.read_text())
+        metadata["attributes"]["image_id"] = int(image_id)
+        metadata_path.unlink()  # a new file, not the cached one's inode
+        metadata_path.write_text(json.dumps(metadata))
+
+    def refresh(self, store: Path, keys: Mapping[str, str]) -> None:
+        """Make the cache hold the groups of ``store`` (image name → key) and nothing else."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name, key in keys.items():
+            if not self.has(key):
+                staging = self.folder / f".{key}.tmp"
+                shutil.rmtree(staging, ignore_errors=True)
+                link_tree(store / name, staging)
+                shutil.rmtree(self.folder / key, ignore_errors=True)
+                staging.rename(self.folder / key)
+        wanted = set(keys.values())
+        for entry in self.folder.iterdir():
+            if entry.name not in wanted:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def write_derived_store(
