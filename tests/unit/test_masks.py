@@ -119,3 +119,29 @@ def test_per_image_work_runs_on_the_jobs_threads_in_order_with_single_threaded_b
     seen.clear()
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # one thread: the caller's own, BLAS untouched
     assert map_images(work, [3]) == [9] and seen[0][0] == threading.current_thread().name
+
+
+def test_a_rerun_reuses_the_masks_of_unchanged_images_and_writes_a_fresh_runs_json(tiny_store, tmp_path, capsys):
+    from unseg.features.store import write_derived_store
+
+    store_path, paths = tiny_store
+    base = FeatureStore(store_path)
+    settings = variant("masks", method="spectral_multik", k=[2, 3], batch_size=3, solver_precision="float32")
+    cache = tmp_path / "multik.reuse"
+    run_masks(store_path, tmp_path / "first.json", settings, image_paths=paths, progress=False, reuse=cache)
+    assert "0 image(s) reused" in capsys.readouterr().err and len(list(cache.iterdir())) == 3
+    # image b's features change (as after an edit of its photo): only b is computed again
+    edited = tmp_path / "edited.zarr"
+    write_derived_store(edited, base, {"facets": ["keys"]},
+                        lambda name: {"keys": base.facet(name, "keys")[:, ::-1] if name == "b"
+                                      else base.facet(name, "keys")}, progress=False)
+    run_masks(edited, tmp_path / "rerun.json", settings, image_paths=paths, progress=False, reuse=cache)
+    assert "masks: 2 image(s) reused from the last run (same features and settings), 1 computed" in \
+        capsys.readouterr().err
+    run_masks(edited, tmp_path / "fresh.json", settings, image_paths=paths, progress=False)
+    assert (tmp_path / "rerun.json").read_bytes() == (tmp_path / "fresh.json").read_bytes()
+    assert (tmp_path / "rerun.json").read_bytes() != (tmp_path / "first.json").read_bytes()
+    assert len(list(cache.iterdir())) == 3  # b's old rows are gone from the cache
+    run_masks(edited, tmp_path / "k4.json", {**settings, "k": [2, 4]}, image_paths=paths, progress=False,
+              reuse=cache)
+    assert "0 image(s) reused" in capsys.readouterr().err  # other settings reuse nothing

@@ -48,6 +48,8 @@ def test_an_edited_a_deleted_and_an_added_image_rerun_the_index_and_equal_a_fres
     # the features job computed the edited and the added image only
     assert "features: 2 image(s) reused from the last extraction (same file and settings), 2 to compute (new or " \
            "changed)" in (run / "logs/tiny/features/vits16.log").read_text()
+    assert "masks: 2 image(s) reused from the last run (same features and settings), 2 computed" in \
+        (run / "logs/tiny/masks/multik.log").read_text()
     index = (run / "results/tiny/index/images.csv").read_text()
     assert generated[1].stem not in index and generated[4].stem in index
     assert hashlib.sha256(edited.read_bytes()).hexdigest() in index

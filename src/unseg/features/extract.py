@@ -557,4 +557,5 @@ def run_features(
 def reuse_folder(store_path: str | Path) -> Path:
     """The :class:`~unseg.features.store.ReuseCache` of the store ``features/{variant}.zarr``:
     ``features/{variant}.reuse``."""
-    return Path(store_path).with_suffix(".reuse")
+    store_path = Path(store_path)
+    return store_path.parent / f"{store_path.name.removesuffix('.zarr')}.reuse"

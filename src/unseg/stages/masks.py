@@ -15,6 +15,7 @@ returns, per image of the batch, a list of
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from tqdm.auto import tqdm
 from unseg.config.registry import REGISTRIES
 from unseg.core.geometry import ResizeGeometry, grid_to_image
 from unseg.core.io import encode_rle, read_image, write_json
+from unseg.core.provenance import code_version
 from unseg.core.retry import in_halves_on_oom
+from unseg.core.reuse import ResultCache, result_key
 from unseg.core.threads import map_images
 from unseg.features.store import FeatureStore
 from unseg.ops.eigensolver import grid_spectra, pass_dtype
@@ -123,6 +126,7 @@ def run_masks(
     image_paths: Mapping[str, str] | None = None,
     device: str | None = None,
     progress: bool = True,
+    reuse: str | Path | None = None,
 ) -> int:
     """Masks of every image in a feature store by the variant's method → COCO results JSON. Returns the mask count.
 
@@ -131,20 +135,64 @@ def run_masks(
             reads), ``batch_size`` (images per method call), and the method's own settings (defaults from its
             schema).
         image_paths: image name → path, for methods that look at the pixels (deep_spectral's colour affinity).
+        reuse: a :class:`~unseg.core.reuse.ResultCache` folder: an image whose grid, geometry and settings an earlier
+            run had keeps its rows (re-numbered to the store's image id) instead of being computed; the images left
+            to compute in a batch run together (values of the batched eigensolver equal a fresh run's within float
+            rounding). Refreshed to this run's images at the end.
     """
     method = REGISTRIES["masks"].get(settings["method"])
     method_settings = method.settings(settings)
     store = FeatureStore(store_path)
-    results = []
+    cache = ResultCache(reuse) if reuse is not None else None
+    code = code_version()
+    results, keys, rows_by_key, reused = [], {}, {}, 0
     bar = tqdm(total=len(store.names), desc=f"masks {method.name}", unit="img", disable=not progress)
     for position, names in enumerate(store.name_batches(int(settings["batch_size"]))):
-        grids = [store.facet(name, settings["facet"]) for name in names]
-        results += batch_mask_results(method, method_settings, names, grids, [store.geometry(n) for n in names],
-                                      [store.image_id(n) for n in names], image_paths, device, first=position == 0)
+        grids = {name: store.facet(name, settings["facet"]) for name in names}
+        if cache is not None:
+            for name in names:
+                keys[name] = mask_result_key(method.name, method_settings, grids[name], store.geometry(name),
+                                             (image_paths or {}).get(name), code)
+        computed = [name for name in names if cache is None or cache.rows(keys[name]) is None]
+        rows = batch_mask_results(method, method_settings, computed, [grids[n] for n in computed],
+                                  [store.geometry(n) for n in computed], [store.image_id(n) for n in computed],
+                                  image_paths, device, first=position == 0) if computed else []
+        by_id = {}
+        for row in rows:
+            by_id.setdefault(row["image_id"], []).append(row)
+        for name in names:  # the store's order, as a fresh run writes it
+            image_id = store.image_id(name)
+            if name in computed:
+                image_rows = by_id.get(image_id, [])
+            else:
+                image_rows, reused = [{"image_id": image_id, **row} for row in cache.rows(keys[name])], reused + 1
+            results += image_rows
+            if cache is not None:
+                rows_by_key[keys[name]] = [{key: value for key, value in row.items() if key != "image_id"}
+                                           for row in image_rows]
         bar.update(len(names))
     bar.close()
     write_json(out_json, results, indent=None)
+    if cache is not None:
+        cache.refresh(rows_by_key)
+        print(f"masks: {reused} image(s) reused from the last run (same features and settings), "
+              f"{len(store.names) - reused} computed", file=sys.stderr)
     return len(results)
+
+
+def masks_reuse_folder(out_json: str | Path) -> Path:
+    """The :class:`~unseg.core.reuse.ResultCache` of ``masks/{variant}/masks.json``: ``masks/{variant}.reuse``."""
+    folder = Path(out_json).parent
+    return folder.parent / f"{folder.name}.reuse"  # not with_suffix: a variant's name may hold a dot
+
+
+def mask_result_key(method: str, method_settings: Mapping[str, Any], grid: np.ndarray, geometry: ResizeGeometry,
+                    image_path: str | None, code: str) -> str:
+    """The :class:`~unseg.core.reuse.ResultCache` key of one image's masks: its grid of the facet, its geometry, the
+    method and its settings, the image file's size and mtime (a method may read the pixels), the code version."""
+    stat = os.stat(image_path) if image_path else None
+    return result_key([grid], {"method": method, "settings": dict(method_settings), "geometry": repr(geometry),
+                               "image": [stat.st_size, stat.st_mtime_ns] if stat else None}, code)
 
 
 def batch_mask_results(method, method_settings: Mapping[str, Any], names: Sequence[str], grids: Sequence[np.ndarray],

@@ -20,6 +20,8 @@ threshold of its map to 0.5 (:func:`split_at`, a monotone remap, so the soft ord
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +38,9 @@ from unseg.config.registry import REGISTRIES
 from unseg.core.devices import resolve_device
 from unseg.core.geometry import ResizeGeometry, grid_to_image, image_to_grid
 from unseg.core.io import atomic_output, read_image, read_label_png, write_json
+from unseg.core.provenance import code_version
 from unseg.core.retry import in_halves_on_oom
+from unseg.core.reuse import result_key
 from unseg.features.store import FeatureStore
 from unseg.ops.cluster import kmeans
 from unseg.ops.crf import CrfParams, dense_crf
@@ -390,6 +394,7 @@ def run_saliency(
     device: str | None = None,
     progress: bool = True,
     image_paths: Mapping[str, str | Path] | None = None,
+    reuse: str | Path | None = None,
 ) -> list[str]:
     """Saliency of every image by the variant's method → ``out_dir/{name}.png`` (written as one atomic folder).
 
@@ -397,6 +402,10 @@ def run_saliency(
         settings: the saliency variant: ``method``, ``facet``, ``batch_size``, ``refine``, ``threshold`` and the
             method's own settings.
         image_paths: image name → image file, read only to refine (``refine: crf``).
+        reuse: a folder of the maps of the last run (a per-image method reading the store: not ``mask_folder``, not
+            a dataset-level method), one hard-linked PNG per key (the image's grid, geometry and file, the settings,
+            the code version): an image whose key is found keeps its map, the others are computed in batches
+            together. Refreshed to this run's images at the end.
 
     Returns:
         the image names.
@@ -410,6 +419,7 @@ def run_saliency(
         if missing:
             raise ValueError(f"saliency refine: crf reads each image, and no image file was given for {missing[:3]} "
                              f"({len(missing)} of {len(store.names)})")
+    keys: dict[str, str] | None = None  # image name → its map's key, when maps are reused
     with atomic_output(out_dir) as tmp:
         tmp.mkdir(parents=True)
         if method.attributes.get("dataset_level"):
@@ -417,6 +427,10 @@ def run_saliency(
                                    progress)
             maps = ((name, np.clip(grid_to_image(np.asarray(grid, np.float32), store.geometry(name)), 0.0, 1.0))
                     for name, grid in method.function(data, **method_settings))
+        elif reuse is not None and not method.attributes.get("pixel_maps"):
+            keys = {}
+            maps = reused_or_computed_maps(method, method_settings, store, settings, device, progress, image_paths,
+                                           Path(reuse), tmp, keys)
         else:
             maps = method_maps(method, method_settings, store, settings["facet"], int(settings["batch_size"]), device,
                                progress, f"saliency {method.name}")
@@ -424,4 +438,67 @@ def run_saliency(
             maps = tqdm(maps, total=len(store.names), desc="saliency + dense CRF", unit="img", disable=not progress)
         for name, soft in maps:
             save_soft_map(finished_soft_map(soft, settings, (image_paths or {}).get(name)), tmp / f"{name}.png")
+    if keys is not None:
+        refresh_map_cache(Path(reuse), Path(out_dir), keys)
     return store.names
+
+
+def saliency_reuse_folder(out_dir: str | Path) -> Path:
+    """The folder of kept maps of ``saliency/{variant}/``: ``saliency/{variant}.reuse``."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f"{out_dir.name}.reuse"  # not with_suffix: a variant's name may hold a dot
+
+
+def saliency_result_key(settings: Mapping[str, Any], grid: np.ndarray, geometry: ResizeGeometry,
+                        image_path: str | Path | None, code: str) -> str:
+    """The key of one image's stored map: its grid of the facet, its geometry, its file's size and mtime (``refine:
+    crf`` reads it), the variant's settings (method, threshold, refine and the method's own), the code version."""
+    stat = os.stat(image_path) if image_path else None
+    return result_key([grid], {"settings": dict(settings), "geometry": repr(geometry),
+                               "image": [stat.st_size, stat.st_mtime_ns] if stat else None}, code)
+
+
+def reused_or_computed_maps(method, method_settings: Mapping[str, Any], store: FeatureStore,
+                            settings: Mapping[str, Any], device: str | None, progress: bool,
+                            image_paths: Mapping[str, str | Path] | None, cache: Path, out: Path,
+                            keys: dict[str, str]) -> Iterator[tuple[str, np.ndarray]]:
+    """:func:`method_maps` for the images whose key (filled into ``keys``) ``cache`` lacks; the others' stored
+    maps are linked into ``out`` as they are."""
+    code, reused = code_version(), 0
+    bar = tqdm(total=len(store.names), desc=f"saliency {method.name}", unit="img", disable=not progress)
+    for position, names in enumerate(store.name_batches(int(settings["batch_size"]))):
+        grids = {name: store.facet(name, settings["facet"]) for name in names}
+        for name in names:
+            keys[name] = saliency_result_key(settings, grids[name], store.geometry(name),
+                                             (image_paths or {}).get(name), code)
+        computed = [name for name in names if not (cache / f"{keys[name]}.png").is_file()]
+        for name in names:
+            if name not in computed:
+                link_or_copy(cache / f"{keys[name]}.png", out / f"{name}.png")
+                reused += 1
+        if computed:
+            yield from zip(computed, batch_soft_maps(method, method_settings, computed, [grids[n] for n in computed],
+                                                     [store.geometry(n) for n in computed], device, position == 0))
+        bar.update(len(names))
+    bar.close()
+    print(f"saliency: {reused} image(s) reused from the last run (same features and settings), "
+          f"{len(store.names) - reused} computed", file=sys.stderr)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(source, target)
+
+
+def refresh_map_cache(cache: Path, out_dir: Path, keys: Mapping[str, str]) -> None:
+    """Make ``cache`` hold this run's maps (``out_dir/{name}.png`` as ``{key}.png``, hard links) and nothing else."""
+    cache.mkdir(parents=True, exist_ok=True)
+    for name, key in keys.items():
+        if not (cache / f"{key}.png").is_file():
+            link_or_copy(out_dir / f"{name}.png", cache / f"{key}.png")
+    wanted = {f"{key}.png" for key in keys.values()}
+    for entry in cache.iterdir():
+        if entry.name not in wanted:
+            entry.unlink()
