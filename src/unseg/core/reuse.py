@@ -10,25 +10,23 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from unseg.core.io import read_json, write_json
 
 
-def result_key(arrays: Iterable[np.ndarray], settings: Mapping[str, Any], code: str) -> str:
-    """sha256 of an image's input ``arrays`` (their dtype, shape and bytes), the JSON of ``settings`` (everything else
-    the result depends on: the method's settings, the image's geometry, ...) and the code version ``code``."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.tobytes())
-    digest.update(json.dumps({"settings": settings, "code": code}, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
+def result_key(inputs: str, settings: Mapping[str, Any], code: str, image_path: str | os.PathLike | None = None
+               ) -> str:
+    """sha256 of an image's ``inputs`` (a digest of what the result is computed from, e.g.
+    :meth:`unseg.features.store.FeatureStore.stored_digest`), the JSON of ``settings`` (the method and its settings),
+    the code version ``code`` and, when the method may read the image file ``image_path``, its size and mtime."""
+    stat = os.stat(image_path) if image_path else None
+    image = [stat.st_size, stat.st_mtime_ns] if stat else None
+    text = json.dumps({"inputs": inputs, "settings": settings, "code": code, "image": image}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class ResultCache:

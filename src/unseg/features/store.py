@@ -138,6 +138,20 @@ class FeatureStore:
     def image_id(self, name: str) -> int:
         return int(self.root[name].attrs["image_id"])
 
+    def stored_digest(self, name: str, facet: str) -> str:
+        """sha256 of what one image's ``facet`` is as stored: its geometry (the group's attributes but its id) and
+        the facet's files (metadata and chunk bytes), read as files, nothing decoded (~20x cheaper than
+        :meth:`facet` through zarr): the key of a result computed from it (:mod:`unseg.core.reuse`)."""
+        group = self.path / name
+        attributes = json.loads((group / "zarr.json").read_text())["attributes"]
+        digest = hashlib.sha256(json.dumps({key: value for key, value in attributes.items() if key != "image_id"},
+                                           sort_keys=True).encode())
+        for path in sorted((group / facet).rglob("*")):
+            if path.is_file():
+                digest.update(f"{path.relative_to(group)}\n".encode())
+                digest.update(path.read_bytes())
+        return digest.hexdigest()
+
 
 # ------------------------------------------------------------------------------------------------------------ writing
 

@@ -15,7 +15,6 @@ returns, per image of the batch, a list of
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -148,12 +147,15 @@ def run_masks(
     results, keys, rows_by_key, reused = [], {}, {}, 0
     bar = tqdm(total=len(store.names), desc=f"masks {method.name}", unit="img", disable=not progress)
     for position, names in enumerate(store.name_batches(int(settings["batch_size"]))):
-        grids = {name: store.facet(name, settings["facet"]) for name in names}
+        cached = {}
         if cache is not None:
             for name in names:
-                keys[name] = mask_result_key(method.name, method_settings, grids[name], store.geometry(name),
-                                             (image_paths or {}).get(name), code)
-        computed = [name for name in names if cache is None or cache.rows(keys[name]) is None]
+                keys[name] = result_key(store.stored_digest(name, settings["facet"]),
+                                        {"method": method.name, "settings": dict(method_settings)}, code,
+                                        (image_paths or {}).get(name))
+                cached[name] = cache.rows(keys[name])
+        computed = [name for name in names if cached.get(name) is None]
+        grids = {name: store.facet(name, settings["facet"]) for name in computed}
         rows = batch_mask_results(method, method_settings, computed, [grids[n] for n in computed],
                                   [store.geometry(n) for n in computed], [store.image_id(n) for n in computed],
                                   image_paths, device, first=position == 0) if computed else []
@@ -165,7 +167,7 @@ def run_masks(
             if name in computed:
                 image_rows = by_id.get(image_id, [])
             else:
-                image_rows, reused = [{"image_id": image_id, **row} for row in cache.rows(keys[name])], reused + 1
+                image_rows, reused = [{"image_id": image_id, **row} for row in cached[name]], reused + 1
             results += image_rows
             if cache is not None:
                 rows_by_key[keys[name]] = [{key: value for key, value in row.items() if key != "image_id"}
@@ -184,15 +186,6 @@ def masks_reuse_folder(out_json: str | Path) -> Path:
     """The :class:`~unseg.core.reuse.ResultCache` of ``masks/{variant}/masks.json``: ``masks/{variant}.reuse``."""
     folder = Path(out_json).parent
     return folder.parent / f"{folder.name}.reuse"  # not with_suffix: a variant's name may hold a dot
-
-
-def mask_result_key(method: str, method_settings: Mapping[str, Any], grid: np.ndarray, geometry: ResizeGeometry,
-                    image_path: str | None, code: str) -> str:
-    """The :class:`~unseg.core.reuse.ResultCache` key of one image's masks: its grid of the facet, its geometry, the
-    method and its settings, the image file's size and mtime (a method may read the pixels), the code version."""
-    stat = os.stat(image_path) if image_path else None
-    return result_key([grid], {"method": method, "settings": dict(method_settings), "geometry": repr(geometry),
-                               "image": [stat.st_size, stat.st_mtime_ns] if stat else None}, code)
 
 
 def batch_mask_results(method, method_settings: Mapping[str, Any], names: Sequence[str], grids: Sequence[np.ndarray],

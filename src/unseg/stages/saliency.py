@@ -449,15 +449,6 @@ def saliency_reuse_folder(out_dir: str | Path) -> Path:
     return out_dir.parent / f"{out_dir.name}.reuse"  # not with_suffix: a variant's name may hold a dot
 
 
-def saliency_result_key(settings: Mapping[str, Any], grid: np.ndarray, geometry: ResizeGeometry,
-                        image_path: str | Path | None, code: str) -> str:
-    """The key of one image's stored map: its grid of the facet, its geometry, its file's size and mtime (``refine:
-    crf`` reads it), the variant's settings (method, threshold, refine and the method's own), the code version."""
-    stat = os.stat(image_path) if image_path else None
-    return result_key([grid], {"settings": dict(settings), "geometry": repr(geometry),
-                               "image": [stat.st_size, stat.st_mtime_ns] if stat else None}, code)
-
-
 def reused_or_computed_maps(method, method_settings: Mapping[str, Any], store: FeatureStore,
                             settings: Mapping[str, Any], device: str | None, progress: bool,
                             image_paths: Mapping[str, str | Path] | None, cache: Path, out: Path,
@@ -467,11 +458,11 @@ def reused_or_computed_maps(method, method_settings: Mapping[str, Any], store: F
     code, reused = code_version(), 0
     bar = tqdm(total=len(store.names), desc=f"saliency {method.name}", unit="img", disable=not progress)
     for position, names in enumerate(store.name_batches(int(settings["batch_size"]))):
-        grids = {name: store.facet(name, settings["facet"]) for name in names}
-        for name in names:
-            keys[name] = saliency_result_key(settings, grids[name], store.geometry(name),
-                                             (image_paths or {}).get(name), code)
+        for name in names:  # the method, threshold, refine (which reads the image) and the method's settings
+            keys[name] = result_key(store.stored_digest(name, settings["facet"]), dict(settings), code,
+                                    (image_paths or {}).get(name))
         computed = [name for name in names if not (cache / f"{keys[name]}.png").is_file()]
+        grids = {name: store.facet(name, settings["facet"]) for name in computed}
         for name in names:
             if name not in computed:
                 link_or_copy(cache / f"{keys[name]}.png", out / f"{name}.png")
