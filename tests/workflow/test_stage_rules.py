@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from unseg.features.store import FeatureStore
@@ -40,6 +41,7 @@ def _snakemake_importtime(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, check=True)
 
 
+@pytest.mark.slow  # ~26 s; tests/unit/test_features.py checks shards equal one extraction
 def test_sharded_workflow_replans_only_the_edited_shard(tmp_path):
     """Two shard jobs and a join; editing one image replans only its shard and the join."""
     import io
@@ -83,6 +85,7 @@ def test_sharded_workflow_replans_only_the_edited_shard(tmp_path):
     assert "wildcards: variant=vits16, shard=1" in dry
 
 
+@pytest.mark.slow  # ~60 s: two workflows; tests/unit/test_fused.py checks the join byte for byte
 def test_the_workflow_runs_a_fused_variant_in_its_shard_jobs_and_joins_what_the_stages_would_write(tmp_path):
     """fused: true: two features_fused jobs, then features, masks and saliency only join; the artifacts equal those
     of the unfused workflow on the same config."""
@@ -126,6 +129,7 @@ def test_the_workflow_runs_a_fused_variant_in_its_shard_jobs_and_joins_what_the_
                                       FeatureStore(outputs[False] / "features/vits16.zarr").facet(name, "tokens"))
 
 
+@pytest.mark.slow  # ~60 s; tests/unit/test_contrast.py checks the stage
 def test_the_workflow_learns_embeddings_that_any_stage_reads_as_features(tmp_path):
     import json
 

@@ -74,6 +74,7 @@ def test_metrics_are_sane(tiny_run):
     assert f"{metrics['miou']:.1f}" in report
 
 
+@pytest.mark.slow  # ~25 s: a second backbone's run
 def test_mae_masks_with_dino_saliency(tmp_path):
     # Issue 4's optional branch: multi-k masks on MAE keys, saliency still from the DINO-style variant.
     config = yaml.safe_load(TINY.read_text())
@@ -388,6 +389,7 @@ def top_rows(batch, *, rows):
 '''
 
 
+@pytest.mark.slow  # ~27 s; tests/unit/test_registry.py runs a plugin method of every stage
 def test_a_plugin_module_adds_a_method_without_forking(tmp_path):
     # The config names the researcher's own module; its method (and its settings' schema) is loaded before
     # validation, in the Snakefile and in every job.
