@@ -84,14 +84,22 @@ class FeatureStore:
             )
         self.attrs = dict(self.root.attrs)
         self._geometries: dict[str, ResizeGeometry] = {}  # read-only store: each image's attributes read once
+        self._attributes: dict[str, dict[str, Any]] = {}
 
-    @property
+    @functools.cached_property
     def names(self) -> list[str]:
-        # Files that are not zarr nodes sit in the store on purpose (provenance.json, Snakemake's timestamp);
-        # zarr warns about each while listing, so the listing is quiet about them.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component")
-            return sorted(name for name, _ in self.root.groups())
+        """The image names, sorted: the store's folders that are zarr groups, listed once (the store is read-only).
+        Read from the folders' ``zarr.json`` files, ~10x cheaper than zarr's own listing: files that are not zarr
+        nodes sit in the store on purpose (provenance.json, Snakemake's timestamp)."""
+        names = []
+        for entry in os.scandir(self.path):
+            metadata = Path(entry.path) / "zarr.json"
+            if entry.is_dir() and metadata.is_file():
+                node = json.loads(metadata.read_text())
+                if node.get("node_type") == "group":
+                    names.append(entry.name)
+                    self._attributes[entry.name] = node.get("attributes", {})
+        return sorted(names)
 
     def name_batches(self, size: int) -> list[list[str]]:
         """The image names in consecutive batches of at most ``size``: along each run of ``order.json`` (a batch never
@@ -123,11 +131,20 @@ class FeatureStore:
             warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3 specification")
             return np.asarray(group[facet][...], dtype=np.float32)
 
+    def attributes(self, name: str) -> dict[str, Any]:
+        """One image group's attributes (original_size, resized_size, grid_size, crop_box, image_id), read from its
+        ``zarr.json`` once (zarr's own attribute read costs ~0.4 ms; the stages ask once per image or mask)."""
+        if name not in self._attributes:
+            metadata = self.path / name / "zarr.json"
+            if not metadata.is_file():
+                raise KeyError(f"image {name!r} is not in feature store {str(self.path)!r}")
+            self._attributes[name] = json.loads(metadata.read_text()).get("attributes", {})
+        return self._attributes[name]
+
     def geometry(self, name: str) -> ResizeGeometry:
-        """The image's resize/crop geometry (cached: reading zarr attributes costs ~0.4 ms, and the masks stage
-        asks once per mask)."""
+        """The image's resize/crop geometry."""
         if name not in self._geometries:
-            attrs = self.root[name].attrs
+            attrs = self.attributes(name)
             crop_box = attrs.get("crop_box")
             self._geometries[name] = ResizeGeometry(
                 tuple(attrs["original_size"]), tuple(attrs["resized_size"]), tuple(attrs["grid_size"]),
@@ -136,20 +153,21 @@ class FeatureStore:
         return self._geometries[name]
 
     def image_id(self, name: str) -> int:
-        return int(self.root[name].attrs["image_id"])
+        return int(self.attributes(name)["image_id"])
 
     def stored_digest(self, name: str, facet: str) -> str:
         """sha256 of what one image's ``facet`` is as stored: its geometry (the group's attributes but its id) and
         the facet's files (metadata and chunk bytes), read as files, nothing decoded (~20x cheaper than
         :meth:`facet` through zarr): the key of a result computed from it (:mod:`unseg.core.reuse`)."""
         group = self.path / name
-        attributes = json.loads((group / "zarr.json").read_text())["attributes"]
-        digest = hashlib.sha256(json.dumps({key: value for key, value in attributes.items() if key != "image_id"},
-                                           sort_keys=True).encode())
-        for path in sorted((group / facet).rglob("*")):
-            if path.is_file():
-                digest.update(f"{path.relative_to(group)}\n".encode())
-                digest.update(path.read_bytes())
+        digest = hashlib.sha256(json.dumps({key: value for key, value in self.attributes(name).items()
+                                            if key != "image_id"}, sort_keys=True).encode())
+        files = sorted(os.path.join(folder, file) for folder, _, file_names in os.walk(group / facet)
+                       for file in file_names)
+        for path in files:
+            digest.update(f"{os.path.relpath(path, group)}\n".encode())
+            with open(path, "rb") as handle:
+                digest.update(handle.read())
         return digest.hexdigest()
 
 
