@@ -322,7 +322,30 @@ def test_coco_ap_half_recall_uses_101_point_interpolation():
 
 def test_coco_ap_empty_detections_are_zeros():
     result = coco_mask_ap(_gt([[MASK_A]]), [])
-    assert result == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "AR1": 0.0, "AR10": 0.0, "AR100": 0.0, "num_detections": 0}
+    assert result == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "AR1": 0.0, "AR10": 0.0, "AR100": 0.0, "APs": 0.0,
+                      "ARs": 0.0, "APm": 0.0, "ARm": 0.0, "APl": 0.0, "ARl": 0.0, "num_detections": 0}
+
+
+def test_coco_ap_by_object_size():
+    # A 200 x 200 image: a small object (10 x 10 = 100 px < 32²), a medium one (40 x 40 = 1600 px) and a large one
+    # (120 x 120 = 14400 px > 96²). Found exactly: the small and the large one; the medium one is missed, and a
+    # wrong medium detection (disjoint, 1600 px) ranks first among the medium ones.
+    def box(top, left, side):
+        mask = np.zeros((200, 200), dtype=bool)
+        mask[top : top + side, left : left + side] = True
+        return mask
+
+    small, medium, large, wrong = box(0, 0, 10), box(0, 150, 40), box(60, 0, 120), box(150, 150, 40)
+    gt = {"images": [{"id": 1, "height": 200, "width": 200, "file_name": "1.jpg"}],
+          "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "segmentation": encode_rle(m), "iscrowd": 0}
+                          for i, m in enumerate((small, medium, large))],
+          "categories": [{"id": 1, "name": "a"}]}
+    result = coco_mask_ap(gt, [_det(1, small, 0.9), _det(1, wrong, 0.8), _det(1, large, 0.7)])
+    assert result["APs"] == pytest.approx(100.0) and result["ARs"] == pytest.approx(100.0)
+    assert result["APl"] == pytest.approx(100.0) and result["ARl"] == pytest.approx(100.0)
+    assert result["APm"] == pytest.approx(0.0) and result["ARm"] == pytest.approx(0.0)
+    # over all sizes: ranked TP, FP, TP of 3 -> the independent 101-point AP
+    assert result["AP50"] == pytest.approx(_ap_101([1, 0, 1], num_gt=3))
 
 
 def test_coco_ap_prints_nothing(capsys):

@@ -19,6 +19,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 AP_KEYS = ("AP", "AP50", "AP75")
+# COCO's object sizes by mask area in pixels: small < 32², medium < 96², large (pycocotools' areaRng)
+SIZE_KEYS = {"small": ("APs", "ARs"), "medium": ("APm", "ARm"), "large": ("APl", "ARl")}
 
 
 def _to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
@@ -92,8 +94,9 @@ def coco_mask_ap(
 
     Returns:
         dict with ``AP`` (IoU .50:.95), ``AP50``, ``AP75`` at ``max_dets[-1]`` detections and ``AR{m}`` for each
-        ``m`` in max_dets (default keys AR1, AR10, AR100), all in percent over area range "all", plus
-        ``num_detections``. An empty detection list gives zeros. With no ground-truth instance at all the scores
+        ``m`` in max_dets (default keys AR1, AR10, AR100), all in percent over area range "all"; ``APs``,
+        ``APm``, ``APl`` and ``ARs``, ``ARm``, ``ARl`` over COCO's small / medium / large objects (mask area under
+        32², under 96², above) at ``max_dets[-1]``; and ``num_detections``. An empty detection list gives zeros. With no ground-truth instance at all the scores
         are undefined and returned as None. pycocotools' console output is suppressed.
     """
     max_dets = [int(m) for m in max_dets]
@@ -102,7 +105,8 @@ def coco_mask_ap(
     ar_keys = [f"AR{m}" for m in max_dets]
     gt, results = _prepared_coco_inputs(gt_coco, detections, class_agnostic)
     if not results:
-        return {**{key: 0.0 for key in (*AP_KEYS, *ar_keys)}, "num_detections": 0}
+        size_keys = [key for pair in SIZE_KEYS.values() for key in pair]
+        return {**{key: 0.0 for key in (*AP_KEYS, *ar_keys, *size_keys)}, "num_detections": 0}
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
@@ -134,6 +138,10 @@ def coco_mask_ap(
     }
     for index, key in enumerate(ar_keys):
         metrics[key] = mean_valid(recall[:, :, index])
+    for area, (ap_key, ar_key) in SIZE_KEYS.items():
+        area_index = params.areaRngLbl.index(area)
+        metrics[ap_key] = mean_valid(evaluator.eval["precision"][:, :, :, area_index, -1])
+        metrics[ar_key] = mean_valid(evaluator.eval["recall"][:, :, area_index, -1])
     metrics["num_detections"] = len(results)
     return metrics
 
