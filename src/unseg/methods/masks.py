@@ -61,3 +61,23 @@ declare("masks", "deep_spectral", "unseg.stages.masks:deep_spectral",
                      "description": "lambda of the KNN colour (image-matting) affinity added to the feature affinity; "
                                     "0 = features only"},
 })
+
+
+declare("masks", "maskcut", "unseg.stages.masks:maskcut",
+        description=("MaskCut (Wang et al., CutLER, CVPR 2023, section 3.1): up to N normalized cuts per image on the "
+                     "keys' affinity thresholded at tau, each cut's foreground (the side of the eigenvector's peak, "
+                     "not three corners; its component holding the peak) removed from the next cut's graph."),
+        reads=READS_GRID,
+        schema={
+    "num_cuts": {"type": "integer", "minimum": 1, "default": 3,
+                 "description": "N, the most masks per image (CutLER section 3.1: 3)"},
+    "tau": {"type": "number", "minimum": -1, "maximum": 1, "default": 0.15,
+            "description": "affinity threshold: edges of weight 1 where the keys' cosine similarity is above tau, "
+                           "1e-5 elsewhere (CutLER section 3.1: 0.15)"},
+    "min_area_fraction": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.01,
+                          "description": "a cut whose mask covers at most this fraction of the grid ends the image's "
+                                         "cuts (CutLER's maskcut.py: 0.01)"},
+    "max_previous_iou": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
+                         "description": "a cut whose mask overlaps the previous one above this IoU ends the image's "
+                                        "cuts (CutLER's maskcut.py: 0.5)"},
+})

@@ -34,6 +34,7 @@ from unseg.core.reuse import ResultCache, result_key
 from unseg.core.threads import map_images
 from unseg.features.store import FeatureStore
 from unseg.ops.eigensolver import grid_spectra, pass_dtype
+from unseg.ops.maskcut import maskcut_masks
 from unseg.ops.spectral import GridMask, color_knn_affinity, deep_spectral_masks, multik_masks
 
 
@@ -111,6 +112,12 @@ def deep_spectral(batch: MaskBatch, *, k, split_components, min_area_fraction, m
                                                       drop_background, seed, eigenvectors=job[1][0],
                                                       degree=job[1][1]),
                       zip(batch.grids, spectra))
+
+
+def maskcut(batch: MaskBatch, *, num_cuts, tau, min_area_fraction, max_previous_iou) -> list[list[GridMask]]:
+    """MaskCut (Wang et al., CutLER, CVPR 2023, §3.1): :func:`~unseg.ops.maskcut.maskcut_masks` on the batch, the
+    cuts of every image of one token count solved together."""
+    return maskcut_masks(list(batch.grids), num_cuts, tau, min_area_fraction, max_previous_iou, device=batch.device)
 
 
 def grid_mask_to_image(grid_mask: np.ndarray, geometry: ResizeGeometry) -> np.ndarray:
