@@ -91,6 +91,36 @@ def test_coco_keeps_crowd_flags_renumbers_categories_and_reads_a_subset(tmp_path
     assert {a["category_id"] for a in coco["annotations"]} == {1} and len(coco["annotations"]) == 3
 
 
+def test_coco_supercategories_number_the_supercategory_fields(tmp_path):
+    fixtures.write_coco(tmp_path / "data")
+    df, truth = index(tmp_path / "data", tmp_path, format="coco", classes="supercategories", semantic=True)
+    coco = coco_ground_truth(df.reset_index(), truth)
+    # person (id 1), dog (18) and toothbrush (90): supercategories person, animal, indoor in that order
+    assert [(c["id"], c["name"]) for c in coco["categories"]] == [(1, "person"), (2, "animal"), (3, "indoor")]
+    assert [a["category_id"] for a in coco["annotations"]] == [1, 2, 1, 3]
+    assert read_classes(truth)["names"] == ["background", "person", "animal", "indoor"]
+    labels = read_label_png(df.loc["000000000011", "gt_semantic"])
+    assert set(np.unique(labels).tolist()) <= {0, 1, 2, 255} and (labels == 2).any()
+
+
+def test_coco_supercategories_of_the_real_annotation_file():
+    path = SHARED / "coco-val500" / "annotations" / "instances_val2017.json"
+    if not path.is_file():
+        pytest.skip("../shared/data/coco-val500 is absent")
+    from unseg.data.formats import coco_category_map
+
+    category_of, kept = coco_category_map(read_json(path)["categories"], "supercategories")
+    # COCO 2017's 12 thing supercategories, in the order of their first category id, and how many categories each
+    # holds (80 in all)
+    sizes = {"person": 1, "vehicle": 8, "outdoor": 5, "animal": 10, "accessory": 5, "sports": 10, "kitchen": 7,
+             "food": 10, "furniture": 6, "electronic": 6, "appliance": 5, "indoor": 7}
+    assert [c["name"] for c in kept] == list(sizes) and [c["id"] for c in kept] == list(range(1, 13))
+    assert [sum(1 for value in category_of.values() if value == c["id"]) for c in kept] == list(sizes.values())
+    assert category_of[3] == 2 and category_of[18] == 4 and category_of[59] == 8 and category_of[90] == 12
+    with pytest.raises(ValueError, match="no 'supercategory' field"):
+        coco_category_map([{"id": 1, "name": "thing"}], "supercategories")
+
+
 def test_coco_semantic_maps_are_rasterised_with_crowd_void(tmp_path):
     facts = fixtures.write_coco(tmp_path / "data")
     df, _ = index(tmp_path / "data", tmp_path, format="coco", semantic=True)

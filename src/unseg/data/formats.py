@@ -484,7 +484,18 @@ class _CocoRasteriser:
 
 
 def coco_category_map(categories: Sequence[Mapping[str, Any]], mode: str) -> tuple[dict[int, int], list[dict]]:
-    """A COCO file's category id → kept id, and the kept categories, for ``mode`` as_is | contiguous | agnostic."""
+    """A COCO file's category id → kept id, and the kept categories, for ``mode`` as_is | contiguous |
+    supercategories | agnostic."""
+    if mode == "supercategories":
+        ordered = sorted(categories, key=lambda c: int(c["id"]))
+        lacking = [c.get("name", c["id"]) for c in ordered if not c.get("supercategory")]
+        if lacking:
+            raise ValueError(f"dataset.classes: supercategories, but categories {lacking[:5]} have no "
+                             f"'supercategory' field")
+        names = list(dict.fromkeys(c["supercategory"] for c in ordered))  # in the order of their first category
+        number = {name: index + 1 for index, name in enumerate(names)}
+        return ({int(c["id"]): number[c["supercategory"]] for c in ordered},
+                [{"id": number[name], "name": name, "supercategory": name} for name in names])
     if mode == "agnostic":
         return {int(c["id"]): 1 for c in categories}, [{"id": 1, "name": "object", "supercategory": "object"}]
     if mode == "contiguous":
@@ -533,7 +544,7 @@ def coco_format(root: Path, *, splits: Sequence[str] | None, classes: str, subse
         per_split[split] = found
         all_categories = all_categories or coco.get("categories", [])
     images, split_of = _merge_splits(per_split)
-    mode = "agnostic" if classes == "agnostic" else "contiguous"
+    mode = classes if classes in ("agnostic", "supercategories") else "contiguous"
     category_of, kept = coco_category_map(all_categories, mode)
     layout = DatasetLayout(images=images, splits=split_of, categories=mode, problems=problems,
                            instances_files=json_paths, class_names=["background", *(c["name"] for c in kept)])

@@ -35,9 +35,11 @@ declare("dataset", "coco", "unseg.data.formats:coco_format",
                      '``root/annotations/instances_{split}.json``; default split val2017. Crowd annotations stay '
                      'marked (pycocotools ignores detections on them); images without annotations are kept.'),
         schema={
-    "classes": {"type": "string", "enum": ["80", "agnostic"], "default": "80",
-                "description": "80: the 80 thing categories, renumbered 1..80 in COCO id order; agnostic: one "
-                               "category 'object' (class-agnostic AP, as CutLER and Engstler et al. report)"},
+    "classes": {"type": "string", "enum": ["80", "supercategories", "agnostic"], "default": "80",
+                "description": "80: the 80 thing categories, renumbered 1..80 in COCO id order; supercategories: "
+                               "COCO's 12 thing supercategories (the categories' supercategory field), numbered "
+                               "1..12 in the order of their first category's id; agnostic: one category 'object' "
+                               "(class-agnostic AP, as CutLER and Engstler et al. report)"},
     "subset": {"type": ["string", "null"], "default": None,
                "description": "an image-list file (relative to root): one image id or file name per line; only "
                               "those images are indexed (e.g. COCO20k's list of LOST / CutLER)"},
