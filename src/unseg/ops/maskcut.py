@@ -6,7 +6,8 @@ mean. The side holding the largest |x| is the foreground, unless it holds three 
 (then the other side is); the mask is the connected component of that side holding its peak. Before the next cut
 the mask's tokens are removed from the graph (their features zeroed, so they keep only ε edges) and a later mask
 never re-uses them. A cut whose mask overlaps the previous one at IoU > 0.5 or covers at most 1 % of the grid ends
-the image's cuts (CutLER's ``maskcut.py`` then repeats the same cut on the unchanged graph).
+the image's cuts (CutLER's ``maskcut.py`` repeats the same cut on the unchanged graph, and accepts the repeat of
+one rejected for its overlap, as the previous mask is then empty).
 
 The cuts of a batch of images run together on one device: x = D^{-1/2} u, u the eigenvector of the second largest
 eigenvalue of D^{-1/2} W D^{-1/2}, by a full symmetric eigensolve (``torch.linalg.eigh``, float32): the thresholded
