@@ -91,7 +91,7 @@ def normalized_cut(weights: np.ndarray, mask: np.ndarray) -> float:
 
 def test_the_cuts_find_the_planted_objects_in_cut_order_and_never_reuse_a_patch():
     grid, objects = planted_grid()
-    masks = maskcut_masks([grid], num_cuts=3, tau=0.15)[0]
+    masks = maskcut_masks([grid], num_cuts=3, tau=0.15, center=False)[0]
     assert [m.cluster for m in masks] == [0, 1, 2]
     found = [next(i for i, planted in enumerate(objects) if np.array_equal(m.mask, planted)) for m in masks]
     assert sorted(found) == [0, 1, 2]  # each cut is exactly one planted object
@@ -102,7 +102,7 @@ def test_the_cuts_find_the_planted_objects_in_cut_order_and_never_reuse_a_patch(
     assert found[0] == int(np.argmin([normalized_cut(weights, planted) for planted in objects]))
     # a further cut has only the background and the removed tokens left: its mask overlaps the last one or is the
     # background, so the cuts end with the three objects
-    assert len(maskcut_masks([grid], num_cuts=5, tau=0.15)[0]) == 3
+    assert len(maskcut_masks([grid], num_cuts=5, tau=0.15, center=False)[0]) == 3
 
 
 def reference_maskcut(grid: np.ndarray, num_cuts: int, tau: float) -> list[np.ndarray]:
@@ -146,7 +146,7 @@ def test_batched_cuts_equal_the_scipy_reference(seed):
         coarse = rng.standard_normal((4, 4, 24))
         smooth = ndimage.zoom(coarse, (size / 4, size / 4, 1), order=1)
         grids.append((smooth + 0.3 * rng.standard_normal((size, size, 24))).astype(np.float32))
-    ours = maskcut_masks(grids, num_cuts=3, tau=0.15)
+    ours = maskcut_masks(grids, num_cuts=3, tau=0.15, center=False)
     assert max(len(found) for found in ours) >= 2  # the removal of cut tokens is exercised
     for grid, found in zip(grids, ours):
         expected = reference_maskcut(grid, 3, 0.15)
@@ -157,3 +157,20 @@ def test_batched_cuts_equal_the_scipy_reference(seed):
         for mask in found:
             union += mask.mask
         assert union.max() == 1  # no patch in two masks
+
+
+def test_centring_recovers_the_objects_under_a_shared_component():
+    # DINOv2's keys: a component shared by every token, ~93 % of their norm. Added to the planted grid it puts every
+    # cosine above tau: the uncentred graph is complete and its cut finds no object; centred, the cuts are the
+    # reference's on the centred tokens and find the three objects again
+    grid, objects = planted_grid()
+    shared = grid + 3.0 * np.ones(16, np.float32)
+    unit = shared.reshape(-1, 16) / np.linalg.norm(shared.reshape(-1, 16), axis=1, keepdims=True)
+    assert (unit @ unit.T).min() > 0.15
+    uncentred = maskcut_masks([shared], num_cuts=3, tau=0.15, center=False)[0]
+    assert not any(np.array_equal(m.mask, planted) for m in uncentred for planted in objects)
+    centred = maskcut_masks([shared], num_cuts=3, tau=0.15)[0]
+    expected = reference_maskcut(shared - shared.reshape(-1, 16).mean(axis=0), 3, 0.15)
+    assert [m.mask.tolist() for m in centred] == [m.tolist() for m in expected]
+    assert sorted(next(i for i, planted in enumerate(objects) if np.array_equal(m.mask, planted))
+                  for m in centred) == [0, 1, 2]

@@ -80,4 +80,8 @@ declare("masks", "maskcut", "unseg.stages.masks:maskcut",
     "max_previous_iou": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
                          "description": "a cut whose mask overlaps the previous one above this IoU ends the image's "
                                         "cuts (CutLER's maskcut.py: 0.5)"},
+    "center": {"type": "boolean", "default": True,
+               "description": "subtract each image's mean token before the cosine similarities: DINOv2's keys share "
+                              "a component of ~93 % of their norm, so at tau 0.15 every edge is 1 (docs/benchmarks.md, "
+                              "'Objects in 500 COCO photos'); false = CutLER's graph as is (DINO keys)"},
 })

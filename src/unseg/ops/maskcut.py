@@ -76,9 +76,11 @@ def maskcut_masks(
     tau: float = 0.15,
     min_area_fraction: float = 0.01,
     max_previous_iou: float = 0.5,
+    center: bool = True,
     device: str | torch.device | None = None,
 ) -> list[list[GridMask]]:
     """MaskCut's masks of a batch of token grids, in the order cut (``k`` = 2, ``cluster`` = the cut's index).
+    Each mask's ``coherence`` is computed on the tokens as given (not centred).
 
     Args:
         grids: per image an (h, w, D) float token grid (CutLER: the last block's keys); images with the same token
@@ -87,6 +89,9 @@ def maskcut_masks(
         tau: the affinity threshold τ (CutLER §3.1: 0.15).
         min_area_fraction: a mask of at most this fraction of the grid ends the cuts (CutLER: 0.01).
         max_previous_iou: a mask overlapping the previous one above this IoU ends the cuts (CutLER: 0.5).
+        center: subtract each image's mean token before the cosine similarities. DINOv2's keys share a component of
+            ~93 % of their norm (cosines 0.6-0.96 on COCO photos), so at τ = 0.15 every edge is 1 and the cut is
+            noise; centred, their cosines spread over -0.6..0.6 (docs/benchmarks.md, "Objects in 500 COCO photos").
 
     Returns:
         per image its :class:`~unseg.ops.spectral.GridMask` list, each mask's ``coherence`` the mean cosine
@@ -100,6 +105,8 @@ def maskcut_masks(
     for (count, dim), positions in groups.items():
         features = torch.as_tensor(np.stack([np.asarray(grids[p], np.float32).reshape(count, dim)
                                              for p in positions]), device=device)
+        if center:
+            features = features - features.mean(dim=1, keepdim=True)
         removed = np.zeros((len(positions), count), dtype=bool)  # tokens of earlier masks
         previous: list[np.ndarray | None] = [None] * len(positions)
         active = list(range(len(positions)))

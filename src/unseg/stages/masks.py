@@ -114,10 +114,11 @@ def deep_spectral(batch: MaskBatch, *, k, split_components, min_area_fraction, m
                       zip(batch.grids, spectra))
 
 
-def maskcut(batch: MaskBatch, *, num_cuts, tau, min_area_fraction, max_previous_iou) -> list[list[GridMask]]:
+def maskcut(batch: MaskBatch, *, num_cuts, tau, min_area_fraction, max_previous_iou, center) -> list[list[GridMask]]:
     """MaskCut (Wang et al., CutLER, CVPR 2023, §3.1): :func:`~unseg.ops.maskcut.maskcut_masks` on the batch, the
     cuts of every image of one token count solved together."""
-    return maskcut_masks(list(batch.grids), num_cuts, tau, min_area_fraction, max_previous_iou, device=batch.device)
+    return maskcut_masks(list(batch.grids), num_cuts, tau, min_area_fraction, max_previous_iou, center,
+                         device=batch.device)
 
 
 def grid_mask_to_image(grid_mask: np.ndarray, geometry: ResizeGeometry) -> np.ndarray:
