@@ -93,11 +93,11 @@ def coco_mask_ap(
         max_dets: three increasing per-image detection limits; AP uses the last, AR is reported for each.
 
     Returns:
-        dict with ``AP`` (IoU .50:.95), ``AP50``, ``AP75`` at ``max_dets[-1]`` detections and ``AR{m}`` for each
-        ``m`` in max_dets (default keys AR1, AR10, AR100), all in percent over area range "all"; ``APs``,
-        ``APm``, ``APl`` and ``ARs``, ``ARm``, ``ARl`` over COCO's small / medium / large objects (mask area under
-        32², under 96², above) at ``max_dets[-1]``; and ``num_detections``. An empty detection list gives zeros. With no ground-truth instance at all the scores
-        are undefined and returned as None. pycocotools' console output is suppressed.
+        dict with ``AP`` (IoU .50:.95), ``AP50``, ``AP75`` at ``max_dets[-1]`` detections and ``AR{m}`` for each ``m``
+        in max_dets (default keys AR1, AR10, AR100), all in percent over area range "all"; ``APs``, ``APm``, ``APl`` and
+        ``ARs``, ``ARm``, ``ARl`` over COCO's small / medium / large objects (mask area under 32², under 96², above) at
+        ``max_dets[-1]``; and ``num_detections``. An empty detection list gives zeros. With no ground-truth instance at
+        all the scores are undefined and returned as None. pycocotools' console output is suppressed.
     """
     max_dets = [int(m) for m in max_dets]
     if len(max_dets) != 3 or sorted(max_dets) != max_dets:
