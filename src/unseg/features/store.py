@@ -37,7 +37,7 @@ import os
 import shutil
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,11 +101,15 @@ class FeatureStore:
                     self._attributes[entry.name] = node.get("attributes", {})
         return sorted(names)
 
-    def name_batches(self, size: int) -> list[list[str]]:
+    def name_batches(self, size: int, only: Collection[str] | None = None) -> list[list[str]]:
         """The image names in consecutive batches of at most ``size``: along each run of ``order.json`` (a batch never
         spans two shards), or in the order of :attr:`names` for a store without one (written before it existed, or
-        derived from another store)."""
-        return order_batches(self.order(), size)
+        derived from another store). With ``only``, the batches of those names alone (the images a re-run computes,
+        batched together rather than one per batch of the whole store)."""
+        runs = self.order()
+        if only is not None:
+            runs = [[name for name in run if name in only] for run in runs]
+        return order_batches(runs, size)
 
     def order(self) -> list[list[str]]:
         """The runs of image names the stages batch along: ``order.json``'s, else one run of :attr:`names`."""

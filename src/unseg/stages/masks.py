@@ -144,44 +144,46 @@ def run_masks(
         image_paths: image name → path, for methods that look at the pixels (deep_spectral's colour affinity).
         reuse: a :class:`~unseg.core.reuse.ResultCache` folder: an image whose grid, geometry and settings an earlier
             run had keeps its rows (re-numbered to the store's image id) instead of being computed; the images left
-            to compute in a batch run together (values of the batched eigensolver equal a fresh run's within float
-            rounding). Refreshed to this run's images at the end.
+            to compute run together in batches of their own (values of the batched eigensolver equal a fresh run's
+            within float rounding). Refreshed to this run's images at the end.
     """
     method = REGISTRIES["masks"].get(settings["method"])
     method_settings = method.settings(settings)
     store = FeatureStore(store_path)
     cache = ResultCache(reuse) if reuse is not None else None
-    code = code_version()
-    results, keys, rows_by_key, reused = [], {}, {}, 0
-    bar = tqdm(total=len(store.names), desc=f"masks {method.name}", unit="img", disable=not progress)
-    for position, names in enumerate(store.name_batches(int(settings["batch_size"]))):
-        cached = {}
-        if cache is not None:
-            for name in names:
-                keys[name] = result_key(store.stored_digest(name, settings["facet"]),
-                                        {"method": method.name, "settings": dict(method_settings)}, code,
-                                        (image_paths or {}).get(name))
-                cached[name] = cache.rows(keys[name])
-        computed = [name for name in names if cached.get(name) is None]
-        grids = {name: store.facet(name, settings["facet"]) for name in computed}
-        rows = batch_mask_results(method, method_settings, computed, [grids[n] for n in computed],
-                                  [store.geometry(n) for n in computed], [store.image_id(n) for n in computed],
-                                  image_paths, device, first=position == 0) if computed else []
-        by_id = {}
-        for row in rows:
-            by_id.setdefault(row["image_id"], []).append(row)
-        for name in names:  # the store's order, as a fresh run writes it
+    keys: dict[str, str] = {}
+    cached: dict[str, list[dict] | None] = {}
+    if cache is not None:
+        code, key_settings = code_version(), {"method": method.name, "settings": dict(method_settings)}
+        for name in store.names:
+            keys[name] = result_key(store.stored_digest(name, settings["facet"]), key_settings, code,
+                                    (image_paths or {}).get(name))
+            cached[name] = cache.rows(keys[name])
+    to_compute = {name for name in store.names if cached.get(name) is None}
+    reused = len(store.names) - len(to_compute)
+    # the images left to compute run in batches of their own (together, not one per batch of the whole store)
+    bar = tqdm(total=len(to_compute), desc=f"masks {method.name}", unit="img", disable=not progress)
+    computed: dict[int, list[dict]] = {}
+    for position, names in enumerate(store.name_batches(int(settings["batch_size"]),
+                                                        to_compute if cache is not None else None)):
+        grids = [store.facet(name, settings["facet"]) for name in names]
+        for row in batch_mask_results(method, method_settings, names, grids, [store.geometry(n) for n in names],
+                                      [store.image_id(n) for n in names], image_paths, device, first=position == 0):
+            computed.setdefault(row["image_id"], []).append(row)
+        bar.update(len(names))
+    bar.close()
+    results, rows_by_key = [], {}
+    for names in store.name_batches(int(settings["batch_size"])):  # the store's order, as a fresh run writes it
+        for name in names:
             image_id = store.image_id(name)
-            if name in computed:
-                image_rows = by_id.get(image_id, [])
+            if name in to_compute:
+                image_rows = computed.get(image_id, [])
             else:
-                image_rows, reused = [{"image_id": image_id, **row} for row in cached[name]], reused + 1
+                image_rows = [{"image_id": image_id, **row} for row in cached[name]]
             results += image_rows
             if cache is not None:
                 rows_by_key[keys[name]] = [{key: value for key, value in row.items() if key != "image_id"}
                                            for row in image_rows]
-        bar.update(len(names))
-    bar.close()
     write_json(out_json, results, indent=None)
     if cache is not None:
         cache.refresh(rows_by_key)

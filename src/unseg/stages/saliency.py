@@ -453,27 +453,25 @@ def reused_or_computed_maps(method, method_settings: Mapping[str, Any], store: F
                             settings: Mapping[str, Any], device: str | None, progress: bool,
                             image_paths: Mapping[str, str | Path] | None, cache: Path, out: Path,
                             keys: dict[str, str]) -> Iterator[tuple[str, np.ndarray]]:
-    """:func:`method_maps` for the images whose key (filled into ``keys``) ``cache`` lacks; the others' stored
-    maps are linked into ``out`` as they are."""
-    code, reused = code_version(), 0
-    bar = tqdm(total=len(store.names), desc=f"saliency {method.name}", unit="img", disable=not progress)
-    for position, names in enumerate(store.name_batches(int(settings["batch_size"]))):
-        for name in names:  # the method, threshold, refine (which reads the image) and the method's settings
-            keys[name] = result_key(store.stored_digest(name, settings["facet"]), dict(settings), code,
-                                    (image_paths or {}).get(name))
-        computed = [name for name in names if not (cache / f"{keys[name]}.png").is_file()]
-        grids = {name: store.facet(name, settings["facet"]) for name in computed}
-        for name in names:
-            if name not in computed:
-                link_or_copy(cache / f"{keys[name]}.png", out / f"{name}.png")
-                reused += 1
-        if computed:
-            yield from zip(computed, batch_soft_maps(method, method_settings, computed, [grids[n] for n in computed],
-                                                     [store.geometry(n) for n in computed], device, position == 0))
+    """:func:`method_maps` for the images whose key (filled into ``keys``) ``cache`` lacks, in batches of their own;
+    the others' stored maps are linked into ``out`` as they are."""
+    code = code_version()
+    for name in store.names:  # the method, threshold, refine (which reads the image) and the method's settings
+        keys[name] = result_key(store.stored_digest(name, settings["facet"]), dict(settings), code,
+                                (image_paths or {}).get(name))
+    to_compute = {name for name in store.names if not (cache / f"{keys[name]}.png").is_file()}
+    for name in store.names:
+        if name not in to_compute:
+            link_or_copy(cache / f"{keys[name]}.png", out / f"{name}.png")
+    bar = tqdm(total=len(to_compute), desc=f"saliency {method.name}", unit="img", disable=not progress)
+    for position, names in enumerate(store.name_batches(int(settings["batch_size"]), to_compute)):
+        grids = [store.facet(name, settings["facet"]) for name in names]
+        yield from zip(names, batch_soft_maps(method, method_settings, names, grids,
+                                              [store.geometry(n) for n in names], device, position == 0))
         bar.update(len(names))
     bar.close()
-    print(f"saliency: {reused} image(s) reused from the last run (same features and settings), "
-          f"{len(store.names) - reused} computed", file=sys.stderr)
+    print(f"saliency: {len(store.names) - len(to_compute)} image(s) reused from the last run (same features and "
+          f"settings), {len(to_compute)} computed", file=sys.stderr)
 
 
 def link_or_copy(source: Path, target: Path) -> None:
