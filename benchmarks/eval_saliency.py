@@ -7,9 +7,9 @@ Usage (from the project root, after the workflow has written the store and the i
     .venv/bin/python benchmarks/eval_saliency.py --results results/horses --features dinov2-s14
     .venv/bin/python benchmarks/eval_saliency.py --results results/voc-crops --features dinov2-s14 --out /tmp/sal
 
-The variants are VARIANTS below (each completed by the config schema, as the workflow would; ``--only TEXT`` runs
-those whose label contains TEXT); their maps are written under --out (default: a temporary folder) so they can be
-looked at.
+The variants are VARIANTS below (each completed by the config schema, as the workflow would; ``--only TEXT`` runs the
+variant labelled TEXT, or else those whose label contains TEXT); their maps are written under --out (default: a
+temporary folder) so they can be looked at.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pandas as pd
 
 from unseg.config.schema import load_methods, variant_settings
 from unseg.core.io import IGNORE_LABEL, read_label_png, read_saliency
+from unseg.data.index import read_index
 from unseg.evaluation.metrics import object_segmentation_scores
 from unseg.stages.saliency import run_saliency
 
@@ -62,18 +63,20 @@ def main() -> None:
     parser.add_argument("--features", required=True, help="the features variant")
     parser.add_argument("--facet", default="keys")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--only", default=None, help="run only the variants whose label contains this text")
+    parser.add_argument("--only", default=None, help="run only the variant of this label, or else those whose label "
+                                                     "contains this text")
     args = parser.parse_args()
     load_methods()
     schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-    index = pd.read_csv(args.results / "index" / "images.csv").dropna(subset=["gt_semantic"]).set_index("name")
+    index = read_index(args.results / "index" / "images.csv")  # names stay strings (COCO's are digits)
+    index = index[index["gt_semantic"] != ""].set_index("name")
     out = args.out or Path(tempfile.mkdtemp(prefix="saliency-"))
     store = args.results / "features" / f"{args.features}.zarr"
     print(f"{len(index)} images with ground truth; maps under {out}\n")
     print("| saliency variant | mean IoU | dataset IoU | max F-beta | s |\n|---|---|---|---|---|")
     paths = dict(zip(index.index, index["path"]))  # read by the refinement step
     for label, given in VARIANTS.items():
-        if args.only and args.only not in label:
+        if args.only and (args.only != label if args.only in VARIANTS else args.only not in label):
             continue
         settings = variant_settings("saliency", {"facet": args.facet, **given}, schema)
         folder = out / label.split(" ")[0].replace(",", "") / str(abs(hash(label)) % 10**6)
