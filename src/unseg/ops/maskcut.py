@@ -39,7 +39,7 @@ def thresholded_affinity(features: torch.Tensor, tau: float, eps: float = EDGE_E
     """
     unit = torch.nn.functional.normalize(features.float(), dim=-1)
     similarity = unit @ unit.transpose(1, 2)
-    return torch.where(similarity > tau, torch.ones_like(similarity), torch.full_like(similarity, eps))
+    return torch.where(similarity > tau, 1.0, eps)  # scalars: no (B, N, N) tensors of ones and epsilons
 
 
 def foreground_of_cut(fiedler: np.ndarray, grid_size: tuple[int, int]) -> np.ndarray:
@@ -66,7 +66,9 @@ def generalized_fiedler_vectors(weights: torch.Tensor) -> torch.Tensor:
     non-negative graphs ``weights`` with positive degrees: x = D^{-1/2} u, u the eigenvector of the second largest
     eigenvalue of D^{-1/2} W D^{-1/2} (sign arbitrary)."""
     inv_sqrt = weights.sum(dim=-1).clamp(min=1e-12).rsqrt()
-    _, vectors = torch.linalg.eigh(inv_sqrt[:, :, None] * weights * inv_sqrt[:, None, :])  # ascending eigenvalues
+    normalized = inv_sqrt[:, :, None] * weights
+    normalized *= inv_sqrt[:, None, :]  # in place: one (B, N, N) copy of the graph, not two
+    _, vectors = torch.linalg.eigh(normalized)  # ascending eigenvalues
     return vectors[..., -2] * inv_sqrt
 
 
