@@ -17,6 +17,22 @@ from typing import Any
 from unseg.core.io import read_json, write_json
 
 
+def reuse_folder(artifact: str | os.PathLike) -> Path:
+    """The folder of kept per-image results beside a stage's output folder (or ``.zarr`` store) ``artifact``:
+    ``{variant}.reuse`` for ``{variant}/`` or ``{variant}.zarr`` (not with_suffix: a variant's name may hold a
+    dot)."""
+    artifact = Path(artifact)
+    return artifact.parent / f"{artifact.name.removesuffix('.zarr')}.reuse"
+
+
+def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """``target`` as a hard link to ``source`` (no bytes copied), or a copy where the filesystem refuses links."""
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(source, target)
+
+
 def result_key(inputs: str, settings: Mapping[str, Any], code: str, image_path: str | os.PathLike | None = None
                ) -> str:
     """sha256 of an image's ``inputs`` (a digest of what the result is computed from, e.g.

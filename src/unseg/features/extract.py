@@ -32,6 +32,7 @@ from unseg.core.geometry import LAYOUTS, resize_and_crop, resize_geometry
 from unseg.core.io import atomic_output, image_size, read_image
 from unseg.core.provenance import code_version
 from unseg.core.retry import in_halves_on_oom
+from unseg.core.reuse import reuse_folder
 from unseg.features.backbones import BackboneSpec, create_backbone, get_backbone_spec, weights_digest
 from unseg.features.crops import extract_crop_features
 from unseg.features.facets import forward_facets, parse_facet
@@ -552,10 +553,3 @@ def run_features(
         # whose images changed; a fused one recomputes its masks with its features).
         reuse=reuse_folder(store_path) if shard is None and on_written is None else None,
     )
-
-
-def reuse_folder(store_path: str | Path) -> Path:
-    """The :class:`~unseg.features.store.ReuseCache` of the store ``features/{variant}.zarr``:
-    ``features/{variant}.reuse``."""
-    store_path = Path(store_path)
-    return store_path.parent / f"{store_path.name.removesuffix('.zarr')}.reuse"

@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from unseg import __version__
 from unseg.core.geometry import ResizeGeometry
 from unseg.core.io import atomic_output
+from unseg.core.reuse import link_or_copy
 
 ORDER_FILE = "order.json"
 # (zarr's numcodecs.fixedscaleoffset codec, so any zarr reader decodes them back to float16).
@@ -402,10 +403,7 @@ def link_tree(source: Path, target: Path) -> None:
         destination = target / Path(folder).relative_to(source)
         destination.mkdir(parents=True, exist_ok=True)
         for file in files:
-            try:
-                os.link(Path(folder) / file, destination / file)
-            except OSError:  # another filesystem, or links not allowed
-                shutil.copy2(Path(folder) / file, destination / file)
+            link_or_copy(Path(folder) / file, destination / file)
 
 
 # The store attributes an image's arrays do not depend on (an image's reuse key leaves them out).

@@ -30,7 +30,7 @@ from unseg.core.geometry import ResizeGeometry, grid_to_image
 from unseg.core.io import encode_rle, read_image, write_json
 from unseg.core.provenance import code_version
 from unseg.core.retry import in_halves_on_oom
-from unseg.core.reuse import ResultCache, result_key
+from unseg.core.reuse import ResultCache, result_key, reuse_folder
 from unseg.core.threads import map_images
 from unseg.features.store import FeatureStore
 from unseg.ops.eigensolver import grid_spectra, pass_dtype
@@ -194,8 +194,7 @@ def run_masks(
 
 def masks_reuse_folder(out_json: str | Path) -> Path:
     """The :class:`~unseg.core.reuse.ResultCache` of ``masks/{variant}/masks.json``: ``masks/{variant}.reuse``."""
-    folder = Path(out_json).parent
-    return folder.parent / f"{folder.name}.reuse"  # not with_suffix: a variant's name may hold a dot
+    return reuse_folder(Path(out_json).parent)
 
 
 def batch_mask_results(method, method_settings: Mapping[str, Any], names: Sequence[str], grids: Sequence[np.ndarray],

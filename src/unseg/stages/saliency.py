@@ -20,8 +20,6 @@ threshold of its map to 0.5 (:func:`split_at`, a monotone remap, so the soft ord
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +38,7 @@ from unseg.core.geometry import ResizeGeometry, grid_to_image, image_to_grid
 from unseg.core.io import atomic_output, read_image, read_label_png, write_json
 from unseg.core.provenance import code_version
 from unseg.core.retry import in_halves_on_oom
-from unseg.core.reuse import result_key
+from unseg.core.reuse import link_or_copy, result_key, reuse_folder
 from unseg.features.store import FeatureStore
 from unseg.ops.cluster import kmeans
 from unseg.ops.crf import CrfParams, dense_crf
@@ -445,8 +443,7 @@ def run_saliency(
 
 def saliency_reuse_folder(out_dir: str | Path) -> Path:
     """The folder of kept maps of ``saliency/{variant}/``: ``saliency/{variant}.reuse``."""
-    out_dir = Path(out_dir)
-    return out_dir.parent / f"{out_dir.name}.reuse"  # not with_suffix: a variant's name may hold a dot
+    return reuse_folder(out_dir)
 
 
 def reused_or_computed_maps(method, method_settings: Mapping[str, Any], store: FeatureStore,
@@ -472,13 +469,6 @@ def reused_or_computed_maps(method, method_settings: Mapping[str, Any], store: F
     bar.close()
     print(f"saliency: {len(store.names) - len(to_compute)} image(s) reused from the last run (same features and "
           f"settings), {len(to_compute)} computed", file=sys.stderr)
-
-
-def link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:  # another filesystem, or links not allowed
-        shutil.copy2(source, target)
 
 
 def refresh_map_cache(cache: Path, out_dir: Path, keys: Mapping[str, str]) -> None:
