@@ -45,12 +45,15 @@ def proposals_row(results: Path, variant: str) -> str:
     chain = read_json(folder / "proposals.json.provenance.json")["config"]["proposals"][variant]
     masks, saliency = chain["masks"], chain["saliency"]
     recall = (metrics.get("recall_by_instance_count") or {}).get("recall", {})
-    cells = [f"`{variant}`", f"`{masks}` + `{saliency}`"]
+    voters = [masks, *chain.get("votes", [])]
+    voting = f" (votes: {', '.join(f'`{name}`' for name in voters[1:])})" if voters[1:] else ""
+    cells = [f"`{variant}`", f"`{masks}`{voting} + `{saliency}`"]
     cells += [number(metrics.get(key)) for key in METRICS]
     cells += [number(metrics.get("single", {}).get("AP50")), number(metrics.get("multi", {}).get("AP50"))]
     cells += [" / ".join(number(value) for value in recall.values())]
     cells += [f"{metrics['num_detections'] / max(metrics['num_images'], 1):.1f}"]
-    cells += [seconds(wall_time(results / "masks" / str(masks) / "masks.json.provenance.json")),
+    cells += [" + ".join(seconds(wall_time(results / "masks" / str(name) / "masks.json.provenance.json"))
+                         for name in voters),
               seconds(wall_time(results / "saliency" / str(saliency) / "provenance.json")),
               seconds(wall_time(folder / "proposals.json.provenance.json"))]
     return "| " + " | ".join(cells) + " |"

@@ -80,6 +80,20 @@ def test_a_proposals_variant_may_name_a_second_saliency_map_for_its_components()
         check_variants({**config, "proposals": {"p": {"masks": "m", "saliency": "s", "components": "nope"}}})
 
 
+def test_a_proposals_variant_may_vote_with_the_masks_of_other_variants():
+    config = {**CONFIG, "masks": {"m": {"features": "f"}, "m2": {"features": "f"}, "m3": {"features": "f"}},
+              "proposals": {"p": {"masks": "m", "saliency": "s", "votes": ["m2", "m3"], "score": "salient_votes"}}}
+    check_variants(config)
+    assert set(resolve_chain(config, "proposals", "p")["masks"]) == {"m", "m2", "m3"}
+    assert set(resolve_chain(config, "evaluate", "e")["masks"]) == {"m", "m2", "m3"}
+    with pytest.raises(ValueError, match=r"proposals\.p\.votes names a list"):
+        follow(config, "proposals", "p", "votes")
+    with pytest.raises(VariantError, match=r"proposals\.p\.votes: no 'masks' variant named 'nope'"):
+        check_variants({**config, "proposals": {"p": {"masks": "m", "saliency": "s", "votes": ["m2", "nope"]}}})
+    with pytest.raises(VariantError, match=r"proposals\.p\.score: salient_votes ranks voted masks"):
+        check_variants({**config, "proposals": {"p": {"masks": "m", "saliency": "s", "score": "salient_votes"}}})
+
+
 def test_pseudolabels_may_cluster_an_instances_variants_detections():
     config = {**CONFIG, "instances": {"i": {"proposals": "p", "features": "f"}},
               "pseudolabels": {"k": {"proposals": "i", "features": "f", "clusters": 2}}}

@@ -228,3 +228,38 @@ def test_saliency_components_join_the_kept_masks_beside_them(tmp_path):
     with pytest.raises(ValueError, match="components_only"):
         run_proposals(tmp_path / "masks.json", tmp_path / "filter", tmp_path / "images.csv", tmp_path / "x.json",
                       {**settings, "components_only": True}, progress=False)
+
+
+def test_masks_of_several_variants_are_voted_and_ranked_by_their_votes(tmp_path):
+    from unseg.core.io import decode_rle, read_json
+    from unseg.stages.proposals import run_proposals
+
+    semantic = np.zeros((32, 32), dtype=np.uint8)
+    semantic[4:16, 4:16] = 1
+    write_voc(tmp_path / "data", {"a": semantic})
+    write_index(build_index(tmp_path / "data"), tmp_path / "images.csv")
+    # two feature sets cut the object (one 12 x 12, one a column short: IoU 132 / 144 = 0.92) and each a different
+    # piece of the salient area; only the object gathers two votes
+    obj, obj_short = box((32, 32), 4, 4, 16, 16), box((32, 32), 4, 4, 16, 15)
+    piece, other_piece = box((32, 32), 20, 20, 30, 30), box((32, 32), 20, 0, 30, 8)
+    for name, masks in (("coarse", [det(piece, 0.99, k=2), det(obj_short, 0.5, k=3)]),
+                        ("fine", [det(obj, 0.4, k=2), det(other_piece, 0.3, k=4)])):
+        write_json(tmp_path / f"{name}.json", masks)
+    (tmp_path / "sal").mkdir()
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(tmp_path / "sal" / "a.png")
+    settings = {"masks": "coarse", "min_salient_fraction": 0.5, "nms_iou": 0.5, "crf": False, "score": "salient_votes",
+                "vote_iou": 0.6, "vote_agreement": 0.5}
+    run_proposals(tmp_path / "coarse.json", tmp_path / "sal", tmp_path / "images.csv", tmp_path / "voted.json",
+                  settings, progress=False, votes={"fine": tmp_path / "fine.json"})
+    voted = read_json(tmp_path / "voted.json")
+    assert [(d["votes"], d["vote_variants"]) for d in voted] == [
+        (2, {"coarse": 1, "fine": 1}), (1, {"coarse": 1}), (1, {"fine": 1})]
+    # the object: both hold its first 11 columns, one of two (not > 0.5) its last; score 1.0 x (2 + 132 / 1024)
+    assert (decode_rle(voted[0]["segmentation"]) == obj_short).all()
+    assert voted[0]["score"] == pytest.approx(2 + 132 / 1024, abs=1e-6)
+    # single votes, ties by area: the coarse 10 x 10 piece before the fine 10 x 8 one
+    assert [d["score"] for d in voted[1:]] == pytest.approx([1 + 100 / 1024, 1 + 80 / 1024], abs=1e-6)
+    # without a vote the score has nothing to rank by
+    with pytest.raises(ValueError, match="salient_votes ranks voted masks"):
+        run_proposals(tmp_path / "coarse.json", tmp_path / "sal", tmp_path / "images.csv", tmp_path / "x.json",
+                      settings, progress=False)

@@ -121,6 +121,13 @@ def upstream(stage, key, artifact):
     return along(stage, [key], artifact)
 
 
+def upstream_list(stage, key, artifact):
+    """Input function: the paths of ``artifact`` of the upstream variants that the list config[stage][variant][key]
+    names (none when it is left out)."""
+    return lambda wildcards: [PATHS[artifact].format(variant=name)
+                              for name in config[stage][wildcards.variant].get(key, [])]
+
+
 def along(stage, keys, artifact):
     """Input function: the path of ``artifact`` of the variant reached by following ``keys`` upstream (a feature
     store named by a contrast variant is that variant's learned embeddings)."""

@@ -4,6 +4,7 @@ rule proposals:
         masks=upstream("proposals", "masks", "masks"),
         saliency=upstream("proposals", "saliency", "saliency"),
         components=upstream("proposals", "components", "saliency"),
+        votes=upstream_list("proposals", "votes", "masks"),
     output:
         PATHS["proposals"],
         rejected=PATHS["proposals_rejected"],

@@ -148,9 +148,10 @@ def variant_settings(stage: str, settings: Mapping[str, Any], base_schema: str |
     The upstream references a config needs (``features``, ``proposals``, ...) are not needed here: the runner is
     given its inputs' paths, so missing ones are validated as placeholders and left out of the result.
     """
-    from unseg.config.variants import UPSTREAM
+    from unseg.config.variants import LIST_UPSTREAM, UPSTREAM
 
-    placeholders = {key: "-" for key in UPSTREAM.get(stage, {}) if key not in settings}
+    placeholders = {key: "-" for key in UPSTREAM.get(stage, {})
+                    if key not in settings and key not in LIST_UPSTREAM.get(stage, ())}
     config = {"dataset": {"name": "python", "root": "."}, stage: {"variant": {**settings, **placeholders}}}
     completed = validate_config(config, base_schema)[stage]["variant"]
     return {key: value for key, value in completed.items() if key not in placeholders}

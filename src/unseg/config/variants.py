@@ -20,7 +20,7 @@ UPSTREAM: dict[str, dict[str, str]] = {
     "masks": {"features": "features"},
     "saliency": {"features": "features"},
     "contrast": {"features": "features", "saliency": "saliency"},
-    "proposals": {"masks": "masks", "saliency": "saliency", "components": "saliency"},
+    "proposals": {"masks": "masks", "saliency": "saliency", "components": "saliency", "votes": "masks"},
     "instances": {"proposals": "proposals", "features": "features"},
     "pseudolabels": {"proposals": "proposals", "features": "features", "crops": "features"},
     "train": {"pseudolabels": "pseudolabels", "features": "features"},
@@ -28,7 +28,10 @@ UPSTREAM: dict[str, dict[str, str]] = {
 }
 # References a variant may leave out: a pseudolabels method that clusters crops (transfgu) labels no proposals, and
 # only such a method reads crops; a proposals variant adds saliency components only when it names their map.
-OPTIONAL_UPSTREAM: dict[str, tuple[str, ...]] = {"pseudolabels": ("proposals", "crops"), "proposals": ("components",)}
+OPTIONAL_UPSTREAM: dict[str, tuple[str, ...]] = {"pseudolabels": ("proposals", "crops"),
+                                                  "proposals": ("components", "votes")}
+# References that name a list of variants: a proposals variant's masks variants voting with its masks (VoteCut).
+LIST_UPSTREAM: dict[str, tuple[str, ...]] = {"proposals": ("votes",)}
 # A reference to a features variant may name a contrast variant instead: its store of learned embeddings is read as
 # any features variant's is. A pseudolabels variant's proposals may be an instances variant's detections (its last
 # round's instances.json, MaskDistill's hand-off from Mask R-CNN to the semantic path).
@@ -122,11 +125,17 @@ def check_variants(config: dict) -> None:
                 else:
                     sources = (upstream,)
                 known = sorted(name for source in sources for name in (config.get(source) or {}))
-                if settings[key] not in known:
-                    what = " or ".join(f"'{source}'" for source in sources)
-                    raise VariantError(
-                        f"{stage}.{variant}.{key}: no {what} variant named {settings[key]!r} (known: {known})"
-                    )
+                named = settings[key] if key in LIST_UPSTREAM.get(stage, ()) else [settings[key]]
+                for name in named:
+                    if name not in known:
+                        what = " or ".join(f"'{source}'" for source in sources)
+                        raise VariantError(
+                            f"{stage}.{variant}.{key}: no {what} variant named {name!r} (known: {known})"
+                        )
+    for variant, settings in (config.get("proposals") or {}).items():
+        if settings.get("score") == "salient_votes" and not settings.get("votes"):
+            raise VariantError(f"proposals.{variant}.score: salient_votes ranks voted masks; name the masks variants "
+                               f"to vote with in proposals.{variant}.votes")
     check_comparisons(config)
     resolve_facets(config)
 
@@ -227,7 +236,8 @@ def resolve_chain(config: dict, stage: str, variant: str) -> dict[str, dict[str,
         for key, upstream in UPSTREAM[current_stage].items():
             if key not in settings:  # an optional reference left out
                 continue
-            pending.append((stage_of(config, upstream, settings[key]), settings[key]))
+            named = settings[key] if key in LIST_UPSTREAM.get(current_stage, ()) else [settings[key]]
+            pending.extend((stage_of(config, upstream, name), name) for name in named)
     chain["dataset"] = {config["dataset"]["name"]: config["dataset"]}
     return chain
 
@@ -237,6 +247,8 @@ def follow(config: dict, stage: str, variant: str, *keys: str) -> str | None:
     returns the proposals variant behind evaluate variant ``val``; None where the chain passes an optional reference
     (``OPTIONAL_UPSTREAM``) that was left out."""
     for key in keys:
+        if key in LIST_UPSTREAM.get(stage, ()):
+            raise ValueError(f"{stage}.{variant}.{key} names a list of variants; read it from the config")
         if stage == "instances" and key not in UPSTREAM["instances"]:  # e.g. saliency: that of its proposals
             stage, variant = "proposals", config["instances"][variant]["proposals"]
         if key not in config[stage][variant] and key in OPTIONAL_UPSTREAM.get(stage, ()):

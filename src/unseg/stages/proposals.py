@@ -7,7 +7,9 @@ Artifacts:
   first; with ``unsalient_weight`` > 0 the masks the filter would drop are kept, scored that weight × coherence
   (or area fraction), marked ``"salient": false``; ``k``, ``cluster``, ``component`` and ``eigen_index`` are
   carried over from the mask. With ``components`` (a saliency variant), each connected component of that map's
-  foreground joins them (:func:`saliency_components`, ``"source": "saliency_component"``), beside the masks.
+  foreground joins them (:func:`saliency_components`, ``"source": "saliency_component"``), beside the masks. With
+  ``votes`` (more masks variants), the masks of all of them are voted first (:func:`voted_detections`, CuVLER's
+  VoteCut; ``score: salient_votes`` ranks by the votes) and the vote replaces NMS.
 - proposals report: :func:`evaluate_proposals` (class-agnostic AP/AR, recall by instance count, object IoU).
 """
 
@@ -18,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from scipy import ndimage
 from tqdm.auto import tqdm
 
@@ -34,6 +35,7 @@ from unseg.core.io import (
 )
 from unseg.data.index import coco_ground_truth, index_split, read_classes, read_index
 from unseg.data.index import names_by_id as index_names_by_id
+from unseg.ops.vote import VOTE_AGREEMENT, VOTE_IOU, rle_ious, vote_masks
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,9 +61,7 @@ def mask_nms_explained(detections: list[dict], iou_threshold: float
     ordered = sorted(detections, key=lambda det: -det["score"])
     if not ordered:
         return [], []
-    rles = [{"size": det["segmentation"]["size"], "counts": det["segmentation"]["counts"].encode("ascii")}
-            for det in ordered]
-    ious = mask_utils.iou(rles, rles, [0] * len(rles))
+    ious = rle_ious([det["segmentation"] for det in ordered])
     kept: list[int] = []
     suppressed: list[tuple[dict, dict, float]] = []
     for index in range(len(ordered)):
@@ -73,7 +73,7 @@ def mask_nms_explained(detections: list[dict], iou_threshold: float
     return [ordered[index] for index in kept], suppressed
 
 
-PROPOSAL_SCORES = ("salient_coherence", "salient_area")
+PROPOSAL_SCORES = ("salient_coherence", "salient_area", "salient_votes")
 
 
 def filter_proposals(
@@ -87,7 +87,8 @@ def filter_proposals(
         saliency: (H0, W0) float soft foreground; a pixel is salient when > 0.5.
         score: ``salient_coherence``: salient fraction × max(coherence, 0) (the mask's own score);
             ``salient_area``: salient fraction × the mask's area fraction of the image (Engstler et al.'s
-            re-implementation).
+            re-implementation); ``salient_votes``: salient fraction × (the voted mask's ``votes`` + its area
+            fraction), i.e. by votes (CuVLER's cluster size), ties by area (:func:`voted_detections`).
         unsalient_weight: 0 drops a mask below ``min_salient_fraction``; > 0 keeps it (``"salient": false``) scored
             this weight × its coherence or area fraction (the salient fraction left out: it is near 0 for exactly
             the objects the saliency map missed), so recall can rise while salient masks mostly rank first.
@@ -114,7 +115,15 @@ def filter_proposals_explained(
     for det in detections:
         pixels = decode_rle(det["segmentation"])
         fraction = float(salient[pixels].mean()) if pixels.any() else 0.0
-        quality = max(det["score"], 0.0) if score == "salient_coherence" else float(pixels.mean())
+        if score == "salient_coherence":
+            quality = max(det["score"], 0.0)
+        elif score == "salient_votes":
+            if "votes" not in det:
+                raise ValueError("proposals score salient_votes ranks voted masks: name the masks variants to vote "
+                                 "with in the proposals variant's 'votes'")
+            quality = det["votes"] + float(pixels.mean())
+        else:
+            quality = float(pixels.mean())
         if fraction >= min_salient_fraction:
             candidates.append({**det, "salient_fraction": round(fraction, 6), "score": round(fraction * quality, 6)})
         elif unsalient_weight > 0:
@@ -132,6 +141,33 @@ def filter_proposals_explained(
                                            **{key: by[key] for key in ("k", "cluster", "component", "eigen_index")
                                               if key in by}}})
     return kept, rejected
+
+
+def voted_detections(detections: Sequence[dict], image_id: int, iou_threshold: float = VOTE_IOU,
+                     agreement: float = VOTE_AGREEMENT) -> list[dict]:
+    """One image's masks from several masks variants, voted (:func:`unseg.ops.vote.vote_masks`, CuVLER's VoteCut).
+
+    Args:
+        detections: COCO results dicts of one image, each with ``variant`` (the masks variant it comes from).
+
+    Returns:
+        COCO results dicts (``category_id`` 1), most votes first, each with ``votes`` (its cluster's size: the
+        score), ``vote_variants`` ({masks variant: members from it}) and ``"source": "vote"``; the masks they merge
+        stay in their masks artifacts, named by ``vote_variants``.
+    """
+    if not detections:
+        return []
+    masks = np.stack([decode_rle(det["segmentation"]) for det in detections])
+    voted = []
+    for mask, members in vote_masks(masks, rle_ious([det["segmentation"] for det in detections]), iou_threshold,
+                                    agreement):
+        variants: dict[str, int] = {}
+        for member in members:
+            variants[detections[member]["variant"]] = variants.get(detections[member]["variant"], 0) + 1
+        voted.append({"image_id": int(image_id), "category_id": 1, "segmentation": encode_rle(mask),
+                      "area": int(mask.sum()), "score": float(len(members)), "votes": len(members),
+                      "vote_variants": variants, "source": "vote"})
+    return voted
 
 
 SALIENCY_COMPONENT = "saliency_component"
@@ -199,6 +235,7 @@ def run_proposals(
     progress: bool = True,
     out_rejected: str | Path | None = None,
     components_dir: str | Path | None = None,
+    votes: Mapping[str, str | Path] | None = None,
 ) -> int:
     """Saliency filter + NMS over all images' masks → COCO results JSON. Returns the proposal count.
 
@@ -225,12 +262,22 @@ def run_proposals(
     if components_only and components_dir is None:
         raise ValueError("proposals components_only: the proposals would be empty without 'components' (a saliency "
                          "variant whose foreground's pieces are the proposals)")
+    if score == "salient_votes" and not votes:
+        raise ValueError("proposals score salient_votes ranks voted masks: name the masks variants to vote with in "
+                         "the proposals variant's 'votes'")
+    sources = {settings.get("masks", "masks"): masks_json, **(votes or {})}
     by_image: dict[int, list[dict]] = {}
-    for det in read_json(masks_json):
-        by_image.setdefault(int(det["image_id"]), []).append(det)
+    for variant, path in sources.items():
+        for det in read_json(path):
+            by_image.setdefault(int(det["image_id"]), []).append({**det, "variant": variant} if votes else det)
+    if votes:
+        nms_iou = 1.0  # the vote's clusters are the deduplication
     proposals, dropped = [], []
     for image_id, detections in tqdm(sorted(by_image.items()), desc="proposals", unit="img", disable=not progress):
         name = names_by_id[image_id]
+        if votes:
+            detections = voted_detections(detections, image_id, settings.get("vote_iou", VOTE_IOU),
+                                          settings.get("vote_agreement", VOTE_AGREEMENT))
         kept, rejected = filter_proposals_explained(detections, read_saliency(saliency_dir, name),
                                                     min_salient_fraction, nms_iou, score, unsalient_weight)
         if components_only:
