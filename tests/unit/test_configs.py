@@ -37,3 +37,12 @@ def test_unseg_check_names_the_file_and_line_of_a_yaml_error_and_the_key_of_a_ba
     assert f"{dangling}: masks.m.features: no 'features' or 'contrast' variant named 'nope'" in capsys.readouterr().err
     assert main(["check", str(ROOT / "config" / "config.yaml")]) == 0
     assert "valid; dataset 'synthetic'" in capsys.readouterr().out
+
+
+def test_the_timed_coco_chain_is_config_coco_yaml_on_the_500_photos():
+    from unseg.config.schema import read_config_file
+
+    shipped = read_config_file(ROOT / "config" / "coco.yaml")
+    timed = read_config_file(ROOT / "benchmarks" / "configs" / "coco-val500-chain.yaml")
+    assert {key: value for key, value in timed.items() if key != "dataset"} == \
+        {key: value for key, value in shipped.items() if key != "dataset"}
