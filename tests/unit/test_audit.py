@@ -125,6 +125,9 @@ def test_proposals_are_scored_against_the_instances_and_paged_worst_first(tmp_pa
     # a saliency component (no k: it is no spectral mask) on "one"'s left instance, which it already covers
     proposals.append({"image_id": 2, "segmentation": encode_rle(left), "score": 0.4, "component": 1,
                       "source": "saliency_component"})
+    # and a voted mask (no k either: it merges masks of several variants)
+    proposals.append({"image_id": 2, "segmentation": encode_rle(left), "score": 0.3, "votes": 3,
+                      "vote_variants": {"multik": 2, "multik-672": 1}, "source": "vote"})
     write_json(tmp_path / "proposals.json", proposals)
     page = audit_proposals(images, tmp_path / "proposals.json", tmp_path / "saliency", tmp_path / "audit",
                            ground_truth={"annotations": annotations}, page_size=1)
@@ -135,6 +138,7 @@ def test_proposals_are_scored_against_the_instances_and_paged_worst_first(tmp_pa
         ("#one", "one", 50.0, 50.0), ("page-2.html#both", "both", 100.0, 100.0)]
     assert re.findall(r'<section id="(\w+)">', text) == ["one"]
     assert "score 0.40 (saliency component 1, salient 0.00)" in text
+    assert "score 0.30 (3 votes: multik ×2, multik-672 ×1, salient 0.00)" in text
     second = (tmp_path / "audit" / "page-2.html").read_text()
     assert re.findall(r'<section id="(\w+)">', second) == ["both"] and "<b>2</b>" in second
 

@@ -120,6 +120,13 @@ def test_editing_one_variant_reruns_only_its_descendants(tiny_run):
     dry = snakemake(workdir, edited, "-n").stdout
     assert planned_jobs(dry) == {"proposals": 1, "proposals_report": 1, "audit_proposals": 1, "all": 1}
     assert "output: results/tiny/proposals/strict/proposals.json" in dry
+    # A masks variant that only votes re-runs with the proposals variant it votes in, and nothing else.
+    edited = yaml.safe_load(yaml.safe_dump(config))
+    edited["masks"]["multik4"]["k"] = [5]
+    dry = snakemake(workdir, edited, "-n").stdout
+    assert planned_jobs(dry) == {"masks": 1, "audit_masks": 1, "proposals": 1, "proposals_report": 1,
+                                 "audit_proposals": 1, "all": 1}
+    assert "output: results/tiny/proposals/voted/proposals.json" in dry
 
 
 def test_each_self_training_round_is_its_own_artifact(tiny_run):
@@ -451,6 +458,24 @@ def test_the_proposals_keep_account_of_every_mask_they_drop(tiny_run):
     assert len(kept) + len(rejected) == len(masks) and rejected
     assert {d["rejected"] for d in rejected} <= {"saliency", "nms"} and all(d["reason"] for d in rejected)
     assert "dropped by" in (results / "audit/proposals/default/index.html").read_text()
+
+
+def test_a_voting_proposals_variant_pools_the_masks_of_the_variants_it_names(tiny_run):
+    workdir, _, _ = tiny_run
+    results = workdir / "results" / "tiny"
+    pooled = sum(len(json.loads((results / f"masks/{name}/masks.json").read_text())) for name in ("multik", "multik4"))
+    kept = json.loads((results / "proposals/voted/proposals.json").read_text())
+    rejected = json.loads((results / "proposals/voted/rejected.json").read_text())
+    # every pooled mask is one vote of one voted mask, kept or dropped by the saliency filter (no NMS)
+    assert sum(det["votes"] for det in kept + rejected) == pooled and kept
+    assert {det["rejected"] for det in rejected} <= {"saliency"}
+    assert all(sum(det["vote_variants"].values()) == det["votes"] and set(det["vote_variants"]) <= {"multik", "multik4"}
+               for det in kept + rejected)
+    assert any(len(det["vote_variants"]) == 2 for det in kept)  # the two variants agree somewhere
+    for det in kept:  # salient fraction x (votes + area fraction)
+        height, width = det["segmentation"]["size"]
+        assert det["score"] == pytest.approx(det["salient_fraction"] * (det["votes"] + det["area"] / (height * width)),
+                                             abs=1e-5)
 
 
 @pytest.mark.skipif(BROWSER is None, reason="no headless Chromium (apt-get install chromium-headless-shell)")

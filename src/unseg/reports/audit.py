@@ -44,6 +44,8 @@ def _mask_origin(det: dict) -> tuple[int, int]:
 def _origin_caption(det: dict) -> str:
     if det.get("source") == "saliency_component":
         return f"saliency component {det['component']}"
+    if det.get("source") == "vote":  # a voted mask (unseg.stages.proposals.voted_detections)
+        return f"{det['votes']} votes: " + ", ".join(f"{name} ×{count}" for name, count in det["vote_variants"].items())
     kind, value = _mask_origin(det)
     return f"eigenvector {value}" if kind else f"k={value}"
 
