@@ -194,3 +194,20 @@ def test_two_saliency_variants_side_by_side_differ_most_first(tmp_path):
     assert [name for name, _ in rows][2] == "half"  # the images where the variants differ most come first
     assert "one: soft map" in text and "two: soft map" in text
     assert re.findall(r'<section id="(\w+)">', (tmp_path / "side" / "page-2.html").read_text()) == ["half"]
+
+
+def test_instance_overlaps_read_cocos_polygon_annotations():
+    """COCO's own instances are polygons: drawn at the size of the image's masks (the audit of a COCO run failed)."""
+    from pycocotools import mask as mask_utils
+
+    from unseg.reports.audit import instance_overlaps
+
+    square = np.zeros((20, 30), dtype=bool)
+    square[4:12, 6:16] = True
+    polygon = {"image_id": 1, "iscrowd": 0, "segmentation": [[6, 4, 16, 4, 16, 12, 6, 12]]}
+    expected = mask_utils.iou([mask_utils.encode(np.asfortranarray(square.astype(np.uint8)))],
+                              mask_utils.frPyObjects(polygon["segmentation"], 20, 30), [0])[0, 0]
+    found = instance_overlaps([{"segmentation": encode_rle(square)}], [polygon])
+    assert found == {"best-overlap IoU": pytest.approx(100 * expected), "recall@0.5": 100.0} and expected > 0.8
+    assert instance_overlaps([{"segmentation": encode_rle(~square)}], [polygon])["recall@0.5"] == 0.0
+    assert instance_overlaps([], [polygon]) == {"best-overlap IoU": 0.0, "recall@0.5": 0.0}

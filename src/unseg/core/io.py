@@ -155,6 +155,24 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
+def segmentation_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
+    """A COCO segmentation (polygons, uncompressed or compressed RLE) of an image of ``height`` × ``width`` as a
+    compressed RLE with bytes counts (what pycocotools' ``iou``, ``decode`` and ``merge`` read).
+
+    Raises:
+        ValueError: a compressed RLE of another size than the image's.
+    """
+    if isinstance(segmentation, list):  # polygons
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    counts = segmentation["counts"]
+    if isinstance(counts, list):  # uncompressed RLE
+        return mask_utils.frPyObjects(segmentation, height, width)
+    size = [int(segmentation["size"][0]), int(segmentation["size"][1])]
+    if size != [height, width]:
+        raise ValueError(f"mask of size {size} on an image of size {[height, width]}")
+    return {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
 def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     """Inverse of :func:`encode_rle`: an (H, W) bool mask."""
     counts = rle["counts"]

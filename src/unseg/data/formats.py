@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from unseg.config.registry import DATASET_FORMATS
-from unseg.core.io import IGNORE_LABEL, read_json
+from unseg.core.io import IGNORE_LABEL, read_json, segmentation_rle
 from unseg.data import label_maps
 
 # Read as images by their extension (a GIF: its first frame); a file of another extension is an image when PIL
@@ -467,14 +467,7 @@ class _CocoRasteriser:
         crowd = np.zeros((height, width), dtype=bool)
         for annotation in sorted(self.annotations, key=lambda item: -float(item.get("area", 0))):
             segmentation = annotation["segmentation"]
-            if isinstance(segmentation, list):
-                rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-            elif isinstance(segmentation.get("counts"), list):
-                rle = mask_utils.frPyObjects(segmentation, height, width)
-            else:
-                rle = dict(segmentation, counts=segmentation["counts"].encode("ascii")
-                           if isinstance(segmentation["counts"], str) else segmentation["counts"])
-            mask = mask_utils.decode(rle).astype(bool)
+            mask = mask_utils.decode(segmentation_rle(segmentation, height, width)).astype(bool)
             if annotation.get("iscrowd"):
                 crowd |= mask
             else:

@@ -38,12 +38,12 @@ from unseg.core.io import (
     IGNORE_LABEL,
     ImageReadError,
     atomic_output,
-    decode_rle,
     encode_rle,
     image_size,
     read_image,
     read_json,
     read_label_png,
+    segmentation_rle,
     write_json,
     write_label_png,
 )
@@ -544,12 +544,7 @@ def _downscaled_annotation(annotation: dict[str, Any], row: Any) -> dict[str, An
     decoded at the source size) resampled like the ground-truth PNGs, then RLE, area and bbox recomputed."""
     segmentation = annotation["segmentation"]
     height, width = int(row.source_height), int(row.source_width)
-    if isinstance(segmentation, list):  # polygons
-        mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width)))
-    elif isinstance(segmentation["counts"], list):  # uncompressed RLE
-        mask = mask_utils.decode(mask_utils.frPyObjects(segmentation, height, width))
-    else:
-        mask = decode_rle(segmentation)
+    mask = mask_utils.decode(segmentation_rle(segmentation, height, width))
     resized = resample_labels(mask, (int(row.height), int(row.width))).astype(bool)
     rle = encode_rle(resized)
     bbox = mask_utils.toBbox({"size": rle["size"], "counts": rle["counts"].encode("ascii")})

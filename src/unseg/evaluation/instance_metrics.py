@@ -18,22 +18,11 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from unseg.core.io import segmentation_rle
+
 AP_KEYS = ("AP", "AP50", "AP75")
 # COCO's object sizes by mask area in pixels: small < 32², medium < 96², large (pycocotools' areaRng)
 SIZE_KEYS = {"small": ("APs", "ARs"), "medium": ("APm", "ARm"), "large": ("APl", "ARl")}
-
-
-def _to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
-    """A COCO segmentation (polygons, uncompressed or compressed RLE) as a compressed RLE with bytes counts."""
-    if isinstance(segmentation, list):  # polygons
-        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    counts = segmentation["counts"]
-    if isinstance(counts, list):  # uncompressed RLE
-        return mask_utils.frPyObjects(segmentation, height, width)
-    size = [int(segmentation["size"][0]), int(segmentation["size"][1])]
-    if size != [height, width]:
-        raise ValueError(f"mask of size {size} on an image of size {[height, width]}")
-    return {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
 def _image_sizes(gt_coco: Mapping[str, Any]) -> dict[Any, tuple[int, int]]:
@@ -53,7 +42,7 @@ def _prepared_coco_inputs(
         annotation.setdefault("id", index + 1)
         annotation.setdefault("iscrowd", 0)
         if "area" not in annotation:
-            annotation["area"] = float(mask_utils.area(_to_rle(annotation["segmentation"], height, width)))
+            annotation["area"] = float(mask_utils.area(segmentation_rle(annotation["segmentation"], height, width)))
         if class_agnostic:
             annotation["category_id"] = 1
         annotations.append(annotation)
@@ -204,13 +193,13 @@ def recall_by_instance_count(
         if detection["image_id"] not in sizes:
             raise ValueError(f"detection on image id {detection['image_id']!r} absent from the ground truth")
         height, width = sizes[detection["image_id"]]
-        detections_by_image[detection["image_id"]].append(_to_rle(detection["segmentation"], height, width))
+        detections_by_image[detection["image_id"]].append(segmentation_rle(detection["segmentation"], height, width))
 
     num_instances = dict.fromkeys(groups, 0)
     num_recalled = dict.fromkeys(groups, 0)
     for image_id, image_annotations in gt_by_image.items():
         height, width = sizes[image_id]
-        gt_rles = [_to_rle(annotation["segmentation"], height, width) for annotation in image_annotations]
+        gt_rles = [segmentation_rle(annotation["segmentation"], height, width) for annotation in image_annotations]
         detected_rles = detections_by_image.get(image_id, [])
         if detected_rles:
             ious = np.asarray(mask_utils.iou(detected_rles, gt_rles, [0] * len(gt_rles))).reshape(

@@ -22,6 +22,7 @@ from unseg.core.io import (
     read_json,
     read_label_png,
     read_saliency,
+    segmentation_rle,
 )
 from unseg.core.provenance import sidecar_path
 from unseg.reports.gallery import Panel, gallery_links, per_image_table, write_gallery
@@ -50,26 +51,24 @@ def _origin_caption(det: dict) -> str:
     return f"eigenvector {value}" if kind else f"k={value}"
 
 
-def _rle(segmentation: dict) -> dict:
-    counts = segmentation["counts"]
-    return {"size": segmentation["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-
-
 def instance_overlaps(detections: Sequence[dict], annotations: Sequence[dict]) -> dict[str, float]:
     """How well detections (masks, proposals) cover an image's ground-truth instances: ``best-overlap IoU`` (mean
     over the non-crowd instances of the best mask IoU any detection reaches, %) and ``recall@0.5`` (% of instances
     with a detection of IoU >= 0.5). Empty when the image has no such instance."""
     from pycocotools import mask as mask_utils
 
-    truths = [_rle(item["segmentation"]) for item in annotations if not item.get("iscrowd")]
-    if not truths:
+    instances = [item for item in annotations if not item.get("iscrowd")]
+    if not instances:
         return {}
-    if detections:
-        ious = np.asarray(mask_utils.iou([_rle(det["segmentation"]) for det in detections], truths,
+    if detections:  # COCO's own annotations are polygons: drawn at the size of the image's masks
+        height, width = detections[0]["segmentation"]["size"]
+        truths = [segmentation_rle(item["segmentation"], height, width) for item in instances]
+        ious = np.asarray(mask_utils.iou([segmentation_rle(det["segmentation"], height, width) for det in detections],
+                                         truths,
                                          [0] * len(truths))).reshape(len(detections), len(truths))
         best = ious.max(axis=0)
     else:
-        best = np.zeros(len(truths))
+        best = np.zeros(len(instances))
     return {"best-overlap IoU": 100 * float(best.mean()), "recall@0.5": 100 * float((best >= 0.5).mean())}
 
 
