@@ -90,6 +90,8 @@ def test_a_proposals_variant_may_vote_with_the_masks_of_other_variants():
         follow(config, "proposals", "p", "votes")
     with pytest.raises(VariantError, match=r"proposals\.p\.votes: no 'masks' variant named 'nope'"):
         check_variants({**config, "proposals": {"p": {"masks": "m", "saliency": "s", "votes": ["m2", "nope"]}}})
+    with pytest.raises(VariantError, match=r"proposals\.p\.votes: names its own masks variant 'm'"):
+        check_variants({**config, "proposals": {"p": {"masks": "m", "saliency": "s", "votes": ["m2", "m"]}}})
     with pytest.raises(VariantError, match=r"proposals\.p\.score: salient_votes ranks voted masks"):
         check_variants({**config, "proposals": {"p": {"masks": "m", "saliency": "s", "score": "salient_votes"}}})
 

@@ -133,6 +133,9 @@ def check_variants(config: dict) -> None:
                             f"{stage}.{variant}.{key}: no {what} variant named {name!r} (known: {known})"
                         )
     for variant, settings in (config.get("proposals") or {}).items():
+        if settings.get("masks") in settings.get("votes", []):
+            raise VariantError(f"proposals.{variant}.votes: names its own masks variant {settings['masks']!r}, which "
+                               "votes already; list the other feature sets' masks variants")
         if settings.get("score") == "salient_votes" and not settings.get("votes"):
             raise VariantError(f"proposals.{variant}.score: salient_votes ranks voted masks; name the masks variants "
                                f"to vote with in proposals.{variant}.votes")
