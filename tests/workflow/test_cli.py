@@ -57,9 +57,10 @@ def test_the_trail_of_a_tiny_run_image_has_a_panel_per_stage_artifact(tiny_run, 
     results = workdir / "results/tiny"
     name = (results / "index/images.csv").read_text().splitlines()[1].split(",")[1]
     panels = trail_panels(results, name)
-    assert [panel.stage for panel in panels] == ["image", "ground truth", "saliency", "saliency", "masks",
-                                                 "proposals", "pseudolabels", "train", "train", "predict"]
-    assert [panel.caption for panel in panels][6:] == ["pseudo-labels km3", "train linear round-1 prediction",
+    # two masks variants (multik, multik4) and two proposals variants (default, voted)
+    assert [panel.stage for panel in panels] == ["image", "ground truth", "saliency", "saliency", "masks", "masks",
+                                                 "proposals", "proposals", "pseudolabels", "train", "train", "predict"]
+    assert [panel.caption for panel in panels][8:] == ["pseudo-labels km3", "train linear round-1 prediction",
                                                        "train linear round-2 labels", "predict linear"]
     image = read_image(next(path for path in (workdir / "resources/datasets/tiny/JPEGImages").iterdir()
                             if path.stem == name))
