@@ -15,6 +15,7 @@ Artifacts:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,8 +60,8 @@ def mask_nms_explained(detections: list[dict], iou_threshold: float
     """:func:`mask_nms`, and for each suppressed detection the kept one that suppressed it (the first, by score,
     whose IoU exceeds the threshold) and that IoU: (kept, [(suppressed, suppressor, iou), ...])."""
     ordered = sorted(detections, key=lambda det: -det["score"])
-    if not ordered:
-        return [], []
+    if iou_threshold >= 1.0:  # no IoU exceeds 1: nothing to suppress, so no pairwise IoU (the vote's case)
+        return ordered, []
     ious = rle_ious([det["segmentation"] for det in ordered])
     kept: list[int] = []
     suppressed: list[tuple[dict, dict, float]] = []
@@ -161,9 +162,7 @@ def voted_detections(detections: Sequence[dict], image_id: int, iou_threshold: f
     voted = []
     for mask, members in vote_masks(masks, rle_ious([det["segmentation"] for det in detections]), iou_threshold,
                                     agreement):
-        variants: dict[str, int] = {}
-        for member in members:
-            variants[detections[member]["variant"]] = variants.get(detections[member]["variant"], 0) + 1
+        variants = dict(Counter(detections[member]["variant"] for member in members))
         voted.append({"image_id": int(image_id), "category_id": 1, "segmentation": encode_rle(mask),
                       "area": int(mask.sum()), "score": float(len(members)), "votes": len(members),
                       "vote_variants": variants, "source": "vote"})
