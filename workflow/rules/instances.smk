@@ -14,8 +14,7 @@ rule instances_targets:
     output:
         PATHS["instances_targets"],
     params:
-        settings=lambda wildcards: {key: config["instances"][wildcards.variant][key]
-                                    for key in INSTANCE_MERGE_KEYS},
+        settings=instances_merge_settings,
         chain=instances_targets_chain,
     threads: 1
     log:

@@ -18,6 +18,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from unseg.config.registry import DATASET_FORMATS, REGISTRIES, facet_shape, load_all, load_plugins
+from unseg.training.rounds import MERGE_KEYS
 
 
 class ConfigError(ValueError):
@@ -62,6 +63,10 @@ def config_schema(base_schema: str | Path | Mapping[str, Any]) -> dict[str, Any]
         variant = schema["properties"][stage]["additionalProperties"]
         variant["properties"]["method"]["enum"] = registry.names()
         variant["allOf"] = [method_branch(method) for method in registry]
+        if stage == "instances":  # round r's targets may merge with their own thresholds (CutLER: 0.7, then 0.65)
+            merge = {key: {k: v for k, v in variant["properties"][key].items() if k != "default"} for key in MERGE_KEYS}
+            for branch in variant["allOf"]:
+                branch["then"]["properties"]["round_settings"]["additionalProperties"]["properties"].update(merge)
         variant.pop("additionalProperties", None)
         variant["unevaluatedProperties"] = False
     dataset = schema["properties"]["dataset"]

@@ -2,7 +2,9 @@
 
 A variant with ``rounds: R`` trains R rounds, each its own artifact (``.../round{r}/``). Some of its settings are
 about the rounds, not about one round's training (:data:`ROUND_KEYS` of its stage): they are left out of a round's
-settings, and ``round_settings: {"r": {...}}`` overrides the rest for round r. One implementation serves the train
+settings, and ``round_settings: {"r": {...}}`` overrides the rest for round r. An instances variant's
+``round_settings`` may also override the merge of round r's targets (:data:`MERGE_KEYS`, e.g. CutLER's thresholds
+0.7 then 0.65: :func:`merge_settings_of_round`). One implementation serves the train
 stage (MaskDistill's CRF rounds, TransFGU's teacher-student rounds) and the instances stage (instance self-training),
 parameterised by the stage.
 
@@ -39,17 +41,37 @@ def rounds_needed(settings: Mapping[str, Any]) -> list[int]:
 
 
 def round_settings(settings: Mapping[str, Any], round_index: int, round_keys: Sequence[str]) -> dict[str, Any]:
-    """The settings one round trains with: the variant's, without the ``round_keys``, with
-    ``round_settings[str(round_index)]`` on top.
+    """The settings one round trains with: the variant's with ``round_settings[str(round_index)]`` on top, without
+    the ``round_keys`` (an override of a round key, such as an instances round's merge threshold, is read by
+    :func:`merge_settings_of_round`).
 
     Raises:
         ValueError: ``round_index`` outside 1..rounds.
     """
+    override = _round_override(settings, round_index)
+    return {key: value for key, value in {**settings, **override}.items() if key not in round_keys}
+
+
+def _round_override(settings: Mapping[str, Any], round_index: int) -> dict[str, Any]:
+    """``round_settings[str(round_index)]`` (empty when absent), after checking the round exists."""
     rounds = int(settings.get("rounds", 1))
     if not 1 <= round_index <= rounds:
         raise ValueError(f"round {round_index} does not exist: the variant trains rounds 1..{rounds} ('rounds')")
-    override = dict((settings.get("round_settings") or {}).get(str(round_index), {}))
-    return {**{key: value for key, value in settings.items() if key not in round_keys}, **override}
+    return dict((settings.get("round_settings") or {}).get(str(round_index), {}))
+
+
+def merge_settings_of_round(settings: Mapping[str, Any], round_index: int) -> dict[str, Any]:
+    """How round ``round_index`` (>= 2) of an instances variant merges round r-1's detections with the proposals:
+    the variant's :data:`MERGE_KEYS`, with ``round_settings[str(round_index)]``'s on top (CutLER's self-training
+    keeps detections scoring >= 0.7, then >= 0.65 in the next round).
+
+    Raises:
+        ValueError: ``round_index`` outside 2..rounds.
+    """
+    if round_index < 2:
+        raise ValueError(f"round {round_index} has no merged targets: round 1 trains on the proposals")
+    merged = {**settings, **_round_override(settings, round_index)}
+    return {key: merged[key] for key in MERGE_KEYS}
 
 
 def settings_of_round(settings: Mapping[str, Any], round_index: int, stage: str = "train") -> dict[str, Any]:

@@ -1,8 +1,7 @@
 # The input and params functions of instances.smk's rules and its parse-time checks of the config.
 
 from unseg.methods.instances import reads_images as instance_training_reads_images
-from unseg.training.rounds import MERGE_KEYS as INSTANCE_MERGE_KEYS
-from unseg.training.rounds import check_round_chain, settings_of_round
+from unseg.training.rounds import check_round_chain, merge_settings_of_round, settings_of_round
 
 
 for _variant, _settings in config["instances"].items():
@@ -36,8 +35,14 @@ def instances_targets_chain(wildcards):
     resolved["instances"][wildcards.variant] = {
         **settings_of_round(settings, round_index - 1, "instances"), "round": round_index - 1,
         "targets_of_round": round_index,
-        **{key: settings[key] for key in INSTANCE_MERGE_KEYS}}
+        **merge_settings_of_round(settings, round_index)}
     return resolved
+
+
+def instances_merge_settings(wildcards):
+    """Params function: how round r's targets merge round r-1's detections with the proposals (the variant's
+    merge settings with round r's round_settings override)."""
+    return merge_settings_of_round(config["instances"][wildcards.variant], int(wildcards.round))
 
 
 def instances_targets(wildcards):
