@@ -9,6 +9,11 @@ their provenance sidecars; the features job's once, below the table).
 Usage (from the project root, after the run of ``benchmarks/configs/coco-val500.yaml``)::
 
     .venv/bin/python benchmarks/coco_table.py --results results/coco-val500
+    .venv/bin/python benchmarks/coco_table.py --results results/coco-val500 --proposals template-vote3-border \
+        --instances cutler-cpu
+
+``--instances`` adds a table of each instances variant's rounds (every ``round-{r}/metrics.json`` there is), with
+the seconds of each round's training and detection jobs.
 """
 
 from __future__ import annotations
@@ -44,14 +49,9 @@ def proposals_row(results: Path, variant: str) -> str:
     metrics = read_json(folder / "metrics.json")
     chain = read_json(folder / "proposals.json.provenance.json")["config"]["proposals"][variant]
     masks, saliency = chain["masks"], chain["saliency"]
-    recall = (metrics.get("recall_by_instance_count") or {}).get("recall", {})
     voters = [masks, *chain.get("votes", [])]
     voting = f" (votes: {', '.join(f'`{name}`' for name in voters[1:])})" if voters[1:] else ""
-    cells = [f"`{variant}`", f"`{masks}`{voting} + `{saliency}`"]
-    cells += [number(metrics.get(key)) for key in METRICS]
-    cells += [number(metrics.get("single", {}).get("AP50")), number(metrics.get("multi", {}).get("AP50"))]
-    cells += [" / ".join(number(value) for value in recall.values())]
-    cells += [f"{metrics['num_detections'] / max(metrics['num_images'], 1):.1f}"]
+    cells = [f"`{variant}`", f"`{masks}`{voting} + `{saliency}`", *score_cells(metrics)]
     cells += [" + ".join(seconds(wall_time(results / "masks" / str(name) / "masks.json.provenance.json"))
                          for name in voters),
               seconds(wall_time(results / "saliency" / str(saliency) / "provenance.json")),
@@ -59,10 +59,35 @@ def proposals_row(results: Path, variant: str) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def score_cells(metrics: dict) -> list[str]:
+    """The score columns shared by both tables: METRICS, AP50 single / multi, recall by instances, per image."""
+    recall = (metrics.get("recall_by_instance_count") or {}).get("recall", {})
+    cells = [number(metrics.get(key)) for key in METRICS]
+    cells += [number(metrics.get("single", {}).get("AP50")), number(metrics.get("multi", {}).get("AP50"))]
+    cells += [" / ".join(number(value) for value in recall.values())]
+    return cells + [f"{metrics['num_detections'] / max(metrics['num_images'], 1):.1f}"]
+
+
+def instances_rows(results: Path, variant: str) -> list[str]:
+    """One markdown row per round of the instances variant ``variant`` under ``results``."""
+    rows = []
+    rounds = sorted((results / "instances" / variant).glob("round-*/metrics.json"),
+                    key=lambda path: int(path.parent.name.split("-")[1]))
+    for metrics_path in rounds:
+        folder = metrics_path.parent
+        targets = "the proposals" if folder.name == "round-1" else "`targets.json`"
+        cells = [f"`{variant}` {folder.name.replace('-', ' ')}", targets, *score_cells(read_json(metrics_path)),
+                 seconds(wall_time(folder / "model.pt.provenance.json")),
+                 seconds(wall_time(folder / "instances.json.provenance.json"))]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=Path("results/coco-val500"))
     parser.add_argument("--proposals", nargs="*", help="variants (default: every one with a metrics.json)")
+    parser.add_argument("--instances", nargs="*", default=[], help="instances variants: a table of their rounds")
     args = parser.parse_args(argv)
     variants = args.proposals or sorted(path.parent.name for path in
                                         (args.results / "proposals").glob("*/metrics.json"))
@@ -75,6 +100,13 @@ def main(argv=None) -> int:
     print("|" + "---|" * len(header))
     for variant in variants:
         print(proposals_row(args.results, variant))
+    if args.instances:
+        header = ["instances round", "trained on", *METRICS, "AP50 single", "AP50 multi",
+                  "recall@0.5, 1 / 2 / 3 / 4 / 5 / 6+ same-class", "per image", "train s", "detect s"]
+        print("\n| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for variant in args.instances:
+            print("\n".join(instances_rows(args.results, variant)))
     features = sorted((args.results / "features").glob("*/provenance.json"))
     for provenance in features:
         print(f"\nfeatures `{provenance.parent.stem}`: {seconds(wall_time(provenance))} s")

@@ -28,6 +28,31 @@ def test_each_head_maps_a_token_grid_to_class_logits(kind):
         assert head(torch.randn(batch, 24, height, width)).shape == (batch, 5, height, width)
 
 
+def test_a_unit_token_linear_head_reads_each_token_scaled_to_unit_length():
+    """tokens="unit": the logits are the 1x1 convolution of t / |t| by hand, blind to each token's length and to the
+    standardisation statistics; the default head reads the standardised tokens."""
+    torch.manual_seed(0)
+    unit, standard = LinearHead(3, 2, tokens="unit"), LinearHead(3, 2)
+    standard.load_state_dict(unit.state_dict())
+    tokens = torch.tensor([[3.0, 0.0, 4.0], [0.0, -2.0, 0.0]]).T.reshape(1, 3, 1, 2)  # lengths 5 and 2
+    weight, bias = unit.decode.weight[:, :, 0, 0], unit.decode.bias
+    first, second = weight @ torch.tensor([0.6, 0.0, 0.8]) + bias, weight @ torch.tensor([0.0, -1.0, 0.0]) + bias
+    expected = torch.stack([first, second], dim=1).reshape(1, 2, 1, 2)
+    torch.testing.assert_close(unit(tokens), expected)
+    torch.testing.assert_close(unit(tokens * torch.tensor([7.0, 0.5]).reshape(1, 1, 1, 2)), expected)
+    unit.set_statistics(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 2.0, 2.0]))
+    torch.testing.assert_close(unit(tokens), expected)
+    standard.set_statistics(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 2.0, 2.0]))
+    mean = torch.tensor([1.0, 2.0, 3.0]).reshape(1, 3, 1, 1)
+    torch.testing.assert_close(standard(tokens), standard.decode((tokens - mean) / 2))
+    with pytest.raises(ValueError, match="tokens 'l1'"):
+        LinearHead(3, 2, tokens="l1")
+    # a checkpoint's config rebuilds the head it was trained with; one that predates the option, the default
+    build = REGISTRIES["train"].get("linear_head").attributes["build_model"]
+    assert build({"embed_dim": 3, "num_classes": 2, "tokens": "unit"}).tokens == "unit"
+    assert build({"embed_dim": 3, "num_classes": 2}).tokens == "standardised"
+
+
 def test_heads_are_the_classes_the_trainers_build():
     assert isinstance(build_head("linear", 4, 2), LinearHead)
     assert isinstance(build_head("mask_transformer", 8, 2, {"width": 8, "heads": 2}), MaskTransformerHead)

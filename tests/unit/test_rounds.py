@@ -41,9 +41,11 @@ def test_cutlers_thresholds_merge_each_round_with_its_own_override():
                 "self_training_iou": 0.5, "keep_proposals": True,
                 "round_settings": {"3": {"self_training_score": 0.65, "steps": 50}}}
     assert merge_settings_of_round(settings, 2) == {"self_training_score": 0.7, "self_training_iou": 0.5,
-                                                    "keep_proposals": True}
+                                                    "keep_proposals": True, "min_target_score": 0.0}
     assert merge_settings_of_round(settings, 3) == {"self_training_score": 0.65, "self_training_iou": 0.5,
-                                                    "keep_proposals": True}
+                                                    "keep_proposals": True, "min_target_score": 0.0}
+    # the proposals kept beside the detections are the ones round 1 trained on
+    assert merge_settings_of_round({**settings, "min_target_score": 0.5}, 3)["min_target_score"] == 0.5
     assert settings_of_round(settings, 3, "instances") == {"method": "mask_rcnn", "steps": 50}
     with pytest.raises(ValueError, match="round 1 trains on the proposals"):
         merge_settings_of_round(settings, 1)

@@ -331,14 +331,17 @@ def head_model_builder(kind: str, option_keys: Sequence[str]):
     that builds the untrained ``kind`` head it describes (with the config's ``option_keys``), under the fine-tuned
     ViT when the config has ``finetune_blocks``."""
     def build_model(config: Mapping[str, Any]) -> TokenHead | ImageSegmenter:
-        head = build_head(kind, config["embed_dim"], config["num_classes"], {key: config[key] for key in option_keys})
+        # an option a checkpoint predates keeps its head's default
+        head = build_head(kind, config["embed_dim"], config["num_classes"],
+                          {key: config[key] for key in option_keys if key in config})
         return build_image_segmenter(config, head) if config.get("finetune_blocks") else head
     return build_model
 
 
-def linear_head(inputs: TrainingInputs, **loop) -> dict:
-    """A linear 1×1 head on frozen standardised tokens, trained with AdamW and cross-entropy on the pseudo-labels."""
-    return train_head(inputs, "linear", {}, **loop)
+def linear_head(inputs: TrainingInputs, *, tokens, **loop) -> dict:
+    """A linear 1×1 head on frozen standardised (or unit-length) tokens, trained with AdamW and cross-entropy on the
+    pseudo-labels."""
+    return train_head(inputs, "linear", {"tokens": tokens}, **loop)
 
 
 def mask_transformer(inputs: TrainingInputs, *, width, layers, heads, dropout, **loop) -> dict:

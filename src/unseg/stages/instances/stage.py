@@ -22,11 +22,12 @@ from unseg.stages.instances.targets import merge_round_targets
 def run_round_targets(predictions_json: str | Path, proposals_json: str | Path, out_json: str | Path,
                       settings: Mapping[str, Any]) -> dict:
     """Write round r's ``targets.json`` from round r-1's ``instances.json`` and the proposals
-    (:func:`merge_round_targets` with the variant's ``self_training_score``, ``self_training_iou`` and
-    ``keep_proposals``); returns the counts by source."""
+    (:func:`merge_round_targets` with the round's ``self_training_score``, ``self_training_iou`` and
+    ``keep_proposals``, and round 1's ``min_target_score``: :func:`unseg.training.rounds.merge_settings_of_round`);
+    returns the counts by source."""
     merged = merge_round_targets(read_json(predictions_json), read_json(proposals_json),
                                  settings["self_training_score"], settings["self_training_iou"],
-                                 settings["keep_proposals"])
+                                 settings["keep_proposals"], settings.get("min_target_score", 0.0))
     write_json(out_json, merged, indent=None)
     counts = {source: sum(det["source"] == source for det in merged) for source in ("prediction", "proposal")}
     print(f"round targets: {counts['prediction']} confident detections (score >= {settings['self_training_score']}) "

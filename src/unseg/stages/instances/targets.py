@@ -123,12 +123,13 @@ def mask_ious(first: Sequence[dict], second: Sequence[dict]) -> np.ndarray:
 
 
 def merge_round_targets(predictions: Sequence[dict], proposals: Sequence[dict], score_threshold: float,
-                        overlap_iou: float, keep_proposals: bool) -> list[dict]:
+                        overlap_iou: float, keep_proposals: bool, min_proposal_score: float = 0.0) -> list[dict]:
     """The targets of the next self-training round, per image: the predictions scoring at least
     ``score_threshold`` (deduplicated by mask NMS at ``overlap_iou``), and each proposal whose best mask IoU with
     those is below ``overlap_iou`` (an NMS in which the model's confident detections rank first; CutLER,
     ``get_self_training_ann.py``, keeps the predictions as they are). ``keep_proposals`` False: the confident
-    predictions alone. Each target carries ``source`` ("prediction" or "proposal")."""
+    predictions alone. Only proposals scoring at least ``min_proposal_score`` are kept: those round 1 trained on
+    (its ``min_target_score``). Each target carries ``source`` ("prediction" or "proposal")."""
     from unseg.stages.proposals import mask_nms
 
     confident: dict[int, list[dict]] = {}
@@ -138,7 +139,8 @@ def merge_round_targets(predictions: Sequence[dict], proposals: Sequence[dict], 
     confident = {image_id: mask_nms(dets, overlap_iou) for image_id, dets in confident.items()}
     pseudo: dict[int, list[dict]] = {}
     for det in proposals if keep_proposals else ():
-        pseudo.setdefault(int(det["image_id"]), []).append(det)
+        if det["score"] >= min_proposal_score:
+            pseudo.setdefault(int(det["image_id"]), []).append(det)
     merged = []
     for image_id in sorted(set(confident) | set(pseudo)):
         kept = confident.get(image_id, [])
