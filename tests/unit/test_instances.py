@@ -327,7 +327,7 @@ def test_a_round_merges_confident_predictions_with_the_proposals_they_miss():
                         2: [("proposal", 0.7)], 3: [("prediction", 0.99)]}
     alone = merge_round_targets(predictions, proposals, score_threshold=0.7, overlap_iou=0.5, keep_proposals=False)
     assert [(det["image_id"], det["score"]) for det in alone] == [(1, 0.95), (1, 0.8), (3, 0.99)]
-    # round 1 trained on the proposals scoring >= 0.6 (min_target_score): the weaker one does not come back
+    # the round's trainer keeps targets scoring >= 0.6 (min_target_score): the weaker proposal does not come back
     strong = merge_round_targets(predictions, proposals, score_threshold=0.7, overlap_iou=0.5, keep_proposals=True,
                                  min_proposal_score=0.6)
     assert [(det["image_id"], det["source"], det["score"]) for det in strong] == [

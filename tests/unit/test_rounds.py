@@ -44,7 +44,7 @@ def test_cutlers_thresholds_merge_each_round_with_its_own_override():
                                                     "keep_proposals": True, "min_target_score": 0.0}
     assert merge_settings_of_round(settings, 3) == {"self_training_score": 0.65, "self_training_iou": 0.5,
                                                     "keep_proposals": True, "min_target_score": 0.0}
-    # the proposals kept beside the detections are the ones round 1 trained on
+    # the proposals kept beside the detections are the ones the round's trainer keeps
     assert merge_settings_of_round({**settings, "min_target_score": 0.5}, 3)["min_target_score"] == 0.5
     assert settings_of_round(settings, 3, "instances") == {"method": "mask_rcnn", "steps": 50}
     with pytest.raises(ValueError, match="round 1 trains on the proposals"):

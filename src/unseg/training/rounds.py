@@ -63,8 +63,8 @@ def _round_override(settings: Mapping[str, Any], round_index: int) -> dict[str, 
 def merge_settings_of_round(settings: Mapping[str, Any], round_index: int) -> dict[str, Any]:
     """How round ``round_index`` (>= 2) of an instances variant merges round r-1's detections with the proposals:
     the variant's :data:`MERGE_KEYS`, with ``round_settings[str(round_index)]``'s on top (CutLER's self-training
-    keeps detections scoring >= 0.7, then >= 0.65 in the next round), and round 1's ``min_target_score`` (the
-    proposals kept beside the detections are those round 1 trained on).
+    keeps detections scoring >= 0.7, then >= 0.65 in the next round), and the round's ``min_target_score`` (the
+    trainer drops weaker targets, so the weaker proposals are not kept).
 
     Raises:
         ValueError: ``round_index`` outside 2..rounds.
@@ -72,9 +72,8 @@ def merge_settings_of_round(settings: Mapping[str, Any], round_index: int) -> di
     if round_index < 2:
         raise ValueError(f"round {round_index} has no merged targets: round 1 trains on the proposals")
     merged = {**settings, **_round_override(settings, round_index)}
-    # the proposals kept beside the detections are those round 1 trained on, no weaker ones
-    first = settings_of_round(settings, 1, "instances")
-    return {**{key: merged[key] for key in MERGE_KEYS}, "min_target_score": first.get("min_target_score", 0.0)}
+    # the proposals kept beside the detections are those this round's trainer keeps (its min_target_score)
+    return {**{key: merged[key] for key in MERGE_KEYS}, "min_target_score": merged.get("min_target_score", 0.0)}
 
 
 def settings_of_round(settings: Mapping[str, Any], round_index: int, stage: str = "train") -> dict[str, Any]:

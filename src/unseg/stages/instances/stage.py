@@ -23,7 +23,7 @@ def run_round_targets(predictions_json: str | Path, proposals_json: str | Path, 
                       settings: Mapping[str, Any]) -> dict:
     """Write round r's ``targets.json`` from round r-1's ``instances.json`` and the proposals
     (:func:`merge_round_targets` with the round's ``self_training_score``, ``self_training_iou`` and
-    ``keep_proposals``, and round 1's ``min_target_score``: :func:`unseg.training.rounds.merge_settings_of_round`);
+    ``keep_proposals`` and ``min_target_score``: :func:`unseg.training.rounds.merge_settings_of_round`);
     returns the counts by source."""
     merged = merge_round_targets(read_json(predictions_json), read_json(proposals_json),
                                  settings["self_training_score"], settings["self_training_iou"],

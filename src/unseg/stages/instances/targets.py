@@ -128,8 +128,9 @@ def merge_round_targets(predictions: Sequence[dict], proposals: Sequence[dict], 
     ``score_threshold`` (deduplicated by mask NMS at ``overlap_iou``), and each proposal whose best mask IoU with
     those is below ``overlap_iou`` (an NMS in which the model's confident detections rank first; CutLER,
     ``get_self_training_ann.py``, keeps the predictions as they are). ``keep_proposals`` False: the confident
-    predictions alone. Only proposals scoring at least ``min_proposal_score`` are kept: those round 1 trained on
-    (its ``min_target_score``). Each target carries ``source`` ("prediction" or "proposal")."""
+    predictions alone. Only proposals scoring at least ``min_proposal_score`` are kept (the round's
+    ``min_target_score``: its trainer drops weaker targets). Each target carries ``source`` ("prediction" or
+    "proposal")."""
     from unseg.stages.proposals import mask_nms
 
     confident: dict[int, list[dict]] = {}
